@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make run    install into .venv and serve the app (tiny model, CPU) on http://127.0.0.1:8000
+#   make test   install into .venv and run the whole test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration bench-cache clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/serve run serve_config.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,35 @@
+"""The one place that wires the graph.
+
+    serve run serve_config.yaml          # import_path: serve_app.app:build_app
+
+Gateway (ingress) -> PromptEncoder -> Denoiser -> VideoEncoder, each with its
+own Ray Serve options from `ServiceArgs.stages`.
+"""
+
+# No `from __future__ import annotations` here: Ray Serve reads the builder's
+# parameter annotation at run time to validate `args` into `ServiceArgs`.
+from ray.serve import Application
+
+from serve_app.config import ServiceArgs
+
+
+def build_app(args: ServiceArgs) -> Application:
+    if not isinstance(args, ServiceArgs):  # called directly with a dict
+        args = ServiceArgs.model_validate(args)
+    from deployments.denoiser import Denoiser
+    from deployments.gateway import Gateway
+    from deployments.prompt_encoder import PromptEncoder
+    from deployments.video_encoder import VideoEncoder
+
+    # Fail here, in `serve run`, on a bad profile or presets file, rather than
+    # in four replicas' logs.
+    args.model_profile()
+    args.preset_catalog()
+    payload = args.model_dump()
+    stages = args.stages
+    prompt_encoder = PromptEncoder.options(**stages.prompt_encoder.to_deployment_options()).bind(payload)
+    denoiser = Denoiser.options(**stages.denoiser.to_deployment_options()).bind(payload)
+    video_encoder = VideoEncoder.options(**stages.video_encoder.to_deployment_options()).bind(payload)
+    return Gateway.options(**stages.gateway.to_deployment_options()).bind(
+        payload, prompt_encoder, denoiser, video_encoder
+    )

@@ -1,0 +1,262 @@
+"""Typed configuration: model profiles, generation limits, presets, stage options.
+
+One `ServiceArgs` model feeds the `args:` block of `serve_config.yaml`; every
+field has a description, and validators quote the offending values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.paths import CONFIG_DIR, MODEL_PROFILE_DIR, resolve
+
+DType = Literal["bfloat16", "float16", "float32"]
+
+# Our names for attention backends -> diffusers' `AttentionBackendName` values.
+# Hub-downloaded kernels are left out on purpose: serving hosts do not fetch code.
+ATTENTION_BACKENDS: dict[str, str] = {
+    "sdpa": "native",
+    "sdpa-flash": "_native_flash",
+    "sdpa-cudnn": "_native_cudnn",
+    "sdpa-efficient": "_native_efficient",
+    "xformers": "xformers",
+    "flash": "flash",
+    "flash3": "_flash_3",
+    "sage": "sage",
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelSpec(StrictModel):
+    """Widths of the locally built tiny model (the 5B's shapes, tiny widths)."""
+
+    seed: int = Field(0, description="Seed for the random weights; same seed, same model.")
+    text_dim: int = Field(32, ge=8, description="UMT5 d_model of the tiny text encoder.")
+    text_layers: int = Field(2, ge=1, description="UMT5 layers of the tiny text encoder.")
+    heads: int = Field(2, ge=1, description="DiT attention heads.")
+    head_dim: int = Field(12, ge=4, description="DiT attention head width (must be divisible by 6 for 3-D RoPE).")
+    layers: int = Field(2, ge=1, description="DiT blocks.")
+    ffn_dim: int = Field(32, ge=4, description="DiT feed-forward width.")
+    vae_base_dim: int = Field(12, ge=4, description="VAE encoder base width.")
+    vae_decoder_base_dim: int = Field(16, ge=4, description="VAE decoder base width.")
+
+    @field_validator("head_dim")
+    @classmethod
+    def _rope_divisible(cls, v: int) -> int:
+        if v % 6:
+            raise ValueError(f"head_dim={v} must be divisible by 6 (Wan's RoPE splits it over t, h, w)")
+        return v
+
+
+class ModelProfile(StrictModel):
+    """One way of getting a `WanPipeline` (see configs/models/*.yaml)."""
+
+    name: str = Field(description="Profile name, e.g. 'tiny'.")
+    model_id: str = Field(description="The id clients send as `model` and see in answers.")
+    source: Literal["tiny", "pretrained", "random"] = Field(
+        description="'tiny': built locally and saved/loaded with save_pretrained/from_pretrained; "
+        "'pretrained': diffusers weights from `path`; 'random': the 5B architecture with random weights."
+    )
+    path: str | None = Field(
+        None,
+        description="For 'pretrained': a local directory or hub id of Wan-AI/Wan2.2-TI2V-5B-Diffusers.",
+    )
+    revision: str = Field("main", description="Weights revision; part of the model's identity.")
+    dtype: DType = Field("bfloat16", description="Dtype of the DiT and text encoder.")
+    vae_dtype: DType = Field("float32", description="Dtype of the VAE decoder.")
+    attention_backend: str = Field(
+        "sdpa", description=f"Attention backend of the DiT, one of {sorted(ATTENTION_BACKENDS)}."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' takes CUDA when a GPU is visible to the replica, else the CPU."
+    )
+    max_sequence_length: int = Field(512, ge=16, le=512, description="Text tokens fed to the DiT.")
+    flow_shift: float = Field(5.0, gt=0, description="UniPC flow shift (Wan2.2-TI2V-5B uses 5.0).")
+    local_files_only: bool = Field(
+        True, description="Never reach a hub at load time; a missing model is a clear error instead."
+    )
+    tiny: TinyModelSpec = Field(default_factory=TinyModelSpec, description="Widths for source 'tiny'.")
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend={v!r} is not one of {sorted(ATTENTION_BACKENDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _pretrained_needs_path(self) -> "ModelProfile":
+        if self.source == "pretrained" and not self.path:
+            raise ValueError(f"profile {self.name!r}: source 'pretrained' needs `path` (local dir or hub id)")
+        return self
+
+    @property
+    def identity(self) -> str:
+        """Model id and revision: what distinguishes the pixels two profiles make."""
+        return f"{self.model_id}@{self.revision}"
+
+
+def load_model_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> ModelProfile:
+    """A profile by name (configs/models/NAME.yaml) or by path to a YAML file."""
+    candidate = MODEL_PROFILE_DIR / f"{name_or_path}.yaml"
+    path = candidate if candidate.is_file() else resolve(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_PROFILE_DIR.glob("*.yaml"))
+        raise ValueError(f"model profile {name_or_path!r} not found; known profiles: {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update(overrides or {})
+    return ModelProfile(**data)
+
+
+class GenerationLimits(StrictModel):
+    """Bounds on every generation field; requests outside them get a 422."""
+
+    min_side: int = Field(64, ge=32, description="Smallest height or width, pixels.")
+    max_side: int = Field(1280, ge=32, description="Largest height or width, pixels.")
+    side_multiple: int = Field(
+        32, description="Height and width must be multiples of this (VAE 16x times DiT patch 2)."
+    )
+    max_pixels: int = Field(1280 * 720, description="Largest height x width.")
+    min_frames: int = Field(5, ge=1, description="Fewest frames.")
+    max_frames: int = Field(121, ge=1, description="Most frames.")
+    frames_modulus: int = Field(4, description="Frames must be k * frames_modulus + 1 (VAE temporal factor).")
+    min_steps: int = Field(1, ge=1, description="Fewest denoising steps.")
+    max_steps: int = Field(100, ge=1, description="Most denoising steps.")
+    min_guidance: float = Field(0.0, ge=0, description="Lowest guidance scale (<= 1 turns guidance off).")
+    max_guidance: float = Field(20.0, description="Highest guidance scale.")
+    min_fps: int = Field(1, ge=1, description="Lowest frames per second of the mp4.")
+    max_fps: int = Field(60, ge=1, description="Highest frames per second of the mp4.")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt, characters.")
+    max_seed: int = Field(2**32 - 1, description="Largest seed.")
+
+
+class Preset(StrictModel):
+    """A named set of generation settings; any field may be overridden per request."""
+
+    description: str = Field("", description="What the preset is for.")
+    width: int = Field(description="Width in pixels.")
+    height: int = Field(description="Height in pixels.")
+    num_frames: int = Field(description="Frames (4k+1).")
+    num_inference_steps: int = Field(description="Denoising steps.")
+    guidance_scale: float = Field(description="Classifier-free guidance scale.")
+    fps: int = Field(24, description="Frames per second of the mp4.")
+    negative_prompt: str = Field("", description="Default negative prompt.")
+
+
+class PresetCatalog(StrictModel):
+    """configs/presets.yaml: presets plus the limits requests are checked against."""
+
+    default_preset: str = Field("preview", description="Preset used when a request names none.")
+    limits: GenerationLimits = Field(default_factory=GenerationLimits)
+    presets: dict[str, Preset]
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> "PresetCatalog":
+        if self.default_preset not in self.presets:
+            raise ValueError(
+                f"default_preset={self.default_preset!r} is not one of {sorted(self.presets)}"
+            )
+        return self
+
+
+def load_presets(path: str | Path = CONFIG_DIR / "presets.yaml") -> PresetCatalog:
+    return PresetCatalog(**yaml.safe_load(resolve(path).read_text()))
+
+
+class AutoscalingOptions(StrictModel):
+    """A subset of Ray Serve's autoscaling_config, validated here."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(1.0, gt=0, description="Queue depth per replica to aim for.")
+    upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(60.0, ge=0, description="How long load must stay low before removing replicas.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingOptions":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        return self
+
+
+class StageOptions(StrictModel):
+    """Ray Serve options of one deployment."""
+
+    num_replicas: int | None = Field(
+        1, ge=1, description="Fixed replica count; ignored when `autoscaling` is set."
+    )
+    autoscaling: AutoscalingOptions | None = Field(None, description="Autoscale instead of a fixed count.")
+    max_ongoing_requests: int = Field(
+        4, ge=1, description="Requests one replica runs at once; the rest queue at the router."
+    )
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per replica (e.g. 0.5 packs two on a card).")
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="How long a stopping replica may finish running requests."
+    )
+
+    def to_deployment_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+def _stage(**kw: Any) -> StageOptions:
+    return StageOptions(**kw)
+
+
+class StagesConfig(StrictModel):
+    gateway: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=64))
+    prompt_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=4))
+    # One denoising loop per replica at a time: the scheduler is stateful and a
+    # second loop would only halve the speed of both. The rest queue at the router,
+    # which is the queue depth autoscaling watches.
+    denoiser: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=1))
+    video_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=2))
+
+
+class ServiceArgs(StrictModel):
+    """The `args:` block of serve_config.yaml."""
+
+    model: str = Field("tiny", description="Model profile name (configs/models/NAME.yaml) or path to one.")
+    model_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Profile fields to override, e.g. {dtype: float16}."
+    )
+    presets_file: str = Field("configs/presets.yaml", description="Presets and limits file.")
+    data_dir: str = Field("data", description="Where videos and the tiny model are kept.")
+    default_deadline_s: float = Field(30.0, gt=0, description="Deadline of a request that names none.")
+    max_deadline_s: float = Field(600.0, gt=0, description="Largest deadline a request may ask for.")
+    warmup: bool = Field(True, description="Run one tiny generation per stage at replica start.")
+    stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
+
+    @model_validator(mode="after")
+    def _deadline_order(self) -> "ServiceArgs":
+        if self.default_deadline_s > self.max_deadline_s:
+            raise ValueError(
+                f"default_deadline_s={self.default_deadline_s} > max_deadline_s={self.max_deadline_s}"
+            )
+        return self
+
+    def model_profile(self) -> ModelProfile:
+        return load_model_profile(self.model, self.model_overrides)
+
+    def preset_catalog(self) -> PresetCatalog:
+        return load_presets(self.presets_file)
+
+    @property
+    def data_path(self) -> Path:
+        return resolve(self.data_dir)

@@ -1,0 +1,52 @@
+"""Markdown reference of every config knob, generated from the pydantic models.
+
+    python -m serve_app.config_doc        # prints what the README's reference holds
+
+A unit test keeps the README's copy equal to this output.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from serve_app.config import (
+    AutoscalingOptions,
+    GenerationLimits,
+    ModelProfile,
+    Preset,
+    ServiceArgs,
+    StageOptions,
+)
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("`args:` of serve_config.yaml (ServiceArgs)", ServiceArgs),
+    ("`args.stages.<gateway|prompt_encoder|denoiser|video_encoder>` (StageOptions)", StageOptions),
+    ("`...autoscaling` (AutoscalingOptions)", AutoscalingOptions),
+    ("Model profiles, configs/models/*.yaml (ModelProfile)", ModelProfile),
+    ("`limits:` of configs/presets.yaml (GenerationLimits)", GenerationLimits),
+    ("`presets.<name>` of configs/presets.yaml (Preset)", Preset),
+]
+
+
+def _default(field) -> str:
+    if field.default is not PydanticUndefined:
+        return f"`{field.default!r}`"
+    if field.default_factory is not None:
+        return "(see below)" if isinstance(field.default_factory(), BaseModel) else f"`{field.default_factory()!r}`"
+    return "required"
+
+
+def render() -> str:
+    lines: list[str] = []
+    for title, model in SECTIONS:
+        lines += [f"#### {title}", "", "| field | default | meaning |", "| --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            description = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{name}` | {_default(field)} | {description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,113 @@
+"""Calling the staged graph through Ray Serve handles: encoder -> denoiser -> video encoder.
+
+The gateway holds one `StageGraph`. The prompt encoder's response is handed
+to the denoiser unawaited, so the embeddings go replica to replica through
+the object store without passing through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ray.exceptions import RayTaskError
+
+from serve_app.deadline import Deadline
+from serve_app.errors import DeadlineExceeded, ServiceError, StageFailed
+from serve_app.messages import DenoisedLatents, EncodedVideo, StepProgress
+from serve_app.params import GenerationParams
+
+ProgressCallback = Callable[[StepProgress], None]
+
+# How long past the deadline the gateway waits for a stage to report how far
+# it got (its own check fires first, at a step boundary) before giving up on it.
+DEADLINE_GRACE_S = 2.0
+
+
+def unwrap_stage_error(exc: BaseException) -> BaseException:
+    """The `ServiceError` a replica raised, out of Ray's wrappers (which nest
+    when a failed response is passed on to another stage)."""
+    seen = exc
+    while isinstance(seen, RayTaskError):
+        cause = getattr(seen, "cause", None)
+        if cause is None:
+            break
+        seen = cause
+    return seen
+
+
+@dataclass
+class GraphResult:
+    video: EncodedVideo
+    denoise_s: float
+    total_s: float
+
+
+@dataclass
+class _Progress:
+    last: StepProgress | None = None
+    callbacks: list[ProgressCallback] = field(default_factory=list)
+
+
+class StageGraph:
+    def __init__(self, prompt_encoder: Any, denoiser: Any, video_encoder: Any) -> None:
+        self.prompt_encoder = prompt_encoder
+        self.denoiser = denoiser
+        self.video_encoder = video_encoder
+
+    async def generate(
+        self, params: GenerationParams, deadline: Deadline, on_progress: ProgressCallback | None = None
+    ) -> GraphResult:
+        progress = _Progress()
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(
+                self._run(params, deadline, progress, on_progress, started),
+                timeout=max(0.0, deadline.remaining()) + DEADLINE_GRACE_S,
+            )
+        except asyncio.TimeoutError:
+            step = progress.last.step if progress.last else 0
+            raise DeadlineExceeded(
+                f"deadline passed; the request was stopped after step {step} of {params.num_inference_steps}",
+                stage="gateway",
+                step=step,
+                total_steps=params.num_inference_steps,
+            ) from None
+
+    async def _run(
+        self,
+        params: GenerationParams,
+        deadline: Deadline,
+        progress: _Progress,
+        on_progress: ProgressCallback | None,
+        started: float,
+    ) -> GraphResult:
+        embeddings = self.prompt_encoder.encode.remote(
+            params.prompt, params.negative_prompt, params.guidance_scale, deadline
+        )
+        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline)
+        latents: DenoisedLatents | None = None
+        try:
+            async for message in stream:
+                if isinstance(message, StepProgress):
+                    progress.last = message
+                    if on_progress is not None:
+                        on_progress(message)
+                else:
+                    latents = message
+            assert latents is not None, "denoiser stream ended without latents"
+            video: EncodedVideo = await self.video_encoder.encode.remote(latents.latents, params.fps, deadline)
+        except asyncio.CancelledError:
+            # Client gone or deadline hit in wait_for: stop the stages now
+            # rather than when Ray notices the parent request is gone.
+            stream.cancel()
+            embeddings.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised as the stage's own error
+            cause = unwrap_stage_error(exc)
+            if isinstance(cause, ServiceError):
+                raise cause from None
+            raise StageFailed(f"a pipeline stage failed: {type(cause).__name__}: {cause}") from exc
+        return GraphResult(video=video, denoise_s=latents.elapsed_s, total_s=time.perf_counter() - started)

@@ -1,0 +1,36 @@
+"""What crosses deployment boundaries, besides `GenerationParams` and `Deadline`.
+
+Only embeddings and latents (megabytes) travel between stages; frames never
+do: the video encoder turns latents into an mp4 in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """The denoiser finished `step` of `total_steps`."""
+
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class DenoisedLatents:
+    """The denoiser's last message: latents on the CPU."""
+
+    latents: object  # torch.Tensor
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    mp4: bytes
+    num_frames: int
+    width: int
+    height: int
+    fps: int
+    decode_s: float
+    encode_s: float

@@ -1,0 +1,160 @@
+"""Turning a request into the exact settings a generation runs with.
+
+`resolve_generation` is the service's `check_inputs`: it starts from a preset,
+applies the request's overrides, and rejects anything outside the limits with
+an `InvalidRequest` naming the field, the value and what is allowed. Nothing is
+rounded or clamped: a value the model cannot take is an error, not a surprise.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from serve_app.config import GenerationLimits, PresetCatalog
+from serve_app.errors import InvalidRequest
+
+
+class GenerationParams(BaseModel):
+    """Everything that decides the pixels of one video (after presets and overrides)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    fps: int
+    seed: int
+    preset: str
+
+    @property
+    def size(self) -> str:
+        """OpenAI's `size` string: WIDTHxHEIGHT."""
+        return f"{self.width}x{self.height}"
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // 4 + 1
+
+    @property
+    def latent_tokens(self) -> int:
+        """DiT sequence length: what the compute cost of one step scales with."""
+        return self.latent_frames * (self.height // 32) * (self.width // 32)
+
+
+# Fields a request may override on top of its preset.
+OVERRIDABLE = ("width", "height", "num_frames", "num_inference_steps", "guidance_scale", "fps", "negative_prompt")
+
+
+SIZE_PATTERN = re.compile(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", re.ASCII)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height)."""
+    # re.ASCII: str.isdigit() and \d would also take '²' or full-width digits.
+    match = SIZE_PATTERN.fullmatch(size)
+    if match is None:
+        raise InvalidRequest(
+            f"size={size!r} is not of the form WIDTHxHEIGHT, e.g. '640x480'", param="size"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def _check_range(field: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{field}={value} is outside the allowed range [{lo}, {hi}]", param=field)
+
+
+def check_generation(values: dict[str, Any], limits: GenerationLimits) -> None:
+    """Raise `InvalidRequest` for the first field outside `limits`."""
+    for field in ("prompt", "negative_prompt"):
+        text = values[field]
+        if len(text) > limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"{field} has {len(text)} characters; at most {limits.max_prompt_chars} are allowed",
+                param=field,
+            )
+    if not values["prompt"].strip():
+        raise InvalidRequest("prompt is empty; describe the video to generate", param="prompt")
+
+    for field in ("height", "width"):
+        side = values[field]
+        _check_range(field, side, limits.min_side, limits.max_side)
+        if side % limits.side_multiple:
+            raise InvalidRequest(
+                f"{field}={side} is not a multiple of {limits.side_multiple} "
+                f"(the 5B VAE's 16x downsampling times the DiT's 2x2 patches); "
+                f"nearest allowed: {side // limits.side_multiple * limits.side_multiple} "
+                f"or {(side // limits.side_multiple + 1) * limits.side_multiple}",
+                param=field,
+            )
+    pixels = values["height"] * values["width"]
+    if pixels > limits.max_pixels:
+        raise InvalidRequest(
+            f"size={values['width']}x{values['height']} has {pixels} pixels; at most {limits.max_pixels} are allowed",
+            param="size",
+        )
+
+    frames = values["num_frames"]
+    _check_range("num_frames", frames, limits.min_frames, limits.max_frames)
+    if (frames - 1) % limits.frames_modulus:
+        k = (frames - 1) // limits.frames_modulus
+        raise InvalidRequest(
+            f"num_frames={frames} is not of the form {limits.frames_modulus}k+1; "
+            f"nearest allowed: {k * limits.frames_modulus + 1} or {(k + 1) * limits.frames_modulus + 1}",
+            param="num_frames",
+        )
+    _check_range("num_inference_steps", values["num_inference_steps"], limits.min_steps, limits.max_steps)
+    _check_range("guidance_scale", values["guidance_scale"], limits.min_guidance, limits.max_guidance)
+    _check_range("fps", values["fps"], limits.min_fps, limits.max_fps)
+    seed = values.get("seed")
+    if seed is not None:
+        _check_range("seed", seed, 0, limits.max_seed)
+
+
+def resolve_generation(
+    request: dict[str, Any],
+    catalog: PresetCatalog,
+    *,
+    rng: random.Random | None = None,
+) -> GenerationParams:
+    """Preset + overrides -> checked `GenerationParams`.
+
+    `request` holds the request's generation fields; None means "not given".
+    A request without a seed gets a random one, reported in the answer so the
+    video can be made again.
+    """
+    preset_name = request.get("preset") or catalog.default_preset
+    if preset_name not in catalog.presets:
+        raise InvalidRequest(
+            f"preset={preset_name!r} is not one of {sorted(catalog.presets)}", param="preset"
+        )
+    preset = catalog.presets[preset_name]
+    values: dict[str, Any] = {field: getattr(preset, field) for field in OVERRIDABLE}
+
+    if request.get("size") is not None:
+        if request.get("width") is not None or request.get("height") is not None:
+            raise InvalidRequest("give either size or width/height, not both", param="size")
+        values["width"], values["height"] = parse_size(request["size"])
+    for field in OVERRIDABLE:
+        if request.get(field) is not None:
+            values[field] = request[field]
+    values["prompt"] = request.get("prompt") or ""
+    values["seed"] = request.get("seed")
+
+    check_generation(values, catalog.limits)
+
+    if values["seed"] is None:
+        values["seed"] = (rng or random.SystemRandom()).randint(0, catalog.limits.max_seed)
+    return GenerationParams(preset=preset_name, **values)

@@ -1,0 +1,82 @@
+"""Frames to mp4 with PyAV (H.264), and reading an mp4 back for checks."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+# x264 "veryfast" at CRF 20: on 17-121 frames the encode is ~1-3% of a job's
+# time, and CRF 20 keeps the model's detail without bloating files.
+DEFAULT_CODEC_OPTIONS = {"preset": "veryfast", "crf": "20"}
+
+
+def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounding to nearest."""
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+def encode_mp4(frames: np.ndarray, fps: int, codec_options: dict[str, str] | None = None) -> bytes:
+    """uint8 frames (F, H, W, 3) -> mp4 bytes (H.264, yuv420p, `faststart` for streaming)."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames of shape (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
+    # faststart moves the index to the front, so players start before the
+    # download ends; the muxer rewrites the file for it, which needs a real file.
+    with tempfile.TemporaryDirectory(prefix="mp4-") as tmp:
+        path = os.path.join(tmp, "video.mp4")
+        _write_mp4(path, frames, fps, width, height, codec_options)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _write_mp4(path: str, frames: np.ndarray, fps: int, width: int, height: int, codec_options) -> None:
+    import av
+
+    with av.open(path, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = dict(codec_options or DEFAULT_CODEC_OPTIONS)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str
+
+
+def probe_mp4(data: bytes) -> VideoInfo:
+    """Decode every frame (not just the header) and report what is really there."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        count = sum(1 for _ in container.decode(stream))
+        return VideoInfo(
+            frames=count,
+            width=stream.width,
+            height=stream.height,
+            fps=float(stream.average_rate),
+            codec=stream.codec_context.name,
+        )
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    """All frames of an mp4 as uint8 RGB, shape (F, H, W, 3)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

@@ -1,0 +1,262 @@
+"""The HTTP API end to end through FastAPI, with a fake generator in place of the Ray graph."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.api.routes import create_app
+from serve_app.api.service import VideoService
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.config import ServiceArgs, load_model_profile, load_presets
+from serve_app.errors import DeadlineExceeded
+from serve_app.graph import GraphResult
+from serve_app.messages import EncodedVideo, StepProgress
+from serve_app.records import FileRecordStore
+from serve_app.video import encode_mp4, probe_mp4
+
+# Small enough that the fake's mp4 is made in milliseconds.
+REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8,
+           "num_inference_steps": 4, "seed": 11}
+
+
+class FakeGenerator:
+    """Stands in for StageGraph: reports progress, then returns a real mp4 of the asked shape."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.error: BaseException | None = None
+        self.mid_run = None  # called after the first progress report, while the job runs
+
+    async def generate(self, params, deadline, on_progress=None) -> GraphResult:
+        self.calls.append((params, deadline))
+        if self.error is not None:
+            raise self.error
+        if on_progress is not None:
+            on_progress(StepProgress(step=1, total_steps=params.num_inference_steps))
+        if self.mid_run is not None:
+            self.mid_run()
+        frames = np.full((params.num_frames, params.height, params.width, 3), 128, dtype=np.uint8)
+        mp4 = encode_mp4(frames, params.fps)
+        video = EncodedVideo(mp4=mp4, num_frames=params.num_frames, width=params.width,
+                             height=params.height, fps=params.fps, decode_s=0.01, encode_s=0.02)
+        return GraphResult(video=video, denoise_s=0.5, total_s=0.6)
+
+
+@pytest.fixture
+def generator():
+    return FakeGenerator()
+
+
+@pytest.fixture
+def client(tmp_path, generator):
+    service = VideoService(
+        args=ServiceArgs(),
+        profile=load_model_profile("tiny"),
+        catalog=load_presets(),
+        generator=generator,
+        records=FileRecordStore(tmp_path / "records"),
+        artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+    )
+    # Unhandled errors must come back as our 500 JSON, not be re-raised into the test.
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        yield c
+
+
+def assert_error(response, status: int, code: str, param: str | None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == (code, param)
+    assert error["message"]
+    return error
+
+
+def test_create_video(client, generator):
+    response = client.post("/v1/videos", json=REQUEST)
+    assert response.status_code == 200, response.text
+    video = response.json()
+    assert video["id"].startswith("video_") and len(video["id"]) == len("video_") + 32
+    assert (video["object"], video["status"], video["progress"]) == ("video", "completed", 100)
+    assert video["model"] == "wan2.2-ti2v-tiny"
+    assert video["size"] == "64x64"
+    assert video["seconds"] == "0.62"  # 5 frames at 8 fps
+    for field, value in REQUEST.items():
+        assert video[field] == value
+    assert video["preset"] == "preview"
+    assert video["guidance_scale"] == 5.0  # from the preset
+    assert video["error"] is None and video["completed_at"] >= video["created_at"]
+    assert video["timings"] == {"denoise_s": 0.5, "decode_s": 0.01, "encode_s": 0.02, "total_s": 0.6}
+    params, deadline = generator.calls[0]
+    assert params.seed == 11
+    assert 0 < deadline.remaining() <= ServiceArgs().default_deadline_s
+
+
+def test_progress_is_visible_while_running(client, generator, tmp_path):
+    seen = []
+
+    def poll():
+        # Read the store directly: the TestClient cannot be re-entered from the app's own loop.
+        (record,) = (tmp_path / "records").iterdir()
+        seen.append(FileRecordStore(tmp_path / "records").load(record.name))
+
+    generator.mid_run = poll
+    client.post("/v1/videos", json=REQUEST)
+    assert (seen[0].status, seen[0].progress) == ("in_progress", 25)  # step 1 of 4
+
+
+def test_requested_deadline_is_passed_on(client, generator):
+    # Bracket the request with wall-clock reads: exact, however slow the machine.
+    before = time.time()
+    client.post("/v1/videos", json={**REQUEST, "deadline_s": 2.5})
+    after = time.time()
+    assert before + 2.5 <= generator.calls[0][1].at <= after + 2.5
+
+
+def test_random_seed_is_reported(client, generator):
+    request = {k: v for k, v in REQUEST.items() if k != "seed"}
+    video = client.post("/v1/videos", json=request).json()
+    assert video["seed"] == generator.calls[0][0].seed
+    assert 0 <= video["seed"] <= 2**32 - 1
+
+
+def test_get_video_and_content(client):
+    created = client.post("/v1/videos", json=REQUEST).json()
+    fetched = client.get(f"/v1/videos/{created['id']}")
+    assert fetched.status_code == 200
+    assert fetched.json() == created
+
+    content = client.get(f"/v1/videos/{created['id']}/content")
+    assert content.status_code == 200
+    assert content.headers["content-type"] == "video/mp4"
+    info = probe_mp4(content.content)
+    assert (info.frames, info.width, info.height, info.fps) == (5, 64, 64, 8.0)
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"num_frames": "abc"}, "num_frames"),
+        ({"guidance_scale": [1]}, "guidance_scale"),
+        ({"colour": "red"}, "colour"),  # extra=forbid
+        ({"prompt": None}, "prompt"),
+        ({"model": "sora-2"}, "model"),
+        ({"deadline_s": 0}, "deadline_s"),
+        ({"deadline_s": -1}, "deadline_s"),
+        ({"deadline_s": 600.5}, "deadline_s"),
+        ({"num_frames": 16}, "num_frames"),
+        ({"width": 100}, "width"),
+        ({"preset": "cinema"}, "preset"),
+        ({"size": "64x64"}, "size"),  # together with width/height
+    ],
+)
+def test_invalid_request_is_422_naming_the_field(client, generator, change, param):
+    error = assert_error(client.post("/v1/videos", json={**REQUEST, **change}), 422, "invalid_request", param)
+    assert error["type"] == "invalid_request_error"
+    assert generator.calls == []
+
+
+def test_missing_prompt(client):
+    request = {k: v for k, v in REQUEST.items() if k != "prompt"}
+    error = assert_error(client.post("/v1/videos", json=request), 422, "invalid_request", "prompt")
+    assert "required" in error["message"].lower()
+
+
+def test_wrong_type_message_quotes_the_value(client):
+    error = assert_error(client.post("/v1/videos", json={**REQUEST, "num_frames": "abc"}),
+                         422, "invalid_request", "num_frames")
+    assert "'abc'" in error["message"]
+
+
+def test_largest_deadline_is_accepted(client):
+    assert client.post("/v1/videos", json={**REQUEST, "deadline_s": 600}).status_code == 200
+
+
+def test_model_by_id_or_profile_name(client):
+    for model in ("wan2.2-ti2v-tiny", "tiny"):
+        assert client.post("/v1/videos", json={**REQUEST, "model": model}).status_code == 200
+
+
+@pytest.mark.parametrize("video_id", ["video_" + "0" * 32, "video_nothex", "video_..", "x" * 300])
+@pytest.mark.parametrize("suffix", ["", "/content"])
+def test_unknown_or_malformed_id_is_404(client, video_id, suffix):
+    assert_error(client.get(f"/v1/videos/{video_id}{suffix}"), 404, "not_found", "video_id")
+
+
+@pytest.mark.parametrize("method, path, status", [("get", "/v1/nope", 404), ("delete", "/v1/videos/x", 405)])
+def test_unrouted_requests_get_the_error_shape(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.json()["error"]["code"]
+
+
+def test_malformed_json_names_the_body(client):
+    response = client.post("/v1/videos", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_request", "body")
+
+
+def test_deadline_exceeded_is_504_and_recorded(client, generator):
+    generator.error = DeadlineExceeded("stopped after step 3 of 4", stage="denoise", step=3, total_steps=4)
+    error = assert_error(client.post("/v1/videos", json=REQUEST), 504, "deadline_exceeded", None)
+    assert (error["step"], error["total_steps"], error["stage"]) == (3, 4, "denoise")
+    video = client.get(f"/v1/videos/{error['video_id']}").json()
+    assert video["status"] == "failed"
+    assert video["error"] == {"code": "deadline_exceeded", "message": "stopped after step 3 of 4"}
+
+    # No content for a failed video: 409, not 404 and not an empty file.
+    conflict = assert_error(client.get(f"/v1/videos/{error['video_id']}/content"),
+                            409, "video_not_ready", "video_id")
+    assert conflict["status"] == "failed"
+
+
+def test_unexpected_error_is_500_without_internals(client, generator):
+    generator.error = RuntimeError("CUDA exploded at /secret/path.py line 42")
+    response = client.post("/v1/videos", json=REQUEST)
+    error = assert_error(response, 500, "stage_failed", None)
+    assert error["type"] == "server_error"
+    assert error["video_id"].startswith("video_")
+    assert "Traceback" not in response.text
+    assert "secret" not in response.text and "CUDA" not in response.text
+
+
+def test_unexpected_error_marks_the_video_failed(client, generator, tmp_path):
+    generator.error = RuntimeError("boom")
+    client.post("/v1/videos", json=REQUEST)
+    (record,) = (tmp_path / "records").iterdir()
+    assert client.get(f"/v1/videos/{record.name}").json()["status"] == "failed"
+
+
+def test_unknown_variant(client):
+    video_id = client.post("/v1/videos", json=REQUEST).json()["id"]
+    assert_error(client.get(f"/v1/videos/{video_id}/content?variant=thumbnail"), 422, "invalid_request", "variant")
+
+
+def test_openapi_lists_the_routes(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content"} <= set(paths)
+    assert "post" in paths["/v1/videos"]
+
+
+def test_healthz_without_probe(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "model": "wan2.2-ti2v-tiny@seed0",
+        "attention_backend": "sdpa",
+        "default_deadline_s": 30.0,
+        "stages": {},
+    }
+
+
+def test_presets(client):
+    body = client.get("/v1/presets").json()
+    assert sorted(body["presets"]) == ["official", "preview", "standard"]
+    assert body["default_preset"] == "preview"
+    assert body["presets"]["official"]["width"] == 1280
+    assert body["limits"]["max_frames"] == 121
