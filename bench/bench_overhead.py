@@ -21,6 +21,7 @@ import json
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,8 +77,11 @@ def _post(url: str, body: dict, timeout: float = 600) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"POST {url} -> {exc.code}: {exc.read().decode(errors='replace')}") from None
 
 
 def measure_http(profile_name: str, params, runs: int, data_dir: Path, gpu: bool) -> tuple[list[float], list[dict]]:
