@@ -68,7 +68,10 @@ class Denoiser(ModelStage):
                 self._record(exc, guard)
                 raise
             self._record(None, guard)
-            return DenoisedLatents(latents, time.perf_counter() - started)
+            # numpy, not torch: the gateway relays this message and must never
+            # import torch (a first torch import inside Ray's deserialisation
+            # thread segfaulted the gateway on the GPU image).
+            return DenoisedLatents(latents.float().numpy(), time.perf_counter() - started)
 
         work = asyncio.ensure_future(self.run_model(run))
         try:

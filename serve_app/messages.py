@@ -21,7 +21,7 @@ class StepProgress:
 class DenoisedLatents:
     """The denoiser's last message: latents on the CPU."""
 
-    latents: object  # torch.Tensor
+    latents: object  # numpy.ndarray, float32 (B, 48, latent frames, H/16, W/16)
     elapsed_s: float
 
 

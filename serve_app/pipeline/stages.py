@@ -106,7 +106,7 @@ def denoise(
 
 
 def decode_latents(pipe, latents):
-    """Latents -> float frames in [0, 1], shape (frames, height, width, 3).
+    """Latents (tensor or array) -> float frames in [0, 1], shape (frames, height, width, 3).
 
     WanPipeline has no public decode step; this is its tail, line for line.
     """
@@ -115,7 +115,7 @@ def decode_latents(pipe, latents):
     vae = pipe.vae
     device = pipe._execution_device
     with torch.inference_mode():
-        latents = latents.to(device=device, dtype=vae.dtype)
+        latents = torch.as_tensor(latents).to(device=device, dtype=vae.dtype)
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
