@@ -33,7 +33,10 @@ from serve_app.deadline import Deadline, StepGuard  # noqa: E402
 from serve_app.params import resolve_generation  # noqa: E402
 
 
-def measure_in_process(profile_name: str, params, runs: int, data_dir: Path) -> list[float]:
+def measure_in_process(profile_name: str, params, runs: int, data_dir: Path) -> tuple[list[float], dict]:
+    """Median-of-runs wall time of the stages called in turn, and a per-stage breakdown."""
+    import statistics
+
     import torch
 
     from serve_app.pipeline import stages
@@ -43,25 +46,31 @@ def measure_in_process(profile_name: str, params, runs: int, data_dir: Path) -> 
     profile = load_model_profile(profile_name)
     pipes = {s: load_pipeline(profile, data_dir, s) for s in ("prompt_encoder", "denoiser", "video_encoder")}
 
-    def once() -> float:
-        started = time.perf_counter()
+    def once() -> dict[str, float]:
+        t0 = time.perf_counter()
         emb = stages.encode_prompts(
             pipes["prompt_encoder"], params.prompt, params.negative_prompt, params.guidance_scale,
             profile.max_sequence_length,
         )
+        t1 = time.perf_counter()
         guard = StepGuard(Deadline.after(3600), params.num_inference_steps)
         latents = stages.denoise(pipes["denoiser"], params, emb, guard, max_sequence_length=profile.max_sequence_length)
+        t2 = time.perf_counter()
         frames = frames_to_uint8(stages.decode_latents(pipes["video_encoder"], latents))
+        t3 = time.perf_counter()
         encode_mp4(frames, params.fps)
-        return time.perf_counter() - started
+        t4 = time.perf_counter()
+        return {"prompt_encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2, "encode_s": t4 - t3,
+                "total_s": t4 - t0}
 
     once()  # warm-up: kernels, allocator
-    samples = [once() for _ in range(runs)]
+    runs_ = [once() for _ in range(runs)]
     del pipes
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return samples
+    breakdown = {k: round(statistics.median(r[k] for r in runs_), 4) for k in runs_[0]}
+    return [r["total_s"] for r in runs_], breakdown
 
 
 GPU_FRACTIONS = {"prompt_encoder": 0.2, "denoiser": 0.5, "video_encoder": 0.3}
@@ -84,7 +93,9 @@ def _post(url: str, body: dict, timeout: float = 600) -> dict:
         raise RuntimeError(f"POST {url} -> {exc.code}: {exc.read().decode(errors='replace')}") from None
 
 
-def measure_http(profile_name: str, params, runs: int, data_dir: Path, gpu: bool) -> tuple[list[float], list[dict]]:
+def measure_http(
+    profile_name: str, params, runs: int, data_dir: Path, gpu: bool, progress_interval_s: float
+) -> tuple[list[float], list[dict]]:
     import ray
     from ray import serve
 
@@ -100,7 +111,13 @@ def measure_http(profile_name: str, params, runs: int, data_dir: Path, gpu: bool
         "denoiser": {"max_ongoing_requests": 1, "num_cpus": cpus, "num_gpus": fractions.get("denoiser", 0)},
         "video_encoder": {"max_ongoing_requests": 2, "num_cpus": cpus, "num_gpus": fractions.get("video_encoder", 0)},
     }
-    args = ServiceArgs(model=profile_name, data_dir=str(data_dir), default_deadline_s=600, stages=stages)
+    args = ServiceArgs(
+        model=profile_name,
+        data_dir=str(data_dir),
+        default_deadline_s=600,
+        progress_interval_s=progress_interval_s,
+        stages=stages,
+    )
     port = _free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
@@ -144,12 +161,18 @@ def main() -> None:
     print(f"card: {card}; profile {args.profile}; preset {args.preset} ({params.size}, "
           f"{params.num_frames} frames, {params.num_inference_steps} steps)", flush=True)
 
-    direct = measure_in_process(args.profile, params, args.runs, data_dir)
-    print(f"in-process: {[round(s, 4) for s in direct]}", flush=True)
-    http, answers = measure_http(args.profile, params, args.runs, data_dir, gpu)
-    print(f"http:       {[round(s, 4) for s in http]}", flush=True)
+    direct, direct_breakdown = measure_in_process(args.profile, params, args.runs, data_dir)
+    print(f"in-process: {[round(x, 4) for x in direct]} {direct_breakdown}", flush=True)
+    variants = {}
+    # Every step streamed to the gateway (the default), and no step messages
+    # at all, to show what per-step progress costs.
+    for name, interval in (("progress every step", 0.0), ("no progress messages", 3600.0)):
+        samples, answers = measure_http(args.profile, params, args.runs, data_dir, gpu, interval)
+        print(f"http ({name}): {[round(x, 4) for x in samples]} {answers[-1].get('timings')}", flush=True)
+        variants[name] = {"s": summary(samples), "stage_timings_last": answers[-1].get("timings")}
 
-    d, h = summary(direct), summary(http)
+    d = summary(direct)
+    h = variants["progress every step"]["s"]
     added_ms = (h["median"] - d["median"]) * 1000
     ratio = h["median"] / d["median"]
     met = ratio < 1.05 or added_ms < 30
@@ -158,21 +181,22 @@ def main() -> None:
         "preset": args.preset,
         "params": params.model_dump(),
         "in_process_s": d,
-        "http_s": h,
+        "in_process_breakdown_median": direct_breakdown,
+        "http": variants,
         "ratio_http_over_in_process": ratio,
         "added_ms": added_ms,
         "goal": "HTTP adds < 5% or < 30 ms",
         "goal_met": met,
-        "stage_timings_last_http": answers[-1].get("timings"),
         "fractions": GPU_FRACTIONS if gpu else None,
         "torch": torch.__version__,
     }
     path = write_result(f"overhead-{slug(card)}-{args.profile}-{args.preset}", result)
     print()
-    print(f"| card | path | median s | ratio |")
-    print(f"| --- | --- | --- | --- |")
+    print("| card | path | median s | ratio |")
+    print("| --- | --- | --- | --- |")
     print(f"| {card} | in-process stages | {d['median']:.4f} | 1.000 |")
-    print(f"| {card} | HTTP via Ray Serve | {h['median']:.4f} | {ratio:.3f} |")
+    for name, v in variants.items():
+        print(f"| {card} | HTTP via Ray Serve, {name} | {v['s']['median']:.4f} | {v['s']['median'] / d['median']:.3f} |")
     print(f"serving layer adds {added_ms:.1f} ms ({(ratio - 1) * 100:.1f}%): goal {'met' if met else 'NOT met'}; "
           f"wrote {path}")
 

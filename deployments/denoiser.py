@@ -55,8 +55,14 @@ class Denoiser(ModelStage):
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[StepProgress] = asyncio.Queue()
 
+        interval = self.args.progress_interval_s
+        last_sent = [float("-inf")]
+
         def on_step(step: int, total: int) -> None:
-            loop.call_soon_threadsafe(progress.put_nowait, StepProgress(step, total))
+            now = time.monotonic()
+            if step == total or now - last_sent[0] >= interval:
+                last_sent[0] = now
+                loop.call_soon_threadsafe(progress.put_nowait, StepProgress(step, total))
 
         def run():
             # Recorded here, on the model thread, so the step count is the one
@@ -71,7 +77,7 @@ class Denoiser(ModelStage):
             # numpy, not torch: the gateway relays this message and must never
             # import torch (a first torch import inside Ray's deserialisation
             # thread segfaulted the gateway on the GPU image).
-            return DenoisedLatents(latents.float().numpy(), time.perf_counter() - started)
+            return DenoisedLatents(latents.float().numpy(), time.perf_counter() - started, embeddings.encode_s)
 
         work = asyncio.ensure_future(self.run_model(run))
         try:

@@ -241,6 +241,9 @@ class ServiceArgs(StrictModel):
     default_deadline_s: float = Field(30.0, gt=0, description="Deadline of a request that names none.")
     max_deadline_s: float = Field(600.0, gt=0, description="Largest deadline a request may ask for.")
     warmup: bool = Field(True, description="Run one tiny generation per stage at replica start.")
+    progress_interval_s: float = Field(
+        0.0, ge=0, description="Least seconds between two progress messages of the denoiser; 0 sends every step."
+    )
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
 
     @model_validator(mode="after")

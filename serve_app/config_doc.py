@@ -1,6 +1,7 @@
 """Markdown reference of every config knob, generated from the pydantic models.
 
-    python -m serve_app.config_doc        # prints what the README's reference holds
+    python -m serve_app.config_doc            # prints what the README's reference holds
+    python -m serve_app.config_doc --write    # puts it into README.md
 
 A unit test keeps the README's copy equal to this output.
 """
@@ -48,5 +49,24 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+
+
+def readme_block(readme: str) -> str:
+    return readme[readme.index(START) + len(START) : readme.index(END)]
+
+
+def write_readme(path) -> None:
+    readme = path.read_text()
+    path.write_text(readme.replace(START + readme_block(readme), START + render()))
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+
+    from serve_app.paths import PROJECT_ROOT
+
+    if "--write" in sys.argv:
+        write_readme(PROJECT_ROOT / "README.md")
+    else:
+        print(render(), end="")

@@ -41,6 +41,7 @@ def unwrap_stage_error(exc: BaseException) -> BaseException:
 @dataclass
 class GraphResult:
     video: EncodedVideo
+    prompt_encode_s: float
     denoise_s: float
     total_s: float
 
@@ -110,4 +111,9 @@ class StageGraph:
             if isinstance(cause, ServiceError):
                 raise cause from None
             raise StageFailed(f"a pipeline stage failed: {type(cause).__name__}: {cause}") from exc
-        return GraphResult(video=video, denoise_s=latents.elapsed_s, total_s=time.perf_counter() - started)
+        return GraphResult(
+            video=video,
+            prompt_encode_s=latents.prompt_encode_s,
+            denoise_s=latents.elapsed_s,
+            total_s=time.perf_counter() - started,
+        )

@@ -23,6 +23,7 @@ class DenoisedLatents:
 
     latents: object  # numpy.ndarray, float32 (B, 48, latent frames, H/16, W/16)
     elapsed_s: float
+    prompt_encode_s: float  # the text encoder's time, relayed for the answer's timings
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class VideoError(BaseModel):
 
 
 class VideoTimings(BaseModel):
+    prompt_encode_s: float | None = None
     denoise_s: float | None = None
     decode_s: float | None = None
     encode_s: float | None = None

@@ -96,6 +96,7 @@ class VideoService:
         self.artifacts.put(video.id, "video", result.video.mp4)
         video.status, video.progress, video.completed_at = "completed", 100, int(time.time())
         video.timings = VideoTimings(
+            prompt_encode_s=round(result.prompt_encode_s, 4),
             denoise_s=round(result.denoise_s, 4),
             decode_s=round(result.video.decode_s, 4),
             encode_s=round(result.video.encode_s, 4),

@@ -23,13 +23,7 @@ StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 class PromptEmbeddings:
     prompt_embeds: "object"  # torch.Tensor [1, seq, dim]
     negative_prompt_embeds: "object | None"  # None when guidance is off
-
-    @property
-    def nbytes(self) -> int:
-        total = self.prompt_embeds.element_size() * self.prompt_embeds.nelement()
-        if self.negative_prompt_embeds is not None:
-            total += self.negative_prompt_embeds.element_size() * self.negative_prompt_embeds.nelement()
-        return total
+    encode_s: float = 0.0  # how long the text encoder took
 
 
 def uses_guidance(guidance_scale: float) -> bool:
@@ -38,8 +32,11 @@ def uses_guidance(guidance_scale: float) -> bool:
 
 
 def encode_prompts(pipe, prompt: str, negative_prompt: str, guidance_scale: float, max_sequence_length: int):
+    import time
+
     import torch
 
+    started = time.perf_counter()
     device = pipe._execution_device
     with torch.inference_mode():
         pe, npe = pipe.encode_prompt(
@@ -50,7 +47,7 @@ def encode_prompts(pipe, prompt: str, negative_prompt: str, guidance_scale: floa
             max_sequence_length=max_sequence_length,
             device=device,
         )
-    return PromptEmbeddings(pe.cpu(), None if npe is None else npe.cpu())
+    return PromptEmbeddings(pe.cpu(), None if npe is None else npe.cpu(), time.perf_counter() - started)
 
 
 def denoise(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from serve_app.config_doc import render
+from serve_app.config_doc import readme_block, render
 from serve_app.paths import PROJECT_ROOT
 
 
 def test_readme_config_reference_is_current():
     readme = (PROJECT_ROOT / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
-    end = readme.index("<!-- config-reference:end -->")
-    assert readme[start:end] == render(), "run `python -m serve_app.config_doc` and paste it into README.md"
+    assert readme_block(readme) == render(), "run `python -m serve_app.config_doc --write`"
 
 
 def test_quickstart_has_exactly_two_commands_and_ci_runs_the_test_one():

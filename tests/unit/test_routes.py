@@ -43,7 +43,7 @@ class FakeGenerator:
         mp4 = encode_mp4(frames, params.fps)
         video = EncodedVideo(mp4=mp4, num_frames=params.num_frames, width=params.width,
                              height=params.height, fps=params.fps, decode_s=0.01, encode_s=0.02)
-        return GraphResult(video=video, denoise_s=0.5, total_s=0.6)
+        return GraphResult(video=video, prompt_encode_s=0.1, denoise_s=0.5, total_s=0.6)
 
 
 @pytest.fixture
