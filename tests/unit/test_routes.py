@@ -89,7 +89,7 @@ def test_create_video(client, generator):
     assert video["preset"] == "preview"
     assert video["guidance_scale"] == 5.0  # from the preset
     assert video["error"] is None and video["completed_at"] >= video["created_at"]
-    assert video["timings"] == {"denoise_s": 0.5, "decode_s": 0.01, "encode_s": 0.02, "total_s": 0.6}
+    assert video["timings"] == {"prompt_encode_s": 0.1, "denoise_s": 0.5, "decode_s": 0.01, "encode_s": 0.02, "total_s": 0.6}
     params, deadline = generator.calls[0]
     assert params.seed == 11
     assert 0 < deadline.remaining() <= ServiceArgs().default_deadline_s
