@@ -1,8 +1,11 @@
-"""Gateway: the HTTP ingress. Validation, the graph call, results; no model."""
+"""Gateway: the HTTP ingress. Validation, jobs, results; no model."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from typing import Any
 
 from ray import serve
@@ -10,10 +13,13 @@ from ray import serve
 from serve_app.api.protocol import StageHealth
 from serve_app.api.routes import create_app
 from serve_app.api.service import VideoService
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.artifacts import open_artifact_store
 from serve_app.config import ServiceArgs
+from serve_app.estimates import StageTimeEstimator
 from serve_app.graph import StageGraph
-from serve_app.records import FileRecordStore
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.stores import open_job_store
+from serve_app.webhooks import WebhookConfig, check_destination, deliver
 
 STAGE_PROBE_TIMEOUT_S = 5.0
 
@@ -36,23 +42,64 @@ class HandleProbe:
         return dict(zip(self.handles, results))
 
 
+def webhook_config(args: ServiceArgs) -> WebhookConfig:
+    return WebhookConfig(
+        secret=os.environ.get(args.webhook_secret_env, ""),
+        allowed_hosts=args.webhook_allowed_hosts,
+        allow_http=args.webhook_allow_http,
+        max_attempts=args.webhook_max_attempts,
+        backoff_initial_s=args.webhook_backoff_initial_s,
+        timeout_s=args.webhook_timeout_s,
+    )
+
+
 @serve.deployment
 @serve.ingress()
 class Gateway:
     def __init__(self, args: dict[str, Any], prompt_encoder: Any, denoiser: Any, video_encoder: Any) -> None:
         service_args = ServiceArgs(**args)
-        videos_dir = service_args.data_path / "videos"
+        profile = service_args.model_profile()
+        store = open_job_store(service_args.job_store, service_args.data_path)
+        artifacts = open_artifact_store(service_args.artifact_store, service_args.data_path)
+        estimator = StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
+        hooks = webhook_config(service_args)
+
+        async def send_webhook(job):
+            return await deliver(job.webhook_url, job.video.model_dump(), hooks)
+
+        self.runner = JobRunner(
+            store=store,
+            artifacts=artifacts,
+            generator=StageGraph(prompt_encoder, denoiser, video_encoder),
+            estimator=estimator,
+            owner=f"gateway-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            lease_s=service_args.job_lease_s,
+            dispatch_interval_s=service_args.dispatch_interval_s,
+            artifact_ttl_s=service_args.artifact_ttl_s,
+            send_webhook=send_webhook,
+        )
         self.service = VideoService(
             args=service_args,
-            profile=service_args.model_profile(),
+            profile=profile,
             catalog=service_args.preset_catalog(),
-            generator=StageGraph(prompt_encoder, denoiser, video_encoder),
-            records=FileRecordStore(videos_dir),
-            artifacts=LocalArtifactStore(videos_dir),
+            store=store,
+            artifacts=artifacts,
+            runner=self.runner,
+            estimator=estimator,
             probe=HandleProbe(
                 {"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}
             ),
+            check_webhook=lambda url: check_destination(url, hooks),
         )
+        self.store = store
+        # Jobs left behind by a previous gateway are picked up from here on.
+        self.runner.start()
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
+
+    async def __del__(self):
+        # Scale-down, redeploy, `serve shutdown`: hand running jobs back to the
+        # store so another replica (or the next start) resumes them at once.
+        await self.runner.shutdown()
+        self.store.close()

@@ -11,7 +11,7 @@ from deployments.base import ModelStage
 from serve_app.deadline import Deadline
 from serve_app.messages import EncodedVideo
 from serve_app.pipeline.stages import decode_latents
-from serve_app.video import encode_mp4, frames_to_uint8
+from serve_app.video import encode_mp4, frames_to_uint8, make_thumbnail
 
 
 @serve.deployment
@@ -31,6 +31,7 @@ class VideoEncoder(ModelStage):
         frames = frames_to_uint8(decode_latents(self.pipe, latents))
         decoded = time.perf_counter()
         mp4 = encode_mp4(frames, fps)
+        thumbnail = make_thumbnail(frames)
         num_frames, height, width, _ = frames.shape
         return EncodedVideo(
             mp4=mp4,
@@ -40,6 +41,7 @@ class VideoEncoder(ModelStage):
             fps=fps,
             decode_s=decoded - started,
             encode_s=time.perf_counter() - decoded,
+            thumbnail=thumbnail,
         )
 
     async def encode(self, latents, fps: int, deadline: Deadline) -> EncodedVideo:

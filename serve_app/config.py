@@ -83,6 +83,14 @@ class ModelProfile(StrictModel):
         True, description="Never reach a hub at load time; a missing model is a clear error instead."
     )
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec, description="Widths for source 'tiny'.")
+    prior_step_s_per_ktoken: float = Field(
+        0.035, gt=0, description="Estimate before any job is measured: seconds per denoising step per 1,000 "
+        "latent tokens per guidance pass (H100-class for the 5B)."
+    )
+    prior_decode_s_per_mpixel: float = Field(
+        0.1, gt=0, description="Estimate before any job is measured: seconds of VAE decode + mp4 encode per "
+        "million output pixels (frames x height x width)."
+    )
 
     @field_validator("attention_backend")
     @classmethod
@@ -244,6 +252,40 @@ class ServiceArgs(StrictModel):
     progress_interval_s: float = Field(
         0.0, ge=0, description="Least seconds between two progress messages of the denoiser; 0 sends every step."
     )
+    sync_budget_s: float = Field(
+        15.0, ge=0, description="A request whose estimated finish is within this many seconds is answered "
+        "synchronously (200 with the finished video); later ones become jobs (202, status queued)."
+    )
+    default_job_deadline_s: float = Field(
+        600.0, gt=0, description="Deadline of one run of an asynchronous job that names none."
+    )
+    job_store: str = Field(
+        "", description="Where jobs are kept: '' (SQLite file in data_dir), 'sqlite:///path.db', or "
+        "'redis://host:port/db' (shared by several gateway replicas or nodes)."
+    )
+    artifact_store: str = Field(
+        "", description="Where videos and thumbnails are kept: '' (data_dir/videos), 'file:///dir', or "
+        "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL)."
+    )
+    artifact_ttl_s: float = Field(86400.0, gt=0, description="Seconds a finished video's files are kept (expires_at).")
+    job_lease_s: float = Field(
+        15.0, gt=0, description="A running job whose runner has not proved alive for this long is taken over "
+        "by another gateway replica (after a crash or restart)."
+    )
+    dispatch_interval_s: float = Field(
+        1.0, gt=0, description="How often a gateway looks for orphaned jobs and expired files."
+    )
+    webhook_secret_env: str = Field(
+        "WAN_SERVE_WEBHOOK_SECRET", description="Environment variable holding the webhook signing secret."
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts, '*.suffix' patterns or IP/CIDRs webhooks may be sent to; "
+        "empty refuses every webhook_url."
+    )
+    webhook_allow_http: bool = Field(False, description="Allow http:// webhook URLs (https only otherwise).")
+    webhook_max_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook before giving up.")
+    webhook_backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Seconds one webhook delivery may take.")
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
 
     @model_validator(mode="after")

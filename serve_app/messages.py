@@ -35,3 +35,4 @@ class EncodedVideo:
     fps: int
     decode_s: float
     encode_s: float
+    thumbnail: bytes = b""  # JPEG of the middle frame

@@ -71,6 +71,24 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def frames_for_seconds(seconds: Any, fps: int, num_frames: int | None, limits: GenerationLimits) -> int:
+    """OpenAI's `seconds` -> frames: seconds x fps + 1 (the first frame is t=0)."""
+    if num_frames is not None:
+        raise InvalidRequest("give either seconds or num_frames, not both", param="seconds")
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"seconds={seconds!r} is not a number", param="seconds") from None
+    frames = value * fps + 1
+    if frames != int(frames) or (int(frames) - 1) % limits.frames_modulus:
+        raise InvalidRequest(
+            f"seconds={seconds} at fps={fps} gives {frames:g} frames; frames must be a whole number of the "
+            f"form {limits.frames_modulus}k+1 (e.g. seconds=2 at fps=24 is 49 frames)",
+            param="seconds",
+        )
+    return int(frames)
+
+
 def _check_range(field: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise InvalidRequest(f"{field}={value} is outside the allowed range [{lo}, {hi}]", param=field)
@@ -150,6 +168,8 @@ def resolve_generation(
     for field in OVERRIDABLE:
         if request.get(field) is not None:
             values[field] = request[field]
+    if request.get("seconds") is not None:
+        values["num_frames"] = frames_for_seconds(request["seconds"], values["fps"], request.get("num_frames"), catalog.limits)
     values["prompt"] = request.get("prompt") or ""
     values["seed"] = request.get("seed")
 

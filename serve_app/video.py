@@ -80,3 +80,31 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
     with av.open(io.BytesIO(data)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+# JPEG quality 85: visually clean at thumbnail size, a few KB per image.
+THUMBNAIL_QUALITY = 85
+
+
+def make_thumbnail(frames: np.ndarray, max_side: int = 320) -> bytes:
+    """JPEG of the middle frame of uint8 (F, H, W, 3) frames, longer side <= max_side.
+
+    The middle frame, because first frames of generated videos are often
+    still settling. Smaller frames are kept as they are: upscaling adds bytes,
+    not detail.
+    """
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"expected uint8 frames of shape (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    from PIL import Image
+
+    _, height, width, _ = frames.shape
+    image = Image.fromarray(np.ascontiguousarray(frames[frames.shape[0] // 2]))
+    scale = max_side / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return out.getvalue()

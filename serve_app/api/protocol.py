@@ -26,8 +26,14 @@ class CreateVideoRequest(BaseModel):
     guidance_scale: float | None = Field(None, description="Classifier-free guidance scale; <= 1 turns it off.")
     negative_prompt: str | None = Field(None, description="What the video should not show.")
     seed: int | None = Field(None, description="Seed; omitted means random (the answer reports it).")
+    seconds: str | float | None = Field(
+        None, description="OpenAI's clip length; frames = seconds x fps + 1 (must be 4k+1). Or give num_frames."
+    )
     deadline_s: float | None = Field(
-        None, description="Seconds the service may spend on this request; default and cap are config."
+        None, description="Seconds the service may spend on one run of this request; default and cap are config."
+    )
+    webhook_url: str | None = Field(
+        None, description="POSTed the final video object (signed) when the job completes or fails."
     )
 
 
@@ -52,6 +58,8 @@ class VideoObject(BaseModel):
     status: VideoStatus
     model: str
     progress: int = Field(0, ge=0, le=100, description="Percent of denoising steps done.")
+    queue_position: int | None = Field(None, description="Jobs ahead of this one while queued.")
+    eta_s: float | None = Field(None, description="Estimated seconds until completion (from measured stage times).")
     created_at: int
     completed_at: int | None = None
     expires_at: int | None = None
@@ -70,6 +78,20 @@ class VideoObject(BaseModel):
     guidance_scale: float
     seed: int
     timings: VideoTimings = Field(default_factory=VideoTimings)
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VideoObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
 
 
 class StageHealth(BaseModel):

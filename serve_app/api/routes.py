@@ -1,45 +1,53 @@
 """FastAPI routes: thin, each one a call into `VideoService`.
 
 `create_app(service)` builds the ASGI app; the gateway deployment hands it to
-Ray Serve, and unit tests drive it with a fake service and no Ray at all.
+Ray Serve, and unit tests drive it with fakes and no Ray at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.protocol import CreateVideoRequest, HealthResponse, VideoObject
-from serve_app.api.service import VideoService
+from serve_app.api.protocol import CreateVideoRequest, HealthResponse, VideoDeleted, VideoList, VideoObject
+from serve_app.api.service import Preference, VideoService
 from serve_app.errors import InvalidRequest, ServiceError
 
 log = logging.getLogger("ray.serve")
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+# The largest request body read before anything is parsed (a prompt is at
+# most a few kB; the rest is headroom for multipart framing).
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
 
 
-def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
+def _first_error(errors: list[dict]) -> InvalidRequest:
+    first = errors[0]
     if first.get("type") == "json_invalid":
         # loc is ("body", <byte offset>): the offset is no field name.
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
-        return _error_response(InvalidRequest(f"body is not valid JSON: {reason}", param="body"))
+        return InvalidRequest(f"body is not valid JSON: {reason}", param="body")
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     field = ".".join(loc) or "body"
-    value = first.get("input")
     message = f"{field}: {first.get('msg', 'invalid value')}"
     if first.get("type") != "missing":
-        message += f" (got {value!r})"
-    return _error_response(InvalidRequest(message, param=field))
+        message += f" (got {first.get('input')!r})"
+    return InvalidRequest(message, param=field)
 
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error_response(_first_error(list(exc.errors())))
 
 
 def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -61,6 +69,50 @@ def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return _error_response(ServiceError("internal error; see the service log"))
 
 
+async def _read_create_request(request: Request) -> CreateVideoRequest:
+    """JSON or multipart/form-data (the OpenAI SDK sends multipart)."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"body has {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted", param="body")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data") or content_type.startswith("application/x-www-form-urlencoded"):
+        form = await request.form()
+        fields: dict = {}
+        for key, value in form.multi_items():
+            if not isinstance(value, str):
+                raise InvalidRequest(
+                    f"{key}: file uploads are not supported (text-to-video only)", param=key
+                )
+            fields[key] = value
+    else:
+        try:
+            fields = json.loads(body or b"null")
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"body is not valid JSON: {exc.msg}", param="body") from None
+        if not isinstance(fields, dict):
+            raise InvalidRequest("body must be a JSON object", param="body")
+    try:
+        return CreateVideoRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise _first_error(exc.errors()) from None
+
+
+def _sse(seq: int, event: dict) -> str:
+    return f"id: {seq}\nevent: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
+
+
+# The body is parsed by hand (JSON or multipart); this documents it anyway.
+CREATE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CreateVideoRequest.model_json_schema()},
+            "multipart/form-data": {"schema": CreateVideoRequest.model_json_schema()},
+        },
+    }
+}
+
+
 def create_app(service: VideoService) -> FastAPI:
     app = FastAPI(
         title="Wan2.2 text-to-video",
@@ -72,23 +124,84 @@ def create_app(service: VideoService) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    @app.post("/v1/videos", response_model=VideoObject, summary="Generate a video")
-    async def create_video(body: CreateVideoRequest) -> VideoObject:
-        return await service.create_video(body)
+    @app.post(
+        "/v1/videos",
+        response_model=VideoObject,
+        summary="Generate a video (synchronously when it fits the sync budget, else as a job)",
+        openapi_extra=CREATE_BODY_DOC,
+        responses={202: {"model": VideoObject, "description": "Accepted as a job; poll, stream or wait for the webhook"}},
+    )
+    async def create_video(
+        request: Request,
+        prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
+        idempotency_key: str | None = Header(None, max_length=200, description="Retries with the same key return the same job."),
+    ) -> JSONResponse:
+        body = await _read_create_request(request)
+        outcome = await service.create_video(body, Preference.parse(prefer), idempotency_key)
+        return JSONResponse(outcome.video.model_dump(), status_code=outcome.status_code, headers=outcome.headers)
+
+    @app.get("/v1/videos", response_model=VideoList, summary="List videos (cursor pagination)")
+    async def list_videos(
+        after: str | None = Query(None, description="Id of the last video of the previous page."),
+        limit: int = Query(20, description="Page size, 1-100."),
+        order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
+    ) -> VideoList:
+        return service.list_videos(after, limit, order)
 
     @app.get("/v1/videos/{video_id}", response_model=VideoObject, summary="A video object")
-    async def get_video(video_id: str) -> VideoObject:
-        return service.get_video(video_id)
+    async def get_video(video_id: str) -> JSONResponse:
+        video = service.get_video(video_id)
+        return JSONResponse(video.model_dump(), headers={"openai-poll-after-ms": str(service.poll_after_ms(video))})
 
     @app.get(
         "/v1/videos/{video_id}/content",
-        response_class=FileResponse,
-        summary="The finished mp4",
-        responses={200: {"content": {"video/mp4": {}}}},
+        summary="The finished mp4, or its thumbnail",
+        responses={200: {"content": {"video/mp4": {}, "image/jpeg": {}}}},
     )
-    async def get_content(video_id: str, variant: str = "video") -> FileResponse:
-        path = service.content_path(video_id, variant)
-        return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
+    async def get_content(video_id: str, variant: str = Query("video", description="video or thumbnail")):
+        data, media_type = service.content(video_id, variant)
+        if isinstance(data, (bytes, bytearray)):
+            return Response(bytes(data), media_type=media_type)
+        suffix = "mp4" if variant == "video" else "jpg"
+        return FileResponse(data, media_type=media_type, filename=f"{video_id}.{suffix}")
+
+    @app.delete("/v1/videos/{video_id}", response_model=VideoDeleted, summary="Stop (if running) and delete")
+    async def delete_video(video_id: str) -> VideoDeleted:
+        return service.delete(video_id)
+
+    @app.post("/v1/videos/{video_id}/cancel", response_model=VideoObject, summary="Stop a queued or running job")
+    async def cancel_video(video_id: str) -> VideoObject:
+        return service.cancel(video_id)
+
+    @app.get(
+        "/v1/videos/{video_id}/events",
+        summary="Server-Sent Events: queued, progress (step k of n, ETA), then completed or failed",
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def video_events(video_id: str, last_event_id: str | None = Header(None)) -> StreamingResponse:
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        stream = service.events(video_id, after)
+        first = await anext(stream, None)  # errors (404) surface before the 200 starts
+
+        async def body():
+            if first is not None:
+                yield _sse(*first)
+                async for seq, event in stream:
+                    yield _sse(seq, event)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.websocket("/v1/videos/{video_id}/ws")
+    async def video_ws(websocket: WebSocket, video_id: str) -> None:
+        await websocket.accept()
+        try:
+            async for seq, event in service.events(video_id):
+                await websocket.send_json({"seq": seq, **event})
+        except ServiceError as exc:
+            await websocket.send_json(exc.to_dict())
+        except WebSocketDisconnect:
+            return
+        await websocket.close()
 
     @app.get("/healthz", response_model=HealthResponse, summary="Service and stage health")
     async def healthz() -> JSONResponse:

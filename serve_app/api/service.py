@@ -1,32 +1,95 @@
-"""The logic behind the routes: validate, run the graph, keep the result."""
+"""The logic behind the routes: validate, decide sync or async, keep jobs, answer.
+
+Every request becomes a durable job first (so nothing accepted is lost);
+then the request either waits for it (the estimate fits the sync budget, or
+the client asked with `Prefer: wait=N`) or answers 202 at once
+(`Prefer: respond-async`, or the estimate is too long).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal, Protocol
 
-from serve_app.api.protocol import CreateVideoRequest, HealthResponse, StageHealth, VideoError, VideoObject, VideoTimings
+from serve_app.api.protocol import (
+    CreateVideoRequest,
+    HealthResponse,
+    StageHealth,
+    VideoDeleted,
+    VideoList,
+    VideoObject,
+)
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
-from serve_app.deadline import Deadline
-from serve_app.errors import InvalidRequest, RequestCancelled, ServiceError, StageFailed, VideoNotReady
-from serve_app.graph import GraphResult
+from serve_app.errors import InvalidRequest, NotFound, ServiceError, VideoNotReady
+from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
+from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
-from serve_app.records import RecordStore
 
-
-class Generator(Protocol):
-    async def generate(self, params: GenerationParams, deadline: Deadline, on_progress=None) -> GraphResult: ...
+# How long past a synchronous request's deadline the gateway waits for the
+# job's own deadline error (which names the step reached) before answering.
+SYNC_GRACE_S = 3.0
+# How often SSE/WebSocket readers look at the store for events written by
+# other replicas (local ones wake them at once).
+EVENT_POLL_S = 0.25
 
 
 class StageProbe(Protocol):
     async def describe_stages(self) -> dict[str, StageHealth]: ...
 
 
+class VideoExpired(ServiceError):
+    status_code = 410
+    code = "video_expired"
+    error_type = "invalid_request_error"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+    error_type = "invalid_request_error"
+
+
 def new_video_id() -> str:
     return f"video_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Preference:
+    """RFC 7240 `Prefer`: respond-async, or wait=N seconds."""
+
+    respond_async: bool = False
+    wait_s: float | None = None
+
+    @classmethod
+    def parse(cls, header: str | None) -> "Preference":
+        if not header:
+            return cls()
+        respond_async, wait_s = False, None
+        for token in re.split(r"[,;]", header):
+            token = token.strip().lower()
+            if token == "respond-async":
+                respond_async = True
+            elif token.startswith("wait="):
+                try:
+                    wait_s = float(token[5:])
+                except ValueError:
+                    raise InvalidRequest(f"Prefer: {token!r} is not wait=<seconds>", param="Prefer") from None
+                if wait_s < 0:
+                    raise InvalidRequest(f"Prefer: {token!r} must not be negative", param="Prefer")
+        return cls(respond_async, wait_s)
+
+
+@dataclass
+class CreateOutcome:
+    video: VideoObject
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class VideoService:
@@ -35,82 +98,121 @@ class VideoService:
         args: ServiceArgs,
         profile: ModelProfile,
         catalog: PresetCatalog,
-        generator: Generator,
-        records: RecordStore,
+        store: JobStore,
         artifacts: ArtifactStore,
+        runner: JobRunner,
+        estimator: StageTimeEstimator,
         probe: StageProbe | None = None,
+        check_webhook: Any = None,
     ) -> None:
         self.args = args
         self.profile = profile
         self.catalog = catalog
-        self.generator = generator
-        self.records = records
+        self.store = store
         self.artifacts = artifacts
+        self.runner = runner
+        self.estimator = estimator
         self.probe = probe
+        self.check_webhook = check_webhook
 
-    # --- checks ---------------------------------------------------------------------
+    # --- checks -----------------------------------------------------------------------
 
     def _check_model(self, model: str | None) -> None:
         allowed = {self.profile.model_id, self.profile.name}
         if model is not None and model not in allowed:
             raise InvalidRequest(f"model={model!r} is not served here; use {self.profile.model_id!r}", param="model")
 
-    def _deadline(self, requested: float | None) -> Deadline:
-        seconds = self.args.default_deadline_s if requested is None else requested
-        if not 0 < seconds <= self.args.max_deadline_s:
+    def _deadline_s(self, requested: float | None, sync: bool) -> float:
+        if requested is None:
+            return self.args.default_deadline_s if sync else self.args.default_job_deadline_s
+        if not 0 < requested <= self.args.max_deadline_s:
             raise InvalidRequest(
-                f"deadline_s={seconds} is outside the allowed range (0, {self.args.max_deadline_s}]",
+                f"deadline_s={requested} is outside the allowed range (0, {self.args.max_deadline_s}]",
                 param="deadline_s",
             )
-        return Deadline.after(seconds)
+        return requested
 
-    # --- routes' logic ----------------------------------------------------------------
+    @property
+    def denoiser_replicas(self) -> int:
+        opts = self.args.stages.denoiser
+        return opts.autoscaling.max_replicas if opts.autoscaling else (opts.num_replicas or 1)
 
-    async def create_video(self, request: CreateVideoRequest) -> VideoObject:
+    def eta_s(self, job: JobRecord) -> float:
+        """Queue ahead x this job's estimate spread over the denoisers, plus its own."""
+        own = self.estimator.estimate(job.params)
+        ahead = self.store.queue_position(job)
+        return own * (1 + ahead / self.denoiser_replicas)
+
+    # --- create -----------------------------------------------------------------------
+
+    async def create_video(
+        self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None
+    ) -> CreateOutcome:
         self._check_model(request.model)
         params = resolve_generation(request.model_dump(), self.catalog)
-        deadline = self._deadline(request.deadline_s)
-        video = self._new_record(params)
-        self.records.save(video)
+        if request.webhook_url is not None and self.check_webhook is not None:
+            self.check_webhook(request.webhook_url)
+        # The decision is made on this job's own estimate and the queue ahead.
+        draft = self._new_job(params, request, deadline_s=1.0, idempotency_key=idempotency_key)
+        if prefer.respond_async:
+            sync = False
+        elif prefer.wait_s is not None:
+            sync = True  # the client said how long it will wait; it gets the job as it stands then
+        else:
+            sync = self.eta_s(draft) <= self.args.sync_budget_s
+        draft.deadline_s = self._deadline_s(request.deadline_s, sync)
+        job, created = self.store.create(draft)
+        if created:
+            self.runner.submit(job.id)
+        headers = {"Location": f"/v1/videos/{job.id}"}
+        if prefer.respond_async:
+            headers["Preference-Applied"] = "respond-async"
+        elif prefer.wait_s is not None:
+            headers["Preference-Applied"] = f"wait={prefer.wait_s:g}"
+        if not sync or not created:
+            return CreateOutcome(self._public(self.store.get(job.id)), 202, headers)
+        wait_s = job.deadline_s + SYNC_GRACE_S
+        if prefer.wait_s is not None:
+            wait_s = min(wait_s, prefer.wait_s)
+        return await self._wait_sync(job, headers, wait_s)
 
-        def on_progress(step) -> None:
-            percent = int(100 * step.step / step.total_steps)
-            if percent != video.progress:  # one small write per visible change
-                video.progress = percent
-                self.records.save(video)
-
+    async def _wait_sync(self, job: JobRecord, headers: dict[str, str], wait_s: float) -> CreateOutcome:
         try:
-            result = await self.generator.generate(params, deadline, on_progress)
+            done = await self.runner.wait(job.id, wait_s)
         except asyncio.CancelledError:
-            self._fail(video, RequestCancelled("the client closed the connection"))
+            # The client went away: nobody will ever learn this job's id, so
+            # its work would be wasted. Stop it at the next step.
+            self.runner.cancel(job.id)
             raise
-        except ServiceError as exc:
-            self._fail(video, exc)
-            exc.details.setdefault("video_id", video.id)
-            raise
-        except Exception as exc:
-            # A bug of ours, not a stage's: still, no video stays "in_progress" forever.
-            failure = StageFailed(f"generation failed: {type(exc).__name__}", video_id=video.id)
-            self._fail(video, failure)
-            raise failure from exc
-        self.artifacts.put(video.id, "video", result.video.mp4)
-        video.status, video.progress, video.completed_at = "completed", 100, int(time.time())
-        video.timings = VideoTimings(
-            prompt_encode_s=round(result.prompt_encode_s, 4),
-            denoise_s=round(result.denoise_s, 4),
-            decode_s=round(result.video.decode_s, 4),
-            encode_s=round(result.video.encode_s, 4),
-            total_s=round(result.total_s, 4),
-        )
-        self.records.save(video)
-        return video
+        if done.video.status == "completed":
+            return CreateOutcome(done.video, 200, headers)
+        if done.video.status == "failed":
+            raise self._error_of(done)
+        # Still running past the wait (the estimate was wrong): it stays a job.
+        return CreateOutcome(self._public(done), 202, headers)
 
-    def _new_record(self, params: GenerationParams) -> VideoObject:
-        return VideoObject(
+    @staticmethod
+    def _error_of(job: JobRecord) -> ServiceError:
+        """The failed job's own error, as it was raised in the graph."""
+        body = dict((job.error_body or {}).get("error") or {})
+        code = body.pop("code", "internal_error")
+        message = body.pop("message", "generation failed")
+        error_type = body.pop("type", "server_error")
+        param = body.pop("param", None)
+        body["video_id"] = job.id
+        exc = ServiceError(message, param=param, **body)
+        exc.status_code, exc.code, exc.error_type = job.error_status or 500, code, error_type
+        return exc
+
+    def _new_job(
+        self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None
+    ) -> JobRecord:
+        now = time.time()
+        video = VideoObject(
             id=new_video_id(),
-            status="in_progress",
+            status="queued",
             model=self.profile.model_id,
-            created_at=int(time.time()),
+            created_at=int(now),
             size=params.size,
             seconds=f"{params.seconds:.2f}",
             preset=params.preset,
@@ -124,27 +226,117 @@ class VideoService:
             guidance_scale=params.guidance_scale,
             seed=params.seed,
         )
+        return JobRecord(
+            video=video,
+            params=params,
+            deadline_s=deadline_s,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            webhook_url=request.webhook_url,
+        )
 
-    def _fail(self, video: VideoObject, exc: ServiceError) -> None:
-        video.status = "failed"
-        video.error = VideoError(code=exc.code, message=exc.message)
-        video.completed_at = int(time.time())
-        self.records.save(video)
+    # --- read -------------------------------------------------------------------------
+
+    def _public(self, job: JobRecord) -> VideoObject:
+        """The video object with live queue position and ETA while not finished."""
+        video = job.video.model_copy()
+        if job.video.status == "queued":
+            video.queue_position = self.store.queue_position(job)
+            video.eta_s = round(self.eta_s(job), 3)
+        elif job.video.status == "in_progress":
+            video.eta_s = round(self.estimator.estimate(job.params) * (100 - video.progress) / 100, 3)
+        return video
 
     def get_video(self, video_id: str) -> VideoObject:
-        return self.records.load(video_id)
+        job = self.store.get(video_id)
+        if job.delete_requested:
+            raise NotFound(f"no video with id {video_id!r}", param="video_id")
+        return self._public(job)
 
-    def content_path(self, video_id: str, variant: str):
-        video = self.records.load(video_id)
-        if video.status != "completed":
+    def poll_after_ms(self, video: VideoObject) -> int:
+        """For the OpenAI SDK's poll helper (openai-poll-after-ms)."""
+        if video.eta_s is None:
+            return 1000
+        return int(min(2000, max(100, video.eta_s * 1000 / 10)))
+
+    def list_videos(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> VideoList:
+        if not 1 <= limit <= 100:
+            raise InvalidRequest(f"limit={limit} is outside the allowed range [1, 100]", param="limit")
+        jobs, has_more = self.store.list(after, limit, order)
+        data = [self._public(j) for j in jobs if not j.delete_requested]
+        return VideoList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=has_more,
+        )
+
+    def content(self, video_id: str, variant: str):
+        """(local path or bytes, media type) of a completed video's file."""
+        if variant not in ("video", "thumbnail"):
+            raise InvalidRequest(f"variant={variant!r} is not one of ['thumbnail', 'video']", param="variant")
+        job = self.store.get(video_id)
+        if job.video.status != "completed":
             raise VideoNotReady(
-                f"video {video_id!r} is {video.status}; content exists only for completed videos",
+                f"video {video_id!r} is {job.video.status}; content exists only for completed videos",
                 param="video_id",
-                status=video.status,
+                status=job.video.status,
             )
-        if variant != "video":
-            raise InvalidRequest(f"variant={variant!r} is not one of ['video']", param="variant")
-        return self.artifacts.local_path(video_id, "video")
+        if job.video.expires_at is not None and job.video.expires_at <= time.time():
+            self.artifacts.delete(video_id)
+            raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
+        media = "video/mp4" if variant == "video" else "image/jpeg"
+        path = self.artifacts.local_path(video_id, variant)
+        return (path if path is not None else self.artifacts.get(video_id, variant)), media
+
+    # --- cancel and delete ------------------------------------------------------------
+
+    def cancel(self, video_id: str) -> VideoObject:
+        job = self.store.get(video_id)
+        if job.terminal:
+            raise Conflict(f"video {video_id!r} is already {job.video.status}; nothing to cancel", param="video_id")
+        job.cancel_requested = True
+        self.store.save(job)
+        self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
+        return self._public(self.store.get(video_id))
+
+    def delete(self, video_id: str) -> VideoDeleted:
+        job = self.store.get(video_id)
+        if job.terminal:
+            self.artifacts.delete(video_id)
+            self.store.delete(video_id)
+            return VideoDeleted(id=video_id)
+        job.cancel_requested = job.delete_requested = True
+        self.store.save(job)
+        self.runner.cancel(video_id)  # its runner deletes the record when the loop has stopped
+        return VideoDeleted(id=video_id)
+
+    # --- events -----------------------------------------------------------------------
+
+    async def events(self, video_id: str, after_seq: int = 0) -> AsyncIterator[tuple[int, dict]]:
+        """The job's events from `after_seq` on, live, ending with its terminal event."""
+        self.store.get(video_id)  # 404 before the stream starts
+        seq = after_seq
+        while True:
+            batch = self.store.events_after(video_id, seq)
+            for seq, event in batch:
+                yield seq, event
+                if event.get("type") in TERMINAL:
+                    return
+            if not batch:
+                try:
+                    job = self.store.get(video_id)
+                except NotFound:
+                    return  # deleted while watched
+                if job.terminal and not self.store.events_after(video_id, seq):
+                    return
+                async with self.runner.changed:
+                    try:
+                        await asyncio.wait_for(self.runner.changed.wait(), EVENT_POLL_S)
+                    except asyncio.TimeoutError:
+                        pass
+
+    # --- health -----------------------------------------------------------------------
 
     async def health(self) -> HealthResponse:
         stages = await self.probe.describe_stages() if self.probe else {}
@@ -157,6 +349,8 @@ class VideoService:
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"presets": {k: v.model_dump() for k, v in self.catalog.presets.items()},
-                "limits": self.catalog.limits.model_dump(),
-                "default_preset": self.catalog.default_preset}
+        return {
+            "presets": {k: v.model_dump() for k, v in self.catalog.presets.items()},
+            "limits": self.catalog.limits.model_dump(),
+            "default_preset": self.catalog.default_preset,
+        }

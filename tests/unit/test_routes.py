@@ -15,7 +15,9 @@ from serve_app.config import ServiceArgs, load_model_profile, load_presets
 from serve_app.errors import DeadlineExceeded
 from serve_app.graph import GraphResult
 from serve_app.messages import EncodedVideo, StepProgress
-from serve_app.records import FileRecordStore
+from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.video import encode_mp4, probe_mp4
 
 # Small enough that the fake's mp4 is made in milliseconds.
@@ -52,14 +54,29 @@ def generator():
 
 
 @pytest.fixture
-def client(tmp_path, generator):
+def store(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(tmp_path, generator, store):
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    # Priors far below the sync budget: every test request is answered synchronously.
+    estimator = StageTimeEstimator(prior_step_s_per_ktoken=0.001, prior_decode_s_per_mpixel=0.001)
+    runner = JobRunner(
+        store=store, artifacts=artifacts, generator=generator, estimator=estimator, owner="test",
+        lease_s=30, dispatch_interval_s=60, artifact_ttl_s=3600,
+    )
     service = VideoService(
         args=ServiceArgs(),
         profile=load_model_profile("tiny"),
         catalog=load_presets(),
-        generator=generator,
-        records=FileRecordStore(tmp_path / "records"),
-        artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+        store=store,
+        artifacts=artifacts,
+        runner=runner,
+        estimator=estimator,
     )
     # Unhandled errors must come back as our 500 JSON, not be re-raised into the test.
     with TestClient(create_app(service), raise_server_exceptions=False) as c:
@@ -95,17 +112,11 @@ def test_create_video(client, generator):
     assert 0 < deadline.remaining() <= ServiceArgs().default_deadline_s
 
 
-def test_progress_is_visible_while_running(client, generator, tmp_path):
-    seen = []
-
-    def poll():
-        # Read the store directly: the TestClient cannot be re-entered from the app's own loop.
-        (record,) = (tmp_path / "records").iterdir()
-        seen.append(FileRecordStore(tmp_path / "records").load(record.name))
-
-    generator.mid_run = poll
-    client.post("/v1/videos", json=REQUEST)
-    assert (seen[0].status, seen[0].progress) == ("in_progress", 25)  # step 1 of 4
+def test_progress_is_recorded_as_events(client, store):
+    video_id = client.post("/v1/videos", json=REQUEST).json()["id"]
+    events = [e for _, e in store.events_after(video_id, 0)]
+    assert [e["type"] for e in events] == ["queued", "progress", "completed"]
+    assert (events[1]["step"], events[1]["total_steps"], events[1]["progress"]) == (1, 4, 25)
 
 
 def test_requested_deadline_is_passed_on(client, generator):
@@ -186,7 +197,7 @@ def test_unknown_or_malformed_id_is_404(client, video_id, suffix):
     assert_error(client.get(f"/v1/videos/{video_id}{suffix}"), 404, "not_found", "video_id")
 
 
-@pytest.mark.parametrize("method, path, status", [("get", "/v1/nope", 404), ("delete", "/v1/videos/x", 405)])
+@pytest.mark.parametrize("method, path, status", [("get", "/v1/nope", 404), ("put", "/v1/videos", 405)])
 def test_unrouted_requests_get_the_error_shape(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status
@@ -222,16 +233,15 @@ def test_unexpected_error_is_500_without_internals(client, generator):
     assert "secret" not in response.text and "CUDA" not in response.text
 
 
-def test_unexpected_error_marks_the_video_failed(client, generator, tmp_path):
+def test_unexpected_error_marks_the_video_failed(client, generator):
     generator.error = RuntimeError("boom")
-    client.post("/v1/videos", json=REQUEST)
-    (record,) = (tmp_path / "records").iterdir()
-    assert client.get(f"/v1/videos/{record.name}").json()["status"] == "failed"
+    video_id = client.post("/v1/videos", json=REQUEST).json()["error"]["video_id"]
+    assert client.get(f"/v1/videos/{video_id}").json()["status"] == "failed"
 
 
 def test_unknown_variant(client):
     video_id = client.post("/v1/videos", json=REQUEST).json()["id"]
-    assert_error(client.get(f"/v1/videos/{video_id}/content?variant=thumbnail"), 422, "invalid_request", "variant")
+    assert_error(client.get(f"/v1/videos/{video_id}/content?variant=poster"), 422, "invalid_request", "variant")
 
 
 def test_openapi_lists_the_routes(client):

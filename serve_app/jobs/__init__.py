@@ -1,0 +1,1 @@
+"""Durable jobs: the record, the store interface and its backends, the runner."""

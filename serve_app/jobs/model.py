@@ -1,0 +1,96 @@
+"""A job: the public video object plus what the service needs to run it again.
+
+The store keeps whole `JobRecord`s. Anything a client sees lives in `video`
+(the OpenAI-style object); the rest is bookkeeping for runners: who holds the
+job (`owner`) and since when it last proved alive (`heartbeat_at`), so that a
+job whose runner died is picked up by another.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from serve_app.api.protocol import VideoObject
+from serve_app.params import GenerationParams
+
+WebhookState = Literal["none", "pending", "delivered", "failed"]
+TERMINAL = ("completed", "failed")
+
+
+class JobRecord(BaseModel):
+    video: VideoObject
+    params: GenerationParams
+    deadline_s: float = Field(description="Seconds a run of this job may take (a new deadline per attempt).")
+    created_at: float = Field(description="Epoch seconds, with sub-second precision (orders the queue).")
+    owner: str | None = Field(None, description="Runner (gateway replica) holding the job, or None.")
+    heartbeat_at: float | None = Field(None, description="Last time the owner proved alive (epoch s).")
+    attempts: int = Field(0, description="How many runs have started.")
+    cancel_requested: bool = False
+    delete_requested: bool = False
+    idempotency_key: str | None = None
+    webhook_url: str | None = None
+    webhook_state: WebhookState = "none"
+    webhook_attempts: int = 0
+    error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
+    error_status: int | None = Field(None, description="Its HTTP status.")
+
+    @property
+    def id(self) -> str:
+        return self.video.id
+
+    @property
+    def status(self) -> str:
+        return self.video.status
+
+    @property
+    def terminal(self) -> bool:
+        return self.video.status in TERMINAL
+
+
+class JobStore(Protocol):
+    """Durable job records and per-job event logs. Implementations: SQLite, Redis.
+
+    Every method is synchronous and quick (local file or a nearby Redis);
+    callers on an event loop call them directly.
+    """
+
+    def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert `job`. If `job.idempotency_key` is set and a job with that key
+        exists, return (that job, False) and insert nothing; else (job, True)."""
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job, or raise serve_app.errors.NotFound."""
+
+    def save(self, job: JobRecord) -> None:
+        """Overwrite the stored job (last writer wins)."""
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job, its idempotency key and its events; unknown ids are ignored."""
+
+    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
+        """Jobs ordered by (created_at, id); `after` is an id from the previous
+        page (NotFound if unknown). Returns (page, has_more)."""
+
+    def claim(self, job_id: str, owner: str, now: float, lease_s: float) -> JobRecord | None:
+        """Atomically make `owner` the job's runner if it is not terminal and
+        either has no owner or its heartbeat is older than `lease_s`; sets
+        owner, heartbeat_at=now, attempts+1. None if someone else holds it."""
+
+    def heartbeat(self, job_id: str, owner: str, now: float) -> bool:
+        """Refresh the lease; False if `owner` no longer holds the job."""
+
+    def claimable(self, now: float, lease_s: float, limit: int) -> list[str]:
+        """Ids of non-terminal jobs with no owner or a stale heartbeat, oldest first."""
+
+    def queue_position(self, job: JobRecord) -> int:
+        """How many non-terminal jobs with status 'queued' were created before it."""
+
+    def append_event(self, job_id: str, event: dict) -> int:
+        """Append to the job's event log; returns its sequence number (1, 2, ...)."""
+
+    def events_after(self, job_id: str, seq: int, limit: int = 1000) -> list[tuple[int, dict]]:
+        """Events with sequence number > seq, in order."""
+
+    def close(self) -> None: ...

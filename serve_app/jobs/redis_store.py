@@ -1,0 +1,287 @@
+"""The job store in Redis: for gateway replicas spread over several nodes.
+
+Keys (P = prefix):
+
+- `P:job:{id}`       the `JobRecord` as JSON (the only copy of the record)
+- `P:jobs`           zset, member id, score created_at: every job, in list order
+- `P:queued`         zset like `P:jobs`, only jobs whose status is 'queued'
+- `P:active`         zset like `P:jobs`, only non-terminal jobs (claimable() walks it)
+- `P:idem:{key}`     idempotency key -> id
+- `P:eventseq:{id}`  counter (INCR) of the job's events
+- `P:events:{id}`    stream; entry id "0-{seq}", field "e" = the event as JSON
+
+Ordering: a zset orders members of equal score by their bytes, so score =
+created_at and member = id give exactly list()'s (created_at, id) order with
+no encoding of the float into the member (an encoded member would need a fixed
+width and precision, and breaks for negative or huge values). Scores are
+doubles, as created_at is, and go over the wire as repr(), so they round-trip
+exactly. Pages are taken by rank (ZRANK of `after`, then ZRANGE from there)
+inside one script, so no write can slip between the two.
+
+Atomicity: every write that touches the record and its index zsets is a Lua
+script (run by Redis as one step), so the zsets never disagree with the
+record. claim() and heartbeat() read the record in Python, decide, and write
+through a compare-and-set script that writes only if the stored JSON is still
+the one that was read; on a mismatch they read again and re-decide. This is
+WATCH/MULTI's optimistic scheme in one round trip, without pinning a pooled
+connection for the WATCH, and keeps Python as the only JSON encoder (Lua's
+cjson would re-encode floats with 14 digits, losing sub-second created_at).
+register_script re-loads scripts after a Redis restart (NOSCRIPT) by itself.
+
+The scripts also touch keys they build from the prefix rather than receive in
+KEYS; that is fine on one Redis (or a Sentinel primary), not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import redis
+
+from serve_app.errors import NotFound
+from serve_app.jobs.model import TERMINAL, JobRecord
+from serve_app.jobs.sqlite_store import claimable_by_anyone
+
+# KEYS: job, jobs, queued, active[, idem]
+# ARGV: json, id, created_at, is_queued, is_active, prefix
+# -> {1} created, {0, existing_json} idempotent hit, {-1} id taken
+_CREATE = """
+if KEYS[5] then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then
+    local raw = redis.call('GET', ARGV[6] .. ':job:' .. existing)
+    if raw then return {0, raw} end
+    -- A key whose job is gone (cannot happen through delete, which removes
+    -- both in one step): let the new job take the key over.
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2]) end
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2]) end
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[2]) end
+return {1}
+"""
+
+# KEYS: job, jobs, queued, active
+# ARGV: json, id, created_at, is_queued, is_active[, expected_json]
+# -> 1 written, 0 the record changed since it was read, -1 no such job
+_PUT = """
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+if ARGV[6] and current ~= ARGV[6] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+else redis.call('ZREM', KEYS[3], ARGV[2]) end
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+else redis.call('ZREM', KEYS[4], ARGV[2]) end
+return 1
+"""
+
+# KEYS: job, jobs, queued, active, events, eventseq[, idem]
+# ARGV: id
+_DELETE = """
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+-- Only our own key: another job may hold it if ours never did.
+if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
+return 1
+"""
+
+# KEYS: jobs
+# ARGV: after ('' for the first page), count, 'asc'|'desc', prefix
+# -> false if `after` is unknown, else the records (JSON) of the page
+_LIST = """
+local asc = ARGV[3] == 'asc'
+local start = 0
+if ARGV[1] ~= '' then
+  local rank
+  if asc then rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+  else rank = redis.call('ZREVRANK', KEYS[1], ARGV[1]) end
+  if not rank then return false end
+  start = rank + 1
+end
+local stop = start + tonumber(ARGV[2]) - 1
+local ids
+if asc then ids = redis.call('ZRANGE', KEYS[1], start, stop)
+else ids = redis.call('ZREVRANGE', KEYS[1], start, stop) end
+if #ids == 0 then return {} end
+local keys = {}
+for i, id in ipairs(ids) do keys[i] = ARGV[4] .. ':job:' .. id end
+return redis.call('MGET', unpack(keys))
+"""
+
+# KEYS: job, eventseq, events
+# ARGV: event JSON
+# -> seq, or -1 if there is no such job
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], '0-' .. seq, 'e', ARGV[1])
+return seq
+"""
+
+# Records read per round trip while claimable() walks the active jobs.
+_SCAN_BATCH = 200
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no video with id {job_id!r}", param="video_id")
+
+
+class RedisJobStore:
+    def __init__(self, url: str, prefix: str = "wanserve") -> None:
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        self._create = self._redis.register_script(_CREATE)
+        self._put = self._redis.register_script(_PUT)
+        self._delete = self._redis.register_script(_DELETE)
+        self._list = self._redis.register_script(_LIST)
+        self._append = self._redis.register_script(_APPEND)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _index_keys(self, job_id: str) -> list[str]:
+        return [self._key("job", job_id), self._key("jobs"), self._key("queued"), self._key("active")]
+
+    def _index_args(self, job: JobRecord) -> list[str]:
+        return [
+            job.model_dump_json(),
+            job.id,
+            repr(job.created_at),
+            "1" if job.status == "queued" else "0",
+            "0" if job.status in TERMINAL else "1",
+        ]
+
+    def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        keys = self._index_keys(job.id)
+        if job.idempotency_key is not None:
+            keys.append(self._key("idem", job.idempotency_key))
+        result = self._create(keys=keys, args=[*self._index_args(job), self.prefix])
+        if result[0] == 0:
+            return JobRecord.model_validate_json(result[1]), False
+        if result[0] == -1:
+            # Ids are random; a clash is a bug in the caller, not a request to merge.
+            raise ValueError(f"job {job.id!r} already exists")
+        return job, True
+
+    def _read(self, job_id: str) -> tuple[JobRecord, str] | None:
+        raw = self._redis.get(self._key("job", job_id))
+        return None if raw is None else (JobRecord.model_validate_json(raw), raw)
+
+    def get(self, job_id: str) -> JobRecord:
+        found = self._read(job_id)
+        if found is None:
+            raise _not_found(job_id)
+        return found[0]
+
+    def save(self, job: JobRecord) -> None:
+        # Written only over an existing record: a runner finishing a job that
+        # was deleted meanwhile must not bring it back.
+        if self._put(keys=self._index_keys(job.id), args=self._index_args(job)) == -1:
+            raise _not_found(job.id)
+
+    def _compare_and_set(self, old_raw: str, new: JobRecord) -> bool:
+        """Write `new` if the stored record is still `old_raw`; False if it changed or is gone."""
+        return self._put(keys=self._index_keys(new.id), args=[*self._index_args(new), old_raw]) == 1
+
+    def delete(self, job_id: str) -> None:
+        found = self._read(job_id)
+        keys = [*self._index_keys(job_id), self._key("events", job_id), self._key("eventseq", job_id)]
+        if found is not None and found[0].idempotency_key is not None:
+            keys.append(self._key("idem", found[0].idempotency_key))
+        # Runs for unknown ids too: it sweeps any leftovers and costs one call.
+        self._delete(keys=keys, args=[job_id])
+
+    def list(
+        self, after: str | None, limit: int, order: Literal["asc", "desc"]
+    ) -> tuple[list[JobRecord], bool]:
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order={order!r} is not one of ['asc', 'desc']")
+        if limit < 0:
+            # ZRANGE 0 -1 is "everything": a negative count must not get there.
+            raise ValueError(f"limit={limit} is negative")
+        raws = self._list(keys=[self._key("jobs")], args=[after or "", limit + 1, order, self.prefix])
+        if raws is None:
+            raise _not_found(after or "")
+        page = [JobRecord.model_validate_json(raw) for raw in raws[:limit] if raw is not None]
+        return page, len(raws) > limit
+
+    def claim(self, job_id: str, owner: str, now: float, lease_s: float) -> JobRecord | None:
+        while True:
+            found = self._read(job_id)
+            if found is None:
+                return None
+            job, raw = found
+            if not claimable_by_anyone(job, now, lease_s):
+                return None
+            claimed = job.model_copy(update={"owner": owner, "heartbeat_at": now, "attempts": job.attempts + 1})
+            if self._compare_and_set(raw, claimed):
+                return claimed
+            # Someone wrote the job between our read and our write: decide again on what is there now.
+
+    def heartbeat(self, job_id: str, owner: str, now: float) -> bool:
+        while True:
+            found = self._read(job_id)
+            if found is None or found[0].owner != owner:
+                return False
+            job, raw = found
+            if self._compare_and_set(raw, job.model_copy(update={"heartbeat_at": now})):
+                return True
+
+    def claimable(self, now: float, lease_s: float, limit: int) -> list[str]:
+        # Ownership lives only in the records, so walk the non-terminal jobs
+        # oldest first and test each; this is a hint for runners (claim() is
+        # what decides), so reading page by page without a snapshot is fine.
+        ids: list[str] = []
+        start = 0
+        active = self._key("active")
+        while len(ids) < limit:
+            batch = self._redis.zrange(active, start, start + _SCAN_BATCH - 1)
+            if not batch:
+                break
+            raws = self._redis.mget([self._key("job", job_id) for job_id in batch])
+            for raw in raws:
+                if raw is None:
+                    continue
+                job = JobRecord.model_validate_json(raw)
+                if claimable_by_anyone(job, now, lease_s):
+                    ids.append(job.id)
+                    if len(ids) == limit:
+                        break
+            start += _SCAN_BATCH
+        return ids
+
+    def queue_position(self, job: JobRecord) -> int:
+        # Ties in created_at break by id, as in list(). ZRANK would do if the
+        # job were always in the queued set, but it is asked for running ones too.
+        queued = self._key("queued")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zcount(queued, "-inf", f"({job.created_at!r}")
+        pipe.zrangebyscore(queued, job.created_at, job.created_at)
+        earlier, ties = pipe.execute()
+        return earlier + sum(1 for job_id in ties if job_id < job.id)
+
+    def append_event(self, job_id: str, event: dict) -> int:
+        keys = [self._key("job", job_id), self._key("eventseq", job_id), self._key("events", job_id)]
+        # Events of a deleted job would never be deleted: the script refuses them.
+        seq = self._append(keys=keys, args=[json.dumps(event)])
+        if seq == -1:
+            raise _not_found(job_id)
+        return seq
+
+    def events_after(self, job_id: str, seq: int, limit: int = 1000) -> list[tuple[int, dict]]:
+        # Entry ids are "0-{seq}", so the range after seq is a plain XRANGE
+        # (from "0-{seq+1}" rather than the exclusive "(0-{seq}" of Redis >= 6.2).
+        first = max(seq, 0) + 1
+        entries = self._redis.xrange(self._key("events", job_id), min=f"0-{first}", max="+", count=limit)
+        return [(int(entry_id.split("-", 1)[1]), json.loads(fields["e"])) for entry_id, fields in entries]
+
+    def close(self) -> None:
+        self._redis.close()

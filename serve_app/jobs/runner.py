@@ -1,0 +1,304 @@
+"""Runs jobs: claims them in the store, drives the stage graph, records every step.
+
+One `JobRunner` lives in each gateway replica. A job is claimed by the replica
+that accepted it and run at once (the queue proper is Ray Serve's router in
+front of the denoiser, which is what autoscaling watches). A dispatcher loop
+claims jobs nobody holds: those left behind when a gateway or the whole app
+restarted (its heartbeat went stale, or it released them on shutdown).
+
+The store is the source of truth and the only channel between replicas:
+status, progress and the per-job event log (what SSE and WebSocket clients
+read) all go through it, so any replica can answer for any job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from serve_app.api.protocol import VideoError, VideoTimings
+from serve_app.artifacts import ArtifactStore
+from serve_app.deadline import Deadline
+from serve_app.errors import NotFound, RequestCancelled, ServiceError, StageFailed
+from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.messages import StepProgress
+
+log = logging.getLogger("ray.serve")
+
+WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        generator: Any,
+        estimator: StageTimeEstimator,
+        owner: str,
+        lease_s: float,
+        dispatch_interval_s: float,
+        artifact_ttl_s: float,
+        send_webhook: WebhookSender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.generator = generator
+        self.estimator = estimator
+        self.owner = owner
+        self.lease_s = lease_s
+        self.dispatch_interval_s = dispatch_interval_s
+        self.artifact_ttl_s = artifact_ttl_s
+        self.send_webhook = send_webhook
+        self.clock = clock
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancel_reason: dict[str, str] = {}
+        # Woken on every event this replica writes, so local SSE/WebSocket
+        # readers see steps at once; readers elsewhere poll the store.
+        self.changed = asyncio.Condition()
+        self._dispatcher: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    async def shutdown(self, grace_s: float = 0.0) -> None:
+        """Stop taking work; hand running jobs back to the store for another replica."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        if grace_s > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+        for job_id, task in list(self._tasks.items()):
+            self._cancel_reason.setdefault(job_id, "shutdown")
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5)
+
+    # --- submitting and waiting -------------------------------------------------------
+
+    def submit(self, job_id: str) -> bool:
+        """Claim the job and start running it here; False if another runner holds it."""
+        if job_id in self._tasks:
+            return True
+        job = self.store.claim(job_id, self.owner, self.clock(), self.lease_s)
+        if job is None:
+            return False
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        return True
+
+    def is_local(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        """The job once terminal, or as it stands after `timeout` seconds."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+        return self.store.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job running here now; False if it does not run here."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        self._cancel_reason[job_id] = "cancelled"
+        task.cancel()
+        return True
+
+    # --- one run ----------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord) -> None:
+        job_id = job.id
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
+        started = time.perf_counter()
+        estimate = self.estimator.estimate(job.params)
+        await self._event(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
+                                   "eta_s": round(estimate, 3), "attempt": job.attempts})
+
+        step_writes: list[asyncio.Task] = []
+
+        def on_progress(progress: StepProgress) -> None:
+            # StageGraph calls back synchronously between stream items; tasks
+            # start in creation order, so the event log stays in step order.
+            step_writes.append(asyncio.get_running_loop().create_task(self._on_step(job_id, progress, started)))
+
+        try:
+            try:
+                result = await self.generator.generate(job.params, Deadline.after(job.deadline_s), on_progress)
+            finally:
+                # Every step's write lands before the terminal one, never after it.
+                await asyncio.gather(*step_writes, return_exceptions=True)
+        except asyncio.CancelledError:
+            reason = self._cancel_reason.pop(job_id, "shutdown")
+            if reason == "shutdown":
+                self._release(job_id)
+                raise
+            await self._fail(job_id, RequestCancelled("cancelled by request"))
+        except ServiceError as exc:
+            await self._fail(job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a job must end in a terminal state
+            log.exception("job %s failed", job_id)
+            await self._fail(job_id, StageFailed(f"generation failed: {type(exc).__name__}"))
+        else:
+            await self._complete(job_id, result)
+        finally:
+            heartbeat.cancel()
+
+    def _schedule(self, coro) -> None:
+        """Fire and forget (webhooks), holding a reference so the task is not collected."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _on_step(self, job_id: str, progress: StepProgress, started: float) -> None:
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return
+        if job.terminal:
+            return
+        if job.cancel_requested and self.cancel(job_id):
+            return
+        percent = int(100 * progress.step / progress.total_steps)
+        job.video.status = "in_progress"
+        job.video.progress = min(percent, 99)  # 100 only once the mp4 is stored
+        job.heartbeat_at = self.clock()
+        try:
+            self.store.save(job)
+        except NotFound:
+            return  # deleted meanwhile; its runner stops at the next check
+        elapsed = time.perf_counter() - started
+        remaining_steps = progress.total_steps - progress.step
+        eta = elapsed / progress.step * remaining_steps if progress.step else None
+        await self._event(job_id, {
+            "type": "progress", "status": "in_progress", "step": progress.step,
+            "total_steps": progress.total_steps, "progress": job.video.progress,
+            "eta_s": None if eta is None else round(eta, 3),
+        })
+
+    async def _complete(self, job_id: str, result) -> None:
+        self.artifacts.put(job_id, "video", result.video.mp4)
+        if result.video.thumbnail:
+            self.artifacts.put(job_id, "thumbnail", result.video.thumbnail)
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            self.artifacts.delete(job_id)  # deleted while it ran
+            return
+        now = self.clock()
+        job.video.status, job.video.progress = "completed", 100
+        job.video.completed_at = int(now)
+        job.video.expires_at = int(now + self.artifact_ttl_s)
+        job.video.timings = VideoTimings(
+            prompt_encode_s=round(result.prompt_encode_s, 4),
+            denoise_s=round(result.denoise_s, 4),
+            decode_s=round(result.video.decode_s, 4),
+            encode_s=round(result.video.encode_s, 4),
+            total_s=round(result.total_s, 4),
+        )
+        self.estimator.observe(
+            job.params, result.prompt_encode_s, result.denoise_s, result.video.decode_s + result.video.encode_s
+        )
+        await self._finish(job)
+
+    async def _fail(self, job_id: str, exc: ServiceError) -> None:
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return
+        job.video.status = "failed"
+        job.video.error = VideoError(code=exc.code, message=exc.message)
+        job.error_body, job.error_status = exc.to_dict(), exc.status_code
+        job.video.completed_at = int(self.clock())
+        await self._finish(job)
+
+    async def _finish(self, job: JobRecord) -> None:
+        job.owner = None
+        if job.delete_requested:
+            self.artifacts.delete(job.id)
+            self.store.delete(job.id)
+            await self._notify()
+            return
+        if job.webhook_url:
+            job.webhook_state = "pending"
+        try:
+            self.store.save(job)
+        except NotFound:
+            self.artifacts.delete(job.id)
+            return
+        await self._event(job.id, {"type": job.video.status, "video": job.video.model_dump()})
+        if job.webhook_url and self.send_webhook is not None:
+            self._schedule(self._deliver_webhook(job.id))
+
+    async def _deliver_webhook(self, job_id: str) -> None:
+        try:
+            job = self.store.get(job_id)
+            result = await self.send_webhook(job)
+            job = self.store.get(job_id)
+            job.webhook_state = "delivered" if result.delivered else "failed"
+            job.webhook_attempts = result.attempts
+            self.store.save(job)
+        except NotFound:
+            pass  # deleted before or while it was delivered
+
+    def _release(self, job_id: str) -> None:
+        """Give a job back (shutdown): another replica claims it without waiting for the lease."""
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return
+        if not job.terminal and job.owner == self.owner:
+            job.owner, job.heartbeat_at = None, None
+            job.video.status, job.video.progress = "queued", 0
+            try:
+                self.store.save(job)
+            except NotFound:
+                pass
+
+    async def _event(self, job_id: str, event: dict) -> None:
+        try:
+            self.store.append_event(job_id, event)
+        except NotFound:
+            pass  # deleted: nobody can read its events any more
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _heartbeat_loop(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            if not self.store.heartbeat(job_id, self.owner, self.clock()):
+                log.warning("job %s: lease lost to another runner; stopping here", job_id)
+                self._cancel_reason[job_id] = "shutdown"
+                task = self._tasks.get(job_id)
+                if task is not None:
+                    task.cancel()
+                return
+            job = self.store.get(job_id)
+            if job.cancel_requested:
+                self.cancel(job_id)
+                return
+
+    # --- orphans and expiry -----------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
+                    if job_id not in self._tasks and self.submit(job_id):
+                        log.info("job %s: taken over by %s", job_id, self.owner)
+            except Exception:  # noqa: BLE001 - keep dispatching through store hiccups
+                log.exception("dispatcher: store error")
+            await asyncio.sleep(self.dispatch_interval_s)

@@ -1,0 +1,411 @@
+"""Both job store backends against one set of expectations.
+
+Redis runs as a real server (tests/helpers/redis_server.py), since what is
+tested is largely what Redis guarantees: scripts run as one step, zsets order
+equal scores by member. Times are injected (`now`), never slept through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+import redis
+
+from serve_app.api.protocol import VideoError, VideoObject, VideoTimings
+from serve_app.errors import NotFound
+from serve_app.jobs import redis_store
+from serve_app.jobs.model import JobRecord
+from serve_app.jobs.redis_store import RedisJobStore
+from serve_app.jobs.sqlite_store import SQLiteJobStore
+from serve_app.jobs.stores import open_job_store
+from serve_app.params import GenerationParams
+from tests.helpers.redis_server import RedisServer
+
+LEASE_S = 10.0
+
+
+def job_id(n: int) -> str:
+    return f"video_{n:032x}"
+
+
+def make_job(n: int, created_at: float = 1.0, status: str = "queued", **changes) -> JobRecord:
+    params = GenerationParams(
+        prompt=f"a boat {n}", negative_prompt="", width=64, height=64, num_frames=5,
+        num_inference_steps=2, guidance_scale=1.0, fps=8, seed=n, preset="preview",
+    )
+    video = VideoObject(
+        id=job_id(n), status=status, model="wan2.2-ti2v-tiny", created_at=int(created_at), size=params.size,
+        seconds=f"{params.seconds:.2f}", preset=params.preset, prompt=params.prompt,
+        negative_prompt=params.negative_prompt, width=params.width, height=params.height,
+        num_frames=params.num_frames, fps=params.fps, num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale, seed=params.seed,
+    )
+    return JobRecord(video=video, params=params, deadline_s=30.0, created_at=created_at, **changes)
+
+
+def with_status(job: JobRecord, status: str, **video_changes) -> JobRecord:
+    return job.model_copy(update={"video": job.video.model_copy(update={"status": status, **video_changes})})
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        job_store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        server = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        client.flushdb()
+        client.close()
+        job_store = RedisJobStore(server.url, prefix="test")
+    yield job_store
+    job_store.close()
+
+
+def test_create_get_save_round_trip(store):
+    job = make_job(
+        1, created_at=1_700_000_000.123456, owner="runner-a", heartbeat_at=1_700_000_001.5, attempts=2,
+        idempotency_key="key-1", webhook_url="https://example.invalid/hook", webhook_state="pending",
+    )
+    assert store.create(job) == (job, True)
+    assert store.get(job.id) == job
+
+    done = job.model_copy(update={
+        "video": job.video.model_copy(update={
+            "status": "failed", "progress": 50, "completed_at": 1_700_000_009,
+            "error": VideoError(code="deadline_exceeded", message="late"),
+            "timings": VideoTimings(denoise_s=1.25, total_s=2.5),
+        }),
+        "owner": None, "heartbeat_at": None, "cancel_requested": True, "webhook_attempts": 3,
+        "webhook_state": "failed",
+    })
+    store.save(done)
+    assert store.get(job.id) == done
+
+
+def test_unknown_ids(store):
+    with pytest.raises(NotFound):
+        store.get(job_id(404))
+    # save only overwrites: a runner finishing a deleted job must not revive it.
+    with pytest.raises(NotFound):
+        store.save(make_job(404))
+    with pytest.raises(NotFound):
+        store.append_event(job_id(404), {"progress": 1})
+    assert store.events_after(job_id(404), 0) == []
+    assert store.claim(job_id(404), "runner-a", now=1.0, lease_s=LEASE_S) is None
+    assert store.heartbeat(job_id(404), "runner-a", now=1.0) is False
+    store.delete(job_id(404))  # ignored
+
+
+def test_create_with_a_taken_id_is_an_error(store):
+    store.create(make_job(1))
+    with pytest.raises(ValueError, match="already exists"):
+        store.create(make_job(1, created_at=2.0))
+    assert store.get(job_id(1)).created_at == 1.0
+
+
+def test_idempotency_key_returns_the_first_job(store):
+    first = make_job(1, idempotency_key="same")
+    assert store.create(first) == (first, True)
+    again, created = store.create(make_job(2, created_at=2.0, idempotency_key="same"))
+    assert (again, created) == (first, False)
+    with pytest.raises(NotFound):
+        store.get(job_id(2))
+    other = make_job(3, idempotency_key="other")
+    assert store.create(other) == (other, True)
+    assert [j.id for j in store.list(None, 10, "asc")[0]] == [job_id(1), job_id(3)]
+
+
+# Equal created_at values in between, inserted out of order, ids not in insertion order.
+TIES = [(5, 2.0), (1, 3.0), (9, 2.0), (2, 1.0), (7, 2.0), (3, 2.0), (8, 1_700_000_000.25)]
+
+
+def page_through(store, order, limit):
+    ids, after, pages = [], None, 0
+    while True:
+        page, has_more = store.list(after, limit, order)
+        assert len(page) <= limit
+        ids += [j.id for j in page]
+        pages += 1
+        if not has_more:
+            return ids, pages
+        assert len(page) == limit
+        after = page[-1].id
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100])
+def test_list_pages_in_created_at_then_id_order(store, limit):
+    for n, created_at in TIES:
+        store.create(make_job(n, created_at=created_at))
+    expected = [job_id(n) for n, created_at in sorted(TIES, key=lambda t: (t[1], job_id(t[0])))]
+    pages_needed = max(1, -(-len(TIES) // limit))
+
+    assert page_through(store, "asc", limit) == (expected, pages_needed)
+    assert page_through(store, "desc", limit) == (expected[::-1], pages_needed)
+
+
+def test_list_edges(store):
+    assert store.list(None, 5, "asc") == ([], False)
+    for n in range(3):
+        store.create(make_job(n, created_at=float(n)))
+    page, has_more = store.list(None, 3, "asc")
+    assert len(page) == 3 and has_more is False  # an exact fit has no more
+    assert store.list(job_id(2), 5, "asc") == ([], False)
+    assert store.list(job_id(0), 5, "desc") == ([], False)
+    assert store.list(None, 0, "desc") == ([], True)
+    with pytest.raises(NotFound):
+        store.list(job_id(404), 5, "asc")
+    with pytest.raises(ValueError):
+        store.list(None, 5, "sideways")
+
+
+def test_delete_removes_job_events_and_idempotency_key(store):
+    store.create(make_job(1, idempotency_key="k"))
+    store.create(make_job(2, created_at=2.0))
+    store.append_event(job_id(1), {"progress": 10})
+    store.append_event(job_id(1), {"progress": 20})
+
+    store.delete(job_id(1))
+
+    with pytest.raises(NotFound):
+        store.get(job_id(1))
+    assert store.events_after(job_id(1), 0) == []
+    assert [j.id for j in store.list(None, 10, "asc")[0]] == [job_id(2)]
+    assert store.claimable(now=100.0, lease_s=LEASE_S, limit=10) == [job_id(2)]
+    assert store.queue_position(store.get(job_id(2))) == 0
+    with pytest.raises(NotFound):
+        store.append_event(job_id(1), {"progress": 30})
+    # The key is free again, and a job made again under the old id starts a new event log.
+    reborn = make_job(1, created_at=3.0, idempotency_key="k")
+    assert store.create(reborn) == (reborn, True)
+    assert store.append_event(job_id(1), {"progress": 1}) == 1
+
+
+def test_claim_once_while_the_heartbeat_is_fresh(store):
+    store.create(make_job(1))
+    claimed = store.claim(job_id(1), "runner-a", now=100.0, lease_s=LEASE_S)
+    assert (claimed.owner, claimed.heartbeat_at, claimed.attempts) == ("runner-a", 100.0, 1)
+    assert store.get(job_id(1)) == claimed
+
+    assert store.claim(job_id(1), "runner-b", now=105.0, lease_s=LEASE_S) is None
+    # Exactly lease_s old is not yet stale; the holder itself cannot claim twice either.
+    assert store.claim(job_id(1), "runner-b", now=110.0, lease_s=LEASE_S) is None
+    assert store.claim(job_id(1), "runner-a", now=105.0, lease_s=LEASE_S) is None
+    assert store.get(job_id(1)) == claimed
+
+
+def test_stale_heartbeat_lets_another_owner_claim(store):
+    store.create(make_job(1))
+    store.claim(job_id(1), "runner-a", now=100.0, lease_s=LEASE_S)
+    taken = store.claim(job_id(1), "runner-b", now=110.5, lease_s=LEASE_S)
+    assert (taken.owner, taken.heartbeat_at, taken.attempts) == ("runner-b", 110.5, 2)
+    assert store.heartbeat(job_id(1), "runner-a", now=111.0) is False
+    assert store.get(job_id(1)).owner == "runner-b"
+
+
+def test_owner_without_heartbeat_is_stale(store):
+    store.create(make_job(1, owner="runner-a"))
+    assert store.claim(job_id(1), "runner-b", now=1.0, lease_s=LEASE_S).owner == "runner-b"
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_terminal_jobs_are_never_claimed(store, status):
+    store.create(make_job(1, status=status))
+    store.create(make_job(2, status=status, owner="gone", heartbeat_at=0.0))
+    assert store.claim(job_id(1), "runner-a", now=1000.0, lease_s=LEASE_S) is None
+    assert store.claim(job_id(2), "runner-a", now=1000.0, lease_s=LEASE_S) is None
+    assert store.claimable(now=1000.0, lease_s=LEASE_S, limit=10) == []
+
+
+def test_heartbeat(store):
+    store.create(make_job(1))
+    store.claim(job_id(1), "runner-a", now=100.0, lease_s=LEASE_S)
+    assert store.heartbeat(job_id(1), "runner-a", now=108.0) is True
+    assert store.get(job_id(1)).heartbeat_at == 108.0
+    assert store.heartbeat(job_id(1), "runner-b", now=109.0) is False
+    assert store.get(job_id(1)).heartbeat_at == 108.0
+    # The refreshed lease holds past the first one's end.
+    assert store.claim(job_id(1), "runner-b", now=115.0, lease_s=LEASE_S) is None
+
+
+def test_claimable_lists_free_and_stale_jobs_oldest_first(store):
+    now = 100.0
+    store.create(make_job(1, created_at=5.0))  # free
+    store.create(make_job(2, created_at=2.0, owner="a", heartbeat_at=now - 1))  # fresh
+    store.create(make_job(3, created_at=3.0, owner="a", heartbeat_at=now - 11))  # stale
+    store.create(make_job(4, created_at=1.0, status="completed"))
+    store.create(make_job(5, created_at=0.5, status="failed", owner="a", heartbeat_at=0.0))
+    store.create(make_job(6, created_at=4.0, status="in_progress", owner="b", heartbeat_at=now - 50))  # stale
+    store.create(make_job(7, created_at=4.0))  # free, ties with 6
+
+    assert store.claimable(now, LEASE_S, limit=10) == [job_id(3), job_id(6), job_id(7), job_id(1)]
+    assert store.claimable(now, LEASE_S, limit=2) == [job_id(3), job_id(6)]
+
+    store.save(with_status(store.get(job_id(3)), "completed"))
+    store.claim(job_id(7), "c", now=now, lease_s=LEASE_S)
+    assert store.claimable(now, LEASE_S, limit=10) == [job_id(6), job_id(1)]
+
+
+def test_claimable_walks_past_many_unclaimable_jobs(store, monkeypatch):
+    # Redis reads the active jobs in batches; make the batches small enough to cross.
+    monkeypatch.setattr(redis_store, "_SCAN_BATCH", 2)
+    for n in range(5):
+        store.create(make_job(n, created_at=float(n), owner="a", heartbeat_at=100.0))
+    store.create(make_job(10, created_at=10.0))
+    store.create(make_job(11, created_at=11.0))
+    assert store.claimable(now=100.0, lease_s=LEASE_S, limit=1) == [job_id(10)]
+    assert store.claimable(now=100.0, lease_s=LEASE_S, limit=5) == [job_id(10), job_id(11)]
+
+
+def test_queue_position_counts_earlier_queued_jobs(store):
+    store.create(make_job(1, created_at=1.0))
+    store.create(make_job(2, created_at=2.0, status="in_progress"))
+    store.create(make_job(3, created_at=0.5, status="completed"))
+    store.create(make_job(5, created_at=3.0))
+    store.create(make_job(4, created_at=3.0))  # same instant as 5, smaller id: ahead of it
+    store.create(make_job(6, created_at=9.0))
+    position = {n: store.queue_position(store.get(job_id(n))) for n in (1, 2, 3, 4, 5, 6)}
+    assert position == {1: 0, 2: 1, 3: 0, 4: 1, 5: 2, 6: 3}
+
+    store.save(with_status(store.get(job_id(1)), "in_progress"))
+    assert store.queue_position(store.get(job_id(5))) == 1
+    store.save(with_status(store.get(job_id(1)), "queued"))
+    assert store.queue_position(store.get(job_id(5))) == 2
+
+
+def test_events_are_numbered_and_read_from_a_point(store):
+    store.create(make_job(1))
+    store.create(make_job(2))
+    events = [{"type": "progress", "progress": p, "nested": {"step": p // 10}} for p in (10, 20, 30)]
+    assert [store.append_event(job_id(1), e) for e in events] == [1, 2, 3]
+    assert store.append_event(job_id(2), {"type": "queued"}) == 1  # each job counts on its own
+
+    assert store.events_after(job_id(1), 0) == [(1, events[0]), (2, events[1]), (3, events[2])]
+    assert store.events_after(job_id(1), 1) == [(2, events[1]), (3, events[2])]
+    assert store.events_after(job_id(1), 3) == []
+    assert store.events_after(job_id(1), 0, limit=2) == [(1, events[0]), (2, events[1])]
+    assert store.events_after(job_id(2), 0) == [(1, {"type": "queued"})]
+
+
+def race_claims(stores, job_id_: str, threads: int = 8) -> list[str]:
+    """Claim from `threads` threads released together; the owners that won."""
+    barrier = threading.Barrier(threads)
+    results: list[JobRecord | None] = [None] * threads
+    errors: list[BaseException] = []
+
+    def claim(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = stores[i % len(stores)].claim(job_id_, f"runner-{i}", now=100.0, lease_s=LEASE_S)
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    workers = [threading.Thread(target=claim, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not errors, errors
+    return [r.owner for r in results if r is not None]
+
+
+def test_concurrent_claims_have_one_winner(store):
+    for n in range(5):
+        store.create(make_job(n))
+        winners = race_claims([store], job_id(n))
+        assert len(winners) == 1, winners
+        stored = store.get(job_id(n))
+        assert (stored.owner, stored.attempts) == (winners[0], 1)
+
+
+def test_sqlite_two_connections_share_one_file(tmp_path):
+    # Two stores on one file stand for two processes: no shared lock, only SQLite's.
+    a = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    b = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    try:
+        job = make_job(1, idempotency_key="k")
+        a.create(job)
+        assert b.get(job.id) == job
+        assert b.create(make_job(2, idempotency_key="k")) == (job, False)
+        claimed = b.claim(job.id, "runner-b", now=100.0, lease_s=LEASE_S)
+        assert a.get(job.id) == claimed
+        assert a.claim(job.id, "runner-a", now=101.0, lease_s=LEASE_S) is None
+        assert b.append_event(job.id, {"n": 1}) == 1
+        assert a.append_event(job.id, {"n": 2}) == 2
+        assert b.events_after(job.id, 0) == [(1, {"n": 1}), (2, {"n": 2})]
+        a.delete(job.id)
+        with pytest.raises(NotFound):
+            b.get(job.id)
+
+        for n in range(3, 8):
+            a.create(make_job(n))
+            winners = race_claims([a, b], job_id(n))
+            assert len(winners) == 1, winners
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sqlite_columns_follow_the_record(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    store = SQLiteJobStore(path)
+    try:
+        store.create(make_job(1, created_at=1.5, idempotency_key="k"))
+        store.claim(job_id(1), "runner-a", now=100.0, lease_s=LEASE_S)
+        store.save(with_status(store.get(job_id(1)), "completed"))
+        with sqlite3.connect(path) as conn:
+            row = conn.execute(
+                "SELECT created_at, status, owner, heartbeat_at, idempotency_key FROM jobs WHERE id = ?",
+                (job_id(1),),
+            ).fetchone()
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        conn.close()
+        assert row == (1.5, "completed", "runner-a", 100.0, "k")
+        assert mode == "wal"
+    finally:
+        store.close()
+
+
+def test_redis_store_works_across_a_server_restart(tmp_path):
+    # An AOF keeps the data; the restart empties Redis's script cache and
+    # drops the client's connections, which the store must get over.
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    store = RedisJobStore(server.url)
+    try:
+        store.create(make_job(1))
+        server.restart()
+        assert store.get(job_id(1)).id == job_id(1)
+        assert store.claim(job_id(1), "runner-a", now=100.0, lease_s=LEASE_S).owner == "runner-a"
+        assert store.append_event(job_id(1), {"n": 1}) == 1
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_open_job_store_picks_the_backend(tmp_path, redis_server):
+    for url in (None, "", "sqlite"):
+        store = open_job_store(url, tmp_path / "data")
+        assert isinstance(store, SQLiteJobStore) and store.path == tmp_path / "data" / "jobs.sqlite3"
+        store.close()
+    store = open_job_store(f"sqlite://{tmp_path}/elsewhere/x.db", tmp_path / "data")
+    assert isinstance(store, SQLiteJobStore) and store.path == tmp_path / "elsewhere" / "x.db"
+    store.close()
+    store = open_job_store(redis_server.url, tmp_path / "data")
+    assert isinstance(store, RedisJobStore)
+    store.close()
+
+    with pytest.raises(ValueError, match="allowed forms") as excinfo:
+        open_job_store("postgres://user:secret@db/jobs", tmp_path)
+    assert "'postgres'" in str(excinfo.value) and "secret" not in str(excinfo.value)
+    with pytest.raises(ValueError, match="absolute path"):
+        open_job_store("sqlite://relative.db", tmp_path)
