@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, get_args
 from urllib.parse import unquote, urlsplit
 
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
-from serve_app.records import check_video_id
+from serve_app.ids import check_video_id
 
 Variant = Literal["video", "thumbnail"]
 VARIANTS: tuple[str, ...] = get_args(Variant)

@@ -28,6 +28,10 @@ from serve_app.messages import StepProgress
 
 log = logging.getLogger("ray.serve")
 
+# Expired files are looked for this often; content of an expired video is
+# refused at once either way (410), the sweep only frees the storage.
+EXPIRY_SWEEP_S = 300.0
+
 WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
 
 
@@ -294,11 +298,31 @@ class JobRunner:
     # --- orphans and expiry -----------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        last_sweep = float("-inf")
         while True:
             try:
                 for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
                     if job_id not in self._tasks and self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner)
+                if self.clock() - last_sweep >= EXPIRY_SWEEP_S:
+                    last_sweep = self.clock()
+                    self.sweep_expired()
             except Exception:  # noqa: BLE001 - keep dispatching through store hiccups
                 log.exception("dispatcher: store error")
             await asyncio.sleep(self.dispatch_interval_s)
+
+    def sweep_expired(self) -> int:
+        """Delete the files of completed videos past `expires_at` (their objects stay: content
+        then answers 410). Returns how many videos' files were deleted."""
+        now, swept, after = self.clock(), 0, None
+        while True:
+            page, has_more = self.store.list(after, 100, "asc")
+            for job in page:
+                expires = job.video.expires_at
+                if job.video.status == "completed" and expires is not None and expires <= now:
+                    if self.artifacts.exists(job.id, "video") or self.artifacts.exists(job.id, "thumbnail"):
+                        self.artifacts.delete(job.id)
+                        swept += 1
+            if not has_more or not page:
+                return swept
+            after = page[-1].id

@@ -1,0 +1,86 @@
+"""JobRunner without Ray: expiry sweep and hand-back on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.api.protocol import VideoObject
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.model import JobRecord
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SQLiteJobStore
+from serve_app.params import GenerationParams
+
+PARAMS = GenerationParams(prompt="p", negative_prompt="", width=64, height=64, num_frames=5,
+                          num_inference_steps=2, guidance_scale=5.0, fps=8, seed=1, preset="preview")
+
+
+def _job(n: int, status: str, expires_at: int | None) -> JobRecord:
+    video = VideoObject(
+        id=f"video_{n:032x}", status=status, model="m", created_at=n, size="64x64", seconds="0.62",
+        expires_at=expires_at, preset="preview", prompt="p", negative_prompt="", width=64, height=64,
+        num_frames=5, fps=8, num_inference_steps=2, guidance_scale=5.0, seed=1,
+    )
+    return JobRecord(video=video, params=PARAMS, deadline_s=30, created_at=float(n))
+
+
+@pytest.fixture
+def parts(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    artifacts = LocalArtifactStore(tmp_path / "videos")
+    yield store, artifacts
+    store.close()
+
+
+def _runner(store, artifacts, now: float, generator=None) -> JobRunner:
+    return JobRunner(
+        store=store, artifacts=artifacts, generator=generator,
+        estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=10, dispatch_interval_s=60,
+        artifact_ttl_s=100, clock=lambda: now,
+    )
+
+
+def test_sweep_deletes_only_expired_completed_files(parts):
+    store, artifacts = parts
+    jobs = [_job(1, "completed", 500), _job(2, "completed", 2000), _job(3, "failed", 500)]
+    for job in jobs:
+        store.create(job)
+        artifacts.put(job.id, "video", b"mp4")
+    assert _runner(store, artifacts, now=1000).sweep_expired() == 1
+    assert not artifacts.exists(jobs[0].id, "video")
+    assert artifacts.exists(jobs[1].id, "video")  # not expired yet
+    assert artifacts.exists(jobs[2].id, "video")  # not a completed video's file
+    assert store.get(jobs[0].id).video.status == "completed"  # the object stays; content answers 410
+
+
+class _Forever:
+    """A generator that never finishes: stands for a long denoising loop."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def generate(self, params, deadline, on_progress=None):
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+def test_shutdown_hands_running_jobs_back(parts):
+    store, artifacts = parts
+
+    async def scenario():
+        generator = _Forever()
+        runner = _runner(store, artifacts, now=1000, generator=generator)
+        job = _job(1, "queued", None)
+        store.create(job)
+        assert runner.submit(job.id)
+        await generator.started.wait()
+        await runner.shutdown()
+        return store.get(job.id)
+
+    released = asyncio.run(scenario())
+    assert released.owner is None and released.status == "queued" and not released.terminal
+    # Another runner takes it at once, without waiting for the lease to go stale.
+    assert store.claim(released.id, "r2", now=1000.5, lease_s=10) is not None
