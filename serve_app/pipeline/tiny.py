@@ -42,6 +42,8 @@ def build_tiny_pipeline(spec: TinyModelSpec, max_sequence_length: int, flow_shif
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    from serve_app.pipeline.architecture import TRANSFORMER_5B, VAE_5B
+
     tokenizer = build_tokenizer(max_sequence_length)
     torch.manual_seed(spec.seed)
     text_encoder = UMT5EncoderModel(
@@ -56,34 +58,24 @@ def build_tiny_pipeline(spec: TinyModelSpec, max_sequence_length: int, flow_shif
         )
     )
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=spec.heads,
-        attention_head_dim=spec.head_dim,
-        in_channels=48,
-        out_channels=48,
-        text_dim=spec.text_dim,
-        freq_dim=32,
-        ffn_dim=spec.ffn_dim,
-        num_layers=spec.layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
+        **{
+            **TRANSFORMER_5B,
+            "num_attention_heads": spec.heads,
+            "attention_head_dim": spec.head_dim,
+            "text_dim": spec.text_dim,
+            "freq_dim": 32,
+            "ffn_dim": spec.ffn_dim,
+            "num_layers": spec.layers,
+        }
     )
     vae = AutoencoderKLWan(
-        base_dim=spec.vae_base_dim,
-        decoder_base_dim=spec.vae_decoder_base_dim,
-        z_dim=48,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        latents_mean=[0.0] * 48,
-        latents_std=[1.0] * 48,
+        **{
+            **VAE_5B,
+            "base_dim": spec.vae_base_dim,
+            "decoder_base_dim": spec.vae_decoder_base_dim,
+            "dim_mult": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+        }
     )
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
