@@ -70,6 +70,22 @@ class VideoNotReady(ServiceError):
     error_type = "invalid_request_error"
 
 
+class VideoExpired(ServiceError):
+    """The video's files are past `expires_at` (HTTP 410)."""
+
+    status_code = 410
+    code = "video_expired"
+    error_type = "invalid_request_error"
+
+
+class Conflict(ServiceError):
+    """The request does not fit the resource's state, e.g. cancelling a finished job (HTTP 409)."""
+
+    status_code = 409
+    code = "conflict"
+    error_type = "invalid_request_error"
+
+
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed; work stopped at a step boundary (HTTP 504)."""
 

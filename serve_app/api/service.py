@@ -25,7 +25,7 @@ from serve_app.api.protocol import (
 )
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
-from serve_app.errors import InvalidRequest, NotFound, ServiceError, VideoNotReady
+from serve_app.errors import Conflict, InvalidRequest, NotFound, ServiceError, VideoExpired, VideoNotReady
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
@@ -41,18 +41,6 @@ EVENT_POLL_S = 0.25
 
 class StageProbe(Protocol):
     async def describe_stages(self) -> dict[str, StageHealth]: ...
-
-
-class VideoExpired(ServiceError):
-    status_code = 410
-    code = "video_expired"
-    error_type = "invalid_request_error"
-
-
-class Conflict(ServiceError):
-    status_code = 409
-    code = "conflict"
-    error_type = "invalid_request_error"
 
 
 def new_video_id() -> str:

@@ -49,6 +49,25 @@ class JobRecord(BaseModel):
         return self.video.status in TERMINAL
 
 
+def lease_expired(heartbeat_at: float | None, now: float, lease_s: float) -> bool:
+    """One definition of "stale" for claim and claimable in every store (SQLite's
+    SQL computes the same `now - heartbeat_at > lease_s` in doubles)."""
+    return heartbeat_at is None or now - heartbeat_at > lease_s
+
+
+def claimable_by_anyone(job: JobRecord, now: float, lease_s: float) -> bool:
+    return not job.terminal and (job.owner is None or lease_expired(job.heartbeat_at, now, lease_s))
+
+
+def check_list_args(limit: int, order: str) -> None:
+    """What both stores refuse in `list` (the API checks the range for clients first)."""
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order={order!r} is not one of ['asc', 'desc']")
+    if limit < 0:
+        # Redis's ZRANGE 0 -1 is "everything": a negative count must not get there.
+        raise ValueError(f"limit={limit} is negative")
+
+
 class JobStore(Protocol):
     """Durable job records and per-job event logs. Implementations: SQLite, Redis.
 

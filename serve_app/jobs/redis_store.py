@@ -40,8 +40,7 @@ from typing import Literal
 import redis
 
 from serve_app.errors import NotFound
-from serve_app.jobs.model import TERMINAL, JobRecord
-from serve_app.jobs.sqlite_store import claimable_by_anyone
+from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
 
 # KEYS: job, jobs, queued, active[, idem]
 # ARGV: json, id, created_at, is_queued, is_active, prefix
@@ -202,11 +201,7 @@ class RedisJobStore:
     def list(
         self, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> tuple[list[JobRecord], bool]:
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order={order!r} is not one of ['asc', 'desc']")
-        if limit < 0:
-            # ZRANGE 0 -1 is "everything": a negative count must not get there.
-            raise ValueError(f"limit={limit} is negative")
+        check_list_args(limit, order)
         raws = self._list(keys=[self._key("jobs")], args=[after or "", limit + 1, order, self.prefix])
         if raws is None:
             raise _not_found(after or "")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from serve_app.errors import NotFound
-from serve_app.jobs.model import TERMINAL, JobRecord
+from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
 
 # How long a statement waits for another process's write lock before it
 # fails with "database is locked". Writes are single-row and quick, so a
@@ -57,15 +57,6 @@ SCHEMA = (
 
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in TERMINAL)
 
-
-def lease_expired(heartbeat_at: float | None, now: float, lease_s: float) -> bool:
-    """One definition of "stale" for claim and claimable (SQL computes the same
-    `now - heartbeat_at > lease_s` in doubles)."""
-    return heartbeat_at is None or now - heartbeat_at > lease_s
-
-
-def claimable_by_anyone(job: JobRecord, now: float, lease_s: float) -> bool:
-    return not job.terminal and (job.owner is None or lease_expired(job.heartbeat_at, now, lease_s))
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -170,10 +161,7 @@ class SQLiteJobStore:
     def list(
         self, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> tuple[list[JobRecord], bool]:
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order={order!r} is not one of ['asc', 'desc']")
-        if limit < 0:
-            raise ValueError(f"limit={limit} is negative")
+        check_list_args(limit, order)
         cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         with self._lock, self._read() as conn:
             if after is None:
