@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from serve_app import metrics
 from serve_app.config import ServiceArgs
 from serve_app.pipeline.loading import Stage, load_pipeline
 
@@ -26,6 +27,7 @@ class ModelStage:
     stage: Stage
 
     def __init__(self, args: dict[str, Any]) -> None:
+        metrics.enable()
         self.args = ServiceArgs(**args)
         self.profile = self.args.model_profile()
         started = time.perf_counter()
@@ -36,7 +38,10 @@ class ModelStage:
         log.info("%s loaded %s on %s in %.2fs", self.stage, self.profile.identity, self.device, self.load_s)
 
     async def run_model(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        finally:
+            metrics.report_gpu(self.device)
 
     async def describe(self) -> dict[str, Any]:
         """What this replica runs: shown by /healthz."""

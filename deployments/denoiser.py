@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from deployments.base import ModelStage
+from serve_app import metrics
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.messages import DenoisedLatents, StepProgress
@@ -58,7 +59,12 @@ class Denoiser(ModelStage):
         interval = self.args.progress_interval_s
         last_sent = [float("-inf")]
 
+        step_started = [time.perf_counter()]
+
         def on_step(step: int, total: int) -> None:
+            tick = time.perf_counter()
+            metrics.step_time(tick - step_started[0])
+            step_started[0] = tick
             now = time.monotonic()
             if step == total or now - last_sent[0] >= interval:
                 last_sent[0] = now

@@ -10,6 +10,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app import metrics
 from serve_app.api.protocol import StageHealth
 from serve_app.api.routes import create_app
 from serve_app.api.service import VideoService
@@ -22,6 +23,22 @@ from serve_app.jobs.stores import open_job_store
 from serve_app.webhooks import WebhookConfig, check_destination, deliver
 
 STAGE_PROBE_TIMEOUT_S = 5.0
+
+
+class HandleClient:
+    """`await client.method(...)` for `handle.method.remote(...)`: the plain async
+    interface the service and runner expect (fakes stand in for it in unit tests)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str):
+        method = getattr(self._handle, name)
+
+        async def call(*args, **kwargs):
+            return await method.remote(*args, **kwargs)
+
+        return call
 
 
 class HandleProbe:
@@ -43,8 +60,12 @@ class HandleProbe:
 
 
 def webhook_config(args: ServiceArgs) -> WebhookConfig:
+    secret = os.environ.get(args.webhook_secret_env, "")
+    # No secret, no webhooks: a webhook_url is then refused with a 422 rather
+    # than the gateway refusing to start (make run sets no secret).
     return WebhookConfig(
-        secret=os.environ.get(args.webhook_secret_env, ""),
+        enabled=bool(secret),
+        secret=secret,
         allowed_hosts=args.webhook_allowed_hosts,
         allow_http=args.webhook_allow_http,
         max_attempts=args.webhook_max_attempts,
@@ -56,13 +77,18 @@ def webhook_config(args: ServiceArgs) -> WebhookConfig:
 @serve.deployment
 @serve.ingress()
 class Gateway:
-    def __init__(self, args: dict[str, Any], prompt_encoder: Any, denoiser: Any, video_encoder: Any) -> None:
+    def __init__(
+        self, args: dict[str, Any], prompt_encoder: Any, denoiser: Any, video_encoder: Any, result_cache: Any
+    ) -> None:
+        metrics.enable()
         service_args = ServiceArgs(**args)
         profile = service_args.model_profile()
         store = open_job_store(service_args.job_store, service_args.data_path)
         artifacts = open_artifact_store(service_args.artifact_store, service_args.data_path)
         estimator = StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
         hooks = webhook_config(service_args)
+
+        cache = HandleClient(result_cache)
 
         async def send_webhook(job):
             return await deliver(job.webhook_url, job.video.model_dump(), hooks)
@@ -77,6 +103,8 @@ class Gateway:
             dispatch_interval_s=service_args.dispatch_interval_s,
             artifact_ttl_s=service_args.artifact_ttl_s,
             send_webhook=send_webhook,
+            cache=cache,
+            max_attempts=service_args.job_max_attempts,
         )
         self.service = VideoService(
             args=service_args,
@@ -90,6 +118,8 @@ class Gateway:
                 {"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}
             ),
             check_webhook=lambda url: check_destination(url, hooks),
+            cache=cache,
+            admin_key=os.environ.get(service_args.admin_key_env, ""),
         )
         self.store = store
         # Jobs left behind by a previous gateway are picked up from here on.
@@ -101,5 +131,6 @@ class Gateway:
     async def __del__(self):
         # Scale-down, redeploy, `serve shutdown`: hand running jobs back to the
         # store so another replica (or the next start) resumes them at once.
-        await self.runner.shutdown()
-        self.store.close()
+        if hasattr(self, "runner"):  # not when the constructor itself failed
+            await self.runner.shutdown()
+            self.store.close()

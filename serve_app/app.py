@@ -19,6 +19,7 @@ def build_app(args: ServiceArgs) -> Application:
     from deployments.denoiser import Denoiser
     from deployments.gateway import Gateway
     from deployments.prompt_encoder import PromptEncoder
+    from deployments.result_cache import ResultCache
     from deployments.video_encoder import VideoEncoder
 
     # Fail here, in `serve run`, on a bad profile or presets file, rather than
@@ -30,6 +31,7 @@ def build_app(args: ServiceArgs) -> Application:
     prompt_encoder = PromptEncoder.options(**stages.prompt_encoder.to_deployment_options()).bind(payload)
     denoiser = Denoiser.options(**stages.denoiser.to_deployment_options()).bind(payload)
     video_encoder = VideoEncoder.options(**stages.video_encoder.to_deployment_options()).bind(payload)
+    result_cache = ResultCache.options(**stages.result_cache.to_deployment_options()).bind(payload)
     return Gateway.options(**stages.gateway.to_deployment_options()).bind(
-        payload, prompt_encoder, denoiser, video_encoder
+        payload, prompt_encoder, denoiser, video_encoder, result_cache
     )

@@ -229,6 +229,9 @@ def _stage(**kw: Any) -> StageOptions:
 
 class StagesConfig(StrictModel):
     gateway: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=64))
+    # One replica: its embedded index is a local file, and one writer keeps LRU
+    # order and single-flight claims exact. With a Redis cache_store it may scale.
+    result_cache: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=256))
     prompt_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=4))
     # One denoising loop per replica at a time: the scheduler is stateful and a
     # second loop would only halve the speed of both. The rest queue at the router,
@@ -268,12 +271,38 @@ class ServiceArgs(StrictModel):
         "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL)."
     )
     artifact_ttl_s: float = Field(86400.0, gt=0, description="Seconds a finished video's files are kept (expires_at).")
+    job_max_attempts: int = Field(
+        3, ge=1, description="Runs a job may start (restarts and takeovers included) before it fails."
+    )
     job_lease_s: float = Field(
         15.0, gt=0, description="A running job whose runner has not proved alive for this long is taken over "
         "by another gateway replica (after a crash or restart)."
     )
     dispatch_interval_s: float = Field(
         1.0, gt=0, description="How often a gateway looks for orphaned jobs and expired files."
+    )
+    cache_enabled: bool = Field(True, description="Serve repeated requests from the result cache.")
+    cache_store: str = Field(
+        "", description="Cache index: '' (SQLite file in data_dir) or 'redis://host:port/db'. Cached files go "
+        "to the artifact store."
+    )
+    cache_ttl_s: float = Field(86400.0, gt=0, description="Seconds a cached video is served (one day).")
+    cache_max_bytes: int = Field(
+        10 * 1024**3, gt=0, description="Total size of cached files; least recently used entries go first."
+    )
+    cache_casefold: bool = Field(
+        False, description="Treat prompts that differ only in letter case as the same (and generate "
+        "with the case-folded prompt)."
+    )
+    cache_inflight_ttl_s: float = Field(
+        900.0, gt=0, description="How long a single-flight claim holds if its job never reports back."
+    )
+    embedding_cache_size: int = Field(
+        64, ge=0, description="Prompt embeddings kept by each prompt-encoder replica (LRU; 0 turns it off)."
+    )
+    admin_key_env: str = Field(
+        "WAN_SERVE_ADMIN_KEY", description="Environment variable holding the admin key (cache purge); unset "
+        "disables admin routes."
     )
     webhook_secret_env: str = Field(
         "WAN_SERVE_WEBHOOK_SECRET", description="Environment variable holding the webhook signing secret."

@@ -70,6 +70,22 @@ class VideoNotReady(ServiceError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(ServiceError):
+    """No or a wrong key (HTTP 401)."""
+
+    status_code = 401
+    code = "unauthorized"
+    error_type = "authentication_error"
+
+
+class Forbidden(ServiceError):
+    """The key is fine but may not do this, or the feature is off (HTTP 403)."""
+
+    status_code = 403
+    code = "forbidden"
+    error_type = "permission_error"
+
+
 class VideoExpired(ServiceError):
     """The video's files are past `expires_at` (HTTP 410)."""
 

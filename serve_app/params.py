@@ -146,12 +146,17 @@ def resolve_generation(
     catalog: PresetCatalog,
     *,
     rng: random.Random | None = None,
+    cache_model: str | None = None,
+    casefold: bool = False,
 ) -> GenerationParams:
     """Preset + overrides -> checked `GenerationParams`.
 
     `request` holds the request's generation fields; None means "not given".
-    A request without a seed gets a random one, reported in the answer so the
-    video can be made again.
+    With `cache_model` (the model identity of a cacheable request) the prompts
+    are normalised as the cache key does it (serve_app.cache.keys) and a
+    missing seed is derived from the key, so the same request gives the same
+    video; otherwise a missing seed is random. Either way the answer reports
+    the seed used.
     """
     preset_name = request.get("preset") or catalog.default_preset
     if preset_name not in catalog.presets:
@@ -175,6 +180,13 @@ def resolve_generation(
 
     check_generation(values, catalog.limits)
 
+    if cache_model is not None:
+        from serve_app.cache.keys import derived_seed, normalize_prompt
+
+        values["prompt"] = normalize_prompt(values["prompt"], casefold)
+        values["negative_prompt"] = normalize_prompt(values["negative_prompt"], casefold)
+        if values["seed"] is None:
+            values["seed"] = derived_seed(cache_model, values, catalog.limits.max_seed)
     if values["seed"] is None:
         values["seed"] = (rng or random.SystemRandom()).randint(0, catalog.limits.max_seed)
     return GenerationParams(preset=preset_name, **values)

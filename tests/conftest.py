@@ -1,10 +1,16 @@
-"""Shared fixtures: the tiny model, built once per test session."""
+"""Shared fixtures: the tiny model's data directory, and one running app per session.
+
+One local Ray cluster serves every test that needs the app (integration and
+browser alike); it starts on first use and stops when the session ends.
+"""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from serve_app.config import load_model_profile
+from tests.helpers.app import start_cluster_and_app, stats_of, stop_cluster
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +22,25 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_profile():
     return load_model_profile("tiny")
+
+
+@pytest.fixture(scope="session")
+def serve_url(data_dir):
+    yield start_cluster_and_app(data_dir)
+    stop_cluster()
+
+
+@pytest.fixture
+def client(serve_url):
+    with httpx.Client(base_url=serve_url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def denoiser_stats(serve_url):
+    return stats_of("Denoiser")
+
+
+@pytest.fixture
+def encoder_stats(serve_url):
+    return stats_of("PromptEncoder")

@@ -35,6 +35,7 @@ class CreateVideoRequest(BaseModel):
     webhook_url: str | None = Field(
         None, description="POSTed the final video object (signed) when the job completes or fails."
     )
+    cache: bool = Field(True, description="false: never answer from the cache nor fill it; a missing seed is random.")
 
 
 class VideoError(BaseModel):
@@ -78,6 +79,8 @@ class VideoObject(BaseModel):
     guidance_scale: float
     seed: int
     timings: VideoTimings = Field(default_factory=VideoTimings)
+    cached: bool = Field(False, description="Answered from the result cache (no generation ran).")
+    cache_key: str | None = Field(None, description="The result-cache key of these settings (admin: DELETE it).")
 
 
 class VideoList(BaseModel):

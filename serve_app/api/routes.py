@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +28,8 @@ HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 # The largest request body read before anything is parsed (a prompt is at
 # most a few kB; the rest is headroom for multipart framing).
 MAX_BODY_BYTES = 64 * 1024
+# The web page ships as package data next to this package, so it is found from any cwd.
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def _error_response(exc: ServiceError) -> JSONResponse:
@@ -203,6 +207,18 @@ def create_app(service: VideoService) -> FastAPI:
             return
         await websocket.close()
 
+    @app.get("/v1/cache/stats", summary="Result cache: entries, bytes, hits, misses, fills, evictions (admin)")
+    async def cache_stats(authorization: str | None = Header(None)) -> dict:
+        return await service.cache_stats(authorization)
+
+    @app.delete("/v1/cache/{key}", summary="Drop one cache entry by its key (admin)")
+    async def cache_delete(key: str, authorization: str | None = Header(None)) -> dict:
+        return await service.cache_delete(key, authorization)
+
+    @app.delete("/v1/cache", summary="Purge the whole result cache (admin)")
+    async def cache_purge(authorization: str | None = Header(None)) -> dict:
+        return await service.cache_purge(authorization)
+
     @app.get("/healthz", response_model=HealthResponse, summary="Service and stage health")
     async def healthz() -> JSONResponse:
         health = await service.health()
@@ -211,5 +227,11 @@ def create_app(service: VideoService) -> FastAPI:
     @app.get("/v1/presets", summary="Presets and the limits requests are checked against")
     async def presets() -> dict:
         return service.describe()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     return app

@@ -9,6 +9,7 @@ the client asked with `Prefer: wait=N`) or answers 202 at once
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 import uuid
@@ -25,10 +26,21 @@ from serve_app.api.protocol import (
 )
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
-from serve_app.errors import Conflict, InvalidRequest, NotFound, ServiceError, VideoExpired, VideoNotReady
+from serve_app.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    Unauthorized,
+    VideoExpired,
+    VideoNotReady,
+)
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
+from serve_app.cache.index import artifact_id_for
+from serve_app.cache.keys import cache_key
 from serve_app.params import GenerationParams, resolve_generation
 
 # How long past a synchronous request's deadline the gateway waits for the
@@ -92,6 +104,8 @@ class VideoService:
         estimator: StageTimeEstimator,
         probe: StageProbe | None = None,
         check_webhook: Any = None,
+        cache: Any = None,
+        admin_key: str = "",
     ) -> None:
         self.args = args
         self.profile = profile
@@ -102,6 +116,8 @@ class VideoService:
         self.estimator = estimator
         self.probe = probe
         self.check_webhook = check_webhook
+        self.cache = cache  # ResultCache client (lookup, claim, ...) or None
+        self.admin_key = admin_key
 
     # --- checks -----------------------------------------------------------------------
 
@@ -137,11 +153,27 @@ class VideoService:
         self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None
     ) -> CreateOutcome:
         self._check_model(request.model)
-        params = resolve_generation(request.model_dump(), self.catalog)
+        use_cache = self.cache is not None and self.args.cache_enabled and request.cache
+        params = resolve_generation(
+            request.model_dump(),
+            self.catalog,
+            cache_model=self.profile.identity if use_cache else None,
+            casefold=self.args.cache_casefold,
+        )
         if request.webhook_url is not None and self.check_webhook is not None:
             self.check_webhook(request.webhook_url)
-        # The decision is made on this job's own estimate and the queue ahead.
         draft = self._new_job(params, request, deadline_s=1.0, idempotency_key=idempotency_key)
+        if use_cache:
+            key = cache_key(self.profile.identity, params.model_dump())
+            draft.cache_key = draft.video.cache_key = key
+            hit = await self.cache.lookup(key)
+            if hit is not None:
+                return self._answer_from_cache(draft, hit)
+            holder = await self.cache.claim(key, draft.id)
+            if holder != draft.id:
+                shared = self._running(holder)
+                if shared is not None:
+                    return await self._attach(shared, prefer)
         if prefer.respond_async:
             sync = False
         elif prefer.wait_s is not None:
@@ -152,6 +184,10 @@ class VideoService:
         job, created = self.store.create(draft)
         if created:
             self.runner.submit(job.id)
+        elif draft.cache_key is not None:
+            # An idempotent retry of an earlier job: our draft never runs, so
+            # its single-flight claim must not hold the key.
+            await self.cache.release(draft.cache_key, draft.id)
         headers = {"Location": f"/v1/videos/{job.id}"}
         if prefer.respond_async:
             headers["Preference-Applied"] = "respond-async"
@@ -164,13 +200,48 @@ class VideoService:
             wait_s = min(wait_s, prefer.wait_s)
         return await self._wait_sync(job, headers, wait_s)
 
-    async def _wait_sync(self, job: JobRecord, headers: dict[str, str], wait_s: float) -> CreateOutcome:
+    def _running(self, job_id: str) -> JobRecord | None:
+        """The job holding a single-flight claim, if it is still on its way."""
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return None
+        return None if job.terminal or job.delete_requested else job
+
+    async def _attach(self, job: JobRecord, prefer: Preference) -> CreateOutcome:
+        """An identical request is generating: answer with that same job (one generation,
+        N answers, one id). Waits like a request of its own would."""
+        headers = {"Location": f"/v1/videos/{job.id}"}
+        if prefer.respond_async:
+            return CreateOutcome(self._public(job), 202, {**headers, "Preference-Applied": "respond-async"})
+        if prefer.wait_s is None and self.eta_s(job) > self.args.sync_budget_s:
+            return CreateOutcome(self._public(job), 202, headers)
+        wait_s = job.deadline_s + SYNC_GRACE_S if prefer.wait_s is None else prefer.wait_s
+        return await self._wait_sync(job, headers, wait_s, owned=False)
+
+    def _answer_from_cache(self, draft: JobRecord, hit: dict) -> CreateOutcome:
+        """A new, completed video object whose files are the cache entry's."""
+        now = time.time()
+        draft.artifact_id = artifact_id_for(draft.cache_key)
+        video = draft.video
+        video.status, video.progress, video.cached = "completed", 100, True
+        video.completed_at, video.expires_at = int(now), int(hit["expires_at"])
+        job, _ = self.store.create(draft)
+        if job.id == draft.id:
+            self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
+        return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
+
+    async def _wait_sync(
+        self, job: JobRecord, headers: dict[str, str], wait_s: float, owned: bool = True
+    ) -> CreateOutcome:
         try:
             done = await self.runner.wait(job.id, wait_s)
         except asyncio.CancelledError:
             # The client went away: nobody will ever learn this job's id, so
-            # its work would be wasted. Stop it at the next step.
-            self.runner.cancel(job.id)
+            # its work would be wasted. Stop it at the next step (unless other
+            # identical requests share it).
+            if owned:
+                self.runner.cancel(job.id)
             raise
         if done.video.status == "completed":
             return CreateOutcome(done.video, 200, headers)
@@ -271,11 +342,13 @@ class VideoService:
                 status=job.video.status,
             )
         if job.video.expires_at is not None and job.video.expires_at <= time.time():
-            self.artifacts.delete(video_id)
+            if job.artifact_id is None:
+                self.artifacts.delete(video_id)
             raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
         media = "video/mp4" if variant == "video" else "image/jpeg"
-        path = self.artifacts.local_path(video_id, variant)
-        return (path if path is not None else self.artifacts.get(video_id, variant)), media
+        files = job.artifact_id or video_id
+        path = self.artifacts.local_path(files, variant)
+        return (path if path is not None else self.artifacts.get(files, variant)), media
 
     # --- cancel and delete ------------------------------------------------------------
 
@@ -291,7 +364,8 @@ class VideoService:
     def delete(self, video_id: str) -> VideoDeleted:
         job = self.store.get(video_id)
         if job.terminal:
-            self.artifacts.delete(video_id)
+            if job.artifact_id is None:  # a cached answer's files belong to the cache
+                self.artifacts.delete(video_id)
             self.store.delete(video_id)
             return VideoDeleted(id=video_id)
         job.cancel_requested = job.delete_requested = True
@@ -318,11 +392,37 @@ class VideoService:
                     return  # deleted while watched
                 if job.terminal and not self.store.events_after(video_id, seq):
                     return
-                async with self.runner.changed:
-                    try:
-                        await asyncio.wait_for(self.runner.changed.wait(), EVENT_POLL_S)
-                    except asyncio.TimeoutError:
-                        pass
+                await self.runner.wait_for_change(EVENT_POLL_S)
+
+    # --- cache admin --------------------------------------------------------------------
+
+    def check_admin(self, authorization: str | None) -> None:
+        if not self.admin_key:
+            raise Forbidden(f"admin routes are off: set ${self.args.admin_key_env} to enable them")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_key.encode()):
+            raise Unauthorized("admin routes need 'Authorization: Bearer <admin key>'", param="Authorization")
+
+    def _need_cache(self) -> Any:
+        if self.cache is None or not self.args.cache_enabled:
+            raise Forbidden("the result cache is disabled (cache_enabled: false)")
+        return self.cache
+
+    async def cache_stats(self, authorization: str | None) -> dict:
+        self.check_admin(authorization)
+        return await self._need_cache().stats()
+
+    async def cache_delete(self, key: str, authorization: str | None) -> dict:
+        self.check_admin(authorization)
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise InvalidRequest(f"key={key!r} is not a cache key (64 hex digits)", param="key")
+        if not await self._need_cache().delete(key):
+            raise NotFound(f"no cache entry {key!r}", param="key")
+        return {"key": key, "deleted": True}
+
+    async def cache_purge(self, authorization: str | None) -> dict:
+        self.check_admin(authorization)
+        return {"purged": await self._need_cache().purge()}
 
     # --- health -----------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ class JobRecord(BaseModel):
     webhook_url: str | None = None
     webhook_state: WebhookState = "none"
     webhook_attempts: int = 0
+    artifact_id: str | None = Field(None, description="Files live under this id (a cache entry's), not the job's.")
+    cache_key: str | None = Field(None, description="Fill this cache entry on completion.")
     error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
     error_status: int | None = Field(None, description="Its HTTP status.")
 

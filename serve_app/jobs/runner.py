@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 from serve_app.api.protocol import VideoError, VideoTimings
+from serve_app import metrics
 from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import NotFound, RequestCancelled, ServiceError, StageFailed
@@ -31,6 +32,9 @@ log = logging.getLogger("ray.serve")
 # Expired files are looked for this often; content of an expired video is
 # refused at once either way (410), the sweep only frees the storage.
 EXPIRY_SWEEP_S = 300.0
+
+# How often a wait for a job running on another replica looks at the store.
+REMOTE_WAIT_POLL_S = 0.1
 
 WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
 
@@ -48,6 +52,8 @@ class JobRunner:
         dispatch_interval_s: float,
         artifact_ttl_s: float,
         send_webhook: WebhookSender | None = None,
+        cache: Any = None,
+        max_attempts: int = 3,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -59,12 +65,16 @@ class JobRunner:
         self.dispatch_interval_s = dispatch_interval_s
         self.artifact_ttl_s = artifact_ttl_s
         self.send_webhook = send_webhook
+        self.cache = cache  # ResultCache client: fill on success, release the claim otherwise
+        self.max_attempts = max_attempts
         self.clock = clock
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
-        # Woken on every event this replica writes, so local SSE/WebSocket
-        # readers see steps at once; readers elsewhere poll the store.
-        self.changed = asyncio.Condition()
+        # Set (and replaced) on every event this replica writes, so local
+        # SSE/WebSocket readers see steps at once; readers elsewhere poll the
+        # store. An Event, not a Condition: a waiter cancelled mid-wait (a
+        # client hanging up) must not leave a lock behind.
+        self._changed = asyncio.Event()
         self._dispatcher: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -95,20 +105,43 @@ class JobRunner:
         job = self.store.claim(job_id, self.owner, self.clock(), self.lease_s)
         if job is None:
             return False
-        task = asyncio.get_running_loop().create_task(self._run(job))
+        if job.attempts > self.max_attempts:
+            # Each run ended without a result (runners dying, handing back):
+            # stop here rather than loop.
+            task = asyncio.get_running_loop().create_task(self._fail(job_id, StageFailed(
+                f"gave up after {self.max_attempts} attempts; every run was interrupted")))
+        else:
+            task = asyncio.get_running_loop().create_task(self._run(job))
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        metrics.jobs_in_flight(len(self._tasks))
+
+        def done(_) -> None:
+            self._tasks.pop(job_id, None)
+            metrics.jobs_in_flight(len(self._tasks))
+
+        task.add_done_callback(done)
         return True
 
     def is_local(self, job_id: str) -> bool:
         return job_id in self._tasks
 
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """The job once terminal, or as it stands after `timeout` seconds."""
+        """The job once terminal, or as it stands after `timeout` seconds.
+
+        A job running here is awaited directly; one running on another replica
+        is watched in the store (woken early by local events, else polled).
+        """
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.wait({task}, timeout=timeout)
-        return self.store.get(job_id)
+            return self.store.get(job_id)
+        give_up = time.monotonic() + timeout
+        while True:
+            job = self.store.get(job_id)
+            left = give_up - time.monotonic()
+            if job.terminal or left <= 0:
+                return job
+            await self.wait_for_change(min(left, REMOTE_WAIT_POLL_S))
 
     def cancel(self, job_id: str) -> bool:
         """Stop a job running here now; False if it does not run here."""
@@ -143,6 +176,12 @@ class JobRunner:
                 # Every step's write lands before the terminal one, never after it.
                 await asyncio.gather(*step_writes, return_exceptions=True)
         except asyncio.CancelledError:
+            if asyncio.current_task().cancelling() == 0:
+                # Not us: something inside the graph was cancelled (a replica
+                # going away mid-call). A stage failure, not a hand-back, or a
+                # job could bounce between runners forever.
+                await self._fail(job_id, StageFailed("a pipeline stage was cancelled"))
+                return
             reason = self._cancel_reason.pop(job_id, "shutdown")
             if reason == "shutdown":
                 self._release(job_id)
@@ -154,7 +193,12 @@ class JobRunner:
             log.exception("job %s failed", job_id)
             await self._fail(job_id, StageFailed(f"generation failed: {type(exc).__name__}"))
         else:
-            await self._complete(job_id, result)
+            metrics.eta_error(time.perf_counter() - started, estimate)
+            try:
+                await self._complete(job_id, result)
+            except Exception as exc:  # noqa: BLE001 - storing the result failed: say so, never hang
+                log.exception("job %s: storing the result failed", job_id)
+                await self._fail(job_id, StageFailed(f"storing the result failed: {type(exc).__name__}"))
         finally:
             heartbeat.cancel()
 
@@ -182,6 +226,8 @@ class JobRunner:
         except NotFound:
             return  # deleted meanwhile; its runner stops at the next check
         elapsed = time.perf_counter() - started
+        if progress.step == 1:
+            metrics.queue_wait(max(0.0, self.clock() - job.created_at))
         remaining_steps = progress.total_steps - progress.step
         eta = elapsed / progress.step * remaining_steps if progress.step else None
         await self._event(job_id, {
@@ -213,7 +259,18 @@ class JobRunner:
         self.estimator.observe(
             job.params, result.prompt_encode_s, result.denoise_s, result.video.decode_s + result.video.encode_s
         )
+        for stage, seconds in job.video.timings.model_dump().items():
+            if seconds is not None:
+                metrics.stage_time(stage.removesuffix("_s"), seconds)
         await self._finish(job)
+        if job.cache_key and self.cache is not None:
+            try:
+                if job.delete_requested:
+                    await self.cache.release(job.cache_key, job.id)
+                else:
+                    await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
+            except Exception:  # noqa: BLE001 - a failed fill costs a later miss, nothing more
+                log.exception("job %s: cache fill failed", job_id)
 
     async def _fail(self, job_id: str, exc: ServiceError) -> None:
         try:
@@ -225,8 +282,14 @@ class JobRunner:
         job.error_body, job.error_status = exc.to_dict(), exc.status_code
         job.video.completed_at = int(self.clock())
         await self._finish(job)
+        if job.cache_key and self.cache is not None:
+            try:
+                await self.cache.release(job.cache_key, job.id)
+            except Exception:  # noqa: BLE001 - the claim then runs out by its TTL
+                log.exception("job %s: releasing the cache claim failed", job_id)
 
     async def _finish(self, job: JobRecord) -> None:
+        metrics.job_ended(job.video.status, job.video.error.code if job.video.error else "")
         job.owner = None
         if job.delete_requested:
             self.artifacts.delete(job.id)
@@ -277,8 +340,15 @@ class JobRunner:
         await self._notify()
 
     async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Until this replica writes an event, or `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     async def _heartbeat_loop(self, job_id: str) -> None:
         while True:
@@ -318,6 +388,8 @@ class JobRunner:
         while True:
             page, has_more = self.store.list(after, 100, "asc")
             for job in page:
+                if job.artifact_id is not None:
+                    continue  # the cache owns those files and expires them itself
                 expires = job.video.expires_at
                 if job.video.status == "completed" and expires is not None and expires <= now:
                     if self.artifacts.exists(job.id, "video") or self.artifacts.exists(job.id, "thumbnail"):

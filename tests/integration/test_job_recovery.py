@@ -9,7 +9,7 @@ import pytest
 from ray._common.test_utils import wait_for_condition
 
 from serve_app.video import probe_mp4
-from tests.integration.conftest import APP_NAME, app_args, deploy
+from tests.helpers.app import APP_NAME, app_args, deploy
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,9 @@ SLOW = {"width": 640, "height": 480, "num_frames": 17, "num_inference_steps": 10
 
 
 def _submit_and_wait_running(client) -> str:
-    resp = client.post("/v1/videos", json={"prompt": "survive a restart", **SLOW}, headers={"Prefer": "respond-async"})
+    # cache: false, so each test really generates (the same request would hit).
+    body = {"prompt": "survive a restart", "cache": False, **SLOW}
+    resp = client.post("/v1/videos", json=body, headers={"Prefer": "respond-async"})
     assert resp.status_code == 202, resp.text
     video_id = resp.json()["id"]
     wait_for_condition(lambda: client.get(f"/v1/videos/{video_id}").json()["status"] == "in_progress", timeout=60)

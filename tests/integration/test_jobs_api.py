@@ -11,7 +11,7 @@ import pytest
 from ray._common.test_utils import wait_for_condition
 
 from serve_app.video import probe_mp4
-from tests.integration.conftest import WEBHOOK_SECRET
+from tests.helpers.app import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
 

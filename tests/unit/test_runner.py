@@ -84,3 +84,44 @@ def test_shutdown_hands_running_jobs_back(parts):
     assert released.owner is None and released.status == "queued" and not released.terminal
     # Another runner takes it at once, without waiting for the lease to go stale.
     assert store.claim(released.id, "r2", now=1000.5, lease_s=10) is not None
+
+
+def test_a_job_interrupted_too_often_fails_instead_of_looping(parts):
+    store, artifacts = parts
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=_Forever())
+        job = _job(1, "queued", None)
+        job.attempts = runner.max_attempts  # the next claim is one too many
+        store.create(job)
+        assert runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values())
+        return store.get(job.id)
+
+    failed = asyncio.run(scenario())
+    assert failed.status == "failed" and failed.video.error.code == "stage_failed"
+    assert "3 attempts" in failed.video.error.message
+
+
+class _InnerCancel:
+    """A stage call cancelled from inside (a replica going away), not the runner's task."""
+
+    async def generate(self, params, deadline, on_progress=None):
+        inner = asyncio.get_running_loop().create_future()
+        inner.cancel()
+        await inner
+
+
+def test_inner_cancellation_fails_the_job_rather_than_handing_it_back(parts):
+    store, artifacts = parts
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=_InnerCancel())
+        job = _job(2, "queued", None)
+        store.create(job)
+        runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values(), return_exceptions=True)
+        return store.get(job.id)
+
+    job = asyncio.run(scenario())
+    assert job.status == "failed" and job.owner is None

@@ -1,0 +1,93 @@
+"""ResultCache: finished videos by canonical key, and single-flight claims.
+
+In front of the graph: the gateway asks it before creating any work. A hit
+costs one index read; a fill copies the job's files to the entry's own id
+in the artifact store, so deleting the job never breaks the entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from ray import serve
+
+from serve_app.artifacts import open_artifact_store
+from serve_app.cache.index import CacheEntry, artifact_id_for, open_cache_index
+from serve_app.config import ServiceArgs
+from serve_app.errors import NotFound
+
+
+@serve.deployment
+class ResultCache:
+    def __init__(self, args: dict[str, Any]) -> None:
+        from ray.serve import metrics
+
+        self.args = ServiceArgs(**args)
+        self.index = open_cache_index(self.args.cache_store, self.args.data_path)
+        self.artifacts = open_artifact_store(self.args.artifact_store, self.args.data_path)
+        self.counts: Counter[str] = Counter()
+        self._metrics = {
+            name: metrics.Counter(f"wan_cache_{name}_total", description=f"Result cache {name}.")
+            for name in ("hits", "misses", "fills", "evictions")
+        }
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counts[name] += n
+            self._metrics[name].inc(n)
+
+    async def lookup(self, key: str) -> dict | None:
+        entry = self.index.get(key, time.time())
+        self._count("hits" if entry else "misses")
+        return None if entry is None else entry.model_dump()
+
+    async def claim(self, key: str, job_id: str) -> str:
+        return self.index.claim_inflight(key, job_id, self.args.cache_inflight_ttl_s, time.time())
+
+    async def release(self, key: str, job_id: str) -> None:
+        self.index.release_inflight(key, job_id)
+
+    async def fill(self, key: str, video: dict, source_id: str) -> bool:
+        """Store a completed job's result under `key`; releases its claim."""
+        try:
+            target = artifact_id_for(key)
+            size = 0
+            for variant in ("video", "thumbnail"):
+                try:
+                    data = self.artifacts.get(source_id, variant)
+                except NotFound:
+                    continue
+                self.artifacts.put(target, variant, data)
+                size += len(data)
+            if size == 0:
+                return False  # the job's files are gone (deleted meanwhile): nothing to serve
+            now = time.time()
+            self.index.put(CacheEntry(key=key, video=video, size_bytes=size, created_at=now,
+                                      expires_at=now + self.args.cache_ttl_s, last_access=now))
+            self._count("fills")
+            self._drop(self.index.evict(now, self.args.cache_max_bytes), "evictions")
+            return True
+        finally:
+            self.index.release_inflight(key, video["id"])
+
+    def _drop(self, keys: list[str], counter: str | None = None) -> None:
+        for key in keys:
+            self.artifacts.delete(artifact_id_for(key))
+        if counter:
+            self._count(counter, len(keys))
+
+    async def delete(self, key: str) -> bool:
+        entry = self.index.delete(key)
+        if entry is not None:
+            self._drop([key])
+        return entry is not None
+
+    async def purge(self) -> int:
+        entries = self.index.purge()
+        self._drop([e.key for e in entries])
+        return len(entries)
+
+    async def stats(self) -> dict:
+        return {**self.index.stats(), **{k: self.counts[k] for k in ("hits", "misses", "fills", "evictions")}}

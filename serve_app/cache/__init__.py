@@ -1,0 +1,1 @@
+"""The result cache: canonical keys, the index backends, single-flight."""

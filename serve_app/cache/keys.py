@@ -1,0 +1,53 @@
+"""Canonical cache keys: what makes two requests the same video.
+
+The key is SHA-256 over canonical JSON of:
+  model      the profile's model id and revision (new weights never hit old videos)
+  prompt     normalised: Unicode NFKC, runs of whitespace collapsed to one space,
+             trimmed; case-folded too when `cache_casefold` is on
+  negative_prompt   normalised the same way
+  width, height, num_frames, fps, num_inference_steps, guidance_scale, seed
+Everything else (preset name, deadline, webhook, ids) does not change pixels
+and is left out. Requests that give no seed get one derived from the key of
+everything else, so the same request gives the same video, and a request that
+names that seed shares the entry. The generation runs on the normalised
+prompt, so two prompts that share a key really make the same frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+PIXEL_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "guidance_scale")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_prompt(text: str, casefold: bool = False) -> str:
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    return text.casefold() if casefold else text
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _payload(model_identity: str, values: dict[str, Any]) -> dict[str, Any]:
+    payload = {field: values[field] for field in PIXEL_FIELDS}
+    payload["guidance_scale"] = float(payload["guidance_scale"])  # 5 and 5.0 are one key
+    payload.update(model=model_identity, prompt=values["prompt"], negative_prompt=values["negative_prompt"])
+    return payload
+
+
+def derived_seed(model_identity: str, values: dict[str, Any], max_seed: int) -> int:
+    """The seed of a request that gives none: a function of everything else."""
+    digest = _digest({**_payload(model_identity, values), "seed": None})
+    return int(digest[:16], 16) % (max_seed + 1)
+
+
+def cache_key(model_identity: str, values: dict[str, Any]) -> str:
+    """The entry's key (hex), over normalised values that include the seed."""
+    return _digest({**_payload(model_identity, values), "seed": int(values["seed"])})

@@ -1,0 +1,144 @@
+"""The service's metrics, for the Ray dashboard and Prometheus.
+
+Defined through `ray.serve.metrics` (Ray exports them on each node's metrics
+port, in Prometheus format, with the deployment and replica as tags). Created
+lazily, once per process, so importing this module costs nothing and code
+without Ray (unit tests) can run with metrics off.
+
+| metric | type | tags | what |
+| --- | --- | --- | --- |
+| wan_jobs_total | counter | status, code | jobs ended: completed, or failed with its error code |
+| wan_jobs_in_flight | gauge | | jobs this gateway replica is running now |
+| wan_queue_wait_seconds | histogram | | accepted to first denoising step |
+| wan_eta_ratio | histogram | | actual over estimated job time (1 is exact; ETA error) |
+| wan_stage_seconds | histogram | stage | prompt_encode, denoise, decode, encode, total per job |
+| wan_step_seconds | histogram | | one denoising step (both guidance passes) |
+| wan_cache_{hits,misses,fills,evictions}_total | counter | | result cache (deployments/result_cache.py) |
+| wan_embedding_cache_hits_total | counter | | prompt embeddings reused |
+| wan_gpu_memory_bytes | gauge | kind | torch allocator allocated/reserved, NVML used, per model replica |
+| wan_gpu_utilization_percent | gauge | | NVML utilisation of the replica's GPU |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import lru_cache
+from typing import Any
+
+# Every metric the service exports (Prometheus adds Ray's `ray_` prefix).
+NAMES = (
+    "wan_jobs_total", "wan_jobs_in_flight", "wan_queue_wait_seconds", "wan_eta_ratio", "wan_stage_seconds",
+    "wan_step_seconds", "wan_cache_hits_total", "wan_cache_misses_total", "wan_cache_fills_total",
+    "wan_cache_evictions_total", "wan_embedding_cache_hits_total", "wan_gpu_memory_bytes",
+    "wan_gpu_utilization_percent",
+)
+
+SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+# Ray histograms take positive boundaries only: ETA error is a ratio.
+RATIO_BUCKETS = [0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4, 10]
+
+_lock = threading.Lock()
+_enabled = False
+
+
+def enable() -> None:
+    """Turn metrics on in this process (deployments do, in their constructors)."""
+    global _enabled
+    _enabled = True
+
+
+class _Off:
+    def inc(self, *args, **kwargs) -> None: ...
+    def set(self, *args, **kwargs) -> None: ...
+    def observe(self, *args, **kwargs) -> None: ...
+
+
+_OFF = _Off()
+log = logging.getLogger("ray.serve")
+
+
+def _metric(kind: str, name: str, description: str, tags: tuple[str, ...] = (), buckets: tuple = ()) -> Any:
+    if not _enabled:
+        return _OFF
+    try:
+        return _make(kind, name, description, tags, buckets)
+    except Exception:  # noqa: BLE001 - telemetry never breaks serving
+        log.exception("metric %s unavailable", name)
+        return _OFF
+
+
+@lru_cache(maxsize=None)
+def _make(kind: str, name: str, description: str, tags: tuple[str, ...], buckets: tuple) -> Any:
+    from ray.serve import metrics
+
+    with _lock:
+        if kind == "counter":
+            return metrics.Counter(name, description=description, tag_keys=tags or None)
+        if kind == "gauge":
+            return metrics.Gauge(name, description=description, tag_keys=tags or None)
+        return metrics.Histogram(name, description=description, boundaries=list(buckets), tag_keys=tags or None)
+
+
+def job_ended(status: str, code: str = "") -> None:
+    _metric("counter", "wan_jobs_total", "Jobs ended, by status and error code.", ("status", "code")).inc(
+        1, tags={"status": status, "code": code or "none"})
+
+
+def jobs_in_flight(n: int) -> None:
+    _metric("gauge", "wan_jobs_in_flight", "Jobs this gateway replica runs now.").set(n)
+
+
+def queue_wait(seconds: float) -> None:
+    _metric("histogram", "wan_queue_wait_seconds", "Accepted to first denoising step.", (),
+            tuple(SECONDS_BUCKETS)).observe(seconds)
+
+
+def eta_error(actual_s: float, estimated_s: float) -> None:
+    if estimated_s > 0:
+        _metric("histogram", "wan_eta_ratio", "Actual over estimated job time (1 is exact).", (),
+                tuple(RATIO_BUCKETS)).observe(actual_s / estimated_s)
+
+
+def stage_time(stage: str, seconds: float) -> None:
+    _metric("histogram", "wan_stage_seconds", "Per-job stage time.", ("stage",), tuple(SECONDS_BUCKETS)).observe(
+        seconds, tags={"stage": stage})
+
+
+def step_time(seconds: float) -> None:
+    _metric("histogram", "wan_step_seconds", "One denoising step.", (), tuple(SECONDS_BUCKETS)).observe(seconds)
+
+
+def embedding_cache_hit() -> None:
+    _metric("counter", "wan_embedding_cache_hits_total", "Prompt embeddings reused.").inc()
+
+
+def gpu_memory(kind: str, value: float) -> None:
+    _metric("gauge", "wan_gpu_memory_bytes", "GPU memory of a model replica.", ("kind",)).set(
+        value, tags={"kind": kind})
+
+
+def gpu_utilization(percent: float) -> None:
+    _metric("gauge", "wan_gpu_utilization_percent", "NVML utilisation of the replica's GPU.").set(percent)
+
+
+def report_gpu(device: str) -> None:
+    """Torch allocator and NVML figures of this replica's GPU (no-op on the CPU)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    gpu_memory("allocated", torch.cuda.memory_allocated())
+    gpu_memory("reserved", torch.cuda.memory_reserved())
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.cuda.current_device()
+        # CUDA_VISIBLE_DEVICES renumbers cards; NVML sees the physical ones.
+        visible = [v for v in __import__("os").environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible[index]) if visible else index)
+        gpu_memory("nvml_used", pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        gpu_utilization(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # noqa: BLE001 - telemetry never breaks serving
+        pass
