@@ -27,6 +27,9 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.messages import StepProgress
 
+# Job-scoped records carry `job_id` as a field: with Ray Serve's JSON log
+# encoding (configs/serve_gpu.yaml) it is a key of each line, so one job's
+# story can be pulled out of every replica's logs.
 log = logging.getLogger("ray.serve")
 
 # Expired files are looked for this often; content of an expired video is
@@ -190,14 +193,14 @@ class JobRunner:
         except ServiceError as exc:
             await self._fail(job_id, exc)
         except Exception as exc:  # noqa: BLE001 - a job must end in a terminal state
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", job_id, extra={"job_id": job_id})
             await self._fail(job_id, StageFailed(f"generation failed: {type(exc).__name__}"))
         else:
             metrics.eta_error(time.perf_counter() - started, estimate)
             try:
                 await self._complete(job_id, result)
             except Exception as exc:  # noqa: BLE001 - storing the result failed: say so, never hang
-                log.exception("job %s: storing the result failed", job_id)
+                log.exception("job %s: storing the result failed", job_id, extra={"job_id": job_id})
                 await self._fail(job_id, StageFailed(f"storing the result failed: {type(exc).__name__}"))
         finally:
             heartbeat.cancel()
@@ -270,7 +273,7 @@ class JobRunner:
                 else:
                     await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
             except Exception:  # noqa: BLE001 - a failed fill costs a later miss, nothing more
-                log.exception("job %s: cache fill failed", job_id)
+                log.exception("job %s: cache fill failed", job_id, extra={"job_id": job_id})
 
     async def _fail(self, job_id: str, exc: ServiceError) -> None:
         try:
@@ -286,7 +289,7 @@ class JobRunner:
             try:
                 await self.cache.release(job.cache_key, job.id)
             except Exception:  # noqa: BLE001 - the claim then runs out by its TTL
-                log.exception("job %s: releasing the cache claim failed", job_id)
+                log.exception("job %s: releasing the cache claim failed", job_id, extra={"job_id": job_id})
 
     async def _finish(self, job: JobRecord) -> None:
         metrics.job_ended(job.video.status, job.video.error.code if job.video.error else "")
@@ -354,7 +357,7 @@ class JobRunner:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             if not self.store.heartbeat(job_id, self.owner, self.clock()):
-                log.warning("job %s: lease lost to another runner; stopping here", job_id)
+                log.warning("job %s: lease lost to another runner; stopping here", job_id, extra={"job_id": job_id})
                 self._cancel_reason[job_id] = "shutdown"
                 task = self._tasks.get(job_id)
                 if task is not None:
@@ -373,7 +376,7 @@ class JobRunner:
             try:
                 for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
                     if job_id not in self._tasks and self.submit(job_id):
-                        log.info("job %s: taken over by %s", job_id, self.owner)
+                        log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
                 if self.clock() - last_sweep >= EXPIRY_SWEEP_S:
                     last_sweep = self.clock()
                     self.sweep_expired()

@@ -125,3 +125,28 @@ def test_inner_cancellation_fails_the_job_rather_than_handing_it_back(parts):
 
     job = asyncio.run(scenario())
     assert job.status == "failed" and job.owner is None
+
+
+class _Broken:
+    async def generate(self, params, deadline, on_progress=None):
+        raise RuntimeError("boom")
+
+
+def test_job_log_lines_carry_the_job_id(parts, caplog):
+    store, artifacts = parts
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=_Broken())
+        job = _job(3, "queued", None)
+        store.create(job)
+        runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values())
+        return job.id
+
+    with caplog.at_level("INFO", logger="ray.serve"):
+        job_id = asyncio.run(scenario())
+    assert store.get(job_id).status == "failed"
+    # The failure is logged with its job as a field, not only in the text.
+    records = [r for r in caplog.records if job_id in r.getMessage()]
+    assert records, "the failure was not logged"
+    assert all(getattr(r, "job_id", None) == job_id for r in records)
