@@ -15,6 +15,7 @@ from serve_app.api.protocol import StageHealth
 from serve_app.api.routes import create_app
 from serve_app.api.service import VideoService
 from serve_app.artifacts import open_artifact_store
+from serve_app.cache.index import open_cache_index
 from serve_app.config import ServiceArgs
 from serve_app.estimates import StageTimeEstimator
 from serve_app.graph import StageGraph
@@ -119,6 +120,7 @@ class Gateway:
             ),
             check_webhook=lambda url: check_destination(url, hooks),
             cache=cache,
+            cache_index=open_cache_index(service_args.cache_store, service_args.data_path),
             admin_key=os.environ.get(service_args.admin_key_env, ""),
         )
         self.store = store

@@ -1,8 +1,10 @@
 """ResultCache: finished videos by canonical key, and single-flight claims.
 
-In front of the graph: the gateway asks it before creating any work. A hit
-costs one index read; a fill copies the job's files to the entry's own id
-in the artifact store, so deleting the job never breaks the entry.
+In front of the graph: it owns the cache index's writes (fills, evictions,
+purges) and the single-flight claims. Gateways read the index directly for
+lookups, so a hit costs one index read and no extra hop. A fill copies the
+job's files to the entry's own id in the artifact store, so deleting the job
+never breaks the entry.
 """
 
 from __future__ import annotations
@@ -30,18 +32,13 @@ class ResultCache:
         self.counts: Counter[str] = Counter()
         self._metrics = {
             name: metrics.Counter(f"wan_cache_{name}_total", description=f"Result cache {name}.")
-            for name in ("hits", "misses", "fills", "evictions")
+            for name in ("fills", "evictions")
         }
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
             self.counts[name] += n
             self._metrics[name].inc(n)
-
-    async def lookup(self, key: str) -> dict | None:
-        entry = self.index.get(key, time.time())
-        self._count("hits" if entry else "misses")
-        return None if entry is None else entry.model_dump()
 
     async def claim(self, key: str, job_id: str) -> str:
         return self.index.claim_inflight(key, job_id, self.args.cache_inflight_ttl_s, time.time())
@@ -90,4 +87,6 @@ class ResultCache:
         return len(entries)
 
     async def stats(self) -> dict:
-        return {**self.index.stats(), **{k: self.counts[k] for k in ("hits", "misses", "fills", "evictions")}}
+        # Hits and misses are counted where lookups happen (gateways, metrics
+        # wan_cache_{hits,misses}_total); fills and evictions happen here.
+        return {**self.index.stats(), **{k: self.counts[k] for k in ("fills", "evictions")}}

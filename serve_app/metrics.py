@@ -13,7 +13,8 @@ without Ray (unit tests) can run with metrics off.
 | wan_eta_ratio | histogram | | actual over estimated job time (1 is exact; ETA error) |
 | wan_stage_seconds | histogram | stage | prompt_encode, denoise, decode, encode, total per job |
 | wan_step_seconds | histogram | | one denoising step (both guidance passes) |
-| wan_cache_{hits,misses,fills,evictions}_total | counter | | result cache (deployments/result_cache.py) |
+| wan_cache_{hits,misses}_total | counter | | result cache lookups (gateways) |
+| wan_cache_{fills,evictions}_total | counter | | result cache writes (deployments/result_cache.py) |
 | wan_embedding_cache_hits_total | counter | | prompt embeddings reused |
 | wan_gpu_memory_bytes | gauge | kind | torch allocator allocated/reserved, NVML used, per model replica |
 | wan_gpu_utilization_percent | gauge | | NVML utilisation of the replica's GPU |
@@ -107,6 +108,11 @@ def stage_time(stage: str, seconds: float) -> None:
 
 def step_time(seconds: float) -> None:
     _metric("histogram", "wan_step_seconds", "One denoising step.", (), tuple(SECONDS_BUCKETS)).observe(seconds)
+
+
+def cache_lookup(hit: bool) -> None:
+    name = "wan_cache_hits_total" if hit else "wan_cache_misses_total"
+    _metric("counter", name, f"Result cache {'hits' if hit else 'misses'}.").inc()
 
 
 def embedding_cache_hit() -> None:

@@ -207,7 +207,7 @@ def create_app(service: VideoService) -> FastAPI:
             return
         await websocket.close()
 
-    @app.get("/v1/cache/stats", summary="Result cache: entries, bytes, hits, misses, fills, evictions (admin)")
+    @app.get("/v1/cache/stats", summary="Result cache: entries, bytes, fills, evictions (admin)")
     async def cache_stats(authorization: str | None = Header(None)) -> dict:
         return await service.cache_stats(authorization)
 
