@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -140,9 +141,14 @@ def create_app(service: VideoService) -> FastAPI:
         prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
         idempotency_key: str | None = Header(None, max_length=200, description="Retries with the same key return the same job."),
     ) -> JSONResponse:
+        started = time.perf_counter()
         body = await _read_create_request(request)
         outcome = await service.create_video(body, Preference.parse(prefer), idempotency_key)
-        return JSONResponse(outcome.video.model_dump(), status_code=outcome.status_code, headers=outcome.headers)
+        # Server-Timing: the gateway's own share of the answer, so a client can
+        # tell it apart from the network and the Serve proxy.
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        headers = {**outcome.headers, "Server-Timing": f"gateway;dur={elapsed_ms:.2f}"}
+        return JSONResponse(outcome.video.model_dump(), status_code=outcome.status_code, headers=headers)
 
     @app.get("/v1/videos", response_model=VideoList, summary="List videos (cursor pagination)")
     async def list_videos(
