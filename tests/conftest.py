@@ -11,6 +11,7 @@ import pytest
 
 from serve_app.config import load_model_profile
 from tests.helpers.app import start_cluster_and_app, stats_of, stop_cluster
+from tests.helpers.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,15 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_profile():
     return load_model_profile("tiny")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session (tests use their own key prefixes or FLUSHDB)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

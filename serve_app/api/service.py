@@ -24,7 +24,7 @@ from serve_app.api.protocol import (
     VideoList,
     VideoObject,
 )
-from serve_app.artifacts import ArtifactStore
+from serve_app.artifacts import ArtifactStore, check_variant, media_type
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import (
     Conflict,
@@ -181,12 +181,7 @@ class VideoService:
                 shared = self._running(holder)
                 if shared is not None:
                     return await self._attach(shared, prefer)
-        if prefer.respond_async:
-            sync = False
-        elif prefer.wait_s is not None:
-            sync = True  # the client said how long it will wait; it gets the job as it stands then
-        else:
-            sync = self.eta_s(draft) <= self.args.sync_budget_s
+        sync = self._wants_sync(prefer, draft)
         draft.deadline_s = self._deadline_s(request.deadline_s, sync)
         job, created = self.store.create(draft)
         if created:
@@ -195,17 +190,28 @@ class VideoService:
             # An idempotent retry of an earlier job: our draft never runs, so
             # its single-flight claim must not hold the key.
             await self.cache.release(draft.cache_key, draft.id)
+        return await self._answer(self.store.get(job.id), prefer, sync=sync and created, owned=True)
+
+    def _wants_sync(self, prefer: Preference, job: JobRecord) -> bool:
+        if prefer.respond_async:
+            return False
+        if prefer.wait_s is not None:
+            return True  # the client said how long it will wait; it gets the job as it stands then
+        return self.eta_s(job) <= self.args.sync_budget_s
+
+    async def _answer(self, job: JobRecord, prefer: Preference, sync: bool, owned: bool) -> CreateOutcome:
+        """202 with the job now, or wait for it (up to its deadline, or what Prefer: wait allows)."""
         headers = {"Location": f"/v1/videos/{job.id}"}
         if prefer.respond_async:
             headers["Preference-Applied"] = "respond-async"
         elif prefer.wait_s is not None:
             headers["Preference-Applied"] = f"wait={prefer.wait_s:g}"
-        if not sync or not created:
-            return CreateOutcome(self._public(self.store.get(job.id)), 202, headers)
+        if not sync:
+            return CreateOutcome(self._public(job), 202, headers)
         wait_s = job.deadline_s + SYNC_GRACE_S
         if prefer.wait_s is not None:
             wait_s = min(wait_s, prefer.wait_s)
-        return await self._wait_sync(job, headers, wait_s)
+        return await self._wait_sync(job, headers, wait_s, owned)
 
     def _running(self, job_id: str) -> JobRecord | None:
         """The job holding a single-flight claim, if it is still on its way."""
@@ -218,13 +224,7 @@ class VideoService:
     async def _attach(self, job: JobRecord, prefer: Preference) -> CreateOutcome:
         """An identical request is generating: answer with that same job (one generation,
         N answers, one id). Waits like a request of its own would."""
-        headers = {"Location": f"/v1/videos/{job.id}"}
-        if prefer.respond_async:
-            return CreateOutcome(self._public(job), 202, {**headers, "Preference-Applied": "respond-async"})
-        if prefer.wait_s is None and self.eta_s(job) > self.args.sync_budget_s:
-            return CreateOutcome(self._public(job), 202, headers)
-        wait_s = job.deadline_s + SYNC_GRACE_S if prefer.wait_s is None else prefer.wait_s
-        return await self._wait_sync(job, headers, wait_s, owned=False)
+        return await self._answer(job, prefer, sync=self._wants_sync(prefer, job), owned=False)
 
     def _answer_from_cache(self, draft: JobRecord, hit: CacheEntry) -> CreateOutcome:
         """A new, completed video object whose files are the cache entry's."""
@@ -339,8 +339,7 @@ class VideoService:
 
     def content(self, video_id: str, variant: str):
         """(local path or bytes, media type) of a completed video's file."""
-        if variant not in ("video", "thumbnail"):
-            raise InvalidRequest(f"variant={variant!r} is not one of ['thumbnail', 'video']", param="variant")
+        check_variant(variant)
         job = self.store.get(video_id)
         if job.video.status != "completed":
             raise VideoNotReady(
@@ -352,10 +351,9 @@ class VideoService:
             if job.artifact_id is None:
                 self.artifacts.delete(video_id)
             raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
-        media = "video/mp4" if variant == "video" else "image/jpeg"
         files = job.artifact_id or video_id
         path = self.artifacts.local_path(files, variant)
-        return (path if path is not None else self.artifacts.get(files, variant)), media
+        return (path if path is not None else self.artifacts.get(files, variant)), media_type(variant)
 
     # --- cancel and delete ------------------------------------------------------------
 

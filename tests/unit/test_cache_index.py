@@ -7,18 +7,9 @@ import time
 import pytest
 
 from serve_app.cache.index import CacheEntry, RedisCacheIndex, SQLiteCacheIndex, artifact_id_for, open_cache_index
-from tests.helpers.redis_server import RedisServer
 
 # Real time: Redis expires keys by its own clock, so entries must be "now"-based.
 NOW = time.time()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-cache"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -49,14 +49,6 @@ def with_status(job: JobRecord, status: str, **video_changes) -> JobRecord:
     return job.model_copy(update={"video": job.video.model_copy(update={"status": status, **video_changes})})
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     if request.param == "sqlite":
