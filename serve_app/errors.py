@@ -27,6 +27,10 @@ class ServiceError(Exception):
         self.param = param
         self.details = details
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error (e.g. Retry-After)."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         # Details never overwrite the stable fields clients switch on.
         return {
@@ -134,4 +138,63 @@ class StageFailed(ServiceError):
 
     status_code = 500
     code = "stage_failed"
+    error_type = "server_error"
+
+
+class RequestTooLarge(ServiceError):
+    """The body, a multipart part or a list is larger than the service accepts (HTTP 413)."""
+
+    status_code = 413
+    code = "request_too_large"
+    error_type = "invalid_request_error"
+
+
+class RetryLater(ServiceError):
+    """Try again later; `retry_after_s` becomes the Retry-After header and a body field."""
+
+    status_code = 429
+    code = "retry_later"
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, param: str | None = None, **details: Any) -> None:
+        # Whole seconds, at least one: Retry-After takes an integer, and 0 invites a hot loop.
+        retry_after = max(1, int(-(-float(retry_after_s) // 1)))
+        super().__init__(message, param=param, retry_after_s=retry_after, **details)
+        self.retry_after_s = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class RateLimited(RetryLater):
+    """The key's request rate is over its token bucket (HTTP 429)."""
+
+    code = "rate_limited"
+
+
+class ConcurrencyLimited(RetryLater):
+    """The key already has as many unfinished jobs as it may (HTTP 429)."""
+
+    code = "too_many_concurrent_jobs"
+
+
+class OverCapacity(RetryLater):
+    """Admission control: no tier can finish this request by its deadline now (HTTP 429)."""
+
+    code = "over_capacity"
+
+
+class ServiceUnavailable(RetryLater):
+    """Nothing can serve now: no denoiser replica, or the gateway is draining (HTTP 503)."""
+
+    status_code = 503
+    code = "service_unavailable"
+    error_type = "server_error"
+
+
+class GpuOutOfMemory(ServiceError):
+    """A stage ran out of GPU memory, also on its lower-memory retry (HTTP 503)."""
+
+    status_code = 503
+    code = "gpu_out_of_memory"
     error_type = "server_error"

@@ -34,7 +34,7 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def _error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
+    return JSONResponse(status_code=exc.status_code, content=exc.to_dict(), headers=exc.headers() or None)
 
 
 def _first_error(errors: list[dict]) -> InvalidRequest:
