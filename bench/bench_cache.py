@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, slug, write_result  # noqa: E402
+from bench.common import card_name, free_port, slug, write_result  # noqa: E402
 
 REQUEST = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 4, "fps": 8}
 
@@ -76,9 +75,7 @@ def main() -> None:
     from serve_app.app import build_app
     from serve_app.config import ServiceArgs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     prompts = zipf_prompts(args.requests, args.prompts, args.zipf, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as data_dir:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -115,8 +112,8 @@ def main() -> None:
     }
     path = write_result(f"cache-{slug(card_name())}", result)
     card = card_name()
-    print(f"| card | what | p50 ms | p99 ms | n |")
-    print(f"| --- | --- | --- | --- | --- |")
+    print("| card | what | p50 ms | p99 ms | n |")
+    print("| --- | --- | --- | --- | --- |")
     print(f"| {card} | hit | {result['hit_ms']['p50']:.1f} | {result['hit_ms']['p99']:.1f} | {len(hits)} |")
     print(f"| {card} | miss | {result['miss_ms']['p50']:.1f} | {result['miss_ms']['p99']:.1f} | {len(misses)} |")
     print(f"| {card} | baseline (cache: false) | {result['baseline_ms']['p50']:.1f} | "

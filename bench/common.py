@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import sys
 import time
@@ -50,3 +51,9 @@ def write_result(name: str, payload: dict) -> Path:
 
 def slug(text: str) -> str:
     return "".join(c.lower() if c.isalnum() else "-" for c in text).strip("-").replace("--", "-")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -20,7 +20,11 @@ from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.messages import DenoisedLatents, StepProgress
 from serve_app.params import GenerationParams
+from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+from serve_app.pipeline.optimize import EXACT, DenoiserRuntime, FastKnobs
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
+from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
+from serve_app.preview import preview_maker
 
 
 @serve.deployment
@@ -31,6 +35,17 @@ class Denoiser(ModelStage):
         super().__init__(args)
         self.outcomes: Counter[str] = Counter()
         self.last_run: dict[str, Any] = {}
+        # Fitted (or read from the data dir) before warm-up; None when previews are off.
+        self.previews = preview_maker(self.args.previews, self.profile, self.args.data_path)
+        # The project's loop (profile.speed): compiled blocks, no host syncs per
+        # step, batched guidance, FP8 copy and step cache for fast tiers; None
+        # runs WanPipeline.__call__ as it is.
+        speed = self.profile.speed
+        self.runtime = DenoiserRuntime(self.pipe, speed) if speed.optimized_loop else None
+        self.batcher = None
+        if self.runtime is not None and speed.batching.enabled:
+            self.batcher = StepBatcher(self.runtime, speed.batching.max_requests, speed.batching.max_tokens)
+        self._batch_loops: set[asyncio.Future] = set()
         if self.args.warmup:
             self._warm_up()
 
@@ -46,12 +61,25 @@ class Denoiser(ModelStage):
             num_inference_steps=2, guidance_scale=5.0, fps=8, seed=0, preset="warmup",
         )
         guard = StepGuard(Deadline.after(600), params.num_inference_steps)
-        denoise(self.pipe, params, PromptEmbeddings(zeros, zeros), guard,
-                max_sequence_length=self.profile.max_sequence_length)
+        if self.runtime is None:
+            denoise(self.pipe, params, PromptEmbeddings(zeros, zeros), guard,
+                    max_sequence_length=self.profile.max_sequence_length)
+            return
+        denoise_optimized(self.runtime, params, PromptEmbeddings(zeros, zeros), guard)
+        # Compile and first-run costs of the serving shapes, paid here, not by requests.
+        catalog = self.args.preset_catalog()
+        shapes = [(catalog.presets[n].height, catalog.presets[n].width, catalog.presets[n].num_frames)
+                  for n in self.profile.speed.warmup_presets]
+        self.runtime.warm_up(shapes, self.profile.max_sequence_length)
 
     async def denoise(
-        self, params: GenerationParams, embeddings: PromptEmbeddings, deadline: Deadline
+        self, params: GenerationParams, embeddings: PromptEmbeddings, deadline: Deadline,
+        knobs: FastKnobs | dict | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
+        """`knobs`: a fast tier's quality-changing speed-ups (optimize.FastKnobs); None is the exact path."""
+        knobs = EXACT if knobs is None else FastKnobs.model_validate(knobs)
+        if self.runtime is None and not knobs.exact:
+            raise ValueError(f"fast knobs {knobs} need profile speed.optimized_loop: true on this model")
         guard = StepGuard(deadline, params.num_inference_steps)
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[StepProgress] = asyncio.Queue()
@@ -60,22 +88,32 @@ class Denoiser(ModelStage):
         last_sent = [float("-inf")]
 
         step_started = [time.perf_counter()]
+        previews = self.previews(params.num_inference_steps) if self.previews else None
 
         def on_step(step: int, total: int) -> None:
             tick = time.perf_counter()
             metrics.step_time(tick - step_started[0])
             step_started[0] = tick
             now = time.monotonic()
-            if step == total or now - last_sent[0] >= interval:
+            preview = previews.take() if previews else None
+            # A step with a preview is always sent: previews have their own cadence.
+            if preview or step == total or now - last_sent[0] >= interval:
                 last_sent[0] = now
-                loop.call_soon_threadsafe(progress.put_nowait, StepProgress(step, total))
+                loop.call_soon_threadsafe(progress.put_nowait, StepProgress(step, total, preview))
+            self.step_done(step, total)  # health-check progress, then any injected step delay (tests)
 
         def run():
             # Recorded here, on the model thread, so the step count is the one
             # the loop really stopped at, not the one seen when Ray cancelled.
             started = time.perf_counter()
             try:
-                latents = denoise(self.pipe, params, embeddings, guard, on_step, self.profile.max_sequence_length)
+                on_latents = previews.on_latents if previews else None
+                if self.runtime is None:
+                    latents = denoise(self.pipe, params, embeddings, guard, on_step,
+                                      self.profile.max_sequence_length, on_latents=on_latents)
+                else:
+                    latents = denoise_optimized(self.runtime, params, embeddings, guard, on_step, knobs,
+                                                on_latents=on_latents)
             except BaseException as exc:
                 self._record(exc, guard)
                 raise
@@ -85,7 +123,12 @@ class Denoiser(ModelStage):
             # thread segfaulted the gateway on the GPU image).
             return DenoisedLatents(latents.float().numpy(), time.perf_counter() - started, embeddings.encode_s)
 
-        work = asyncio.ensure_future(self.run_model(run))
+        if self.batcher is not None:
+            # Same-shape requests share forwards; the loop runs on the model thread.
+            work = asyncio.ensure_future(self._run_batched(params, embeddings, guard, on_step, knobs,
+                                                           previews.on_latents if previews else None))
+        else:
+            work = asyncio.ensure_future(self.run_model(run))
         try:
             while not (work.done() and progress.empty()):
                 next_step = asyncio.ensure_future(progress.get())
@@ -102,6 +145,34 @@ class Denoiser(ModelStage):
             raise
         yield result
 
+    async def _run_batched(self, params, embeddings, guard, on_step, knobs, on_latents) -> DenoisedLatents:
+        started = time.perf_counter()
+        future = self.batcher.submit(params, embeddings, guard, on_step, knobs, self._start_batch_loop,
+                                     on_latents=on_latents)
+        try:
+            latents = await asyncio.wrap_future(future)
+        except BaseException as exc:
+            self._record(exc, guard)
+            raise
+        self._record(None, guard)
+        return DenoisedLatents(latents.float().numpy(), time.perf_counter() - started, embeddings.encode_s)
+
+    def _start_batch_loop(self, run) -> None:
+        # Called by the batcher when a request finds no loop running; the task
+        # is kept so it is not collected while it runs.
+        task = asyncio.ensure_future(self.run_model(run))
+        self._batch_loops.add(task)
+        task.add_done_callback(self._batch_loops.discard)
+
+    async def describe(self) -> dict[str, Any]:
+        """ModelStage's description, with the attention kernel really in effect and the speed set-up."""
+        out = await super().describe()
+        if self.runtime is not None:
+            speed = self.runtime.describe()
+            out["attention_backend"] = f"{self.profile.attention_backend} ({speed['attention_backend']})"
+            out["speed"] = speed
+        return out
+
     def _record(self, exc: BaseException | None, guard: StepGuard) -> None:
         if exc is None:
             outcome = "completed"
@@ -116,4 +187,14 @@ class Denoiser(ModelStage):
 
     async def stats(self) -> dict[str, Any]:
         """Outcome counters and the last run's step count (for operators and tests)."""
-        return {"outcomes": dict(self.outcomes), "last_run": dict(self.last_run)}
+        out = {"outcomes": dict(self.outcomes), "last_run": dict(self.last_run)}
+        if self.batcher is not None:
+            out["batching"] = {"forwards": self.batcher.forwards, "max_batch_seen": self.batcher.max_batch_seen}
+        return out
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve calls this (when the deployment autoscales) for the autoscaling
+        policy: jobs waiting for a dispatcher (serve_app/policy/autoscaling.py)."""
+        if not hasattr(self, "_unclaimed"):
+            self._unclaimed = UnclaimedJobs(self.args.job_store, self.args.data_path, self.args.job_lease_s)
+        return {UNCLAIMED_JOBS: float(self._unclaimed.count())}

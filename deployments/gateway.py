@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 from ray import serve
 
 from serve_app import metrics
+from serve_app.access.guard import AccessGuard
 from serve_app.api.protocol import StageHealth
 from serve_app.api.routes import create_app
 from serve_app.api.service import VideoService
@@ -21,9 +23,17 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.graph import StageGraph
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.stores import open_job_store
+from serve_app.policy.admission import Admission
+from serve_app.policy.load import LoadMonitor, nvml_utilization, serve_replicas
+from serve_app.policy.tiers import apply_tier
 from serve_app.webhooks import WebhookConfig, check_destination, deliver
 
+log = logging.getLogger("ray.serve")
+
 STAGE_PROBE_TIMEOUT_S = 5.0
+# Unfinished jobs read per admission decision; admission keeps the queue far
+# below this (max_queue_per_replica per replica), so it only bounds the naive mode.
+ACTIVE_JOBS_READ_LIMIT = 2000
 
 
 class HandleClient:
@@ -53,11 +63,25 @@ class HandleProbe:
             info = await asyncio.wait_for(handle.describe.remote(), STAGE_PROBE_TIMEOUT_S)
             return StageHealth(ok=True, replica=info)
         except Exception as exc:  # noqa: BLE001 - health reports, never raises
-            return StageHealth(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+            # The type only: a Ray error's text can carry a remote traceback, addresses
+            # and pids, which a public health endpoint must not show (the log has them).
+            log.warning("health probe failed", exc_info=exc)
+            return StageHealth(ok=False, error=type(exc).__name__)
 
     async def describe_stages(self) -> dict[str, StageHealth]:
         results = await asyncio.gather(*(self._one(h) for h in self.handles.values()))
         return dict(zip(self.handles, results))
+
+
+def lowest_tier(tiers):
+    """For the runner's out-of-memory retry: the request under the table's last tier, if that lowers it."""
+    tier = tiers.tiers[-1]
+
+    def lower(params):
+        lowered = apply_tier(params, tier)
+        return None if lowered == params else (lowered, tier.name)
+
+    return lower
 
 
 def webhook_config(args: ServiceArgs) -> WebhookConfig:
@@ -88,6 +112,11 @@ class Gateway:
         artifacts = open_artifact_store(service_args.artifact_store, service_args.data_path)
         estimator = StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
         hooks = webhook_config(service_args)
+        self.guard = AccessGuard(service_args.access)
+
+        def free_job_slot(job) -> None:
+            if job.key_id is not None:
+                self.guard.release_job(job.key_id, job.id)
 
         cache = HandleClient(result_cache)
 
@@ -106,6 +135,22 @@ class Gateway:
             send_webhook=send_webhook,
             cache=cache,
             max_attempts=service_args.job_max_attempts,
+            on_finished=free_job_slot,
+            lower_memory=lowest_tier(service_args.tier_table()),
+        )
+        denoiser_options = service_args.stages.denoiser
+        app_name = serve.get_replica_context().app_name
+        self.load = LoadMonitor(
+            active_jobs=lambda: store.active(ACTIVE_JOBS_READ_LIMIT),
+            estimator=estimator,
+            replicas=lambda: serve_replicas(app_name, "Denoiser"),
+            gpu_utilization=nvml_utilization if denoiser_options.num_gpus > 0 else None,
+            refresh_s=service_args.admission.refresh_s,
+            initial_replicas=denoiser_options.max_replicas if denoiser_options.autoscaling is None
+            else (denoiser_options.autoscaling.initial_replicas or denoiser_options.autoscaling.min_replicas),
+        )
+        admission = Admission(
+            service_args.admission, service_args.tier_table(), estimator, denoiser_options.max_replicas
         )
         self.service = VideoService(
             args=service_args,
@@ -122,10 +167,14 @@ class Gateway:
             cache=cache,
             cache_index=open_cache_index(service_args.cache_store, service_args.data_path),
             admin_key=os.environ.get(service_args.admin_key_env, ""),
+            admission=admission,
+            load=self.load,
+            guard=self.guard,
         )
         self.store = store
         # Jobs left behind by a previous gateway are picked up from here on.
         self.runner.start()
+        self.load.start()
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
@@ -134,5 +183,7 @@ class Gateway:
         # Scale-down, redeploy, `serve shutdown`: hand running jobs back to the
         # store so another replica (or the next start) resumes them at once.
         if hasattr(self, "runner"):  # not when the constructor itself failed
+            self.load.stop()
             await self.runner.shutdown()
             self.store.close()
+            self.guard.close()

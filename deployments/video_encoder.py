@@ -1,8 +1,14 @@
-"""VideoEncoder: VAE decode of latents and mp4 encoding, in one place."""
+"""VideoEncoder: VAE decode of latents and mp4 encoding, in one place.
+
+By default (profile `speed.decode: streaming`) the VAE decodes latent frame by
+latent frame and each chunk goes to the mp4 encoder while the GPU decodes the
+next, so the encode hides behind the decode. A decode that runs out of GPU
+memory is retried once with tiling (`speed.tile_on_oom`), through the stage's
+out-of-memory fallback.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ray import serve
@@ -10,8 +16,8 @@ from ray import serve
 from deployments.base import ModelStage
 from serve_app.deadline import Deadline
 from serve_app.messages import EncodedVideo
-from serve_app.pipeline.stages import decode_latents
-from serve_app.video import encode_mp4, frames_to_uint8, make_thumbnail
+from serve_app.pipeline.optimize import prepare_vae
+from serve_app.pipeline.stages import DecodedVideo, decode_to_mp4
 
 
 @serve.deployment
@@ -20,32 +26,49 @@ class VideoEncoder(ModelStage):
 
     def __init__(self, args: dict[str, Any]) -> None:
         super().__init__(args)
+        self.speed = self.profile.speed
+        prepare_vae(self.pipe.vae, self.speed)
         if self.args.warmup:
             import torch
 
             z = self.pipe.vae.config.z_dim
             self._encode(torch.zeros(1, z, 2, 4, 4), fps=8)
+            # cuDNN's per-shape algorithm search and allocator growth, here, not in a request.
+            catalog = self.args.preset_catalog()
+            for name in self.speed.warmup_presets:
+                p = catalog.presets[name]
+                t = (p.num_frames - 1) // self.pipe.vae_scale_factor_temporal + 1
+                s = self.pipe.vae_scale_factor_spatial
+                self._encode(torch.zeros(1, z, t, p.height // s, p.width // s), fps=p.fps)
 
     def _encode(self, latents, fps: int) -> EncodedVideo:
-        started = time.perf_counter()
-        frames = frames_to_uint8(decode_latents(self.pipe, latents))
-        decoded = time.perf_counter()
-        mp4 = encode_mp4(frames, fps)
-        thumbnail = make_thumbnail(frames)
-        num_frames, height, width, _ = frames.shape
-        return EncodedVideo(
-            mp4=mp4,
-            num_frames=num_frames,
-            width=width,
-            height=height,
-            fps=fps,
-            decode_s=decoded - started,
-            encode_s=time.perf_counter() - decoded,
-            thumbnail=thumbnail,
-        )
+        return _message(decode_to_mp4(self.pipe, latents, fps, mode=self.speed.decode, tile_on_oom=False), fps)
+
+    def _encode_tiled(self, latents, fps: int) -> EncodedVideo:
+        return _message(decode_to_mp4(self.pipe, latents, fps, mode="tiled", tile_on_oom=False), fps)
 
     async def encode(self, latents, fps: int, deadline: Deadline) -> EncodedVideo:
         # The VAE decode has no step boundary to stop at; it is checked before
         # it starts, and the gateway stops waiting at the deadline regardless.
         deadline.check("video_encode")
-        return await self.run_model(self._encode, latents, fps)
+        fallback = self._encode_tiled if self.speed.tile_on_oom and self.speed.decode != "tiled" else None
+        return await self.run_model(self._encode, latents, fps, fallback=fallback)
+
+    async def describe(self) -> dict[str, Any]:
+        out = await super().describe()
+        out["decode"] = {"mode": self.speed.decode, "tile_on_oom": self.speed.tile_on_oom,
+                         "vae_channels_last": self.speed.vae_channels_last}
+        return out
+
+
+def _message(video: DecodedVideo, fps: int) -> EncodedVideo:
+    return EncodedVideo(
+        mp4=video.mp4,
+        num_frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        fps=fps,
+        decode_s=video.decode_s,
+        encode_s=video.encode_s,
+        thumbnail=video.thumbnail,
+    )

@@ -25,13 +25,13 @@ def build_app(args: ServiceArgs) -> Application:
     # Fail here, in `serve run`, on a bad profile or presets file, rather than
     # in four replicas' logs.
     args.model_profile()
-    args.preset_catalog()
+    args.tier_table()
     payload = args.model_dump()
-    stages = args.stages
-    prompt_encoder = PromptEncoder.options(**stages.prompt_encoder.to_deployment_options()).bind(payload)
-    denoiser = Denoiser.options(**stages.denoiser.to_deployment_options()).bind(payload)
-    video_encoder = VideoEncoder.options(**stages.video_encoder.to_deployment_options()).bind(payload)
-    result_cache = ResultCache.options(**stages.result_cache.to_deployment_options()).bind(payload)
-    return Gateway.options(**stages.gateway.to_deployment_options()).bind(
+    options = args.deployment_options
+    prompt_encoder = PromptEncoder.options(**options("prompt_encoder")).bind(payload)
+    denoiser = Denoiser.options(**options("denoiser")).bind(payload)
+    video_encoder = VideoEncoder.options(**options("video_encoder")).bind(payload)
+    result_cache = ResultCache.options(**options("result_cache")).bind(payload)
+    return Gateway.options(**options("gateway")).bind(
         payload, prompt_encoder, denoiser, video_encoder, result_cache
     )

@@ -200,6 +200,9 @@ def _error_dict(exc: Exception) -> dict[str, Any]:
 class BatchRunner:
     """Runs items against the service, `concurrency` at a time, one thread each."""
 
+    # How long one item may keep waiting out 429/503 answers before it counts as failed.
+    max_busy_wait_s = 1800.0
+
     def __init__(self, client: VideoClient, out_dir: Path, concurrency: int = 4, retry_failed: bool = False) -> None:
         self.client = client
         self.out_dir = out_dir
@@ -232,15 +235,29 @@ class BatchRunner:
     def _batch_info(self, item: BatchItem) -> dict[str, Any]:
         return {"id": item.id, "line": item.line, "idempotency_key": item.key}
 
+    def _create(self, prompt: str, key: str, fields: dict[str, Any]) -> VideoObject:
+        """Create, waiting out "busy" answers (429/503): a batch is patient, it honours
+        Retry-After rather than failing items the service would take a little later."""
+        waited = 0.0
+        while True:
+            try:
+                return self.client.create(prompt, idempotency_key=key, **fields)
+            except ClientError as exc:
+                if exc.status not in (429, 503) or waited >= self.max_busy_wait_s or self.stopping.is_set():
+                    raise
+                pause = min(float((exc.details or {}).get("retry_after_s") or 5), self.max_busy_wait_s - waited)
+                self.stopping.wait(max(pause, 0.1))
+                waited += max(pause, 0.1)
+
     def _submit(self, item: BatchItem) -> VideoObject:
         fields = dict(item.fields)
         prompt = fields.pop("prompt")
-        video = self.client.create(prompt, idempotency_key=item.key, **fields)
+        video = self._create(prompt, item.key, fields)
         if video.status == "failed" and self.retry_failed:
             # The key still names an earlier run's failed job; deleting the job
             # frees the key, so the same key now makes a new job.
             self.client.delete(video.id)
-            video = self.client.create(prompt, idempotency_key=item.key, **fields)
+            video = self._create(prompt, item.key, fields)
         return video
 
     def run_item(self, item: BatchItem) -> ItemResult:

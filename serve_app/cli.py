@@ -28,6 +28,8 @@ from serve_app.api.protocol import VideoObject
 from serve_app.client import DEFAULT_URL, ClientError, VideoClient
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+# sysexits' EX_TEMPFAIL: the service is busy (429/503); the same command may work later.
+EXIT_BUSY = 75
 URL_ENV, API_KEY_ENV = "WAN_VIDEO_URL", "WAN_VIDEO_API_KEY"
 SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -295,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(client, args)
     except ClientError as exc:
         _err(str(exc))
+        if exc.status in (429, 503):
+            retry = (exc.details or {}).get("retry_after_s")
+            if retry is not None:
+                _err(f"the service is busy; retry in {retry} s")
+            return EXIT_BUSY
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

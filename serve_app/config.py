@@ -12,7 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.faults import FaultInjection
+from serve_app.health import HealthOptions
+from serve_app.access.config import AccessConfig
 from serve_app.paths import CONFIG_DIR, MODEL_PROFILE_DIR, resolve
+from serve_app.pipeline.optimize import SpeedOptions
 
 DType = Literal["bfloat16", "float16", "float32"]
 
@@ -83,6 +87,11 @@ class ModelProfile(StrictModel):
         True, description="Never reach a hub at load time; a missing model is a clear error instead."
     )
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec, description="Widths for source 'tiny'.")
+    speed: SpeedOptions = Field(
+        default_factory=SpeedOptions, description="How replicas run the DiT and VAE fast: regional compile, "
+        "warmed shape buckets, CUDA graphs, decode mode, FP8 copy, cross-request batching, and the fast-tier "
+        "knobs (serve_app/pipeline/optimize.py).",
+    )
     prior_step_s_per_ktoken: float = Field(
         0.035, gt=0, description="Estimate before any job is measured: seconds per denoising step per 1,000 "
         "latent tokens per guidance pass (H100-class for the 5B)."
@@ -179,19 +188,47 @@ def load_presets(path: str | Path = CONFIG_DIR / "presets.yaml") -> PresetCatalo
 
 
 class AutoscalingOptions(StrictModel):
-    """A subset of Ray Serve's autoscaling_config, validated here."""
+    """Ray Serve autoscaling of one deployment (a subset of its autoscaling_config, validated here)."""
 
+    policy: Literal["queue_depth", "ongoing_requests"] = Field(
+        "ongoing_requests", description="'queue_depth': serve_app.policy.autoscaling.QueueDepthPolicy (denoise "
+        "jobs waiting, including accepted jobs no gateway has dispatched yet); 'ongoing_requests': Ray's default "
+        "policy on this deployment's own queued + running requests."
+    )
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(1.0, gt=0, description="Queue depth per replica to aim for.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default min_replicas).")
+    target_ongoing_requests: float = Field(
+        1.0, gt=0, description="Requests (for 'queue_depth': waiting jobs) per replica to aim for."
+    )
     upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding replicas.")
     downscale_delay_s: float = Field(60.0, ge=0, description="How long load must stay low before removing replicas.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="How long before the last replica goes (min_replicas 0); default downscale_delay_s."
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="Window the request counts are averaged over (Ray reports every 10 s by default; "
+        "set RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S lower for faster reaction)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "AutoscalingOptions":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas={self.initial_replicas} is outside [{self.min_replicas}, {self.max_replicas}]"
+            )
         return self
+
+    def to_ray(self) -> dict[str, Any]:
+        config = self.model_dump(exclude={"policy"}, exclude_none=True)
+        if self.policy == "queue_depth":
+            config["policy"] = {
+                "policy_function": "serve_app.policy.autoscaling:QueueDepthPolicy",
+                "policy_kwargs": {"jobs_per_replica": self.target_ongoing_requests},
+            }
+        return config
 
 
 class StageOptions(StrictModel):
@@ -206,18 +243,42 @@ class StageOptions(StrictModel):
     )
     num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per replica (e.g. 0.5 packs two on a card).")
-    graceful_shutdown_timeout_s: float = Field(
-        20.0, ge=0, description="How long a stopping replica may finish running requests."
+    graceful_shutdown_timeout_s: float | None = Field(
+        None, ge=0, description="How long a stopping replica may finish running requests (scale-down, redeploy, "
+        "shutdown). Default: for the model stages max_deadline_s + 30 s, so scale-down never kills a running "
+        "job; 20 s for the gateway and cache (a gateway hands its jobs back to the store)."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources per replica, e.g. {head: 1} to pin a deployment "
+        "to nodes that offer the resource `head`."
+    )
+    gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="Share of its card's memory a replica's torch allocator may use "
+        "(torch.cuda.set_per_process_memory_fraction); default num_gpus, so neighbours on a shared card "
+        "cannot run each other out of memory."
     )
 
-    def to_deployment_options(self) -> dict[str, Any]:
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else (self.num_replicas or 1)
+
+    @property
+    def memory_fraction(self) -> float | None:
+        """The allocator cap of a GPU replica (None: no cap, e.g. a whole card or the CPU)."""
+        if self.gpu_memory_fraction is not None:
+            return self.gpu_memory_fraction
+        return self.num_gpus if 0 < self.num_gpus < 1 else None
+
+    def to_deployment_options(self, default_grace_s: float = 20.0) -> dict[str, Any]:
+        grace = self.graceful_shutdown_timeout_s
         opts: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
-            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                  **({"resources": dict(self.resources)} if self.resources else {})},
+            "graceful_shutdown_timeout_s": default_grace_s if grace is None else grace,
         }
         if self.autoscaling is not None:
-            opts["autoscaling_config"] = self.autoscaling.model_dump()
+            opts["autoscaling_config"] = self.autoscaling.to_ray()
         else:
             opts["num_replicas"] = self.num_replicas
         return opts
@@ -240,8 +301,57 @@ class StagesConfig(StrictModel):
     video_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=2))
 
 
+class AdmissionConfig(StrictModel):
+    """How the gateway admits work under load (serve_app/policy/admission.py)."""
+
+    enabled: bool = Field(
+        True, description="Admission control and quality tiers. Off: every request is queued as asked (FIFO), "
+        "whatever the load (the 'naive' configuration of bench/bench_load.py)."
+    )
+    tiers_file: str = Field("configs/tiers.yaml", description="The degradation table.")
+    max_queue_per_replica: int = Field(
+        4, ge=1, description="Unfinished jobs per running denoiser replica at 100% load; more get a 429."
+    )
+    gpu_weight: float = Field(
+        0.2, ge=0, le=1, description="Share of GPU utilisation in the load (the rest is queue depth); "
+        "ignored without a GPU."
+    )
+    cold_start_s: float = Field(
+        60.0, ge=0, description="Added to estimates while the denoiser is scaled to zero (a replica must load)."
+    )
+    refresh_s: float = Field(1.0, gt=0, description="How often a gateway re-reads replica count and GPU use.")
+    min_retry_after_s: float = Field(1.0, gt=0, description="Smallest Retry-After of a 429.")
+
+
+# Model stages hold running jobs: their default grace covers the longest deadline.
+MODEL_STAGE_GRACE_MARGIN_S = 30.0
+
+
+class PreviewOptions(StrictModel):
+    """Low-resolution previews in progress events while a video denoises (serve_app/preview.py)."""
+
+    enabled: bool = Field(
+        True, description="Send previews (a cheap latent-to-RGB projection, no VAE decode) in progress events."
+    )
+    every_n_steps: int = Field(1, ge=1, description="A preview at most every this many denoising steps.")
+    min_interval_s: float = Field(
+        0.5, ge=0, description="Least seconds between two previews of one job (the last step's always goes)."
+    )
+    max_per_job: int = Field(
+        20, ge=2, description="Most previews per job: the step stride grows to keep under it. Bounds what "
+        "previews add to a job's event log (each is at most ~8 kB)."
+    )
+    frames: int = Field(
+        4, ge=1, le=8, description="Latent frames shown side by side (first to last, evenly spaced)."
+    )
+
+
 class ServiceArgs(StrictModel):
     """The `args:` block of serve_config.yaml."""
+
+    # Startup errors must not print what was pasted into a field: a secret in
+    # `sha256`, a password in a store URL.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str = Field("tiny", description="Model profile name (configs/models/NAME.yaml) or path to one.")
     model_overrides: dict[str, Any] = Field(
@@ -254,6 +364,9 @@ class ServiceArgs(StrictModel):
     warmup: bool = Field(True, description="Run one tiny generation per stage at replica start.")
     progress_interval_s: float = Field(
         0.0, ge=0, description="Least seconds between two progress messages of the denoiser; 0 sends every step."
+    )
+    previews: PreviewOptions = Field(
+        default_factory=PreviewOptions, description="Previews of the video while it denoises."
     )
     sync_budget_s: float = Field(
         15.0, ge=0, description="A request whose estimated finish is within this many seconds is answered "
@@ -315,7 +428,22 @@ class ServiceArgs(StrictModel):
     webhook_max_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook before giving up.")
     webhook_backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Seconds one webhook delivery may take.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Admission control and quality tiers under load."
+    )
+    access: AccessConfig = Field(
+        default_factory=AccessConfig, description="API keys, rate limits, concurrent-job caps, body size "
+        "(docs/access.md)."
+    )
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
+    health: HealthOptions = Field(
+        default_factory=HealthOptions, description="When a model replica fails Ray's health check and is replaced "
+        "(CUDA errors, GPU memory that stays up, stuck calls)."
+    )
+    faults: FaultInjection = Field(
+        default_factory=FaultInjection, description="Test-only fault injection into the model stages; all off by "
+        "default. Never set in production."
+    )
 
     @model_validator(mode="after")
     def _deadline_order(self) -> "ServiceArgs":
@@ -325,11 +453,29 @@ class ServiceArgs(StrictModel):
             )
         return self
 
+    def deployment_options(self, stage: str) -> dict[str, Any]:
+        """Ray Serve options of one deployment, with defaults that depend on other fields."""
+        options: StageOptions = getattr(self.stages, stage)
+        model_stage = stage in ("prompt_encoder", "denoiser", "video_encoder")
+        grace = self.max_deadline_s + MODEL_STAGE_GRACE_MARGIN_S if model_stage else 20.0
+        ray_options = options.to_deployment_options(default_grace_s=grace)
+        if model_stage:  # they implement check_health (deployments/base.py)
+            ray_options.update(self.health.deployment_options())
+        return ray_options
+
     def model_profile(self) -> ModelProfile:
         return load_model_profile(self.model, self.model_overrides)
 
     def preset_catalog(self) -> PresetCatalog:
         return load_presets(self.presets_file)
+
+    def tier_table(self):
+        """The degradation table, checked against the presets' limits."""
+        from serve_app.policy.tiers import load_tiers
+
+        table = load_tiers(self.admission.tiers_file)
+        table.check(self.preset_catalog().limits, self.model_profile().speed.optimized_loop)
+        return table
 
     @property
     def data_path(self) -> Path:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from serve_app.access.config import AccessConfig, ApiKeyEntry
 from serve_app.config import (
+    AdmissionConfig,
     AutoscalingOptions,
     GenerationLimits,
     ModelProfile,
@@ -19,12 +21,25 @@ from serve_app.config import (
     ServiceArgs,
     StageOptions,
 )
+from serve_app.faults import FaultInjection
+from serve_app.health import HealthOptions
+from serve_app.pipeline.optimize import BatchingOptions, FastKnobs, SpeedOptions
+from serve_app.policy.tiers import Tier
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`args:` of serve_config.yaml (ServiceArgs)", ServiceArgs),
     ("`args.stages.<gateway|prompt_encoder|denoiser|video_encoder>` (StageOptions)", StageOptions),
     ("`...autoscaling` (AutoscalingOptions)", AutoscalingOptions),
+    ("`args.admission` (AdmissionConfig)", AdmissionConfig),
+    ("Tiers, configs/tiers.yaml `tiers:` (Tier)", Tier),
+    ("`args.access` (AccessConfig)", AccessConfig),
+    ("`args.access.api_keys[]` (ApiKeyEntry)", ApiKeyEntry),
+    ("`args.health` (HealthOptions)", HealthOptions),
+    ("`args.faults`, test-only (FaultInjection)", FaultInjection),
     ("Model profiles, configs/models/*.yaml (ModelProfile)", ModelProfile),
+    ("`speed:` of a model profile (SpeedOptions)", SpeedOptions),
+    ("`speed.batching` (BatchingOptions)", BatchingOptions),
+    ("`speed.fast`, and a fast tier's per-request knobs (FastKnobs)", FastKnobs),
     ("`limits:` of configs/presets.yaml (GenerationLimits)", GenerationLimits),
     ("`presets.<name>` of configs/presets.yaml (Preset)", Preset),
 ]

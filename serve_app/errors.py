@@ -141,6 +141,17 @@ class StageFailed(ServiceError):
     error_type = "server_error"
 
 
+class StageLost(StageFailed):
+    """A replica running one of the job's stages died (killed, OOM-killed, node lost).
+
+    The job runner runs the job again, on a live or replacement replica, up to
+    `job_max_attempts` runs; this is the error of the last one.
+    """
+
+    status_code = 503
+    code = "stage_lost"
+
+
 class RequestTooLarge(ServiceError):
     """The body, a multipart part or a list is larger than the service accepts (HTTP 413)."""
 

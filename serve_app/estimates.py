@@ -24,8 +24,11 @@ def _passes(params: GenerationParams) -> int:
     return 2 if params.guidance_scale > 1.0 else 1
 
 
-def _shape(params: GenerationParams) -> tuple[int, int, int, int]:
-    return (params.width, params.height, params.num_frames, _passes(params))
+def _shape(params: GenerationParams) -> tuple:
+    # Fast-tier runs (step cache, FP8) of a shape are timed apart from exact ones:
+    # mixing them would make exact requests look cheaper than they are.
+    fast = tuple(sorted((params.fast or {}).items()))
+    return (params.width, params.height, params.num_frames, _passes(params), fast)
 
 
 @dataclass
@@ -68,17 +71,25 @@ class StageTimeEstimator:
         nearest = min(table, key=lambda s: abs((s[0] // 32) * (s[1] // 32) * ((s[2] - 1) // 4 + 1) - tokens))
         return table[nearest].value
 
-    def estimate(self, params: GenerationParams) -> float:
-        """Seconds from the encoder's start to the finished mp4, for one job alone."""
+    def stage_estimates(self, params: GenerationParams) -> tuple[float, float, float]:
+        """Seconds of (prompt encoding, denoising, decode + mp4) for one job alone."""
         with self._lock:
             step = self._nearest(self._step, params, self.prior_step_s_per_ktoken)
             decode = self._nearest(self._decode, params, self.prior_decode_s_per_mpixel)
             encode = self._encode.value if self._encode else self.prior_prompt_encode_s
         return (
-            encode
-            + params.num_inference_steps * step * self._ktoken_passes(params)
-            + decode * self._mpixels(params)
+            encode,
+            params.num_inference_steps * step * self._ktoken_passes(params),
+            decode * self._mpixels(params),
         )
+
+    def estimate(self, params: GenerationParams) -> float:
+        """Seconds from the encoder's start to the finished mp4, for one job alone."""
+        return sum(self.stage_estimates(params))
+
+    def bottleneck_s(self, params: GenerationParams) -> float:
+        """Seconds of this job's slowest stage: what it holds a pipelined queue up by."""
+        return max(self.stage_estimates(params))
 
     def observe(self, params: GenerationParams, prompt_encode_s: float, denoise_s: float, decode_s: float) -> None:
         """Learn from a finished job's measured stage times."""

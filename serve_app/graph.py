@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import NodeDiedError, RayActorError, RayTaskError
 
 from serve_app.deadline import Deadline
-from serve_app.errors import DeadlineExceeded, ServiceError, StageFailed
+from serve_app.errors import DeadlineExceeded, ServiceError, StageFailed, StageLost
 from serve_app.messages import DenoisedLatents, EncodedVideo, StepProgress
 from serve_app.params import GenerationParams
 
@@ -88,7 +88,7 @@ class StageGraph:
         embeddings = self.prompt_encoder.encode.remote(
             params.prompt, params.negative_prompt, params.guidance_scale, deadline
         )
-        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline)
+        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline, params.fast)
         latents: DenoisedLatents | None = None
         try:
             async for message in stream:
@@ -110,7 +110,11 @@ class StageGraph:
             cause = unwrap_stage_error(exc)
             if isinstance(cause, ServiceError):
                 raise cause from None
-            raise StageFailed(f"a pipeline stage failed: {type(cause).__name__}: {cause}") from exc
+            if isinstance(cause, (RayActorError, NodeDiedError)):
+                raise StageLost(f"a pipeline stage's replica was lost: {type(cause).__name__}") from exc
+            # The type only: the text of an unexpected error can carry a remote
+            # traceback or internals; the replica's log has the whole story.
+            raise StageFailed(f"a pipeline stage failed: {type(cause).__name__}") from exc
         return GraphResult(
             video=video,
             prompt_encode_s=latents.prompt_encode_s,

@@ -15,5 +15,6 @@ VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
 
 def check_video_id(video_id: str) -> str:
     if not isinstance(video_id, str) or not VIDEO_ID.fullmatch(video_id):
-        raise NotFound(f"no video with id {video_id!r}", param="video_id")
+        # Cut: the id is the client's, and may be as long as a URL can be.
+        raise NotFound(f"no video with id {str(video_id)[:80]!r}", param="video_id")
     return video_id

@@ -15,6 +15,9 @@ class StepProgress:
 
     step: int
     total_steps: int
+    # A JPEG data URL of the video so far (serve_app/preview.py), on the steps
+    # that got one; a few kB, so it may ride along with every progress event.
+    preview: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,14 @@ without Ray (unit tests) can run with metrics off.
 | wan_cache_{hits,misses}_total | counter | | result cache lookups (gateways) |
 | wan_cache_{fills,evictions}_total | counter | | result cache writes (deployments/result_cache.py) |
 | wan_embedding_cache_hits_total | counter | | prompt embeddings reused |
-| wan_gpu_memory_bytes | gauge | kind | torch allocator allocated/reserved, NVML used, per model replica |
+| wan_gpu_memory_bytes | gauge | kind | torch allocated/reserved/peak (last call), NVML used/total, per model replica |
 | wan_gpu_utilization_percent | gauge | | NVML utilisation of the replica's GPU |
+| wan_gpu_oom_total | counter | stage, outcome | model calls that ran out of GPU memory: recovered (fallback ran) or failed |
+| wan_cuda_errors_total | counter | stage | model calls that failed with a CUDA error (serve_app/health.py) |
+| wan_replica_unhealthy_total | counter | stage, reason | failed health checks: cuda_errors, memory, stall |
+| wan_admissions_total | counter | outcome, tier | creates by outcome (sync, async, cached, rejected) and tier (or error code) |
+| wan_job_retries_total | counter | reason | runs started again after a stage's replica was lost |
+| wan_load | gauge | | the load admission last saw (0-1: queue depth per replica, GPU use) |
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ NAMES = (
     "wan_jobs_total", "wan_jobs_in_flight", "wan_queue_wait_seconds", "wan_eta_ratio", "wan_stage_seconds",
     "wan_step_seconds", "wan_cache_hits_total", "wan_cache_misses_total", "wan_cache_fills_total",
     "wan_cache_evictions_total", "wan_embedding_cache_hits_total", "wan_gpu_memory_bytes",
-    "wan_gpu_utilization_percent",
+    "wan_gpu_utilization_percent", "wan_admissions_total", "wan_load",
+    "wan_job_retries_total",
+    "wan_gpu_oom_total", "wan_cuda_errors_total", "wan_replica_unhealthy_total",
 )
 
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
@@ -128,23 +136,83 @@ def gpu_utilization(percent: float) -> None:
     _metric("gauge", "wan_gpu_utilization_percent", "NVML utilisation of the replica's GPU.").set(percent)
 
 
-def report_gpu(device: str) -> None:
-    """Torch allocator and NVML figures of this replica's GPU (no-op on the CPU)."""
+def gpu_oom(stage: str, outcome: str) -> None:
+    _metric("counter", "wan_gpu_oom_total", "Model calls out of GPU memory: recovered or failed.",
+            ("stage", "outcome")).inc(1, tags={"stage": stage, "outcome": outcome})
+
+
+def cuda_error(stage: str) -> None:
+    _metric("counter", "wan_cuda_errors_total", "Model calls failed with a CUDA error.", ("stage",)).inc(
+        1, tags={"stage": stage})
+
+
+def replica_unhealthy(stage: str, reason: str) -> None:
+    _metric("counter", "wan_replica_unhealthy_total", "Failed health checks of model replicas.",
+            ("stage", "reason")).inc(1, tags={"stage": stage, "reason": reason})
+
+
+@lru_cache(maxsize=None)
+def _nvml_handle(torch_index: int) -> Any:
+    """The NVML handle of torch's device `torch_index`, found by UUID.
+
+    Torch numbers cards after CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER;
+    NVML numbers all cards in PCI order, so indexes do not carry over. The UUID
+    does. Cached: the mapping cannot change within a process.
+    """
+    import pynvml
+    import torch
+
+    pynvml.nvmlInit()
+    uuid = str(torch.cuda.get_device_properties(torch_index).uuid)
+    candidates = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+    for candidate in candidates:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(candidate)
+        except pynvml.NVMLError:
+            continue
+    raise LookupError(f"no NVML device with UUID {uuid}")
+
+
+def report_gpu(device: str, peak_bytes: int | None = None) -> None:
+    """Torch allocator and NVML figures of this replica's GPU (no-op on the CPU).
+
+    `peak_bytes`: the highest allocation of the last model call (the model
+    thread reads and resets torch's peak counter around each call).
+    """
     if not device.startswith("cuda"):
         return
     import torch
 
-    gpu_memory("allocated", torch.cuda.memory_allocated())
-    gpu_memory("reserved", torch.cuda.memory_reserved())
+    if not torch.cuda.is_initialized():
+        return
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    gpu_memory("allocated", torch.cuda.memory_allocated(index))
+    gpu_memory("reserved", torch.cuda.memory_reserved(index))
+    if peak_bytes is not None:
+        gpu_memory("peak", peak_bytes)
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        index = torch.cuda.current_device()
-        # CUDA_VISIBLE_DEVICES renumbers cards; NVML sees the physical ones.
-        visible = [v for v in __import__("os").environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible[index]) if visible else index)
-        gpu_memory("nvml_used", pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        handle = _nvml_handle(index)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        gpu_memory("nvml_used", info.used)
+        gpu_memory("nvml_total", info.total)
         gpu_utilization(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    except Exception:  # noqa: BLE001 - telemetry never breaks serving
+    except Exception:  # noqa: BLE001 - telemetry never breaks serving (no NVML, MIG without counters)
         pass
+
+
+def admitted(outcome: str, tier: str) -> None:
+    """One create: its outcome (sync, async, cached, rejected) and tier (or, rejected, the error code)."""
+    _metric("counter", "wan_admissions_total", "Creates by admission outcome and quality tier.",
+            ("outcome", "tier")).inc(1, tags={"outcome": outcome, "tier": tier})
+
+
+def load(value: float) -> None:
+    _metric("gauge", "wan_load", "Load admission last saw (0-1).").set(value)
+
+
+def job_retried(reason: str) -> None:
+    _metric("counter", "wan_job_retries_total", "Job runs started again after a stage replica was lost.",
+            ("reason",)).inc(1, tags={"reason": reason})

@@ -8,6 +8,7 @@ rounded or clamped: a value the model cannot take is an error, not a surprise.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from typing import Any
@@ -33,6 +34,9 @@ class GenerationParams(BaseModel):
     fps: int
     seed: int
     preset: str
+    # Quality-changing speed-ups a degradation tier turned on (FastKnobs fields of
+    # serve_app/pipeline/optimize.py, e.g. {"step_cache_threshold": 0.3}); None: the exact path.
+    fast: dict[str, Any] | None = None
 
     @property
     def size(self) -> str:
@@ -79,6 +83,8 @@ def frames_for_seconds(seconds: Any, fps: int, num_frames: int | None, limits: G
         value = float(seconds)
     except (TypeError, ValueError):
         raise InvalidRequest(f"seconds={seconds!r} is not a number", param="seconds") from None
+    if not math.isfinite(value):  # int(nan) and int(inf) raise below: a 500, not the client's 422
+        raise InvalidRequest(f"seconds={seconds!r} is not a finite number", param="seconds")
     frames = value * fps + 1
     if frames != int(frames) or (int(frames) - 1) % limits.frames_modulus:
         raise InvalidRequest(

@@ -12,6 +12,10 @@ import numpy as np
 # x264 "veryfast" at CRF 20: on 17-121 frames the encode is ~1-3% of a job's
 # time, and CRF 20 keeps the model's detail without bloating files.
 DEFAULT_CODEC_OPTIONS = {"preset": "veryfast", "crf": "20"}
+# Threaded x264 (through libavcodec) is not bit-reproducible: the same frames
+# gave 3-4 different files in 15 encodes under CPU load, even with
+# non-deterministic=0. One thread is; tests that compare files use this.
+REPRODUCIBLE_CODEC_OPTIONS = {"preset": "veryfast", "crf": "20", "threads": "1"}
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -24,29 +28,81 @@ def encode_mp4(frames: np.ndarray, fps: int, codec_options: dict[str, str] | Non
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames of shape (F, H, W, 3), got {frames.dtype} {frames.shape}")
     _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
-    # faststart moves the index to the front, so players start before the
-    # download ends; the muxer rewrites the file for it, which needs a real file.
-    with tempfile.TemporaryDirectory(prefix="mp4-") as tmp:
-        path = os.path.join(tmp, "video.mp4")
-        _write_mp4(path, frames, fps, width, height, codec_options)
-        with open(path, "rb") as f:
-            return f.read()
+    with Mp4Writer(fps, width, height, codec_options) as writer:
+        writer.write(frames)
+    return writer.data
 
 
-def _write_mp4(path: str, frames: np.ndarray, fps: int, width: int, height: int, codec_options) -> None:
-    import av
+class Mp4Writer:
+    """An mp4 written chunk by chunk, so encoding can start before the last frame exists.
 
-    with av.open(path, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = dict(codec_options or DEFAULT_CODEC_OPTIONS)
+    `write` takes uint8 (n, H, W, 3) chunks as they come (from the VAE decode,
+    say); `close` flushes the encoder and leaves the file's bytes in `data`.
+    The one-shot `encode_mp4` is this writer with a single chunk, so both give
+    the same file for the same frames.
+    """
+
+    def __init__(self, fps: int, width: int, height: int, codec_options: dict[str, str] | None = None) -> None:
+        import av
+
+        if height % 2 or width % 2:
+            raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
+        self.width, self.height = width, height
+        self.frames = 0
+        self.data = b""
+        # faststart moves the index to the front, so players start before the
+        # download ends; the muxer rewrites the file for it, which needs a real file.
+        self._tmp = tempfile.TemporaryDirectory(prefix="mp4-")
+        self._path = os.path.join(self._tmp.name, "video.mp4")
+        self._container = av.open(self._path, mode="w", format="mp4", options={"movflags": "faststart"})
+        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self._stream.options = dict(codec_options or DEFAULT_CODEC_OPTIONS)
+
+    def write(self, frames: np.ndarray) -> None:
+        import av
+
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(
+                f"expected uint8 frames of shape (n, {self.height}, {self.width}, 3), got {frames.dtype} {frames.shape}"
+            )
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        self.frames += len(frames)
+
+    def close(self) -> bytes:
+        if self._container is None:
+            return self.data
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            with open(self._path, "rb") as f:
+                self.data = f.read()
+        finally:
+            self.abort()
+        return self.data
+
+    def abort(self) -> None:
+        """Drop what was written (e.g. a decode that failed half-way)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a half-written file may fail; it is deleted anyway
+                pass
+            self._container = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @dataclass(frozen=True)

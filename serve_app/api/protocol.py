@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
 
@@ -15,9 +15,13 @@ class CreateVideoRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(description="What the video shows.")
-    model: str | None = Field(None, description="Model id; defaults to the one this service runs.")
-    preset: str | None = Field(None, description="Preset name (configs/presets.yaml); default 'preview'.")
-    size: str | None = Field(None, description="WIDTHxHEIGHT, e.g. '640x480'; or give width and height.")
+    model: str | None = Field(None, max_length=200, description="Model id; defaults to the one this service runs.")
+    preset: str | None = Field(
+        None, max_length=100, description="Preset name (configs/presets.yaml); default 'preview'."
+    )
+    size: str | None = Field(
+        None, max_length=32, description="WIDTHxHEIGHT, e.g. '640x480'; or give width and height."
+    )
     width: int | None = Field(None, description="Width in pixels, a multiple of 32.")
     height: int | None = Field(None, description="Height in pixels, a multiple of 32.")
     num_frames: int | None = Field(None, description="Frames, of the form 4k+1.")
@@ -26,16 +30,38 @@ class CreateVideoRequest(BaseModel):
     guidance_scale: float | None = Field(None, description="Classifier-free guidance scale; <= 1 turns it off.")
     negative_prompt: str | None = Field(None, description="What the video should not show.")
     seed: int | None = Field(None, description="Seed; omitted means random (the answer reports it).")
-    seconds: str | float | None = Field(
+    seconds: Annotated[str, StringConstraints(max_length=32)] | float | None = Field(
         None, description="OpenAI's clip length; frames = seconds x fps + 1 (must be 4k+1). Or give num_frames."
     )
     deadline_s: float | None = Field(
         None, description="Seconds the service may spend on one run of this request; default and cap are config."
     )
     webhook_url: str | None = Field(
-        None, description="POSTed the final video object (signed) when the job completes or fails."
+        None, max_length=2048, description="POSTed the final video object (signed) when the job completes or fails."
     )
-    cache: bool = Field(True, description="false: never answer from the cache nor fill it; a missing seed is random.")
+    cache: bool = Field(
+        True, description="false: never answer from the cache nor fill it; a missing seed is random. Under heavy "
+        "load a tier may force the cache on (the answer's `tier` says so)."
+    )
+    quality: Literal["auto", "exact"] = Field(
+        "auto", description="'auto': under load the service may lower steps and frames (quality tiers) rather "
+        "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429."
+    )
+
+    @field_validator("prompt", "negative_prompt", "model", "preset", "size", "seconds", "webhook_url")
+    @classmethod
+    def _plain_text(cls, v: Any) -> Any:
+        # A lone surrogate ("\ud800", valid in JSON escapes) cannot be encoded as
+        # UTF-8, so storing or answering with it fails later as a 500; NUL cuts
+        # C strings short in the tokenizer and logs. Refused here, named.
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise ValueError("must not contain NUL characters")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
+        return v
 
 
 class VideoError(BaseModel):
@@ -81,6 +107,17 @@ class VideoObject(BaseModel):
     timings: VideoTimings = Field(default_factory=VideoTimings)
     cached: bool = Field(False, description="Answered from the result cache (no generation ran).")
     cache_key: str | None = Field(None, description="The result-cache key of these settings (admin: DELETE it).")
+    tier: str | None = Field(
+        None, description="Quality tier the service ran this request at (configs/tiers.yaml), 'exact' for "
+        "`quality: exact`; None for cached answers and with admission off."
+    )
+    fast: dict[str, Any] | None = Field(
+        None, description="Quality-changing speed-ups its tier used (step cache, FP8); None: the exact path."
+    )
+    requested: dict[str, int] | None = Field(
+        None, description="Settings the request asked for that its tier lowered, e.g. {'num_frames': 17}; the "
+        "values used are in the fields above."
+    )
 
 
 class VideoList(BaseModel):
@@ -109,3 +146,7 @@ class HealthResponse(BaseModel):
     attention_backend: str
     default_deadline_s: float
     stages: dict[str, StageHealth]
+    access: dict[str, Any] | None = Field(None, description="Auth on/off, limiter backend, default limits.")
+    load: dict[str, Any] | None = Field(
+        None, description="What admission sees now: load, tier, denoiser replicas, unfinished jobs, work ahead."
+    )

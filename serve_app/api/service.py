@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal, Protocol
 
+from serve_app.access.guard import AccessGuard
+from serve_app.access.keys import Principal
 from serve_app.api.protocol import (
     CreateVideoRequest,
     HealthResponse,
@@ -43,6 +45,9 @@ from serve_app import metrics
 from serve_app.cache.index import CacheEntry, artifact_id_for
 from serve_app.cache.keys import cache_key
 from serve_app.params import GenerationParams, resolve_generation
+from serve_app.policy.admission import Admission, Decision
+from serve_app.policy.load import LoadMonitor
+from serve_app.policy.tiers import changes
 
 # How long past a synchronous request's deadline the gateway waits for the
 # job's own deadline error (which names the step reached) before answering.
@@ -86,6 +91,12 @@ class Preference:
         return cls(respond_async, wait_s)
 
 
+def tier_header(video: VideoObject) -> str:
+    """`Wan-Tier: reduced; num_inference_steps=20; num_frames=13`: the tier and what it lowered, as used."""
+    lowered = [f"{field}={getattr(video, field)}" for field in (video.requested or {})]
+    return "; ".join([video.tier or "", *lowered])
+
+
 @dataclass
 class CreateOutcome:
     video: VideoObject
@@ -108,6 +119,9 @@ class VideoService:
         cache: Any = None,
         cache_index: Any = None,
         admin_key: str = "",
+        admission: Admission | None = None,
+        load: LoadMonitor | None = None,
+        guard: AccessGuard | None = None,
     ) -> None:
         self.args = args
         self.profile = profile
@@ -121,6 +135,9 @@ class VideoService:
         self.cache = cache  # ResultCache client (claim, fill, admin) or None
         self.cache_index = cache_index  # read side of its index, for lookups
         self.admin_key = admin_key
+        self.admission = admission  # deadline-aware admission and quality tiers (None: off)
+        self.load = load  # its view of the queue and the denoiser replicas
+        self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
 
     # --- checks -----------------------------------------------------------------------
 
@@ -141,8 +158,10 @@ class VideoService:
 
     @property
     def denoiser_replicas(self) -> int:
-        opts = self.args.stages.denoiser
-        return opts.autoscaling.max_replicas if opts.autoscaling else (opts.num_replicas or 1)
+        """Running denoiser replicas as last seen (the configured most, without a load monitor)."""
+        if self.load is not None:
+            return max(self.load.replicas, 1)
+        return self.args.stages.denoiser.max_replicas
 
     def eta_s(self, job: JobRecord) -> float:
         """Queue ahead x this job's estimate spread over the denoisers, plus its own."""
@@ -153,46 +172,127 @@ class VideoService:
     # --- create -----------------------------------------------------------------------
 
     async def create_video(
-        self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None
+        self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None,
+        principal: Principal | None = None,
     ) -> CreateOutcome:
         self._check_model(request.model)
-        use_cache = self.cache is not None and self.cache_index is not None and self.args.cache_enabled \
-            and request.cache
-        params = resolve_generation(
-            request.model_dump(),
-            self.catalog,
-            cache_model=self.profile.identity if use_cache else None,
-            casefold=self.args.cache_casefold,
-        )
+        if idempotency_key is not None and principal is not None and principal.authenticated:
+            idempotency_key = f"{principal.id}:{idempotency_key}"  # one key's retries never find another's job
+        cache_on = self.cache is not None and self.cache_index is not None and self.args.cache_enabled
+        use_cache = cache_on and request.cache
+        requested = self._resolve(request, cacheable=use_cache)
         if request.webhook_url is not None and self.check_webhook is not None:
             self.check_webhook(request.webhook_url)
-        draft = self._new_job(params, request, deadline_s=1.0, idempotency_key=idempotency_key)
         if use_cache:
+            # A finished video exactly as asked beats any admission decision.
+            hit = self._lookup(requested)
+            if hit is not None:
+                draft = self._new_job(requested, request, 1.0, idempotency_key, principal)
+                return self._answer_from_cache(draft, *hit)
+        decision = self._admit(requested, request, prefer)
+        if decision is not None and decision.force_cache and cache_on and not use_cache:
+            # The tier forces the cache on: resolve as a cacheable request
+            # (normalised prompt, seed derived from the key when none was given).
+            use_cache = True
+            requested = self._resolve(request, cacheable=True)
+            decision = self._admit(requested, request, prefer)
+        params = requested if decision is None else decision.params
+        draft = self._new_job(params, request, deadline_s=1.0, idempotency_key=idempotency_key, principal=principal)
+        self._mark_tier(draft, decision, requested)
+        if use_cache:
+            hit = self._lookup(params) if (params is not requested or not request.cache) else None
+            if hit is not None:
+                return self._answer_from_cache(draft, *hit)
             key = cache_key(self.profile.identity, params.model_dump())
             draft.cache_key = draft.video.cache_key = key
-            # Read straight from the index (a local file or Redis): a hop to the
-            # ResultCache replica would cost more than the rest of a hit.
-            hit = self.cache_index.get(key, time.time())
-            metrics.cache_lookup(hit is not None)
-            if hit is not None:
-                return self._answer_from_cache(draft, hit)
             holder = await self.cache.claim(key, draft.id)
             if holder != draft.id:
                 shared = self._running(holder)
-                if shared is not None:
+                # With auth on, a job is visible to its own key only, so requests
+                # of another key do not attach to it: theirs runs (or, once the
+                # first finishes, is a cache hit).
+                if shared is not None and shared.key_id == draft.key_id:
                     return await self._attach(shared, prefer)
-        sync = self._wants_sync(prefer, draft)
+        sync = self._wants_sync(prefer, draft) if decision is None else decision.sync
         draft.deadline_s = self._deadline_s(request.deadline_s, sync)
         job, created = self.store.create(draft)
         if created:
+            await self._hold_job_slot(job, principal, decision)
+            metrics.admitted("sync" if sync else "async", draft.video.tier or "none")
             self.runner.submit(job.id)
         elif draft.cache_key is not None:
             # An idempotent retry of an earlier job: our draft never runs, so
             # its single-flight claim must not hold the key.
             await self.cache.release(draft.cache_key, draft.id)
-        return await self._answer(self.store.get(job.id), prefer, sync=sync and created, owned=True)
+        outcome = await self._answer(self.store.get(job.id), prefer, sync=sync and created, owned=True)
+        if decision is not None:
+            outcome.headers["Wan-Load"] = f"{decision.load:.2f}"
+        if outcome.video.tier:
+            outcome.headers["Wan-Tier"] = tier_header(outcome.video)
+        return outcome
+
+    async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision | None) -> None:
+        """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
+        an idempotent retry then finds its job rather than a second slot. Over the cap, the
+        job is taken back before anyone saw it."""
+        if self.guard is None or principal is None:
+            return
+        try:
+            self.guard.acquire_job(principal, job.id, retry_after_s=decision.eta_s if decision else None)
+        except ServiceError:
+            self.store.delete(job.id)
+            if job.cache_key is not None:
+                await self.cache.release(job.cache_key, job.id)
+            raise
+
+    def _resolve(self, request: CreateVideoRequest, cacheable: bool) -> GenerationParams:
+        return resolve_generation(
+            request.model_dump(),
+            self.catalog,
+            cache_model=self.profile.identity if cacheable else None,
+            casefold=self.args.cache_casefold,
+        )
+
+    def _lookup(self, params: GenerationParams) -> tuple[str, CacheEntry] | None:
+        # Read straight from the index (a local file or Redis): a hop to the
+        # ResultCache replica would cost more than the rest of a hit.
+        key = cache_key(self.profile.identity, params.model_dump())
+        hit = self.cache_index.get(key, time.time())
+        metrics.cache_lookup(hit is not None)
+        return None if hit is None else (key, hit)
+
+    def _admit(self, params: GenerationParams, request: CreateVideoRequest, prefer: Preference) -> Decision | None:
+        """Admission's decision (None when the service runs without it, e.g. in unit tests)."""
+        if self.admission is None or self.load is None:
+            return None
+        if prefer.respond_async:
+            mode, deadline = "async", self._deadline_s(request.deadline_s, sync=False)
+        elif prefer.wait_s is not None:
+            mode, deadline = "wait", self._deadline_s(request.deadline_s, sync=True)
+        else:
+            mode, deadline = "auto", self._deadline_s(request.deadline_s, sync=False)
+        try:
+            decision = self.admission.decide(
+                params, self.load.snapshot(), mode=mode, exact=request.quality == "exact",
+                sync_budget_s=self.args.sync_budget_s, deadline_s=deadline, wait_s=prefer.wait_s,
+            )
+        except ServiceError as exc:
+            metrics.admitted("rejected", exc.code)
+            raise
+        metrics.load(decision.load)
+        return decision
+
+    @staticmethod
+    def _mark_tier(draft: JobRecord, decision: Decision | None, requested: GenerationParams) -> None:
+        if decision is None or not decision.tier:
+            return
+        draft.video.tier = decision.tier
+        lowered = changes(requested, decision.params)
+        if lowered:
+            draft.video.requested = {field: values["requested"] for field, values in lowered.items()}
 
     def _wants_sync(self, prefer: Preference, job: JobRecord) -> bool:
+        """Without admission (or for a request joining another's job): the sync budget decides."""
         if prefer.respond_async:
             return False
         if prefer.wait_s is not None:
@@ -226,16 +326,19 @@ class VideoService:
         N answers, one id). Waits like a request of its own would."""
         return await self._answer(job, prefer, sync=self._wants_sync(prefer, job), owned=False)
 
-    def _answer_from_cache(self, draft: JobRecord, hit: CacheEntry) -> CreateOutcome:
+    def _answer_from_cache(self, draft: JobRecord, key: str, hit: CacheEntry) -> CreateOutcome:
         """A new, completed video object whose files are the cache entry's."""
         now = time.time()
-        draft.artifact_id = artifact_id_for(draft.cache_key)
+        draft.cache_key = draft.video.cache_key = key
+        draft.artifact_id = artifact_id_for(key)
         video = draft.video
         video.status, video.progress, video.cached = "completed", 100, True
         video.completed_at, video.expires_at = int(now), int(hit.expires_at)
-        job, _ = self.store.create(draft)
+        job, created = self.store.create(draft)
         if job.id == draft.id:
             self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
+        if created:
+            metrics.admitted("cached", job.video.tier or "none")
         return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
 
     async def _wait_sync(
@@ -271,7 +374,8 @@ class VideoService:
         return exc
 
     def _new_job(
-        self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None
+        self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None,
+        principal: Principal | None = None,
     ) -> JobRecord:
         now = time.time()
         video = VideoObject(
@@ -291,6 +395,7 @@ class VideoService:
             num_inference_steps=params.num_inference_steps,
             guidance_scale=params.guidance_scale,
             seed=params.seed,
+            fast=params.fast,
         )
         return JobRecord(
             video=video,
@@ -299,6 +404,8 @@ class VideoService:
             created_at=now,
             idempotency_key=idempotency_key,
             webhook_url=request.webhook_url,
+            # Owner key: its job slot is freed when the job ends, and only it sees the job.
+            key_id=principal.id if principal is not None and (principal.authenticated or principal.limited) else None,
         )
 
     # --- read -------------------------------------------------------------------------
@@ -313,8 +420,16 @@ class VideoService:
             video.eta_s = round(self.estimator.estimate(job.params) * (100 - video.progress) / 100, 3)
         return video
 
-    def get_video(self, video_id: str) -> VideoObject:
+    def _job_for(self, video_id: str, principal: Principal | None) -> JobRecord:
+        """The job, if the caller may see it: with auth on, a key sees its own jobs (admin keys all).
+        Someone else's job is a 404, not a 403: ids of other keys' jobs are not confirmed."""
         job = self.store.get(video_id)
+        if principal is None or not principal.authenticated or principal.admin or job.key_id == principal.id:
+            return job
+        raise NotFound(f"no video with id {video_id!r}", param="video_id")
+
+    def get_video(self, video_id: str, principal: Principal | None = None) -> VideoObject:
+        job = self._job_for(video_id, principal)
         if job.delete_requested:
             raise NotFound(f"no video with id {video_id!r}", param="video_id")
         return self._public(job)
@@ -325,11 +440,21 @@ class VideoService:
             return 1000
         return int(min(2000, max(100, video.eta_s * 1000 / 10)))
 
-    def list_videos(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> VideoList:
+    def list_videos(
+        self, after: str | None, limit: int, order: Literal["asc", "desc"], principal: Principal | None = None
+    ) -> VideoList:
         if not 1 <= limit <= 100:
             raise InvalidRequest(f"limit={limit} is outside the allowed range [1, 100]", param="limit")
-        jobs, has_more = self.store.list(after, limit, order)
-        data = [self._public(j) for j in jobs if not j.delete_requested]
+        try:
+            jobs, has_more = self.store.list(after, limit, order)
+        except NotFound:
+            raise NotFound(f"after={after!r} is not the id of a video", param="after") from None
+        visible = [j for j in jobs if not j.delete_requested]
+        if principal is not None and principal.authenticated and not principal.admin:
+            # Filtered after the page is read: with several keys a page may hold
+            # fewer than `limit` videos; `has_more` and the cursor stay exact.
+            visible = [j for j in visible if j.key_id == principal.id]
+        data = [self._public(j) for j in visible]
         return VideoList(
             data=data,
             first_id=data[0].id if data else None,
@@ -337,10 +462,10 @@ class VideoService:
             has_more=has_more,
         )
 
-    def content(self, video_id: str, variant: str):
+    def content(self, video_id: str, variant: str, principal: Principal | None = None):
         """(local path or bytes, media type) of a completed video's file."""
         check_variant(variant)
-        job = self.store.get(video_id)
+        job = self._job_for(video_id, principal)
         if job.video.status != "completed":
             raise VideoNotReady(
                 f"video {video_id!r} is {job.video.status}; content exists only for completed videos",
@@ -357,8 +482,8 @@ class VideoService:
 
     # --- cancel and delete ------------------------------------------------------------
 
-    def cancel(self, video_id: str) -> VideoObject:
-        job = self.store.get(video_id)
+    def cancel(self, video_id: str, principal: Principal | None = None) -> VideoObject:
+        job = self._job_for(video_id, principal)
         if job.terminal:
             raise Conflict(f"video {video_id!r} is already {job.video.status}; nothing to cancel", param="video_id")
         job.cancel_requested = True
@@ -366,8 +491,8 @@ class VideoService:
         self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
         return self._public(self.store.get(video_id))
 
-    def delete(self, video_id: str) -> VideoDeleted:
-        job = self.store.get(video_id)
+    def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
+        job = self._job_for(video_id, principal)
         if job.terminal:
             if job.artifact_id is None:  # a cached answer's files belong to the cache
                 self.artifacts.delete(video_id)
@@ -380,9 +505,11 @@ class VideoService:
 
     # --- events -----------------------------------------------------------------------
 
-    async def events(self, video_id: str, after_seq: int = 0) -> AsyncIterator[tuple[int, dict]]:
+    async def events(
+        self, video_id: str, after_seq: int = 0, principal: Principal | None = None
+    ) -> AsyncIterator[tuple[int, dict]]:
         """The job's events from `after_seq` on, live, ending with its terminal event."""
-        self.store.get(video_id)  # 404 before the stream starts
+        self._job_for(video_id, principal)  # 404 before the stream starts
         seq = after_seq
         while True:
             batch = self.store.events_after(video_id, seq)
@@ -402,11 +529,17 @@ class VideoService:
     # --- cache admin --------------------------------------------------------------------
 
     def check_admin(self, authorization: str | None) -> None:
-        if not self.admin_key:
-            raise Forbidden(f"admin routes are off: set ${self.args.admin_key_env} to enable them")
+        """The operator's key (${admin_key_env}) or an API key marked `admin: true`."""
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_key.encode()):
-            raise Unauthorized("admin routes need 'Authorization: Bearer <admin key>'", param="Authorization")
+        if self.admin_key and scheme.lower() == "bearer" and hmac.compare_digest(
+                token.encode(), self.admin_key.encode()):
+            return
+        if self.guard is not None and self.guard.auth_enabled:
+            self.guard.require_admin(self.guard.authenticate(authorization))
+            return
+        if not self.admin_key:
+            raise Forbidden(f"admin routes are off: set ${self.args.admin_key_env} or configure an admin API key")
+        raise Unauthorized("admin routes need 'Authorization: Bearer <admin key>'", param="Authorization")
 
     def _need_cache(self) -> Any:
         if self.cache is None or not self.args.cache_enabled:
@@ -439,7 +572,24 @@ class VideoService:
             attention_backend=self.profile.attention_backend,
             default_deadline_s=self.args.default_deadline_s,
             stages=stages,
+            access=self.guard.describe() if self.guard is not None else None,
+            load=self._load_report(),
         )
+
+    def _load_report(self) -> dict[str, Any] | None:
+        if self.admission is None or self.load is None:
+            return None
+        snap = self.load.snapshot()
+        load = self.admission.load(snap)
+        return {
+            "load": round(load, 3),
+            "tier": self.admission.tiers.tiers[self.admission.tiers.for_load(load)].name,
+            "denoiser_replicas": snap.replicas,
+            "unfinished_jobs": snap.active_jobs,
+            "work_ahead_s": round(snap.work_ahead_s, 3),
+            "gpu_utilization": snap.gpu_utilization,
+            "admission": "on" if self.admission.config.enabled else "off",
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from serve_app.redis_errors import unavailable_as_503
+
 
 def artifact_id_for(key: str) -> str:
     """Cached files live under an id of our own format, derived from the key."""
@@ -180,6 +182,7 @@ return 0
 """
 
 
+@unavailable_as_503("cache index")
 class RedisCacheIndex:
     """Shared by several gateway nodes. Entries expire through Redis TTLs
     (SET EX); an LRU sorted set and a size hash bound the total."""

@@ -6,6 +6,7 @@ The key is SHA-256 over canonical JSON of:
              trimmed; case-folded too when `cache_casefold` is on
   negative_prompt   normalised the same way
   width, height, num_frames, fps, num_inference_steps, guidance_scale, seed
+  fast       a tier's quality-changing speed-ups (step cache, FP8), when any
 Everything else (preset name, deadline, webhook, ids) does not change pixels
 and is left out. Requests that give no seed get one derived from the key of
 everything else, so the same request gives the same video, and a request that
@@ -39,6 +40,8 @@ def _payload(model_identity: str, values: dict[str, Any]) -> dict[str, Any]:
     payload = {field: values[field] for field in PIXEL_FIELDS}
     payload["guidance_scale"] = float(payload["guidance_scale"])  # 5 and 5.0 are one key
     payload.update(model=model_identity, prompt=values["prompt"], negative_prompt=values["negative_prompt"])
+    if values.get("fast"):
+        payload["fast"] = values["fast"]  # a step cache or FP8 changes the pixels
     return payload
 
 

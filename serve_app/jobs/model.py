@@ -35,6 +35,10 @@ class JobRecord(BaseModel):
     webhook_attempts: int = 0
     artifact_id: str | None = Field(None, description="Files live under this id (a cache entry's), not the job's.")
     cache_key: str | None = Field(None, description="Fill this cache entry on completion.")
+    oom_retries: int = Field(0, description="Runs started again at a lower tier after the denoiser ran out of "
+                             "GPU memory.")
+    key_id: str | None = Field(None, description="API key that created the job: its concurrent-job slot is freed "
+                               "when the job ends.")
     error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
     error_status: int | None = Field(None, description="Its HTTP status.")
 
@@ -104,6 +108,9 @@ class JobStore(Protocol):
 
     def claimable(self, now: float, lease_s: float, limit: int) -> list[str]:
         """Ids of non-terminal jobs with no owner or a stale heartbeat, oldest first."""
+
+    def active(self, limit: int) -> list[JobRecord]:
+        """Non-terminal jobs (queued or running, any owner), oldest first: the work ahead."""
 
     def queue_position(self, job: JobRecord) -> int:
         """How many non-terminal jobs with status 'queued' were created before it."""

@@ -40,6 +40,7 @@ from typing import Literal
 import redis
 
 from serve_app.errors import NotFound
+from serve_app.redis_errors import unavailable_as_503
 from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
 
 # KEYS: job, jobs, queued, active[, idem]
@@ -133,6 +134,7 @@ def _not_found(job_id: str) -> NotFound:
     return NotFound(f"no video with id {job_id!r}", param="video_id")
 
 
+@unavailable_as_503("job store")
 class RedisJobStore:
     def __init__(self, url: str, prefix: str = "wanserve") -> None:
         self.prefix = prefix
@@ -252,6 +254,15 @@ class RedisJobStore:
                         break
             start += _SCAN_BATCH
         return ids
+
+    def active(self, limit: int) -> list[JobRecord]:
+        ids = self._redis.zrange(self._key("active"), 0, limit - 1)
+        if not ids:
+            return []
+        raws = self._redis.mget([self._key("job", job_id) for job_id in ids])
+        # A job finished between the two reads is skipped: it is no work ahead.
+        jobs = [JobRecord.model_validate_json(raw) for raw in raws if raw is not None]
+        return [job for job in jobs if not job.terminal]
 
     def queue_position(self, job: JobRecord) -> int:
         # Ties in created_at break by id, as in list(). ZRANK would do if the

@@ -22,10 +22,11 @@ from serve_app.api.protocol import VideoError, VideoTimings
 from serve_app import metrics
 from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
-from serve_app.errors import NotFound, RequestCancelled, ServiceError, StageFailed
+from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.messages import StepProgress
+from serve_app.params import GenerationParams
 
 # Job-scoped records carry `job_id` as a field: with Ray Serve's JSON log
 # encoding (configs/serve_gpu.yaml) it is a key of each line, so one job's
@@ -38,6 +39,11 @@ EXPIRY_SWEEP_S = 300.0
 
 # How often a wait for a job running on another replica looks at the store.
 REMOTE_WAIT_POLL_S = 0.1
+
+# Previews go into progress events (the job record never holds one). The
+# denoiser already bounds their count per job (PreviewOptions.max_per_job) and
+# their size (~8 kB); this cap keeps the event log bounded whatever a stage sends.
+MAX_PREVIEW_CHARS = 16_384
 
 WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
 
@@ -57,6 +63,8 @@ class JobRunner:
         send_webhook: WebhookSender | None = None,
         cache: Any = None,
         max_attempts: int = 3,
+        on_finished: Callable[[JobRecord], None] | None = None,
+        lower_memory: Callable[[GenerationParams], tuple[GenerationParams, str] | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -70,6 +78,10 @@ class JobRunner:
         self.send_webhook = send_webhook
         self.cache = cache  # ResultCache client: fill on success, release the claim otherwise
         self.max_attempts = max_attempts
+        self.on_finished = on_finished  # e.g. free the API key's job slot
+        # Settings that need less GPU memory (the lowest quality tier) and its name,
+        # for one more run after the denoiser ran out of memory; None: no such retry.
+        self.lower_memory = lower_memory
         self.clock = clock
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
@@ -174,7 +186,7 @@ class JobRunner:
 
         try:
             try:
-                result = await self.generator.generate(job.params, Deadline.after(job.deadline_s), on_progress)
+                result = await self._generate(job_id, job, on_progress)
             finally:
                 # Every step's write lands before the terminal one, never after it.
                 await asyncio.gather(*step_writes, return_exceptions=True)
@@ -205,6 +217,66 @@ class JobRunner:
         finally:
             heartbeat.cancel()
 
+    async def _generate(self, job_id: str, job: JobRecord, on_progress) -> Any:
+        """Run the graph, and run it again when that can help:
+
+        - a stage's replica died under the job (killed, node lost): the same
+          settings, on a live or replacement replica (Ray routes the retry);
+        - the denoiser ran out of GPU memory: once, at the lowest quality tier,
+          which the answer then reports (`tier`, `requested`).
+
+        At most `max_attempts` runs in all; each gets a fresh deadline."""
+        params = job.params
+        while True:
+            try:
+                return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress)
+            except StageLost as exc:
+                error, current = exc, self._next_attempt(job_id, exc)
+            except GpuOutOfMemory as exc:
+                if exc.details.get("stage") != "denoiser" or self.lower_memory is None:
+                    raise
+                error, current = exc, self._next_attempt(job_id, exc)
+                lowered = self.lower_memory(current.params) if current.oom_retries == 0 else None
+                if lowered is None:
+                    raise
+                await self._lower_tier(current, *lowered)
+            params = current.params
+            metrics.job_retried(error.code)
+            await self._event(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
+
+    def _next_attempt(self, job_id: str, exc: ServiceError) -> JobRecord:
+        """The job with one more attempt counted and saved; re-raises `exc` when none is left."""
+        try:
+            current = self.store.get(job_id)
+        except NotFound:
+            raise exc from None
+        if current.attempts >= self.max_attempts or current.cancel_requested:
+            raise exc
+        current.attempts += 1
+        current.video.progress = 0
+        self.store.save(current)
+        log.warning("job %s: %s; run %d of %d", job_id, exc.message, current.attempts, self.max_attempts,
+                    extra={"job_id": job_id})
+        return current
+
+    async def _lower_tier(self, job: JobRecord, params: GenerationParams, tier: str) -> None:
+        """Rewrite the job for a lower tier: the answer must describe the video it gets."""
+        video = job.video
+        lowered = {f: getattr(job.params, f) for f in ("num_inference_steps", "num_frames")
+                   if getattr(job.params, f) != getattr(params, f)}
+        video.requested = {**lowered, **(video.requested or {})}  # the first request's values win
+        video.tier = tier
+        video.num_frames, video.num_inference_steps = params.num_frames, params.num_inference_steps
+        video.fast = params.fast
+        video.seconds = f"{params.seconds:.2f}"
+        if job.cache_key is not None and self.cache is not None:
+            # These pixels are not the cached key's: never fill it with them.
+            await self.cache.release(job.cache_key, job.id)
+        job.cache_key = video.cache_key = None
+        job.params = params
+        job.oom_retries += 1
+        self.store.save(job)
+
     def _schedule(self, coro) -> None:
         """Fire and forget (webhooks), holding a reference so the task is not collected."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -233,11 +305,15 @@ class JobRunner:
             metrics.queue_wait(max(0.0, self.clock() - job.created_at))
         remaining_steps = progress.total_steps - progress.step
         eta = elapsed / progress.step * remaining_steps if progress.step else None
-        await self._event(job_id, {
+        event = {
             "type": "progress", "status": "in_progress", "step": progress.step,
             "total_steps": progress.total_steps, "progress": job.video.progress,
             "eta_s": None if eta is None else round(eta, 3),
-        })
+        }
+        preview = progress.preview
+        if preview and len(preview) <= MAX_PREVIEW_CHARS and preview.startswith("data:image/"):
+            event["preview"] = preview
+        await self._event(job_id, event)
 
     async def _complete(self, job_id: str, result) -> None:
         self.artifacts.put(job_id, "video", result.video.mp4)
@@ -293,6 +369,11 @@ class JobRunner:
 
     async def _finish(self, job: JobRecord) -> None:
         metrics.job_ended(job.video.status, job.video.error.code if job.video.error else "")
+        if self.on_finished is not None:
+            try:
+                self.on_finished(job)
+            except Exception:  # noqa: BLE001 - bookkeeping never keeps a job from ending
+                log.exception("job %s: on_finished failed", job.id, extra={"job_id": job.id})
         job.owner = None
         if job.delete_requested:
             self.artifacts.delete(job.id)
@@ -356,7 +437,12 @@ class JobRunner:
     async def _heartbeat_loop(self, job_id: str) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            if not self.store.heartbeat(job_id, self.owner, self.clock()):
+            try:
+                alive = self.store.heartbeat(job_id, self.owner, self.clock())
+            except Exception:  # noqa: BLE001 - a store hiccup (Redis restarting) is not a lost lease
+                log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
+                continue
+            if not alive:
                 log.warning("job %s: lease lost to another runner; stopping here", job_id, extra={"job_id": job_id})
                 self._cancel_reason[job_id] = "shutdown"
                 task = self._tasks.get(job_id)

@@ -205,6 +205,14 @@ class SQLiteJobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def active(self, limit: int) -> list[JobRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT record FROM jobs WHERE status NOT IN ({_TERMINAL_SQL}) ORDER BY created_at, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [JobRecord.model_validate_json(r[0]) for r in rows]
+
     def queue_position(self, job: JobRecord) -> int:
         # Ties in created_at break by id, as in list(), so positions are a
         # strict order even for jobs created in the same clock tick.

@@ -179,6 +179,7 @@ function watchJob(video) {
   setMedia($("player"), "poster", null);
   $("player").load();
   setMedia($("thumbnail"), "src", null);
+  showPreview(null);
   show($("job"), true);
   renderVideo(video);
   if (video.status === "completed" || video.status === "failed") {
@@ -281,6 +282,16 @@ function renderStep(event) {
   const what = step >= total ? `Step ${step} of ${total}, decoding video` : `Step ${step} of ${total}`;
   const percent = event.progress ?? Math.floor((100 * step) / total);
   setProgress(percent, joinParts(what, step < total ? formatEta(event.eta_s) : ""));
+  if (event.preview) showPreview(event.preview, `Preview at step ${step} of ${total}`);
+}
+
+// A data URL from a progress event (a few kB of JPEG), or null to clear and hide it.
+function showPreview(src, caption = "") {
+  const img = $("preview");
+  if (src) img.src = src;
+  else img.removeAttribute("src");
+  $("preview-caption").textContent = caption;
+  show($("preview-box"), Boolean(src));
 }
 
 // A video object (from the POST or a poll) while it is not finished.
@@ -317,6 +328,7 @@ async function finish(video) {
       setMedia($("thumbnail"), "src", thumb);
       $("download").href = src;
       $("download").setAttribute("download", `${video.id}.mp4`);
+      showPreview(null); // the player replaces it
       show($("result"), true);
     } catch (err) {
       setError($("job-error"), err.message);

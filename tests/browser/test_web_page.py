@@ -51,6 +51,20 @@ RECORD_PROGRESS_TEXTS = """() => {
   new MutationObserver(() => window.progressTexts.push(el.textContent))
     .observe(el, {childList: true, characterData: true, subtree: true});
 }"""
+# Every preview image shown, once decoded, with whether the player had a video yet.
+RECORD_PREVIEWS = """() => {
+  window.previews = [];
+  const img = document.getElementById("preview");
+  new MutationObserver(() => {
+    if (!img.getAttribute("src")) return;
+    const playerSrc = document.getElementById("player").getAttribute("src");
+    const visible = !document.getElementById("preview-box").hidden;
+    const caption = document.getElementById("preview-caption").textContent;
+    img.decode().then(() => window.previews.push(
+      {width: img.naturalWidth, height: img.naturalHeight, playerSrc, visible, caption}),
+      () => {});  // superseded by the next preview before it decoded: the next one counts
+  }).observe(img, {attributes: true, attributeFilter: ["src"]});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +90,9 @@ def page(browser, serve_url):
     script_errors: list[str] = []
     foreign: list[str] = []
     page.on("pageerror", lambda exc: script_errors.append(str(exc)))
-    page.on("request", lambda r: r.url.startswith((serve_url + "/", "blob:")) or foreign.append(r.url))
+    # data:image/ URLs are the previews carried inside progress events, not fetched from anywhere.
+    local = (serve_url + "/", "blob:", "data:image/")
+    page.on("request", lambda r: r.url.startswith(local) or foreign.append(r.url))
     page.goto("/")
     expect(page.locator("#preset option")).to_have_count(3)
     yield page
@@ -106,6 +122,7 @@ def test_generate_shows_progress_then_plays_the_video(page):
     prompt = unique_prompt("a lighthouse at dusk")
     fill_job(page, prompt, PLAYED)
     page.evaluate(RECORD_PROGRESS_TEXTS)
+    page.evaluate(RECORD_PREVIEWS)
     page.get_by_role("button", name="Generate").click()
 
     page.wait_for_function(INTERMEDIATE_STEP)
@@ -133,6 +150,14 @@ def test_generate_shows_progress_then_plays_the_video(page):
     expect(thumbnail).to_have_attribute("src", f"/v1/videos/{video_id}/content?variant=thumbnail")
     page.wait_for_function("() => document.getElementById('thumbnail').naturalWidth === 320")
     expect(page.locator("#job-error")).to_be_hidden()
+    # Previews came in while denoising, before the player had a video: 320x256 is a 20x16
+    # latent grid and 9 frames are 3 latent frames, shown side by side (60x16 pixels).
+    previews = page.evaluate("window.previews")
+    assert previews, "no preview was shown"
+    assert previews[0]["playerSrc"] is None and previews[0]["visible"], previews[0]
+    assert (previews[0]["width"], previews[0]["height"]) == (60, 16), previews[0]
+    assert re.fullmatch(r"Preview at step \d+ of 100", previews[0]["caption"]), previews[0]
+    expect(page.locator("#preview-box")).to_be_hidden()  # the player replaced it
     texts = page.evaluate("window.progressTexts")
     eta = r"(about \d+ (s|min)|under a second) left"
     assert re.match(rf"Queued, (next in line|\d+ jobs? ahead) · {eta}", texts[0]), texts[:3]

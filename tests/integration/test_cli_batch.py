@@ -3,10 +3,9 @@
 The CLI and the batch run in-process (`main([...])`), as a user's shell
 would run them, against the session's Serve app.
 
-Not tested here: `ray job submit`. The session cluster is started by
-`ray.init(include_dashboard=False)`, so it has no Jobs API to submit to; the
-batch module is the same code either way (a Ray job only runs it on the head
-node).
+The `ray job submit` path runs in tests/integration/test_ray_job_batch.py,
+against a head node of its own (the session cluster has no dashboard, so no
+Jobs API).
 """
 
 from __future__ import annotations
@@ -72,7 +71,8 @@ def test_generate_errors_map_to_exit_codes(serve_url, tmp_path, capsys):
     assert cli.main(["generate", "x", "--size", "64x64", "--frames", "16", "--url", serve_url]) == 2
     err = capsys.readouterr().err
     assert "invalid_request" in err and "num_frames=16 is not of the form 4k+1" in err
-    # Accepted, then failed (its deadline passes mid-denoising): exit 1 with the job's error.
+    # Accepted, then failed (its deadline passes mid-denoising; this app runs
+    # without admission, which would refuse it up front): exit 1 with the job's error.
     out = tmp_path / "never.mp4"
     code = cli.main(["generate", f"too slow {_tag()}", "--size", "640x480", "--frames", "17", "--steps", "100",
                      "--deadline", "0.5", "-o", str(out), "--quiet", "--url", serve_url])

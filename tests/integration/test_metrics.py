@@ -49,6 +49,10 @@ def test_metrics_after_a_few_jobs(client):
             "cache misses": _total(text, "wan_cache_misses_total") >= 2,
             "cache fills": _total(text, "wan_cache_fills_total") >= 2,
             "eta error": _total(text, "wan_eta_ratio_count") >= 2,
+            # Admission (off in this app: every create is admitted as asked, tier "exact").
+            "admissions": _total(text, "wan_admissions_total", 'outcome="sync"') >= 2,
+            "cached admission": _total(text, "wan_admissions_total", 'outcome="cached"') >= 1,
+            "load": bool(_samples(text, "wan_load")) and all(0 <= v <= 1 for _, v in _samples(text, "wan_load")),
             "in flight": bool(_samples(text, "wan_jobs_in_flight"))
             and all(v >= 0 for _, v in _samples(text, "wan_jobs_in_flight")),
         }

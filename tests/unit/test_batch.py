@@ -113,3 +113,41 @@ def test_usage_errors_exit_2(tmp_path):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / "p.jsonl"), "--out", str(tmp_path), "--concurrency", "0"])
     assert info.value.code == 2
+
+
+def test_busy_answers_are_waited_out_with_retry_after(tmp_path, monkeypatch):
+    """429/503 are "later", not "failed": the item is retried after Retry-After, same idempotency key."""
+    calls = []
+
+    def handler(request):
+        calls.append(request.headers["idempotency-key"])
+        if len(calls) < 3:
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"error": {
+                "code": "over_capacity", "message": "busy", "type": "rate_limit_error", "param": None,
+                "retry_after_s": 1}})
+        return httpx.Response(400, json={"error": {"code": "stop_here", "message": "seen thrice", "param": None}})
+
+    sleeps = []
+    transport = httpx.MockTransport(handler)
+    client = VideoClient("http://unused", transport=transport)
+    runner = BatchRunner(client, tmp_path)
+    monkeypatch.setattr(runner.stopping, "wait", lambda seconds: sleeps.append(seconds))
+    result = runner.run_item(parse_line(1, '{"id": "a", "prompt": "a kite"}'))
+    assert len(calls) == 3 and len(set(calls)) == 1
+    assert sleeps == [1.0, 1.0]
+    assert result.error["code"] == "stop_here"
+
+    # A service busy for longer than the item may wait: the item fails with the 429.
+    runner.max_busy_wait_s = 1.5
+    calls.clear()
+    sleeps.clear()
+
+    def always_busy(request):
+        calls.append(1)
+        return httpx.Response(429, json={"error": {"code": "over_capacity", "message": "busy", "param": None,
+                                                   "retry_after_s": 1}})
+
+    runner.client = VideoClient("http://unused", transport=httpx.MockTransport(always_busy))
+    result = runner.run_item(parse_line(1, '{"id": "b", "prompt": "a kite"}'))
+    assert result.error["code"] == "over_capacity" and result.error["http_status"] == 429
+    assert sum(sleeps) <= 1.5 + 0.1

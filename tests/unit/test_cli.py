@@ -70,6 +70,15 @@ def test_service_errors_exit_2_with_the_service_message(service, capsys):
     assert "invalid_request: num_frames=16 is not 4k+1 (param: num_frames)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("status, code", [(429, "over_capacity"), (503, "service_unavailable")])
+def test_a_busy_service_exits_75_with_when_to_retry(service, capsys, status, code):
+    service["handler"] = lambda r: httpx.Response(status, headers={"Retry-After": "12"}, json={"error": {
+        "code": code, "message": "cannot finish within 30 s now", "param": None, "retry_after_s": 12}})
+    assert cli.main(["generate", "x", "--url", "http://svc"]) == cli.EXIT_BUSY == 75
+    err = capsys.readouterr().err
+    assert code in err and "retry in 12 s" in err
+
+
 def test_status_exit_code_follows_the_job(service, capsys):
     service["handler"] = lambda r: httpx.Response(200, json=video(status="failed", error={"code": "c", "message": "m"}))
     assert cli.main(["status", "video_abc", "--url", "http://svc"]) == 1

@@ -116,7 +116,46 @@ def test_autoscaling_deployment_options_drop_num_replicas():
         "target_ongoing_requests": 2.0,
         "upscale_delay_s": 5.0,
         "downscale_delay_s": 60.0,
+        "look_back_period_s": 10.0,
     }
+
+
+def test_queue_depth_policy_is_wired_as_a_ray_custom_policy():
+    from ray.serve.config import AutoscalingConfig
+
+    from serve_app.policy.autoscaling import QueueDepthPolicy
+
+    auto = AutoscalingOptions(policy="queue_depth", min_replicas=0, max_replicas=3, target_ongoing_requests=2,
+                              downscale_to_zero_delay_s=30)
+    ray_config = AutoscalingConfig(**StageOptions(autoscaling=auto).to_deployment_options()["autoscaling_config"])
+    policy = ray_config.policy.get_policy()
+    assert policy is QueueDepthPolicy
+    assert ray_config.policy.policy_kwargs == {"jobs_per_replica": 2.0}
+    assert ray_config.downscale_to_zero_delay_s == 30
+
+
+def test_model_stages_get_a_grace_that_covers_the_longest_deadline():
+    args = ServiceArgs(max_deadline_s=300, default_deadline_s=30)
+    for stage in ("prompt_encoder", "denoiser", "video_encoder"):
+        assert args.deployment_options(stage)["graceful_shutdown_timeout_s"] == 330
+    assert args.deployment_options("gateway")["graceful_shutdown_timeout_s"] == 20
+    explicit = ServiceArgs(stages={"denoiser": {"graceful_shutdown_timeout_s": 5}})
+    assert explicit.deployment_options("denoiser")["graceful_shutdown_timeout_s"] == 5
+
+
+def test_gpu_memory_fraction_defaults_to_the_gpu_share():
+    assert StageOptions(num_gpus=0.5).memory_fraction == 0.5
+    assert StageOptions(num_gpus=1).memory_fraction is None  # a whole card: no cap
+    assert StageOptions(num_gpus=0).memory_fraction is None
+    assert StageOptions(num_gpus=0.5, gpu_memory_fraction=0.45).memory_fraction == 0.45
+
+
+def test_tier_table_is_checked_against_the_limits(tmp_path):
+    bad = tmp_path / "tiers.yaml"
+    bad.write_text("tiers: [{name: a, max_load: 1.0, max_frames: 12}]\n")
+    with pytest.raises(ValueError, match="max_frames=12"):
+        ServiceArgs(admission={"tiers_file": str(bad)}).tier_table()
+    assert [t.name for t in ServiceArgs().tier_table().tiers] == ["full", "reduced", "minimal"]
 
 
 def test_service_args_parse_serve_config_exactly():

@@ -274,6 +274,20 @@ def test_queue_position_counts_earlier_queued_jobs(store):
     assert store.queue_position(store.get(job_id(5))) == 2
 
 
+def test_active_lists_unfinished_jobs_oldest_first(store):
+    store.create(make_job(1, created_at=5.0))
+    store.create(make_job(2, created_at=2.0, status="in_progress"))
+    store.create(make_job(3, created_at=1.0, status="completed"))
+    store.create(make_job(4, created_at=3.0, status="failed"))
+    store.create(make_job(5, created_at=4.0))
+    assert [j.id for j in store.active(limit=10)] == [job_id(2), job_id(5), job_id(1)]
+    assert [j.id for j in store.active(limit=2)] == [job_id(2), job_id(5)]
+
+    store.save(with_status(store.get(job_id(5)), "completed"))
+    store.delete(job_id(2))
+    assert [j.id for j in store.active(limit=10)] == [job_id(1)]
+
+
 def test_events_are_numbered_and_read_from_a_point(store):
     store.create(make_job(1))
     store.create(make_job(2))
@@ -401,3 +415,15 @@ def test_open_job_store_picks_the_backend(tmp_path, redis_server):
     assert "'postgres'" in str(excinfo.value) and "secret" not in str(excinfo.value)
     with pytest.raises(ValueError, match="absolute path"):
         open_job_store("sqlite://relative.db", tmp_path)
+
+
+def test_an_unreachable_redis_is_a_503_not_a_500(tmp_path):
+    from serve_app.errors import ServiceUnavailable
+    from tests.helpers.redis_server import _free_port
+
+    store = RedisJobStore(f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    with pytest.raises(ServiceUnavailable) as err:
+        store.get(job_id(1))
+    assert err.value.status_code == 503 and err.value.headers() == {"Retry-After": "2"}
+    assert "job store (Redis) is unreachable" in err.value.message and "127.0.0.1" not in err.value.message
+    store.close()

@@ -162,7 +162,7 @@ def test_overrides_apply_on_top_of_preset():
         guidance_scale=1.5, fps=8, negative_prompt="blur", seed=42,
     )
     params = resolve_generation({"prompt": "p", "preset": "official", **overrides}, CATALOG)
-    assert params.model_dump() == {"prompt": "p", "preset": "official", **overrides}
+    assert params.model_dump() == {"prompt": "p", "preset": "official", "fast": None, **overrides}
     assert params.size == "96x160"
 
 

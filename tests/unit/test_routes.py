@@ -261,6 +261,8 @@ def test_healthz_without_probe(client):
         "attention_backend": "sdpa",
         "default_deadline_s": 30.0,
         "stages": {},
+        "access": None,
+        "load": None,
     }
 
 

@@ -150,3 +150,115 @@ def test_job_log_lines_carry_the_job_id(parts, caplog):
     records = [r for r in caplog.records if job_id in r.getMessage()]
     assert records, "the failure was not logged"
     assert all(getattr(r, "job_id", None) == job_id for r in records)
+
+
+class _LosesReplicas:
+    """Loses the stage's replica on the first `losses` runs, then makes a real mp4."""
+
+    def __init__(self, losses: int) -> None:
+        self.losses, self.runs = losses, 0
+
+    async def generate(self, params, deadline, on_progress=None):
+        from serve_app.errors import StageLost
+        from tests.unit.test_routes import FakeGenerator
+
+        self.runs += 1
+        if self.runs <= self.losses:
+            raise StageLost("a pipeline stage's replica was lost: ActorDiedError")
+        return await FakeGenerator().generate(params, deadline, on_progress)
+
+
+@pytest.mark.parametrize("losses, status, runs", [(1, "completed", 2), (2, "completed", 3), (5, "failed", 3)])
+def test_a_lost_replica_reruns_the_job_up_to_max_attempts(parts, losses, status, runs):
+    store, artifacts = parts
+    generator = _LosesReplicas(losses)
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=generator)
+        job = _job(1, "queued", None)
+        store.create(job)
+        assert runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values())
+        return store.get(job.id)
+
+    job = asyncio.run(scenario())
+    assert (job.status, generator.runs, job.attempts) == (status, runs, runs)
+    events = [e for _, e in store.events_after(job.id, 0)]
+    assert [e["attempt"] for e in events if e["type"] == "retry"] == list(range(2, runs + 1))
+    if status == "failed":
+        assert job.video.error.code == "stage_lost"
+    else:
+        assert artifacts.exists(job.id, "video")
+
+
+class _DenoiserOutOfMemory:
+    """The denoiser runs out of memory for anything over 9 frames."""
+
+    def __init__(self) -> None:
+        self.calls: list[GenerationParams] = []
+
+    async def generate(self, params, deadline, on_progress=None):
+        from serve_app.errors import GpuOutOfMemory
+        from tests.unit.test_routes import FakeGenerator
+
+        self.calls.append(params)
+        if params.num_frames > 9:
+            raise GpuOutOfMemory("denoiser ran out of GPU memory", stage="denoiser", fallback_tried=False)
+        return await FakeGenerator().generate(params, deadline, on_progress)
+
+
+def _minimal(params: GenerationParams):
+    lowered = params.model_copy(update={"num_frames": min(params.num_frames, 9),
+                                        "num_inference_steps": min(params.num_inference_steps, 2)})
+    return None if lowered == params else (lowered, "minimal")
+
+
+def test_denoiser_out_of_memory_reruns_once_at_the_lowest_tier_and_says_so(parts):
+    store, artifacts = parts
+    generator = _DenoiserOutOfMemory()
+
+    async def scenario(frames: int):
+        runner = _runner(store, artifacts, now=1000, generator=generator)
+        runner.lower_memory = _minimal
+        job = _job(frames, "queued", None)
+        job.params = job.params.model_copy(update={"num_frames": frames, "num_inference_steps": 4})
+        job.video.num_frames, job.video.num_inference_steps = frames, 4
+        store.create(job)
+        assert runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values())
+        return store.get(job.id)
+
+    job = asyncio.run(scenario(17))
+    assert [p.num_frames for p in generator.calls] == [17, 9]
+    assert job.status == "completed" and job.oom_retries == 1
+    assert (job.video.tier, job.video.num_frames, job.video.num_inference_steps) == ("minimal", 9, 2)
+    assert job.video.requested == {"num_frames": 17, "num_inference_steps": 4}
+    assert job.video.seconds == f"{9 / 8:.2f}"
+    assert "retry" in [e["type"] for _, e in store.events_after(job.id, 0)]
+
+
+def test_denoiser_out_of_memory_at_the_lowest_tier_fails_clearly(parts):
+    store, artifacts = parts
+
+    class AlwaysOut(_DenoiserOutOfMemory):
+        async def generate(self, params, deadline, on_progress=None):
+            from serve_app.errors import GpuOutOfMemory
+
+            self.calls.append(params)
+            raise GpuOutOfMemory("denoiser ran out of GPU memory", stage="denoiser", fallback_tried=False)
+
+    generator = AlwaysOut()
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=generator)
+        runner.lower_memory = _minimal
+        job = _job(3, "queued", None)
+        job.params = job.params.model_copy(update={"num_frames": 17, "num_inference_steps": 4})
+        store.create(job)
+        assert runner.submit(job.id)
+        await asyncio.gather(*runner._tasks.values())
+        return store.get(job.id)
+
+    job = asyncio.run(scenario())
+    assert len(generator.calls) == 2  # as asked, then once lower; never a third time
+    assert job.status == "failed" and job.video.error.code == "gpu_out_of_memory"

@@ -1,0 +1,145 @@
+"""`AccessGuard`: the one object the gateway asks "may this request go on?".
+
+Order on a create (POST /v1/videos):
+
+    principal = guard.authenticate(request.headers.get("authorization"))   # 401
+    guard.check_body_size(len(body))                                          # 413
+    guard.check_rate(principal, "create")                                     # 429 rate_limited
+    ... validate, cache lookup (a cache hit needs no job slot) ...
+    guard.acquire_job(principal, job_id)                                      # 429 too_many_concurrent_jobs
+    ... create the job, storing principal.id on it; if that fails: release_job ...
+
+every other route: `authenticate` then `check_rate(principal, "read")`; admin
+routes add `require_admin(principal)` (403). When a job reaches a terminal
+state, on whichever gateway replica that happens, `release_job(job.key_id,
+job.id)`; while it is unfinished, `touch_job` renews its slot's lease (the
+lease only matters if a release is lost, so touching is optional when
+`job_slot_lease_s` exceeds the longest a job can take).
+
+A rate token is spent before validation on purpose: malformed requests cost
+the same as good ones, or a client could probe without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from serve_app.access.config import AccessConfig
+from serve_app.access.keys import ApiKeys, Principal, require_admin
+from serve_app.access.limits import BucketKind, Limiters, open_limits
+from serve_app.errors import RequestTooLarge, ServiceUnavailable
+
+log = logging.getLogger("ray.serve")
+
+
+class AccessGuard:
+    def __init__(
+        self,
+        config: AccessConfig,
+        env: Mapping[str, str] | None = None,
+        *,
+        limiters: Limiters | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`env` None reads os.environ; `clock` drives the in-process backend (tests pass a fake one)."""
+        self.config = config
+        self.keys = ApiKeys(config, env)
+        self.limiters = limiters or open_limits(config.store, prefix=config.store_prefix, clock=clock)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.keys.enabled
+
+    def authenticate(self, authorization_header: str | None) -> Principal:
+        """The caller (401 if auth is on and the key is missing, malformed or unknown)."""
+        return self.keys.authenticate(authorization_header)
+
+    @staticmethod
+    def require_admin(principal: Principal) -> None:
+        """403 unless the principal's key is an admin key."""
+        require_admin(principal)
+
+    def check_body_size(self, n_bytes: int | None) -> None:
+        """413 if a body (or its Content-Length, checked before reading) is over `max_body_bytes`."""
+        limit = self.config.max_body_bytes
+        if n_bytes is not None and n_bytes > limit:
+            raise RequestTooLarge(
+                f"body has {n_bytes} bytes; at most {limit} are accepted (access.max_body_bytes)",
+                param="body",
+                max_body_bytes=limit,
+            )
+
+    def check_rate(self, principal: Principal, kind: BucketKind = "create") -> None:
+        """Spend one token of the principal's `kind` bucket (429 rate_limited with Retry-After if empty)."""
+        if not principal.limited:
+            return
+        limits = principal.limits
+        if kind == "read":
+            if limits.read_rate_per_s == 0:
+                return
+            self.limiters.rate.hit(principal.id, "read", limits.read_rate_per_s, limits.read_burst)
+        else:
+            self.limiters.rate.hit(principal.id, kind, limits.rate_per_s, limits.burst)
+
+    def acquire_job(self, principal: Principal, job_id: str, retry_after_s: float | None = None) -> None:
+        """Hold one of the principal's job slots for `job_id` (idempotent).
+
+        429 too_many_concurrent_jobs at the cap; Retry-After is `retry_after_s`
+        (e.g. the estimated finish of the key's earliest job) or the configured default.
+        """
+        if not principal.limited:
+            return
+        self.limiters.jobs.acquire(
+            principal.id,
+            job_id,
+            principal.limits.max_concurrent_jobs,
+            self.config.job_slot_lease_s,
+            self.config.concurrency_retry_after_s if retry_after_s is None else retry_after_s,
+        )
+
+    def touch_job(self, principal_id: str, job_id: str) -> bool:
+        """Renew the job's slot lease; False if it holds none (released, expired, or unlimited)."""
+        return self.limiters.jobs.touch(principal_id, job_id, self.config.job_slot_lease_s)
+
+    def release_job(self, principal_id: str, job_id: str) -> bool:
+        """Free the job's slot, by key id and job id alone (any replica may call it). Never raises
+        for an unreachable store: the slot's lease frees it later, and a finished job must not fail
+        because of its bookkeeping."""
+        try:
+            return self.limiters.jobs.release(principal_id, job_id)
+        except ServiceUnavailable as exc:
+            log.warning(
+                "could not release job slot of %s for key %r: %s; it frees after %.0f s",
+                job_id, principal_id, exc.message, self.config.job_slot_lease_s,
+            )
+            return False
+
+    def active_jobs(self, principal_id: str) -> int:
+        return self.limiters.jobs.active(principal_id)
+
+    def describe(self) -> dict[str, Any]:
+        """For /healthz: no secrets, no digests, no store URL (it may hold a password)."""
+        c = self.config
+        return {
+            "auth": "on" if self.auth_enabled else "off",
+            "keys": len(self.keys),
+            "keys_from_config": self.keys.from_config,
+            "keys_from_env": self.keys.from_env,
+            "admin_keys": self.keys.admin_count,
+            "limits_backend": self.limiters.backend,
+            "anonymous_limited": (not self.auth_enabled) and c.limit_anonymous,
+            "defaults": {
+                "rate_per_s": c.rate_per_s,
+                "burst": c.burst,
+                "read_rate_per_s": c.read_rate_per_s,
+                "read_burst": c.read_burst,
+                "max_concurrent_jobs": c.max_concurrent_jobs,
+                "max_body_bytes": c.max_body_bytes,
+            },
+        }
+
+    def close(self) -> None:
+        self.limiters.close()

@@ -1,0 +1,356 @@
+"""The project's denoising loop: WanPipeline's math, no host syncs, requests batched.
+
+`WanPipeline.__call__`'s loop, taken apart into per-request state
+(`DenoiseJob`) and one step over any number of same-shape jobs
+(`step_jobs`). One request alone is `denoise_optimized`; several concurrent
+ones share forwards through `StepBatcher`, joining at step boundaries. What
+differs from the pipeline, none of it changing the math:
+
+- the scheduler's sigmas live on the GPU. diffusers keeps them on the CPU and
+  moves one scalar at a time with `.to(device)`, a blocking copy that drains
+  the GPU queue several times per step; on the device the step is launched
+  without waiting (one sync remains: UniPC's corrector solves a 2x2 system
+  with `torch.linalg.solve`, which checks its result on the host);
+- the timestep goes in as one value per sample, not one per token: for text
+  to video every token has the same timestep (WanPipeline's mask is all ones),
+  and the per-token path embeds it 1,500-27,000 times and drags a
+  (tokens x 6 x 3072) modulation tensor through every block;
+- guidance is one forward over [cond; uncond] when `cfg_batch` is on, and
+  several requests stack along the batch axis. The scheduler stays per
+  request: each job has its own copy, so jobs at different steps, with
+  different step counts or guidance scales, can share a forward.
+
+Equal to the pipeline up to the rounding of a different GEMM batch size
+(tests/unit/test_optimized_path.py, tests/gpu/test_gpu_exact_path.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from serve_app.deadline import StepGuard
+from serve_app.params import GenerationParams
+from serve_app.pipeline.optimize import EXACT, FastKnobs
+from serve_app.preview import denoised_estimate
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(eq=False)
+class DenoiseJob:
+    """One request's loop state; owned by whichever thread runs the steps."""
+
+    params: GenerationParams
+    knobs: FastKnobs
+    latents: Any  # torch.Tensor [1, C, F, H, W] float32 on the device
+    prompt_embeds: Any  # [1, T, D] in the DiT's dtype
+    negative_embeds: Any  # [1, T, D] or None when guidance is off
+    scheduler: Any  # this job's own UniPC instance
+    timesteps: Any  # [steps] on the device
+    guard: StepGuard
+    on_step: StepCallback | None = None
+    on_latents: Any = None  # stages.LatentsCallback (previews)
+    step: int = 0
+    done: Future = field(default_factory=Future)
+
+    @property
+    def guided(self) -> bool:
+        return self.negative_embeds is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= len(self.timesteps)
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys may share a forward."""
+        return (tuple(self.latents.shape), tuple(self.prompt_embeds.shape), self.knobs.fp8)
+
+
+def uses_guidance(guidance_scale: float) -> bool:
+    return guidance_scale > 1.0  # WanPipeline.do_classifier_free_guidance
+
+
+def start_job(pipe, params: GenerationParams, embeddings, guard: StepGuard, on_step: StepCallback | None = None,
+              knobs: FastKnobs = EXACT, dtype=None, on_latents=None) -> DenoiseJob:
+    """A job at step 0: the pipeline's latents for this seed, its own scheduler."""
+    import torch
+
+    device = pipe._execution_device
+    dtype = dtype or pipe.transformer.dtype
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    latents = pipe.prepare_latents(
+        1, pipe.transformer.config.in_channels, params.height, params.width, params.num_frames,
+        torch.float32, device, generator,
+    )
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(params.num_inference_steps, device=device)
+    scheduler.set_begin_index(0)
+    scheduler.sigmas = scheduler.sigmas.to(device)  # why: see the module docstring
+    guided = uses_guidance(params.guidance_scale)
+    npe = embeddings.negative_prompt_embeds if guided else None
+    if guided and npe is None:
+        raise ValueError(f"guidance_scale={params.guidance_scale} needs negative prompt embeddings")
+    return DenoiseJob(
+        params=params,
+        knobs=knobs,
+        latents=latents,
+        prompt_embeds=embeddings.prompt_embeds.to(device=device, dtype=dtype),
+        negative_embeds=None if npe is None else npe.to(device=device, dtype=dtype),
+        scheduler=scheduler,
+        timesteps=scheduler.timesteps,
+        guard=guard,
+        on_step=on_step,
+        on_latents=on_latents,
+    )
+
+
+def _forward(runtime, transformer, hidden, timestep, context, name: str, cache_kwargs: dict):
+    graphs = runtime.graphs if runtime is not None else None
+    if (graphs is not None and transformer is graphs.transformer and not transformer.is_cache_enabled
+            and graphs.wants(hidden.shape, transformer.config.patch_size)):
+        return graphs(hidden, timestep, context)
+    with transformer.cache_context(name, **cache_kwargs):
+        return transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=context,
+                           return_dict=False)[0]
+
+
+def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runtime=None) -> None:
+    """One denoising step for every job, with as few DiT forwards as possible.
+
+    All jobs must share `batch_key()`. Rows are [cond of each job; uncond of
+    each guided job]; with one unguided job or cfg_batch off for a single job,
+    the pipeline's own two batch-1 passes are used.
+    """
+    import torch
+
+    # The embeddings carry the DiT's compute dtype (an FP8 copy reports its
+    # storage dtype as `transformer.dtype`, not what its inputs should be).
+    dtype = jobs[0].prompt_embeds.dtype
+    inputs = [job.latents.to(dtype) for job in jobs]
+    ts = [job.timesteps[job.step] for job in jobs]
+    guided = [job for job in jobs if job.guided]
+    first = jobs[0]
+    # Cache hooks key their state by context name; a single job keeps the
+    # pipeline's names so the step cache behaves exactly as in diffusers.
+    cache_kwargs = {"step_index": first.step, "num_inference_steps": len(first.timesteps)}
+
+    if len(jobs) == 1 and (not first.guided or not cfg_batch):
+        t = ts[0].reshape(1)
+        cond = [_forward(runtime, transformer, inputs[0], t, first.prompt_embeds, "cond", cache_kwargs)]
+        uncond = {}
+        if first.guided:
+            uncond[0] = _forward(runtime, transformer, inputs[0], t, first.negative_embeds, "uncond", cache_kwargs)
+    else:
+        hidden = torch.cat(inputs + [inputs[i] for i, j in enumerate(jobs) if j.guided])
+        timestep = torch.stack(ts + [ts[i] for i, j in enumerate(jobs) if j.guided])
+        context = torch.cat([j.prompt_embeds for j in jobs] + [j.negative_embeds for j in guided])
+        out = _forward(runtime, transformer, hidden, timestep, context, "cfg_batch", cache_kwargs)
+        rows = list(out.split(1))
+        cond = rows[: len(jobs)]
+        guided_index = [i for i, j in enumerate(jobs) if j.guided]
+        uncond = dict(zip(guided_index, rows[len(jobs):]))
+
+    for i, job in enumerate(jobs):
+        noise_pred = cond[i]
+        if job.guided:
+            noise_pred = uncond[i] + job.params.guidance_scale * (noise_pred - uncond[i])
+        job.latents = job.scheduler.step(noise_pred, ts[i], job.latents, return_dict=False)[0]
+        job.step += 1
+        job.guard.steps_done = job.step
+        if job.on_latents is not None:
+            # The job has a `scheduler` like a pipeline, which is all the
+            # preview's estimate reads.
+            job.on_latents(job.step, len(job.timesteps), lambda job=job, now=job.latents: denoised_estimate(job, now))
+        if job.on_step is not None:
+            job.on_step(job.step, len(job.timesteps))
+
+
+def _step_cache(transformer, knobs: FastKnobs):
+    """Context: diffusers' First-Block-Cache on `transformer` for the duration of one job."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def cm():
+        if knobs.step_cache_threshold is None:
+            yield
+            return
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=knobs.step_cache_threshold))
+        try:
+            yield
+        finally:
+            transformer.disable_cache()
+
+    return cm()
+
+
+def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: StepGuard,
+                      on_step: StepCallback | None = None, knobs: FastKnobs = EXACT, on_latents=None):
+    """One request through the project's loop; latents on the CPU, or raises why it stopped.
+
+    `runtime` is a `DenoiserRuntime` (optimize.py). Checks `guard` after every
+    step, like `stages.denoise`.
+    """
+    import torch
+
+    if guard.should_stop():
+        guard.raise_stop()
+    transformer = runtime.transformer_for(knobs)
+    cfg_batch = runtime.speed.cfg_batch
+    with torch.inference_mode():
+        job = start_job(runtime.pipe, params, embeddings, guard, on_step, knobs, dtype=runtime.dtype,
+                        on_latents=on_latents)
+        with _step_cache(transformer, knobs):
+            while not job.finished:
+                step_jobs(transformer, [job], cfg_batch=cfg_batch, runtime=runtime)
+                if guard.should_stop() and not job.finished:
+                    guard.raise_stop()
+    return job.latents.cpu()
+
+
+class StepBatcher:
+    """Runs many requests' loops together: same-shape jobs share each step's forward.
+
+    `submit` may be called from any thread; it returns a Future of the CPU
+    latents. The loop (`run`) runs on the model thread: at every step boundary
+    it admits waiting jobs, groups active ones by shape and knobs, and steps
+    each group once, so groups of other shapes take turns step by step. A job
+    with a step cache runs alone: its hook state is per forward, not per row.
+    `start_loop` is called with a callable that must run `run` on the model
+    thread when `submit` finds no loop running.
+    """
+
+    def __init__(self, runtime, max_requests: int, max_tokens: int) -> None:
+        self.runtime = runtime
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self._lock = threading.Lock()
+        self._waiting: list[DenoiseJob] = []
+        self._running = False
+        self.forwards = 0  # for tests and stats: DiT step calls made
+        self.max_batch_seen = 0
+
+    def submit(self, params: GenerationParams, embeddings, guard: StepGuard, on_step: StepCallback | None,
+               knobs: FastKnobs, start_loop: Callable[[Callable[[], None]], None], on_latents=None) -> Future:
+        job_args = (params, embeddings, guard, on_step, knobs, on_latents)
+        future: Future = Future()
+        with self._lock:
+            self._waiting.append((job_args, future))
+            start = not self._running
+            self._running = True
+        if start:
+            start_loop(self.run)
+        return future
+
+    def _admit(self, active: list[DenoiseJob]) -> None:
+        import torch
+
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for (params, embeddings, guard, on_step, knobs, on_latents), future in waiting:
+            if guard.should_stop():
+                _fail(future, guard)
+                continue
+            try:
+                self.runtime.transformer_for(knobs)  # fails early when the knob cannot be served
+                with torch.inference_mode():
+                    job = start_job(self.runtime.pipe, params, embeddings, guard, on_step, knobs,
+                                    dtype=self.runtime.dtype, on_latents=on_latents)
+            except BaseException as exc:
+                future.set_exception(exc)
+                continue
+            job.done = future
+            active.append(job)
+
+    def run(self) -> None:
+        """Step until no job is active or waiting (model thread)."""
+        active: list[DenoiseJob] = []
+        try:
+            self._loop(active)
+        except BaseException as exc:
+            # Whatever broke the loop itself (not one group's forward) must not
+            # leave a request waiting forever.
+            with self._lock:
+                waiting, self._waiting = self._waiting, []
+                self._running = False
+            for job in active:
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            for _, future in waiting:
+                future.set_exception(exc)
+            raise
+
+    def _loop(self, active: list[DenoiseJob]) -> None:
+        import torch
+
+        while True:
+            self._admit(active)
+            if not active:
+                with self._lock:
+                    if not self._waiting:
+                        self._running = False
+                        return
+                continue
+            for group in self._groups(active):
+                transformer = self.runtime.transformer_for(group[0].knobs)
+                try:
+                    with torch.inference_mode(), _step_cache(transformer, group[0].knobs):
+                        self._step_group(transformer, group)
+                except BaseException as exc:  # a failed forward fails its group, not the loop
+                    log.exception("denoising step failed for %d job(s)", len(group))
+                    for job in group:
+                        if not job.done.done():
+                            job.done.set_exception(exc)
+                        active.remove(job)
+                    continue
+                for job in group:
+                    if job.finished:
+                        job.done.set_result(job.latents.cpu())
+                        active.remove(job)
+                    elif job.guard.should_stop():
+                        _fail(job.done, job.guard)
+                        active.remove(job)
+
+    def _step_group(self, transformer, group: list[DenoiseJob]) -> None:
+        if group[0].knobs.step_cache_threshold is not None:
+            # The cache's hook state spans the whole loop of one request, so a
+            # cached job runs all its remaining steps now, alone.
+            job = group[0]
+            while not job.finished and not job.guard.should_stop():
+                step_jobs(transformer, [job], cfg_batch=self.runtime.speed.cfg_batch, runtime=self.runtime)
+                self.forwards += 1
+            return
+        step_jobs(transformer, group, cfg_batch=self.runtime.speed.cfg_batch, runtime=self.runtime)
+        self.forwards += 1
+        self.max_batch_seen = max(self.max_batch_seen, len(group))
+
+    def _groups(self, active: list[DenoiseJob]) -> list[list[DenoiseJob]]:
+        groups: dict[tuple, list[DenoiseJob]] = {}
+        out: list[list[DenoiseJob]] = []
+        for job in active:
+            tokens = job.params.latent_tokens
+            if job.knobs.step_cache_threshold is not None or tokens > self.max_tokens:
+                out.append([job])
+                continue
+            group = groups.setdefault(job.batch_key(), [])
+            group.append(job)
+            if len(group) == self.max_requests:
+                out.append(group)
+                groups[job.batch_key()] = []
+        out.extend(g for g in groups.values() if g)
+        return out
+
+
+def _fail(future: Future, guard: StepGuard) -> None:
+    try:
+        guard.raise_stop()
+    except BaseException as exc:
+        future.set_exception(exc)

@@ -1,0 +1,439 @@
+"""Making the DiT fast without changing its answer: compile, attention, CUDA graphs, FP8.
+
+`SpeedOptions` (a profile's `speed:` block) is what a replica is set up with:
+regional compile, the shape buckets it warms at start, CUDA graphs for small
+buckets, the decode mode, whether an FP8 copy of the DiT is held. `FastKnobs`
+is what one request may ask for on top, each with a quality cost: a step cache
+and FP8 weights. A degradation tier names FastKnobs values; the denoiser gets
+them per request (`Denoiser.denoise(..., knobs=...)`).
+
+Only pydantic is imported at module level: `serve_app.config` imports the
+option models, and core modules must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger(__name__)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FastKnobs(_Strict):
+    """Quality-changing speed-ups one request may ask for (a degradation tier sets them).
+
+    Measured costs on the 5B architecture with random weights are in
+    bench/results/gpu-*.json and the README's performance section.
+    """
+
+    step_cache_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="First-Block-Cache threshold (diffusers FirstBlockCacheConfig): a step "
+        "reuses the last full step's residual when the first block's output changed by less than this relative "
+        "amount. None turns the cache off; higher skips more steps at more quality cost. The right value depends on the "
+        "weights: on the random-weight 5B nothing was skipped up to 0.3 and almost everything at 0.5.",
+    )
+    fp8: bool = Field(
+        False, description="Run the DiT's block linears in FP8 (torchao dynamic activation + weight, per-row "
+        "scales). Needs a replica whose profile has speed.fp8_weights: true and a card with FP8 (H100/H200).",
+    )
+
+    @property
+    def exact(self) -> bool:
+        """True when nothing here changes the pixels."""
+        return self.step_cache_threshold is None and not self.fp8
+
+
+EXACT = FastKnobs()
+
+
+class BatchingOptions(_Strict):
+    """Cross-request batching in the denoiser: same-shape requests share one forward."""
+
+    enabled: bool = Field(
+        False, description="Batch concurrent same-shape requests along the batch axis, step-aligned; a request "
+        "joins at the next step boundary. Needs stages.denoiser.max_ongoing_requests > 1.",
+    )
+    max_requests: int = Field(4, ge=1, le=64, description="Most requests in one forward.")
+    max_tokens: int = Field(
+        4096, ge=1, description="Only requests with at most this many latent tokens are batched: above it one "
+        "request already fills the GPU and batching only delays the first request.",
+    )
+
+
+class SpeedOptions(_Strict):
+    """How a replica runs the DiT and the VAE (exact unless a request's FastKnobs say otherwise)."""
+
+    optimized_loop: bool = Field(
+        True, description="Run the project's denoising loop (no host syncs per step, guidance batched, "
+        "cross-request batching possible) instead of WanPipeline.__call__. Same result within bf16 rounding.",
+    )
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="Regional torch.compile of the DiT blocks (one compiled function shared by all blocks).",
+    )
+    compile_dynamic: bool = Field(
+        True, description="Compile with symbolic shapes: one graph serves every resolution and batch size > 1, "
+        "so a new size costs no recompile.",
+    )
+    cfg_batch: bool = Field(
+        True, description="Run classifier-free guidance as one batch-2 forward instead of two batch-1 forwards.",
+    )
+    cuda_graph_max_tokens: int = Field(
+        0, ge=0, description="Replay the whole DiT forward as a CUDA graph for buckets of at most this many "
+        "latent tokens (captured at warm-up); 0 turns graphs off. Pays only where launches dominate.",
+    )
+    warmup_presets: list[str] = Field(
+        default_factory=list, description="Presets whose shapes are compiled and run once at replica start, so no "
+        "request pays compilation or first-run costs.",
+    )
+    cudnn_benchmark: bool = Field(
+        False, description="Let cuDNN time its convolution algorithms per shape (VAE decode); warmed per preset.",
+    )
+    decode: Literal["streaming", "oneshot", "tiled"] = Field(
+        "streaming", description="'streaming': decode latent frame by latent frame and hand frames to the mp4 "
+        "encoder as they come (overlapped); 'oneshot': WanPipeline's decode; 'tiled': vae.enable_tiling().",
+    )
+    tile_on_oom: bool = Field(True, description="Retry a decode that runs out of GPU memory with tiling.")
+    vae_channels_last: bool = Field(
+        False, description="Store the VAE's Conv3d weights channels-last (NDHWC), so cuDNN runs its "
+        "channels-last kernels; same math, other kernels.",
+    )
+    fp8_weights: bool = Field(
+        False, description="Hold an FP8 copy of the DiT (about +5 GB) so requests with fast knob fp8 can use it.",
+    )
+    batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Cross-request batching.")
+    fast: FastKnobs = Field(
+        default_factory=FastKnobs, description="The knobs a fast degradation tier should use on this model "
+        "(reference values; requests get them only when a tier passes them).",
+    )
+
+    @field_validator("warmup_presets")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"warmup_presets={v} names a preset twice")
+        return v
+
+
+# --- compile ---------------------------------------------------------------------------
+
+
+def compile_blocks(transformer, mode: str, dynamic: bool, fullgraph: bool = True) -> int:
+    """Regional compile: one `torch.compile`d block forward installed on every repeated block.
+
+    Not `compile_repeated_blocks`: that compiles `Module._call_impl`, which
+    calls whatever `forward` is installed, so diffusers' cache hooks (which
+    replace `forward`) would be traced into the graph and recompile per block.
+    Installing the compiled function as the instance's `forward` keeps the
+    hooks outside, in eager Python, calling compiled code. The graph is shared:
+    all blocks run the same code object and their parameters are graph inputs.
+    Returns the number of blocks compiled.
+    """
+    import types
+
+    import torch
+
+    names = set(getattr(transformer, "_repeated_blocks", ()) or ())
+    blocks = [m for m in transformer.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} declares no _repeated_blocks to compile")
+    # Each distinct (batch==1, dtype, FP8 subclass) combination is a graph;
+    # the default limit of 8 is close once an FP8 copy shares the function.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    fn = torch.compile(
+        type(blocks[0]).forward, mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph
+    )
+    for block in blocks:
+        block.forward = types.MethodType(fn, block)
+    return len(blocks)
+
+
+def uncompile_blocks(transformer) -> None:
+    """Back to the class's eager forward (the instance attribute goes)."""
+    for module in transformer.modules():
+        if "forward" in vars(module) and hasattr(vars(module)["forward"], "__func__"):
+            del module.forward
+
+
+# --- attention ---------------------------------------------------------------------------
+
+
+def attention_in_effect(transformer) -> str:
+    """The diffusers attention backend the DiT's processors really dispatch to.
+
+    diffusers stores the choice on each processor (`_attention_backend`); None
+    means its default, native SDPA, where PyTorch picks flash, cuDNN or
+    memory-efficient kernels per call.
+    """
+    names = set()
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None:
+            backend = getattr(processor, "_attention_backend", None)
+            names.add(getattr(backend, "value", backend) or "native")
+    if not names:
+        return "unknown"
+    return ",".join(sorted(names))
+
+
+# --- FP8 ----------------------------------------------------------------------------------
+
+
+def fp8_supported() -> tuple[bool, str]:
+    """FP8 matmuls need compute capability >= 8.9 (Ada/Hopper) and torchao."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        return False, f"compute capability {major}.{minor} < 8.9 has no FP8 tensor cores"
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        return False, f"torchao is not installed ({exc})"
+    return True, "ok"
+
+
+def make_fp8_copy(transformer):
+    """A copy of the DiT whose block linears run in FP8 (torchao, per-row scales).
+
+    Only `blocks.*` linears: the patch embedding, the time/text embedders and
+    the output projection are a sliver of the FLOPs and the most sensitive to
+    rounding. The bf16 original stays for exact requests.
+    """
+    import copy
+
+    import torch
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    ok, why = fp8_supported()
+    if not ok:
+        raise RuntimeError(f"FP8 DiT unavailable: {why}")
+    clone = copy.deepcopy(transformer)
+    quantize_(
+        clone,
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.startswith("blocks."),
+    )
+    return clone
+
+
+# --- VAE ----------------------------------------------------------------------------------
+
+
+def prepare_vae(vae, speed: SpeedOptions) -> None:
+    """Per-replica VAE settings: cuDNN autotuning and the Conv3d weight layout."""
+    import torch
+
+    if speed.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    set_vae_channels_last(vae, speed.vae_channels_last)
+
+
+def set_vae_channels_last(vae, on: bool) -> None:
+    """Conv3d weights only: the VAE's 2-D convs and norms have no 5-D layout (a module-wide
+    `.to(memory_format=channels_last_3d)` raises). A channels-last weight makes
+    PyTorch pick the channels-last convolution, whose output carries the layout on."""
+    import torch
+
+    fmt = torch.channels_last_3d if on else torch.contiguous_format
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+
+
+# --- CUDA graphs --------------------------------------------------------------------------
+
+
+class GraphedForward:
+    """Whole-DiT-forward CUDA graphs, one per input shape, captured on demand.
+
+    The graph replays every kernel of a forward with one launch, so small
+    shapes stop paying Python and launch overhead. Inputs are copied into
+    static buffers; the output is cloned, since the next replay overwrites it.
+    Only for exact requests (a step cache decides on the host, mid-forward).
+    """
+
+    def __init__(self, transformer, max_tokens: int) -> None:
+        import torch
+
+        self.transformer = transformer
+        self.max_tokens = max_tokens
+        self.graphs: dict[tuple, tuple[Any, tuple, Any]] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def wants(self, latents_shape, patch) -> bool:
+        _, _, f, h, w = latents_shape
+        return self.max_tokens > 0 and f * (h // patch[1]) * (w // patch[2]) // patch[0] <= self.max_tokens
+
+    def __call__(self, hidden_states, timestep, encoder_hidden_states):
+        key = (tuple(hidden_states.shape), tuple(timestep.shape), tuple(encoder_hidden_states.shape),
+               hidden_states.dtype, encoder_hidden_states.dtype)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(hidden_states, timestep, encoder_hidden_states)
+            self.graphs[key] = entry
+        graph, static_in, static_out = entry
+        for buf, value in zip(static_in, (hidden_states, timestep, encoder_hidden_states)):
+            buf.copy_(value)
+        graph.replay()
+        return static_out.clone()
+
+    def _run(self, hs, ts, enc):
+        return self.transformer(hidden_states=hs, timestep=ts, encoder_hidden_states=enc, return_dict=False)[0]
+
+    def _capture(self, hidden_states, timestep, encoder_hidden_states):
+        import torch
+
+        static_in = tuple(t.clone() for t in (hidden_states, timestep, encoder_hidden_states))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compiled code and cuBLAS handles initialised outside the capture
+                self._run(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = self._run(*static_in)
+        log.info("captured a CUDA graph for DiT input %s", tuple(hidden_states.shape))
+        return graph, static_in, static_out
+
+
+# --- the optimised DiT a denoiser replica holds -------------------------------------------
+
+
+class DenoiserRuntime:
+    """The DiT of one replica, set up per `SpeedOptions`, plus what requests may pick.
+
+    `transformer_for(knobs)` returns the module a request runs: the bf16 DiT,
+    or the FP8 copy. The step cache is switched on per request with diffusers'
+    `enable_cache` / `disable_cache` around the loop (see batching.py).
+    """
+
+    def __init__(self, pipe, speed: SpeedOptions) -> None:
+        import torch
+
+        self.pipe = pipe
+        self.speed = speed
+        self.transformer = pipe.transformer
+        self.dtype = pipe.transformer.dtype  # compute dtype of every copy's inputs
+        self.device = pipe._execution_device
+        self.fp8_transformer = None
+        self.fp8_error: str | None = None
+        self.fullgraph_error: str | None = None
+        self.warmup_s: dict[str, float] = {}
+        if speed.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if speed.fp8_weights:
+            try:
+                self.fp8_transformer = make_fp8_copy(self.transformer)
+            except Exception as exc:  # reported in /healthz; requests asking for fp8 then get a clear error
+                self.fp8_error = f"{type(exc).__name__}: {exc}"
+                log.warning("FP8 copy of the DiT not available: %s", self.fp8_error)
+        if speed.compile != "off":
+            compile_blocks(self.transformer, speed.compile, speed.compile_dynamic)
+            if self.fp8_transformer is not None:
+                compile_blocks(self.fp8_transformer, speed.compile, speed.compile_dynamic)
+        self.graphs = None
+        if speed.cuda_graph_max_tokens and torch.cuda.is_available() and self.device.type == "cuda":
+            self.graphs = GraphedForward(self.transformer, speed.cuda_graph_max_tokens)
+
+    def transformer_for(self, knobs: FastKnobs):
+        if knobs.fp8:
+            if self.fp8_transformer is None:
+                raise RuntimeError(
+                    "fast knob fp8 asked for, but this replica holds no FP8 DiT "
+                    f"(speed.fp8_weights={self.speed.fp8_weights}; {self.fp8_error or 'not loaded'})"
+                )
+            return self.fp8_transformer
+        return self.transformer
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "attention_backend": attention_in_effect(self.transformer),
+            "compile": self.speed.compile,
+            "cuda_graph_max_tokens": self.speed.cuda_graph_max_tokens,
+            "cfg_batch": self.speed.cfg_batch,
+            "fp8_available": self.fp8_transformer is not None,
+            "fp8_error": self.fp8_error,
+            "batching": self.speed.batching.enabled,
+            "warmup_s": {k: round(v, 2) for k, v in self.warmup_s.items()},
+            "fullgraph_error": self.fullgraph_error,
+        }
+
+    def warm_up(self, shapes: list[tuple[int, int, int]], text_len: int, steps: int = 2,
+                guidance: tuple[float, ...] = (5.0, 1.0)) -> None:
+        """Compile and run each (height, width, frames) bucket once, guided and unguided.
+
+        With symbolic shapes the first bucket compiles the batch>1 graph and an
+        unguided run the batch-1 one; later buckets only pay cuBLAS/cuDNN first
+        calls and allocator growth, here instead of in a request.
+        """
+        import torch
+
+        from serve_app.deadline import Deadline, StepGuard
+        from serve_app.params import GenerationParams
+        from serve_app.pipeline.batching import denoise_optimized
+        from serve_app.pipeline.stages import PromptEmbeddings
+
+        dim = self.transformer.config.text_dim
+        zeros = torch.zeros(1, text_len, dim)
+        knob_sets = [EXACT] + ([FastKnobs(fp8=True)] if self.fp8_transformer is not None else [])
+
+        def run(height, width, frames, knobs, scale):
+            params = GenerationParams(
+                prompt="warm up", negative_prompt="", width=width, height=height, num_frames=frames,
+                num_inference_steps=steps, guidance_scale=scale, fps=8, seed=0, preset="warmup",
+            )
+            guard = StepGuard(Deadline.after(3600), steps)
+            denoise_optimized(self, params, PromptEmbeddings(zeros, zeros if scale > 1 else None), guard, knobs=knobs)
+
+        for height, width, frames in shapes:
+            started = time.perf_counter()
+            for knobs in knob_sets:
+                for scale in guidance:
+                    try:
+                        run(height, width, frames, knobs, scale)
+                    except Exception as exc:
+                        if self.speed.compile == "off" or self.fullgraph_error is not None:
+                            raise
+                        # A graph break somewhere (an attention backend dynamo cannot
+                        # trace, say): compile again allowing breaks, and say so.
+                        self.fullgraph_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                        log.warning("fullgraph compile failed (%s); recompiling with graph breaks allowed",
+                                    self.fullgraph_error)
+                        import torch
+
+                        torch._dynamo.reset()
+                        for tr in (self.transformer, self.fp8_transformer):
+                            if tr is not None:
+                                uncompile_blocks(tr)
+                                compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
+                        run(height, width, frames, knobs, scale)
+            self.warmup_s[f"{width}x{height}x{frames}"] = time.perf_counter() - started
+            log.info("warmed DiT bucket %dx%dx%d in %.1fs", width, height, frames, self.warmup_s[f"{width}x{height}x{frames}"])
+
+
+def dit_flops(config, batch: int, tokens: int, text_len: int) -> float:
+    """FLOPs of one WanTransformer3DModel forward (multiply-add = 2), from its config.
+
+    Per block: self-attention projections 4*D^2 per token, cross-attention
+    q/out 2*D^2 per token plus k/v 2*D^2 per text token, FFN 2*D*F per token,
+    attention scores and values 2*N^2*D (self) and 2*N*T*D (cross); all x2 for
+    FLOPs. Embedders and the output projection are added; norms are ignored.
+    """
+    d = config.num_attention_heads * config.attention_head_dim
+    f = config.ffn_dim
+    n, t = tokens, text_len
+    per_block = 2 * (4 * d * d * n + 2 * d * d * n + 2 * d * d * t + 2 * d * f * n + 2 * n * n * d + 2 * n * t * d)
+    patch = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
+    embed = 2 * n * d * patch * config.in_channels * 2  # patch embedding + output projection
+    text = 2 * t * (config.text_dim * d + d * d)
+    return float(batch * (config.num_layers * per_block + embed + text))

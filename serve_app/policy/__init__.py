@@ -1,0 +1,7 @@
+"""Policies of the service under load: quality tiers, admission, autoscaling.
+
+    tiers.py        the degradation table and how a tier changes a request
+    admission.py    at submit: sync, queue, lower tier, or 429/503 with Retry-After
+    load.py         what admission reads: queue work, denoiser replicas, GPU use
+    autoscaling.py  Ray Serve's custom policy for the denoiser (queue depth)
+"""

@@ -1,0 +1,111 @@
+"""Quality tiers: what the service gives up, in order, as load rises.
+
+A tier caps denoising steps and frames and may force the result cache on.
+The table is ordered by `max_load`: the first tier whose bound the current
+load is under applies. Caps only ever lower a request (a request for fewer
+steps than the cap keeps its own), and a capped frame count stays of the
+form 4k+1 because every cap is validated to be one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from serve_app.config import GenerationLimits, StrictModel
+from serve_app.params import GenerationParams
+from serve_app.paths import resolve
+
+CacheMode = Literal["as_requested", "forced"]
+
+
+class Tier(StrictModel):
+    """One row of the degradation table."""
+
+    name: str = Field(description="Reported to clients (body `tier`, header `Wan-Tier`) and in metrics.")
+    max_load: float = Field(gt=0, description="This tier applies while load is below this fraction (0-1).")
+    max_steps: int | None = Field(None, ge=1, description="Cap on denoising steps; null keeps the request's.")
+    max_frames: int | None = Field(None, ge=1, description="Cap on frames (4k+1); null keeps the request's.")
+    cache: CacheMode = Field(
+        "as_requested", description="'forced': answer from (and fill) the result cache even for `cache: false`."
+    )
+    fast: dict[str, Any] | None = Field(
+        None, description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
+        "the README's GPU speed section). Needs a model profile with speed.optimized_loop."
+    )
+
+    @property
+    def caps(self) -> bool:
+        return self.max_steps is not None or self.max_frames is not None or bool(self.fast)
+
+
+class TierTable(StrictModel):
+    """configs/tiers.yaml."""
+
+    tiers: list[Tier] = Field(min_length=1, description="Ordered by max_load, lowest load first.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TierTable":
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique: {names}")
+        bounds = [t.max_load for t in self.tiers]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError(f"tiers must be ordered by strictly increasing max_load: {bounds}")
+        if bounds[-1] < 1.0:
+            raise ValueError(f"the last tier's max_load={bounds[-1]} must be >= 1.0 so every load has a tier")
+        return self
+
+    def check(self, limits: GenerationLimits, optimized_loop: bool = True) -> None:
+        """Caps must be values a request could have asked for itself; fast knobs need a loop that has them."""
+        for tier in self.tiers:
+            if tier.fast:
+                from serve_app.pipeline.optimize import FastKnobs
+
+                FastKnobs.model_validate(tier.fast)
+                if not optimized_loop:
+                    raise ValueError(f"tier {tier.name!r} sets fast={tier.fast}, but the model profile's "
+                                     "speed.optimized_loop is off: use a tiers file without fast knobs")
+            frames = tier.max_frames
+            if frames is not None and (frames < limits.min_frames or (frames - 1) % limits.frames_modulus):
+                raise ValueError(
+                    f"tier {tier.name!r}: max_frames={frames} must be >= {limits.min_frames} and of the form "
+                    f"{limits.frames_modulus}k+1"
+                )
+            if tier.max_steps is not None and tier.max_steps < limits.min_steps:
+                raise ValueError(f"tier {tier.name!r}: max_steps={tier.max_steps} < min_steps={limits.min_steps}")
+
+    def for_load(self, load: float) -> int:
+        """Index of the tier that applies at `load`."""
+        for index, tier in enumerate(self.tiers):
+            if load < tier.max_load:
+                return index
+        return len(self.tiers) - 1
+
+
+def load_tiers(path: str | Path) -> TierTable:
+    return TierTable(**(yaml.safe_load(resolve(path).read_text()) or {}))
+
+
+def apply_tier(params: GenerationParams, tier: Tier) -> GenerationParams:
+    """The request's settings under `tier` (the same object when nothing is capped)."""
+    update = {}
+    if tier.max_steps is not None and params.num_inference_steps > tier.max_steps:
+        update["num_inference_steps"] = tier.max_steps
+    if tier.max_frames is not None and params.num_frames > tier.max_frames:
+        update["num_frames"] = tier.max_frames
+    if tier.fast and params.fast != tier.fast:
+        update["fast"] = dict(tier.fast)
+    return params.model_copy(update=update) if update else params
+
+
+def changes(requested: GenerationParams, used: GenerationParams) -> dict[str, dict[str, int]]:
+    """{'num_frames': {'requested': 17, 'used': 13}, ...} for what a tier lowered."""
+    return {
+        field: {"requested": getattr(requested, field), "used": getattr(used, field)}
+        for field in ("num_inference_steps", "num_frames")
+        if getattr(requested, field) != getattr(used, field)
+    }

@@ -1,0 +1,92 @@
+"""The session's second app, for load and failure tests (issues 5 and 7).
+
+Two gateway replicas sharing a Redis job store, cache index and limiter
+(its own redis-server, with an append-only file so a restart keeps the
+jobs), API keys, a denoiser autoscaled on queue depth (1-2 replicas),
+admission with a small queue, and a step delay so jobs last long enough to
+queue behind, or to be killed in the middle of.
+"""
+
+from __future__ import annotations
+
+import time
+
+LOAD_APP = "load"
+ALICE = "wan_alice-secret-0123456789abcdef"  # generous limits
+BOB = "wan_bob-secret-0123456789abcdef00"  # 3 creates, then 429
+CAROL = "wan_carol-secret-0123456789abcdef"  # one unfinished job at a time
+# 8 steps x 0.25 s: a job holds the denoiser about 2 s.
+JOB = {"width": 64, "height": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 8, "cache": False}
+STEP_DELAY_S = 0.25
+QUEUE_PER_REPLICA = 3
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def load_app_args(data_dir, redis_url: str):
+    from serve_app.access.keys import hash_secret
+    from tests.helpers.app import app_args
+
+    return app_args(
+        data_dir,
+        job_store=redis_url,
+        cache_store=redis_url,
+        # Each run of a job whose replica is killed is a new attempt: room for a few.
+        job_max_attempts=4,
+        access={
+            "api_keys": [
+                {"id": "alice", "sha256": hash_secret(ALICE), "burst": 200, "rate_per_s": 50,
+                 "read_rate_per_s": 1000, "read_burst": 2000, "max_concurrent_jobs": 50},
+                {"id": "bob", "sha256": hash_secret(BOB), "burst": 3, "rate_per_s": 0.001},
+                {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
+            ],
+            "api_keys_env": "",
+            "store": redis_url,
+        },
+        admission={"enabled": True, "max_queue_per_replica": QUEUE_PER_REPLICA, "refresh_s": 0.2},
+        faults={"step_delay_s": STEP_DELAY_S},
+        stages={
+            "gateway": {"num_replicas": 2, "max_ongoing_requests": 64},
+            "denoiser": {"max_ongoing_requests": 1, "autoscaling": {
+                "policy": "queue_depth", "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                "upscale_delay_s": 0, "downscale_delay_s": 2, "look_back_period_s": 1}},
+        },
+    )
+
+
+def deploy_load_app(data_dir, redis_url: str, route_prefix: str) -> None:
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(load_app_args(data_dir, redis_url)), name=LOAD_APP, route_prefix=route_prefix)
+
+
+def denoiser_replicas() -> int:
+    from ray import serve
+
+    states = serve.status().applications[LOAD_APP].deployments["Denoiser"].replica_states
+    return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    give_up = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def wait_done(http, ids: list[str], secret: str, timeout_s: float = 90) -> list[dict]:
+    def all_done():
+        answers = [http.get(f"/v1/videos/{i}", headers=bearer(secret)) for i in ids]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+        videos = [answer.json() for answer in answers]
+        return videos if all(v["status"] in ("completed", "failed") for v in videos) else None
+
+    return wait_for(all_done, timeout_s, f"{len(ids)} jobs to finish")

@@ -1,0 +1,90 @@
+"""Failures on purpose (issue 7), against the load app (tests/helpers/load_app.py):
+replicas killed mid-job, Redis restarted under live traffic."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.helpers.load_app import ALICE, JOB, LOAD_APP, bearer, denoiser_replicas, wait_done, wait_for
+
+pytestmark = pytest.mark.integration
+
+KILLS = 10
+
+
+def kill_replicas(deployment: str) -> int:
+    """ray.kill every running replica of one deployment of the load app; how many."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{LOAD_APP}#{deployment}#"
+    killed = 0
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(prefix):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+                killed += 1
+            except ValueError:
+                pass  # already gone
+    return killed
+
+
+def events_of(http, video_id: str) -> list[dict]:
+    """The job's event log (SSE), ending with its terminal event."""
+    with http.stream("GET", f"/v1/videos/{video_id}/events", headers=bearer(ALICE)) as response:
+        assert response.status_code == 200
+        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def submit(http, prompt: str) -> str:
+    response = http.post("/v1/videos", json={"prompt": prompt, **JOB, "quality": "exact"},
+                         headers={**bearer(ALICE), "Prefer": "respond-async"})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def denoising(http, video_id: str) -> bool:
+    video = http.get(f"/v1/videos/{video_id}", headers=bearer(ALICE)).json()
+    return video["status"] == "in_progress" and 0 < video["progress"] < 90
+
+
+def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http):
+    ids = []
+    for n in range(KILLS):
+        wait_for(lambda: denoiser_replicas() >= 1, 60, "a live denoiser replica")
+        video_id = submit(http, f"chaos {n}")
+        wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")
+        assert kill_replicas("Denoiser") >= 1
+        ids.append(video_id)
+    videos = wait_done(http, ids, ALICE, timeout_s=240)
+    assert [v["status"] for v in videos] == ["completed"] * KILLS
+    for video_id in ids:
+        events = events_of(http, video_id)
+        types = [e["type"] for e in events]
+        # Killed once, run again, finished once: one terminal event, no second result.
+        assert types.count("completed") == 1 and "failed" not in types, types
+        assert types.count("retry") >= 1, types
+        content = http.get(f"/v1/videos/{video_id}/content", headers=bearer(ALICE))
+        assert content.status_code == 200 and content.content[4:8] == b"ftyp"
+
+
+def test_redis_restart_is_a_503_meanwhile_and_then_the_service_recovers(http, load_redis):
+    running = submit(http, "through a redis restart")
+    wait_for(lambda: denoising(http, running), 60, "the job to be mid-denoising")
+    load_redis.stop()
+    try:
+        during = http.post("/v1/videos", json={"prompt": "while redis is down", **JOB}, headers=bearer(ALICE))
+        assert during.status_code == 503, during.text
+        error = during.json()["error"]
+        assert error["code"] == "service_unavailable" and int(during.headers["Retry-After"]) >= 1
+        assert "Traceback" not in during.text and "redis://" not in during.text
+        time.sleep(1.0)
+    finally:
+        load_redis.start()
+    # The job that was running when Redis went away still ends, completed.
+    (video,) = wait_done(http, [running], ALICE, timeout_s=120)
+    assert video["status"] == "completed", video
+    after = http.post("/v1/videos", json={"prompt": "after the restart", **JOB}, headers=bearer(ALICE))
+    assert after.status_code == 200 and after.json()["status"] == "completed", after.text
