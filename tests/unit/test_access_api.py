@@ -9,6 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
 from serve_app.api.routes import create_app
@@ -28,18 +29,15 @@ def bearer(secret: str) -> dict[str, str]:
 @pytest.fixture
 def svc(tmp_path):
     service = Service(tmp_path)
-    access = service.args.access.model_copy(update={
-        "api_keys": [
-            {"id": "alice", "sha256": hash_secret(ALICE)},
-            {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
-            {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
-            {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
-        ],
-        "api_keys_env": "",
-    })
-    service.service.guard = AccessGuard(type(access).model_validate(access.model_dump()), {})
-    service.service.runner.on_finished = lambda job: service.service.guard.release_job(job.key_id, job.id) \
-        if job.key_id else None
+    guard = AccessGuard(AccessConfig(api_keys=[
+        {"id": "alice", "sha256": hash_secret(ALICE)},
+        {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
+        {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
+        {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
+    ], api_keys_env=""), {})
+    service.service.guard = guard
+    # As the gateway wires it: a job's end frees its key's slot.
+    service.service.runner.on_finished = lambda job: guard.release_job(job.key_id, job.id) if job.key_id else None
     yield service
     service.store.close()
 
