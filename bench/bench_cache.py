@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,10 +48,16 @@ def percentile(samples: list[float], q: float) -> float | None:
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    # Prefer: wait: every answer is the finished video (or a cached one), never a
+    # 202 that would leave a job running behind the next request.
+    headers = {"content-type": "application/json", "prefer": "wait=120"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=120) as response:
-        answer = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
     return time.perf_counter() - started, answer
 
 

@@ -8,6 +8,7 @@ crosses back through the `StepGuard`, which the loop reads after every step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any, AsyncIterator
@@ -25,6 +26,9 @@ from serve_app.pipeline.optimize import EXACT, DenoiserRuntime, FastKnobs
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
 from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
 from serve_app.preview import preview_maker
+
+
+log = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -197,4 +201,8 @@ class Denoiser(ModelStage):
         policy: jobs waiting for a dispatcher (serve_app/policy/autoscaling.py)."""
         if not hasattr(self, "_unclaimed"):
             self._unclaimed = UnclaimedJobs(self.args.job_store, self.args.data_path, self.args.job_lease_s)
-        return {UNCLAIMED_JOBS: float(self._unclaimed.count())}
+        try:
+            return {UNCLAIMED_JOBS: float(self._unclaimed.count())}
+        except Exception:  # noqa: BLE001 - a store hiccup: the policy still has the request counts
+            log.warning("could not count unclaimed jobs for autoscaling", exc_info=True)
+            return {}

@@ -2,7 +2,7 @@
 
 For every request the gateway estimates when it would finish: the work
 already queued (in bottleneck-stage seconds, from the job store) spread over
-the running denoiser replicas, plus the request's own stage times for its
+the denoiser replicas (running or starting), plus the request's own stage times for its
 shape (`StageTimeEstimator`, learned from measured jobs). Then, in order:
 
 1. The queue is full (every replica has `max_queue_per_replica` unfinished

@@ -5,8 +5,9 @@ tests build snapshots by hand). `LoadMonitor` makes snapshots in a gateway:
 
 - work ahead comes from the job store, so every gateway replica sees the same
   queue (a shared Redis or SQLite store);
-- the denoiser's running replica count comes from Ray Serve's status, polled
-  in the background (a controller round trip is too slow per request);
+- the denoiser's replica count (running or starting) comes from Ray Serve's
+  status, polled in the background (a controller round trip is too slow per
+  request);
 - GPU utilisation comes from NVML on the gateway's node, averaged over its
   cards, when the denoiser runs on GPUs. With denoisers on other nodes that is
   a proxy; the queue-depth part of the load is exact everywhere.
@@ -28,7 +29,7 @@ log = logging.getLogger("ray.serve")
 
 @dataclass(frozen=True)
 class LoadSnapshot:
-    replicas: int  # running denoiser replicas (0: scaled to zero)
+    replicas: int  # denoiser replicas running or starting (0: scaled to zero)
     active_jobs: int  # unfinished jobs in the store, all gateways
     work_ahead_s: float  # bottleneck-stage seconds those jobs still need
     gpu_utilization: float | None = None  # 0-1, None without a GPU
@@ -65,15 +66,20 @@ def nvml_utilization() -> float | None:
         return None
 
 
+# Replicas that serve now or will in moments: a replica starting (app start,
+# scale-up, replacement after a crash) is not a cold start to pay for again.
+SERVING_STATES = ("RUNNING", "STARTING", "UPDATING", "RECOVERING")
+
+
 def serve_replicas(app_name: str, deployment: str) -> int | None:
-    """RUNNING replicas of one deployment, from Ray Serve's status (blocking)."""
+    """Replicas of one deployment that serve or are about to, from Ray Serve's status (blocking)."""
     from ray import serve
 
     app = serve.status().applications.get(app_name)
     if app is None or deployment not in app.deployments:
         return None
     states = app.deployments[deployment].replica_states
-    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) in SERVING_STATES))
 
 
 class LoadMonitor:

@@ -55,7 +55,9 @@ def test_killed_gateway_job_is_taken_over(client, serve_url):
     import ray
 
     video_id = _submit_and_wait_running(client)
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#Gateway#" in a["name"]]
+    # This app's gateway: the session runs a second app (tests/helpers/load_app.py).
+    prefix = f"SERVE_REPLICA::{APP_NAME}#Gateway#"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
     assert names, "no gateway replica found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     # Serve starts a new gateway; its dispatcher claims the job once the dead

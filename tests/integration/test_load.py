@@ -51,8 +51,11 @@ def test_a_burst_degrades_by_tier_then_refuses_with_retry_after(http):
 
 def test_queue_scales_the_denoiser_up_and_back_down_without_killing_a_job(http):
     wait_for(lambda: denoiser_replicas() == 1, 60, "one denoiser replica")
+    # 24 steps x 0.25 s: ~18 s of queued work, longer than a replica takes to
+    # start on a busy CI machine, so the second one surely comes up before the
+    # queue drains (and downscale_delay_s takes it away again).
     ids = [
-        http.post("/v1/videos", json={"prompt": f"scale {n}", **JOB, "quality": "exact"},
+        http.post("/v1/videos", json={"prompt": f"scale {n}", **JOB, "num_inference_steps": 24, "quality": "exact"},
                   headers={**bearer(ALICE), "Prefer": "respond-async"}).json()["id"]
         for n in range(QUEUE_PER_REPLICA)
     ]
