@@ -11,7 +11,6 @@ import pytest
 
 from serve_app.config import load_model_profile
 from tests.helpers.app import start_cluster_and_app, stats_of, stop_cluster
-from tests.helpers.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +27,9 @@ def tiny_profile():
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server for the session (tests use their own key prefixes or FLUSHDB)."""
+    # Imported here: the GPU image runs tests/gpu without the redis client installed.
+    from tests.helpers.redis_server import RedisServer
+
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
