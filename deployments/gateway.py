@@ -112,6 +112,7 @@ class Gateway:
         artifacts = open_artifact_store(service_args.artifact_store, service_args.data_path)
         estimator = StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
         hooks = webhook_config(service_args)
+        tiers = service_args.tier_table()  # read and checked once: admission and the OOM retry share it
         self.guard = AccessGuard(service_args.access)
 
         def free_job_slot(job) -> None:
@@ -136,7 +137,7 @@ class Gateway:
             cache=cache,
             max_attempts=service_args.job_max_attempts,
             on_finished=free_job_slot,
-            lower_memory=lowest_tier(service_args.tier_table()),
+            lower_memory=lowest_tier(tiers),
         )
         denoiser_options = service_args.stages.denoiser
         app_name = serve.get_replica_context().app_name
@@ -150,7 +151,7 @@ class Gateway:
             else (denoiser_options.autoscaling.initial_replicas or denoiser_options.autoscaling.min_replicas),
         )
         admission = Admission(
-            service_args.admission, service_args.tier_table(), estimator, denoiser_options.max_replicas
+            service_args.admission, tiers, estimator, denoiser_options.max_replicas
         )
         self.service = VideoService(
             args=service_args,

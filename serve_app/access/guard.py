@@ -3,13 +3,13 @@
 Order on a create (POST /v1/videos):
 
     principal = guard.authenticate(request.headers.get("authorization"))   # 401
-    guard.check_body_size(len(body))                                          # 413
     guard.check_rate(principal, "create")                                     # 429 rate_limited
     ... validate, cache lookup (a cache hit needs no job slot) ...
     guard.acquire_job(principal, job_id)                                      # 429 too_many_concurrent_jobs
     ... create the job, storing principal.id on it; if that fails: release_job ...
 
-every other route: `authenticate` then `check_rate(principal, "read")`; admin
+(the body's size, 413, is checked where the body is read: serve_app/api/routes.py,
+against `access.max_body_bytes`); every other route: `authenticate` then `check_rate(principal, "read")`; admin
 routes add `require_admin(principal)` (403). When a job reaches a terminal
 state, on whichever gateway replica that happens, `release_job(job.key_id,
 job.id)`; while it is unfinished, `touch_job` renews its slot's lease (the
@@ -30,7 +30,7 @@ from typing import Any
 from serve_app.access.config import AccessConfig
 from serve_app.access.keys import ApiKeys, Principal, require_admin
 from serve_app.access.limits import BucketKind, Limiters, open_limits
-from serve_app.errors import RequestTooLarge, ServiceUnavailable
+from serve_app.errors import ServiceUnavailable
 
 log = logging.getLogger("ray.serve")
 
@@ -61,16 +61,6 @@ class AccessGuard:
     def require_admin(principal: Principal) -> None:
         """403 unless the principal's key is an admin key."""
         require_admin(principal)
-
-    def check_body_size(self, n_bytes: int | None) -> None:
-        """413 if a body (or its Content-Length, checked before reading) is over `max_body_bytes`."""
-        limit = self.config.max_body_bytes
-        if n_bytes is not None and n_bytes > limit:
-            raise RequestTooLarge(
-                f"body has {n_bytes} bytes; at most {limit} are accepted (access.max_body_bytes)",
-                param="body",
-                max_body_bytes=limit,
-            )
 
     def check_rate(self, principal: Principal, kind: BucketKind = "create") -> None:
         """Spend one token of the principal's `kind` bucket (429 rate_limited with Retry-After if empty)."""

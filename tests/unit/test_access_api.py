@@ -129,3 +129,14 @@ def test_oversized_body_is_413(client):
     response = client.post("/v1/videos", content=b"{" + b" " * 70_000 + b"}", headers={
         **bearer(ALICE), "content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_body_size_limit_is_exact_and_a_413_with_the_numbers():
+    from serve_app.api.routes import _check_body_size
+    from serve_app.errors import RequestTooLarge
+
+    _check_body_size(2048, 2048)
+    _check_body_size(None, 2048)
+    with pytest.raises(RequestTooLarge, match="body has 2049 bytes; at most 2048") as err:
+        _check_body_size(2049, 2048)
+    assert err.value.status_code == 413
