@@ -7,7 +7,11 @@ One process, one set of random 5B weights (DiT, VAE and UMT5-XXL, bf16):
            output_type="np"), SDPA attention, no compile;
   project  encode_prompts -> denoise_optimized (regional compile, sync-free
            scheduler, guidance as one batch-2 forward, one timestep per sample,
-           the fastest SDPA kernel measured here) -> streaming VAE decode + mp4.
+           the fastest SDPA kernel measured here) -> streaming VAE decode + mp4
+           (fused norms). Prompt encoding as the prompt encoder does it: one
+           UMT5 pass per text, the presets' negative prompt from its per-text
+           cache (encoded once, as every replica does after its first request),
+           the prompt encoded every run; UMT5 compiled if that measured faster.
            It ends with an mp4 (the plain run with numpy frames), so it does
            more work, not less.
 Settings: preview (640x480x17, 20 steps), 832x480x81 (20 steps), official
@@ -16,13 +20,15 @@ step and are extrapolated to 50: total(3) + 47 x median step, printed as such).
 Guidance is the preset's (5.0; any value > 1 costs the same).
 Sections, in order: the card's bf16 matmul rate (8192^3); plain runs; the
 project's set-up (SDPA kernels timed at 720p, the fastest taken; compile and
-warm-up); VAE (bf16 vs fp32 PSNR, contiguous vs channels-last Conv3d weights,
-one-shot / streaming / tiled decode, x264 settings; the faster layout and mode
-stay on); the project's runs; the DiT's achieved share of the matmul rate
-(FLOPs from the architecture); cross-request batching at 1/2/4/8 requests;
-the fast tier (First-Block-Cache thresholds --fbc, FP8 with --fp8) with PSNR
-against the exact path on the same seed, and the chosen one at official for all
-50 steps; whole-forward CUDA graphs at preview; FP8 eager at 720p.
+warm-up); the text encoder eager vs compiled; VAE (bf16 vs fp32 PSNR,
+contiguous vs channels-last Conv3d weights, one-shot / streaming / tiled
+decode, x264 settings, fused norms; the faster layout and mode stay on, and so
+do the fused norms); the project's runs; the DiT's achieved share of the
+matmul rate (FLOPs from the architecture); cross-request batching at 1/2/4/8
+requests; the fast tier (First-Block-Cache thresholds --fbc, FP8 with --fp8)
+with PSNR against the exact path on the same seed, and the chosen one at
+official for all 50 steps; whole-forward CUDA graphs at preview; FP8 eager at
+720p.
 Every section is guarded: a failure is recorded and the rest still runs; the
 JSON is rewritten after each section (bench/results/gpu-<card>.json and, when
 set, $OUT/gpu-<card>.json), and the table is printed last. --smoke runs the
@@ -70,6 +76,7 @@ class Bench:
         self.device = "cuda" if self.cuda else "cpu"
         self.result: dict = {"profile": args.profile, "torch": torch.__version__, "sections": {}, "errors": {}}
         self.rows: list[dict] = []
+        self.negative_cache: dict = {}
 
     # --- plumbing ----------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -194,7 +201,7 @@ class Bench:
         from serve_app.pipeline.optimize import EXACT
 
         emb = stages.encode_prompts(self.pipe, params.prompt, params.negative_prompt, params.guidance_scale,
-                                    self.profile.max_sequence_length)
+                                    self.profile.max_sequence_length, encode=self.encode_with_cache)
         guard = StepGuard(Deadline.after(3600), params.num_inference_steps)
         latents = denoise_optimized(self.runtime, params, emb, guard,
                                     on_step=(lambda s, t: on_step(s)) if on_step else None, knobs=knobs or EXACT)
@@ -205,6 +212,19 @@ class Bench:
         if keep is not None:
             keep["decode_s"] = time.perf_counter() - decode_started
         return video
+
+    def encode_with_cache(self, text: str):
+        """The prompt encoder's per-text cache as the bench sees it: the presets' negative
+        prompt (every request that keeps the default shares it) is encoded once, the
+        prompt every run."""
+        from serve_app.pipeline import stages
+
+        negatives = {p.negative_prompt for p in load_presets().presets.values()}
+        if text not in negatives:
+            return stages.encode_text(self.pipe, text, self.profile.max_sequence_length)
+        if text not in self.negative_cache:
+            self.negative_cache[text] = stages.encode_text(self.pipe, text, self.profile.max_sequence_length)
+        return self.negative_cache[text]
 
     def frames_of(self, latents):
         import numpy as np
@@ -238,7 +258,7 @@ class Bench:
         self.timed(lambda: self.plain_call(warm))
         p = self.params("preview")
         times, peak = [], 0.0
-        for _ in range(2):
+        for _ in range(3):
             frames, t, peak = self.timed(lambda: self.plain_call(p))
             times.append(t)
         self.plain_preview_frames = frames_to_uint8(frames)
@@ -494,8 +514,55 @@ class Bench:
             data = encode_mp4(frames, s.fps, opts)
             presets[name] = {"s": round(time.perf_counter() - started, 3), "bytes": len(data)}
         out["x264_832x480x81"] = presets
+        out["fused_norms"] = self.fused_norms(lat, lat832, p.fps, s.fps)
         self.result["vae"] = out
         log(f"VAE: {out}")
+
+    def fused_norms(self, lat, lat832, fps, fps832) -> dict:
+        """Decode+mp4 with the VAE's norms compiled (SiLU folded in) vs as they are; they stay on."""
+        from serve_app.pipeline import stages
+        from serve_app.pipeline.optimize import fuse_vae_norms
+        from serve_app.video import frames_to_uint8
+
+        mode = self.decode_mode
+        before = frames_to_uint8(stages.decode_latents(self.pipe, lat))
+        out = {}
+        for label, z, f in (("preview", lat, fps), ("832x480x81", lat832, fps832)):
+            _, out[f"{label} unfused_s"], _ = self.timed(lambda: stages.decode_to_mp4(self.pipe, z, f, mode=mode))
+        out["norms"] = fuse_vae_norms(self.pipe.vae)
+        started = time.perf_counter()
+        for label, z, f in (("preview", lat, fps), ("832x480x81", lat832, fps832)):
+            stages.decode_to_mp4(self.pipe, z, f, mode=mode)  # compiles (symbolic shapes: once)
+            _, out[f"{label} fused_s"], _ = self.timed(lambda: stages.decode_to_mp4(self.pipe, z, f, mode=mode))
+        out["compile_s"] = round(time.perf_counter() - started, 1)
+        out["fused_vs_unfused_psnr_db"] = _psnr(frames_to_uint8(stages.decode_latents(self.pipe, lat)), before)
+        self.result["vae_fused_norms"] = True
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+    def text_encoder(self) -> None:
+        """One text through UMT5-XXL, eager vs regionally compiled; the faster stays on."""
+        from serve_app.pipeline import stages
+        from serve_app.pipeline.optimize import compile_text_encoder, uncompile_blocks
+
+        p = self.params("preview")
+        n = self.profile.max_sequence_length
+
+        def median(fn, runs=5):
+            return statistics.median(self.timed(fn)[1] for _ in range(runs))
+
+        out = {"eager_s": median(lambda: stages.encode_text(self.pipe, p.prompt, n))}
+        eager = stages.encode_text(self.pipe, p.prompt, n).float()
+        compile_text_encoder(self.pipe.text_encoder)
+        started = time.perf_counter()
+        compiled = stages.encode_text(self.pipe, p.prompt, n).float()
+        out["compile_s"] = round(time.perf_counter() - started, 1)
+        out["compiled_s"] = median(lambda: stages.encode_text(self.pipe, p.prompt, n))
+        out["max_abs_diff"] = float((compiled - eager).abs().max())
+        out["kept"] = "compiled" if out["compiled_s"] < out["eager_s"] * 0.97 else "eager"
+        if out["kept"] == "eager":
+            uncompile_blocks(self.pipe.text_encoder)
+        self.result["text_encoder"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+        log(f"text encoder: {self.result['text_encoder']}")
 
     def batching(self) -> None:
         from serve_app.pipeline import stages
@@ -730,6 +797,7 @@ def main() -> None:
     run("plain", bench.plain_runs, 60)
     run("setup_project", bench.setup_project, 60)
     if bench.result["sections"].get("setup_project", {}).get("ok"):
+        run("text_encoder", bench.text_encoder, 40)
         run("vae", bench.vae, 40)
         run("project", bench.project_runs, 40)
         run("dit_efficiency", bench.dit_efficiency, 30)

@@ -1,12 +1,14 @@
 """PromptEncoder: UMT5 turns the prompt and negative prompt into embeddings.
 
-Keeps the most recently used embeddings (`embedding_cache_size`): a repeated
-prompt with new settings (size, steps, seed) skips the text encoder.
+Keeps the most recently used embeddings per text (`embedding_cache_size`): a
+repeated prompt with new settings (size, steps, seed) skips the text encoder,
+and the default negative prompt, shared by nearly every request, is encoded
+once per replica, so a new prompt costs one text-encoder pass, not two.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+import functools
 from typing import Any
 
 from ray import serve
@@ -14,7 +16,8 @@ from ray import serve
 from deployments.base import ModelStage
 from serve_app import metrics
 from serve_app.deadline import Deadline
-from serve_app.pipeline.stages import PromptEmbeddings, encode_prompts, uses_guidance
+from serve_app.pipeline.optimize import compile_text_encoder
+from serve_app.pipeline.stages import PromptEmbeddings, encode_prompts, encode_text
 
 
 @serve.deployment
@@ -23,29 +26,26 @@ class PromptEncoder(ModelStage):
 
     def __init__(self, args: dict[str, Any]) -> None:
         super().__init__(args)
-        self._embeddings: OrderedDict[tuple, PromptEmbeddings] = OrderedDict()
-        self.counts: Counter[str] = Counter()
+        if self.profile.speed.text_encoder_compile:
+            compile_text_encoder(self.pipe.text_encoder)
+        # Thread-safe; maxsize 0 caches nothing (and still counts misses).
+        self._cached_text = functools.lru_cache(maxsize=self.args.embedding_cache_size)(self._text_uncached)
         if self.args.warmup:
             self._encode("warm up", "", 5.0)
 
-    def _encode(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
-        # Guidance only decides whether the negative prompt is encoded at all.
-        key = (prompt, negative_prompt, uses_guidance(guidance_scale))
-        cached = self._embeddings.get(key)
-        if cached is not None:
-            self._embeddings.move_to_end(key)
-            self.counts["hits"] += 1
+    def _text_uncached(self, text: str):
+        return encode_text(self.pipe, text, self.profile.max_sequence_length)
+
+    def _text(self, text: str):
+        hits = self._cached_text.cache_info().hits
+        embeds = self._cached_text(text)
+        if self._cached_text.cache_info().hits > hits:
             metrics.embedding_cache_hit()
-            return PromptEmbeddings(cached.prompt_embeds, cached.negative_prompt_embeds, 0.0)
-        self.counts["misses"] += 1
-        embeddings = encode_prompts(
-            self.pipe, prompt, negative_prompt, guidance_scale, self.profile.max_sequence_length
-        )
-        if self.args.embedding_cache_size:
-            self._embeddings[key] = embeddings
-            while len(self._embeddings) > self.args.embedding_cache_size:
-                self._embeddings.popitem(last=False)
-        return embeddings
+        return embeds
+
+    def _encode(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
+        return encode_prompts(self.pipe, prompt, negative_prompt, guidance_scale, self.profile.max_sequence_length,
+                              encode=self._text)
 
     async def encode(
         self, prompt: str, negative_prompt: str, guidance_scale: float, deadline: Deadline
@@ -54,6 +54,6 @@ class PromptEncoder(ModelStage):
         return await self.run_model(self._encode, prompt, negative_prompt, guidance_scale)
 
     async def stats(self) -> dict:
-        """Embedding-cache hits and misses (for operators and tests)."""
-        return {"embedding_hits": self.counts["hits"], "embedding_misses": self.counts["misses"],
-                "embedding_entries": len(self._embeddings)}
+        """Embedding-cache hits and misses, per text (for operators and tests)."""
+        info = self._cached_text.cache_info()
+        return {"embedding_hits": info.hits, "embedding_misses": info.misses, "embedding_entries": info.currsize}

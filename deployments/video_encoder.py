@@ -57,7 +57,8 @@ class VideoEncoder(ModelStage):
     async def describe(self) -> dict[str, Any]:
         out = await super().describe()
         out["decode"] = {"mode": self.speed.decode, "tile_on_oom": self.speed.tile_on_oom,
-                         "vae_channels_last": self.speed.vae_channels_last}
+                         "vae_channels_last": self.speed.vae_channels_last,
+                         "vae_fused_norms": self.speed.vae_fused_norms}
         return out
 
 

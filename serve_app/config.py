@@ -411,7 +411,8 @@ class ServiceArgs(StrictModel):
         900.0, gt=0, description="How long a single-flight claim holds if its job never reports back."
     )
     embedding_cache_size: int = Field(
-        64, ge=0, description="Prompt embeddings kept by each prompt-encoder replica (LRU; 0 turns it off)."
+        64, ge=0, description="Texts (prompts and negative prompts) whose embeddings each prompt-encoder replica "
+        "keeps (LRU; 0 turns it off)."
     )
     admin_key_env: str = Field(
         "WAN_SERVE_ADMIN_KEY", description="Environment variable holding the admin key (cache purge); unset "

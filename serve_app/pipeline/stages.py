@@ -39,23 +39,41 @@ def uses_guidance(guidance_scale: float) -> bool:
     return guidance_scale > 1.0
 
 
-def encode_prompts(pipe, prompt: str, negative_prompt: str, guidance_scale: float, max_sequence_length: int):
-    import time
+def encode_text(pipe, text: str, max_sequence_length: int):
+    """One text's UMT5 embeddings [1, seq, dim] on the CPU.
 
+    WanPipeline.encode_prompt encodes the prompt and the negative prompt in
+    two separate text-encoder passes; this is one of them, so a caller can
+    keep each text's embeddings on its own (the default negative prompt is
+    the same for nearly every request).
+    """
     import torch
 
-    started = time.perf_counter()
-    device = pipe._execution_device
     with torch.inference_mode():
-        pe, npe = pipe.encode_prompt(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            do_classifier_free_guidance=uses_guidance(guidance_scale),
+        embeds, _ = pipe.encode_prompt(
+            prompt=text,
+            do_classifier_free_guidance=False,
             num_videos_per_prompt=1,
             max_sequence_length=max_sequence_length,
-            device=device,
+            device=pipe.text_encoder.device,
         )
-    return PromptEmbeddings(pe.cpu(), None if npe is None else npe.cpu(), time.perf_counter() - started)
+    return embeds.cpu()
+
+
+def encode_prompts(pipe, prompt: str, negative_prompt: str, guidance_scale: float, max_sequence_length: int,
+                   encode: Callable[[str], object] | None = None) -> PromptEmbeddings:
+    """The prompt's embeddings, and the negative prompt's when guidance is on.
+
+    `encode(text)` replaces `encode_text` (the prompt encoder passes its
+    per-text cache); the result equals WanPipeline.encode_prompt's.
+    """
+    import time
+
+    started = time.perf_counter()
+    encode = encode or (lambda text: encode_text(pipe, text, max_sequence_length))
+    prompt_embeds = encode(prompt)
+    negative = encode(negative_prompt) if uses_guidance(guidance_scale) else None
+    return PromptEmbeddings(prompt_embeds, negative, time.perf_counter() - started)
 
 
 def denoise(

@@ -74,9 +74,22 @@ def test_identical_concurrent_requests_share_one_generation(serve_url, client, d
 def test_new_settings_reuse_the_prompt_embeddings(client, encoder_stats):
     body = {"prompt": "embeddings are reused", **SMALL}
     client.post("/v1/videos", json={**body, "seed": 1})
-    hits = encoder_stats()["embedding_hits"]
+    before = encoder_stats()
     client.post("/v1/videos", json={**body, "seed": 2, "num_inference_steps": 2})
-    assert encoder_stats()["embedding_hits"] == hits + 1
+    after = encoder_stats()
+    # Both texts (the prompt and the default negative prompt) came from the cache.
+    assert after["embedding_hits"] == before["embedding_hits"] + 2
+    assert after["embedding_misses"] == before["embedding_misses"]
+
+
+def test_a_new_prompt_encodes_only_itself(client, encoder_stats):
+    """The default negative prompt is kept per text: a new prompt costs one encoder pass, not two."""
+    client.post("/v1/videos", json={"prompt": "the negative prompt gets encoded here", "seed": 3, **SMALL})
+    before = encoder_stats()
+    client.post("/v1/videos", json={"prompt": "a prompt never seen before", "seed": 3, **SMALL})
+    after = encoder_stats()
+    assert after["embedding_misses"] == before["embedding_misses"] + 1
+    assert after["embedding_hits"] == before["embedding_hits"] + 1
 
 
 def test_admin_stats_delete_and_purge(client):

@@ -217,6 +217,46 @@ def test_decode_to_mp4_equals_one_shot_encode(pipes, latents, mode):
     assert not pipes["video_encoder"].vae.use_tiling  # tiling switched back off
 
 
+def test_fused_vae_norms_decode_like_diffusers(tiny_profile, data_dir, latents):
+    """Inductor-compiled norms (SiLU folded in) on a VAE of its own: same frames within float32 rounding."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock, WanRMS_norm
+
+    from serve_app.pipeline.optimize import fuse_vae_norms
+
+    pipe = load_pipeline(tiny_profile, data_dir, "video_encoder")
+    eager = stages.decode_latents(pipe, latents)
+    norms = [m for m in pipe.vae.decoder.modules() if isinstance(m, WanRMS_norm)]
+    blocks = [m for m in pipe.vae.decoder.modules() if isinstance(m, WanResidualBlock)]
+    try:
+        assert fuse_vae_norms(pipe.vae) == len(norms) > 2 * len(blocks) > 0
+        assert all(isinstance(b.nonlinearity, torch.nn.Identity) for b in blocks)
+        fused = stages.decode_latents(pipe, latents)
+    finally:
+        torch._dynamo.reset()
+    assert fused.shape == eager.shape
+    np.testing.assert_allclose(fused, eager, rtol=0, atol=COMPILE_ATOL)
+    assert np.abs(eager - eager.mean()).max() > 0.05  # real frames, not a flat grey
+
+
+def test_compiled_text_encoder_equals_eager(tiny_profile, data_dir):
+    import torch
+
+    from serve_app.pipeline.optimize import compile_text_encoder
+
+    pipe = load_pipeline(tiny_profile, data_dir, "prompt_encoder")
+    eager = stages.encode_prompts(pipe, "a red fox", "blurry", 5.0, tiny_profile.max_sequence_length)
+    try:
+        assert compile_text_encoder(pipe.text_encoder) == pipe.text_encoder.config.num_layers
+        compiled = stages.encode_prompts(pipe, "a red fox", "blurry", 5.0, tiny_profile.max_sequence_length)
+    finally:
+        torch._dynamo.reset()
+    for ours, theirs in ((compiled.prompt_embeds, eager.prompt_embeds),
+                         (compiled.negative_prompt_embeds, eager.negative_prompt_embeds)):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=COMPILE_ATOL)
+    assert eager.prompt_embeds.abs().max() > 0.1
+
+
 def test_previews_see_the_jobs_x0_estimate_every_step(pipes, tiny_profile):
     params = _params()
     seen = []

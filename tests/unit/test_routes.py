@@ -110,6 +110,10 @@ def test_create_video(client, generator):
     params, deadline = generator.calls[0]
     assert params.seed == 11
     assert 0 < deadline.remaining() <= ServiceArgs().default_deadline_s
+    # The gateway's share of the answer, and within it the body read.
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(timing) == {"body", "gateway"}
+    assert 0 <= float(timing["body"]) <= float(timing["gateway"])
 
 
 def test_progress_is_recorded_as_events(client, store):
