@@ -29,7 +29,7 @@ REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 17, 
 
 
 class Service:
-    def __init__(self, tmp_path, **admission) -> None:
+    def __init__(self, tmp_path, profile=None, **admission) -> None:
         self.args = ServiceArgs(data_dir=str(tmp_path), admission={"max_queue_per_replica": 4, **admission})
         self.store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
         self.generator = FakeGenerator()
@@ -43,7 +43,7 @@ class Service:
         self.load = LoadMonitor(active_jobs=lambda: self.store.active(100), estimator=self.estimator,
                                 replicas=lambda: 1, gpu_utilization=None, refresh_s=1, initial_replicas=1)
         self.service = VideoService(
-            args=self.args, profile=load_model_profile("tiny"), catalog=self.args.preset_catalog(),
+            args=self.args, profile=profile or load_model_profile("tiny"), catalog=self.args.preset_catalog(),
             store=self.store, artifacts=artifacts, runner=runner, estimator=self.estimator, cache=self.cache,
             cache_index=open_cache_index("", self.args.data_path),
             admission=Admission(self.args.admission, self.args.tier_table(), self.estimator, 1), load=self.load,
