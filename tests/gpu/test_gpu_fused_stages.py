@@ -1,7 +1,7 @@
 """On a GPU: the compiled text encoder and the VAE's fused norms give eager's answer (5B random, bf16).
 
 The shipped GPU profiles turn both on (`speed.text_encoder_compile`,
-`speed.vae_fused_norms`). Tolerance: relative L2 error below REL_TOL, the
+`speed.vae_fused_norms`). Tolerance: relative L2 error below BF16_REL_TOL, the
 bound tests/gpu/test_gpu_exact_path.py states for reordered bf16 arithmetic;
 the fused norm computes in float32 like the eager one, so the difference is
 the rounding of the casts around it. A wrong wiring (a norm or an activation
@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.tensors import BF16_REL_TOL, relative_error
+
 torch = pytest.importorskip("torch")
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-
-REL_TOL = 0.05
-
-
-def _rel(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +45,8 @@ def test_compiled_text_encoder_matches_eager(profile, tmp_path):
     for ours, theirs in zip(compiled, eager):
         assert ours.shape == theirs.shape
         assert torch.isfinite(theirs.float()).all()
-        assert _rel(ours, theirs) < REL_TOL
-    assert _rel(eager[0], eager[1]) > 0.3  # two texts really differ
+        assert relative_error(ours, theirs) < BF16_REL_TOL
+    assert relative_error(eager[0], eager[1]) > 0.3  # two texts really differ
 
 
 def test_fused_vae_norms_decode_like_eager(profile, tmp_path):
@@ -68,5 +64,5 @@ def test_fused_vae_norms_decode_like_eager(profile, tmp_path):
     finally:
         torch._dynamo.reset()
     assert fused.shape == eager.shape == (9, 480, 640, 3)
-    assert _rel(fused, eager) < REL_TOL
-    assert _rel(other, eager) > 5 * _rel(fused, eager)  # other latents are told apart
+    assert relative_error(fused, eager) < BF16_REL_TOL
+    assert relative_error(other, eager) > 5 * relative_error(fused, eager)  # other latents are told apart
