@@ -69,6 +69,21 @@ class VideoError(BaseModel):
     message: str
 
 
+class ErrorDetail(BaseModel):
+    """What every 4xx/5xx answer carries (serve_app/errors.py); some codes add fields (e.g. retry_after_s)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="Stable, machine-readable: switch on this (e.g. invalid_request, over_capacity).")
+    message: str = Field(description="For people; may change between versions.")
+    type: str = Field(description="OpenAI-style class: invalid_request_error, rate_limit_error, server_error, ...")
+    param: str | None = Field(None, description="The request field at fault, when one is.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
 class VideoTimings(BaseModel):
     prompt_encode_s: float | None = None
     denoise_s: float | None = None

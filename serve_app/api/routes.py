@@ -22,7 +22,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve_app.api.protocol import CreateVideoRequest, HealthResponse, VideoDeleted, VideoList, VideoObject
+from serve_app.api.protocol import (
+    CreateVideoRequest, ErrorResponse, HealthResponse, VideoDeleted, VideoList, VideoObject,
+)
 from serve_app.api.service import Preference, VideoService
 from serve_app.access.keys import Principal
 from serve_app.errors import InvalidRequest, RequestTooLarge, ServiceError
@@ -184,11 +186,26 @@ CREATE_BODY_DOC = {
 }
 
 
+# Documented on every operation, so /openapi.json shows the error shape clients
+# really get (and not FastAPI's own 422 body, which this service never sends).
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (401, "No or unknown API key (when keys are on)"),
+        (404, "No such video, file or route"),
+        (422, "A field is outside what the service accepts; `param` names it"),
+        (429, "Rate, concurrency or capacity limit: retry after the Retry-After header"),
+        (503, "Overloaded, or a stage is down: retry after the Retry-After header"),
+    )
+}
+
+
 def create_app(service: VideoService) -> FastAPI:
     app = FastAPI(
         title="Wan2.2 text-to-video",
         version="0.1.0",
         description="Text-to-video generation (Wan2.2-TI2V-5B) on Ray Serve, OpenAI-style /v1/videos.",
+        responses=ERROR_RESPONSES,
     )
     # Which gateway replica answered (a create's result or any service error):
     # operators correlate it with that replica's log.

@@ -276,3 +276,19 @@ def test_presets(client):
     assert body["default_preset"] == "preview"
     assert body["presets"]["official"]["width"] == 1280
     assert body["limits"]["max_frames"] == 121
+
+
+def test_openapi_documents_the_error_shape_the_service_sends(client):
+    """/openapi.json shows our error body for 422 (not FastAPI's), and a real 422 fits it."""
+    from serve_app.api.protocol import ErrorResponse
+
+    spec = client.get("/openapi.json").json()
+    create = spec["paths"]["/v1/videos"]["post"]["responses"]
+    assert create["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for status in ("401", "404", "429", "503"):
+        assert status in spec["paths"]["/v1/videos/{video_id}"]["get"]["responses"]
+    rejected = client.post("/v1/videos", json={**REQUEST, "width": -1})
+    assert rejected.status_code == 422
+    error = ErrorResponse.model_validate(rejected.json()).error
+    assert (error.code, error.param) == ("invalid_request", "width")
