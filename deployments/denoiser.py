@@ -22,6 +22,7 @@ from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.messages import DenoisedLatents, StepProgress
 from serve_app.params import GenerationParams
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
 from serve_app.pipeline.optimize import EXACT, DenoiserRuntime, FastKnobs
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
 from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
@@ -50,6 +51,9 @@ class Denoiser(ModelStage):
         if self.runtime is not None and speed.batching.enabled:
             self.batcher = StepBatcher(self.runtime, speed.batching.max_requests, speed.batching.max_tokens)
         self._batch_loops: set[asyncio.Future] = set()
+        swept = sweep(self.args.checkpoint_path, self.args.checkpoint_ttl_s)
+        if swept:
+            log.info("removed %d stale denoising checkpoints", swept)
         if self.args.warmup:
             self._warm_up()
 
@@ -76,12 +80,21 @@ class Denoiser(ModelStage):
                   for n in self.profile.speed.warmup_presets]
         self.runtime.warm_up(shapes, self.profile.max_sequence_length)
 
+    def _checkpoints(self, job_id: str | None, params: GenerationParams, knobs: FastKnobs) -> LoopCheckpoints | None:
+        """The job's checkpoint file, where this replica's loop can save and resume one."""
+        if not job_id or not self.args.checkpoint_every_s or self.runtime is None or self.batcher is not None:
+            return None
+        request = fingerprint(self.profile.identity, params.model_dump_json(), knobs.model_dump_json())
+        return LoopCheckpoints(self.args.checkpoint_path, job_id, request, self.args.checkpoint_every_s)
+
     async def denoise(
         self, params: GenerationParams, embeddings: PromptEmbeddings, deadline: Deadline,
-        knobs: FastKnobs | dict | None = None,
+        knobs: FastKnobs | dict | None = None, job_id: str | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
-        """`knobs`: a fast tier's quality-changing speed-ups (optimize.FastKnobs); None is the exact path."""
+        """`knobs`: a fast tier's quality-changing speed-ups (optimize.FastKnobs); None is the exact path.
+        `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one."""
         knobs = EXACT if knobs is None else FastKnobs.model_validate(knobs)
+        checkpoints = self._checkpoints(job_id, params, knobs)
         if self.runtime is None and not knobs.exact:
             raise ValueError(f"fast knobs {knobs} need profile speed.optimized_loop: true on this model")
         guard = StepGuard(deadline, params.num_inference_steps)
@@ -117,11 +130,11 @@ class Denoiser(ModelStage):
                                       self.profile.max_sequence_length, on_latents=on_latents)
                 else:
                     latents = denoise_optimized(self.runtime, params, embeddings, guard, on_step, knobs,
-                                                on_latents=on_latents)
+                                                on_latents=on_latents, checkpoints=checkpoints)
             except BaseException as exc:
-                self._record(exc, guard)
+                self._record(exc, guard, checkpoints)
                 raise
-            self._record(None, guard)
+            self._record(None, guard, checkpoints)
             # numpy, not torch: the gateway relays this message and must never
             # import torch (a first torch import inside Ray's deserialisation
             # thread segfaulted the gateway on the GPU image).
@@ -177,7 +190,7 @@ class Denoiser(ModelStage):
             out["speed"] = speed
         return out
 
-    def _record(self, exc: BaseException | None, guard: StepGuard) -> None:
+    def _record(self, exc: BaseException | None, guard: StepGuard, checkpoints: LoopCheckpoints | None = None) -> None:
         if exc is None:
             outcome = "completed"
         elif isinstance(exc, DeadlineExceeded):
@@ -188,6 +201,10 @@ class Denoiser(ModelStage):
             outcome = "failed"
         self.outcomes[outcome] += 1
         self.last_run = {"outcome": outcome, "steps_done": guard.steps_done, "total_steps": guard.total_steps}
+        if checkpoints is not None:
+            self.last_run.update(resumed_from_step=checkpoints.resumed_from, checkpoints_saved=checkpoints.saved)
+            if checkpoints.resumed_from:
+                self.outcomes["resumed"] += 1
 
     async def stats(self) -> dict[str, Any]:
         """Outcome counters and the last run's step count (for operators and tests)."""

@@ -368,6 +368,19 @@ class ServiceArgs(StrictModel):
     previews: PreviewOptions = Field(
         default_factory=PreviewOptions, description="Previews of the video while it denoises."
     )
+    checkpoint_every_s: float = Field(
+        30.0, ge=0, description="Save a denoising job's loop state this often (seconds of loop time), so a rerun "
+        "after its denoiser replica died resumes at the last saved step instead of step 0; 0 turns it off. A "
+        "720p checkpoint is ~85 MB (latents and the sampler's last outputs). Exact-path jobs of the single-request "
+        "loop only (not with batching.enabled or a step cache).",
+    )
+    checkpoint_dir: str = Field(
+        "", description="Where checkpoints are written ('' = <data_dir>/checkpoints). With denoisers on several "
+        "nodes it must be shared storage, or a rerun on another node starts at step 0.",
+    )
+    checkpoint_ttl_s: float = Field(
+        86400.0, gt=0, description="Checkpoints not written for this long are removed (jobs that ended elsewhere).",
+    )
     sync_budget_s: float = Field(
         15.0, ge=0, description="A request whose estimated finish is within this many seconds is answered "
         "synchronously (200 with the finished video); later ones become jobs (202, status queued)."
@@ -481,3 +494,7 @@ class ServiceArgs(StrictModel):
     @property
     def data_path(self) -> Path:
         return resolve(self.data_dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return resolve(self.checkpoint_dir) if self.checkpoint_dir else self.data_path / "checkpoints"

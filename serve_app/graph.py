@@ -59,13 +59,15 @@ class StageGraph:
         self.video_encoder = video_encoder
 
     async def generate(
-        self, params: GenerationParams, deadline: Deadline, on_progress: ProgressCallback | None = None
+        self, params: GenerationParams, deadline: Deadline, on_progress: ProgressCallback | None = None,
+        job_id: str | None = None,
     ) -> GraphResult:
+        """`job_id` names the denoiser's loop checkpoint: a rerun of the same job resumes from it."""
         progress = _Progress()
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
-                self._run(params, deadline, progress, on_progress, started),
+                self._run(params, deadline, progress, on_progress, started, job_id),
                 timeout=max(0.0, deadline.remaining()) + DEADLINE_GRACE_S,
             )
         except asyncio.TimeoutError:
@@ -84,11 +86,12 @@ class StageGraph:
         progress: _Progress,
         on_progress: ProgressCallback | None,
         started: float,
+        job_id: str | None,
     ) -> GraphResult:
         embeddings = self.prompt_encoder.encode.remote(
             params.prompt, params.negative_prompt, params.guidance_scale, deadline
         )
-        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline, params.fast)
+        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline, params.fast, job_id)
         latents: DenoisedLatents | None = None
         try:
             async for message in stream:

@@ -221,7 +221,8 @@ class JobRunner:
         """Run the graph, and run it again when that can help:
 
         - a stage's replica died under the job (killed, node lost): the same
-          settings, on a live or replacement replica (Ray routes the retry);
+          settings, on a live or replacement replica (Ray routes the retry),
+          resuming the denoising loop from its last checkpoint (`job_id`);
         - the denoiser ran out of GPU memory: once, at the lowest quality tier,
           which the answer then reports (`tier`, `requested`).
 
@@ -229,7 +230,8 @@ class JobRunner:
         params = job.params
         while True:
             try:
-                return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress)
+                return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress,
+                                                     job_id=job_id)
             except StageLost as exc:
                 error, current = exc, self._next_attempt(job_id, exc)
             except GpuOutOfMemory as exc:

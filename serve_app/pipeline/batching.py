@@ -193,11 +193,15 @@ def _step_cache(transformer, knobs: FastKnobs):
 
 
 def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: StepGuard,
-                      on_step: StepCallback | None = None, knobs: FastKnobs = EXACT, on_latents=None):
+                      on_step: StepCallback | None = None, knobs: FastKnobs = EXACT, on_latents=None,
+                      checkpoints=None):
     """One request through the project's loop; latents on the CPU, or raises why it stopped.
 
     `runtime` is a `DenoiserRuntime` (optimize.py). Checks `guard` after every
-    step, like `stages.denoise`.
+    step, like `stages.denoise`. `checkpoints` (checkpoint.LoopCheckpoints)
+    resumes the loop from its saved step and saves it on its cadence; a step
+    cache keeps hook state outside the loop, so such a job neither saves nor
+    resumes.
     """
     import torch
 
@@ -205,14 +209,26 @@ def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: Step
         guard.raise_stop()
     transformer = runtime.transformer_for(knobs)
     cfg_batch = runtime.speed.cfg_batch
+    if knobs.step_cache_threshold is not None:
+        checkpoints = None
     with torch.inference_mode():
         job = start_job(runtime.pipe, params, embeddings, guard, on_step, knobs, dtype=runtime.dtype,
                         on_latents=on_latents)
-        with _step_cache(transformer, knobs):
-            while not job.finished:
-                step_jobs(transformer, [job], cfg_batch=cfg_batch, runtime=runtime)
-                if guard.should_stop() and not job.finished:
-                    guard.raise_stop()
+        if checkpoints is not None and checkpoints.restore(job) and on_step is not None:
+            on_step(job.step, len(job.timesteps))  # progress picks up where the lost run left it
+        try:
+            with _step_cache(transformer, knobs):
+                while not job.finished:
+                    step_jobs(transformer, [job], cfg_batch=cfg_batch, runtime=runtime)
+                    if guard.should_stop() and not job.finished:
+                        guard.raise_stop()
+                    if checkpoints is not None:
+                        checkpoints.maybe_save(job)
+        finally:
+            # Finished, stopped or failed here: nobody resumes this run. (A
+            # replica that dies never gets here, and that is what the file is for.)
+            if checkpoints is not None:
+                checkpoints.discard()
     return job.latents.cpu()
 
 

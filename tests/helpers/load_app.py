@@ -18,6 +18,7 @@ CAROL = "wan_carol-secret-0123456789abcdef"  # one unfinished job at a time
 # 8 steps x 0.25 s: a job holds the denoiser about 2 s.
 JOB = {"width": 64, "height": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 8, "cache": False}
 STEP_DELAY_S = 0.25
+CHECKPOINT_EVERY_S = 0.4
 QUEUE_PER_REPLICA = 3
 
 
@@ -47,6 +48,8 @@ def load_app_args(data_dir, redis_url: str):
         },
         admission={"enabled": True, "max_queue_per_replica": QUEUE_PER_REPLICA, "refresh_s": 0.2},
         faults={"step_delay_s": STEP_DELAY_S},
+        # A few checkpoints per job, so a killed denoiser's job resumes mid-loop.
+        checkpoint_every_s=CHECKPOINT_EVERY_S,
         stages={
             "gateway": {"num_replicas": 2, "max_ongoing_requests": 64},
             "denoiser": {"max_ongoing_requests": 1, "autoscaling": {

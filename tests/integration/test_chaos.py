@@ -70,6 +70,30 @@ def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http):
         assert content.status_code == 200 and content.content[4:8] == b"ftyp"
 
 
+def test_a_killed_denoisers_job_resumes_at_its_last_checkpoint(http):
+    """The load app checkpoints every CHECKPOINT_EVERY_S: the rerun starts where the lost run saved, not at 0."""
+    wait_for(lambda: denoiser_replicas() >= 1, 60, "a live denoiser replica")
+    video_id = submit(http, "resume after a kill")
+
+    def past_half() -> bool:
+        video = http.get(f"/v1/videos/{video_id}", headers=bearer(ALICE)).json()
+        return video["status"] == "in_progress" and 50 <= video["progress"] < 90
+
+    wait_for(past_half, 60, "the job to be past half its steps")
+    assert kill_replicas("Denoiser") >= 1
+    (video,) = wait_done(http, [video_id], ALICE, timeout_s=120)
+    assert video["status"] == "completed"
+    events = events_of(http, video_id)
+    types = [e["type"] for e in events]
+    retry = types.index("retry")
+    before = [e["step"] for e in events[:retry] if e["type"] == "progress"]
+    after = [e["step"] for e in events[retry:] if e["type"] == "progress"]
+    # Saved at least once before the kill (steps take STEP_DELAY_S), so the
+    # rerun's first report is a step the lost run had reached, not step 1.
+    assert max(before) >= 4 and 2 <= after[0] <= max(before), (before, after)
+    assert after[-1] == JOB["num_inference_steps"]
+
+
 def test_redis_restart_is_a_503_meanwhile_and_then_the_service_recovers(http, load_redis):
     running = submit(http, "through a redis restart")
     wait_for(lambda: denoising(http, running), 60, "the job to be mid-denoising")

@@ -92,7 +92,7 @@ class HeldGenerator(FakeGenerator):
         super().__init__()
         self.release = threading.Event()
 
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         while not self.release.is_set():
             await asyncio.sleep(0.01)
         return await super().generate(params, deadline, on_progress)

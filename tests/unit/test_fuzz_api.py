@@ -53,7 +53,7 @@ TINY_MP4 = encode_mp4(np.full((5, 64, 64, 3), 90, dtype=np.uint8), 8)
 class InstantGenerator:
     """Finishes every job at once with the same tiny mp4: fuzzing is about the API, not pixels."""
 
-    async def generate(self, params, deadline, on_progress=None) -> GraphResult:
+    async def generate(self, params, deadline, on_progress=None, job_id=None) -> GraphResult:
         video = EncodedVideo(mp4=TINY_MP4, num_frames=params.num_frames, width=params.width,
                              height=params.height, fps=params.fps, decode_s=0.0, encode_s=0.0)
         return GraphResult(video=video, prompt_encode_s=0.0, denoise_s=0.0, total_s=0.0)

@@ -40,7 +40,7 @@ class Generator:
     def __init__(self) -> None:
         self.error: BaseException | None = None
 
-    async def generate(self, params, deadline, on_progress=None) -> GraphResult:
+    async def generate(self, params, deadline, on_progress=None, job_id=None) -> GraphResult:
         if self.error is not None:
             raise self.error
         video = EncodedVideo(mp4=MP4, num_frames=5, width=64, height=64, fps=8, decode_s=0.0, encode_s=0.0)

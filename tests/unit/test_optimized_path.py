@@ -24,6 +24,7 @@ from serve_app.deadline import Deadline, StepGuard
 from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+from serve_app.pipeline.checkpoint import LoopCheckpoints, sweep
 from serve_app.pipeline.loading import load_pipeline
 from serve_app.pipeline.optimize import DenoiserRuntime, FastKnobs, SpeedOptions
 from serve_app.video import REPRODUCIBLE_CODEC_OPTIONS, decode_mp4, frames_to_uint8
@@ -91,6 +92,81 @@ def test_optimized_loop_stops_at_the_guard(pipes, tiny_profile):
     with pytest.raises(RequestCancelled):
         denoise_optimized(runtime, params, _embeddings(pipes, params, tiny_profile), guard, on_step=cancel_after_two)
     assert guard.steps_done == 2
+
+
+class _ReplicaDied(BaseException):
+    """Stands in for the process going away mid-loop."""
+
+
+class _DeadReplicaCheckpoints(LoopCheckpoints):
+    """Checkpoints as a replica that dies leaves them: saved, never cleaned up."""
+
+    def discard(self) -> None:
+        pass
+
+
+def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipes, tiny_profile, tmp_path):
+    params = _params(num_inference_steps=6)
+    emb = _embeddings(pipes, params, tiny_profile)
+    runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
+    whole = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
+
+    def die_at_four(step, total):
+        if step == 4:
+            raise _ReplicaDied
+
+    first = _DeadReplicaCheckpoints(tmp_path, "video_job1", "request-a", every_s=0)
+    with pytest.raises(_ReplicaDied):
+        denoise_optimized(runtime, params, emb, _guard(params), on_step=die_at_four, checkpoints=first)
+    assert first.saved == 3 and (tmp_path / "video_job1.pt").is_file()  # after steps 1, 2 and 3
+
+    steps = []
+    again = LoopCheckpoints(tmp_path, "video_job1", "request-a", every_s=3600)
+    resumed = denoise_optimized(runtime, params, emb, _guard(params), on_step=lambda s, t: steps.append(s),
+                                checkpoints=again).numpy()
+    assert again.resumed_from == 3 and steps == [3, 4, 5, 6]  # progress picks up at the saved step
+    np.testing.assert_array_equal(resumed, whole)  # the same math, in the same order: bit for bit
+    assert not (tmp_path / "video_job1.pt").exists()  # a finished loop leaves no checkpoint
+
+
+def test_a_checkpoint_of_other_settings_or_a_torn_file_is_ignored(pipes, tiny_profile, tmp_path):
+    params = _params(num_inference_steps=4)
+    emb = _embeddings(pipes, params, tiny_profile)
+    runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
+    whole = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
+
+    def die_at_three(step, total):
+        if step == 3:
+            raise _ReplicaDied
+
+    with pytest.raises(_ReplicaDied):
+        denoise_optimized(runtime, params, emb, _guard(params), on_step=die_at_three,
+                          checkpoints=_DeadReplicaCheckpoints(tmp_path, "video_job2", "request-a", every_s=0))
+    # A rerun with other settings (the lower tier after an OOM, say) starts over.
+    other = LoopCheckpoints(tmp_path, "video_job2", "request-b", every_s=3600)
+    np.testing.assert_array_equal(denoise_optimized(runtime, params, emb, _guard(params), checkpoints=other).numpy(),
+                                  whole)
+    assert other.resumed_from == 0
+    (tmp_path / "video_job3.pt").write_bytes(b"half a checkpoint")
+    torn = LoopCheckpoints(tmp_path, "video_job3", "request-a", every_s=3600)
+    np.testing.assert_array_equal(denoise_optimized(runtime, params, emb, _guard(params), checkpoints=torn).numpy(),
+                                  whole)
+    assert torn.resumed_from == 0
+
+
+def test_stale_checkpoints_are_swept(tmp_path):
+    import os
+    import time
+
+    old, fresh = tmp_path / "video_old.pt", tmp_path / "video_fresh.pt"
+    for path in (old, fresh):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert sweep(tmp_path, older_than_s=3600) == 1
+    assert fresh.exists() and not old.exists()
+    assert sweep(tmp_path / "missing", 1) == 0
+    with pytest.raises(ValueError):
+        LoopCheckpoints(tmp_path, "../escape", "r", every_s=1)
 
 
 def test_compiled_blocks_equal_eager_and_share_one_graph(pipes, tiny_profile, data_dir):

@@ -267,7 +267,7 @@ def test_runner_puts_previews_in_progress_events_only_when_small(tmp_path):
     huge = "data:image/jpeg;base64," + "A" * MAX_PREVIEW_CHARS
 
     class Steps:
-        async def generate(self, params, deadline, on_progress=None):
+        async def generate(self, params, deadline, on_progress=None, job_id=None):
             on_progress(StepProgress(1, 3, preview=small))
             on_progress(StepProgress(2, 3))
             on_progress(StepProgress(3, 3, preview=huge))

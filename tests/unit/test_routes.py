@@ -33,7 +33,7 @@ class FakeGenerator:
         self.error: BaseException | None = None
         self.mid_run = None  # called after the first progress report, while the job runs
 
-    async def generate(self, params, deadline, on_progress=None) -> GraphResult:
+    async def generate(self, params, deadline, on_progress=None, job_id=None) -> GraphResult:
         self.calls.append((params, deadline))
         if self.error is not None:
             raise self.error

@@ -62,7 +62,7 @@ class _Forever:
     def __init__(self) -> None:
         self.started = asyncio.Event()
 
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         self.started.set()
         await asyncio.Event().wait()
 
@@ -106,7 +106,7 @@ def test_a_job_interrupted_too_often_fails_instead_of_looping(parts):
 class _InnerCancel:
     """A stage call cancelled from inside (a replica going away), not the runner's task."""
 
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         inner = asyncio.get_running_loop().create_future()
         inner.cancel()
         await inner
@@ -128,7 +128,7 @@ def test_inner_cancellation_fails_the_job_rather_than_handing_it_back(parts):
 
 
 class _Broken:
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         raise RuntimeError("boom")
 
 
@@ -158,7 +158,7 @@ class _LosesReplicas:
     def __init__(self, losses: int) -> None:
         self.losses, self.runs = losses, 0
 
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         from serve_app.errors import StageLost
         from tests.unit.test_routes import FakeGenerator
 
@@ -197,7 +197,7 @@ class _DenoiserOutOfMemory:
     def __init__(self) -> None:
         self.calls: list[GenerationParams] = []
 
-    async def generate(self, params, deadline, on_progress=None):
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
         from serve_app.errors import GpuOutOfMemory
         from tests.unit.test_routes import FakeGenerator
 
@@ -241,7 +241,7 @@ def test_denoiser_out_of_memory_at_the_lowest_tier_fails_clearly(parts):
     store, artifacts = parts
 
     class AlwaysOut(_DenoiserOutOfMemory):
-        async def generate(self, params, deadline, on_progress=None):
+        async def generate(self, params, deadline, on_progress=None, job_id=None):
             from serve_app.errors import GpuOutOfMemory
 
             self.calls.append(params)
