@@ -105,19 +105,25 @@ class _DeadReplicaCheckpoints(LoopCheckpoints):
         pass
 
 
-def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipes, tiny_profile, tmp_path):
-    params = _params(num_inference_steps=6)
+def _killed_run(pipes, tiny_profile, steps: int, die_at: int, checkpoints):
+    """(runtime, params, embeddings, the uninterrupted latents) after a run that died at step `die_at`."""
+    params = _params(num_inference_steps=steps)
     emb = _embeddings(pipes, params, tiny_profile)
     runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
     whole = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
 
-    def die_at_four(step, total):
-        if step == 4:
+    def die(step, total):
+        if step == die_at:
             raise _ReplicaDied
 
-    first = _DeadReplicaCheckpoints(tmp_path, "video_job1", "request-a", every_s=0)
     with pytest.raises(_ReplicaDied):
-        denoise_optimized(runtime, params, emb, _guard(params), on_step=die_at_four, checkpoints=first)
+        denoise_optimized(runtime, params, emb, _guard(params), on_step=die, checkpoints=checkpoints)
+    return runtime, params, emb, whole
+
+
+def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipes, tiny_profile, tmp_path):
+    first = _DeadReplicaCheckpoints(tmp_path, "video_job1", "request-a", every_s=0)
+    runtime, params, emb, whole = _killed_run(pipes, tiny_profile, steps=6, die_at=4, checkpoints=first)
     assert first.saved == 3 and (tmp_path / "video_job1.pt").is_file()  # after steps 1, 2 and 3
 
     steps = []
@@ -130,18 +136,10 @@ def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipe
 
 
 def test_a_checkpoint_of_other_settings_or_a_torn_file_is_ignored(pipes, tiny_profile, tmp_path):
-    params = _params(num_inference_steps=4)
-    emb = _embeddings(pipes, params, tiny_profile)
-    runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
-    whole = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
-
-    def die_at_three(step, total):
-        if step == 3:
-            raise _ReplicaDied
-
-    with pytest.raises(_ReplicaDied):
-        denoise_optimized(runtime, params, emb, _guard(params), on_step=die_at_three,
-                          checkpoints=_DeadReplicaCheckpoints(tmp_path, "video_job2", "request-a", every_s=0))
+    runtime, params, emb, whole = _killed_run(
+        pipes, tiny_profile, steps=4, die_at=3,
+        checkpoints=_DeadReplicaCheckpoints(tmp_path, "video_job2", "request-a", every_s=0))
+    assert (tmp_path / "video_job2.pt").is_file()
     # A rerun with other settings (the lower tier after an OOM, say) starts over.
     other = LoopCheckpoints(tmp_path, "video_job2", "request-b", every_s=3600)
     np.testing.assert_array_equal(denoise_optimized(runtime, params, emb, _guard(params), checkpoints=other).numpy(),
