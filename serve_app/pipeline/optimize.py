@@ -133,6 +133,22 @@ class SpeedOptions(_Strict):
 # --- compile ---------------------------------------------------------------------------
 
 
+def install_compiled(modules: list, fn=None, **compile_options) -> int:
+    """`torch.compile(fn)` once (default: the modules' class forward), installed as each
+    module's instance `forward`: one compiled function, parameters as graph inputs,
+    shared by every module. `uncompile_blocks` takes it off again. How many."""
+    import types
+
+    import torch
+
+    if not modules:
+        return 0
+    compiled = torch.compile(fn or type(modules[0]).forward, **compile_options)
+    for module in modules:
+        module.forward = types.MethodType(compiled, module)
+    return len(modules)
+
+
 def compile_blocks(transformer, mode: str, dynamic: bool, fullgraph: bool = True) -> int:
     """Regional compile: one `torch.compile`d block forward installed on every repeated block.
 
@@ -144,8 +160,6 @@ def compile_blocks(transformer, mode: str, dynamic: bool, fullgraph: bool = True
     all blocks run the same code object and their parameters are graph inputs.
     Returns the number of blocks compiled.
     """
-    import types
-
     import torch
 
     names = set(getattr(transformer, "_repeated_blocks", ()) or ())
@@ -155,15 +169,10 @@ def compile_blocks(transformer, mode: str, dynamic: bool, fullgraph: bool = True
     # Each distinct (batch==1, dtype, FP8 subclass) combination is a graph;
     # the default limit of 8 is close once an FP8 copy shares the function.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    fn = torch.compile(
-        type(blocks[0]).forward, mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph
-    )
-    for block in blocks:
-        block.forward = types.MethodType(fn, block)
-    return len(blocks)
+    return install_compiled(blocks, mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph)
 
 
-def compile_text_encoder(text_encoder, backend: str = "inductor") -> int:
+def compile_text_encoder(text_encoder) -> int:
     """Regional compile of a UMT5 encoder: one compiled block forward installed on every block.
 
     Eager UMT5-XXL is launch-bound at 512 tokens (24 blocks of small kernels,
@@ -171,17 +180,10 @@ def compile_text_encoder(text_encoder, backend: str = "inductor") -> int:
     bias and activations fuse. Graph breaks are allowed (Hugging Face code
     paths vary by version). Returns the number of blocks compiled.
     """
-    import types
-
-    import torch
-
     blocks = [m for m in text_encoder.modules() if type(m).__name__ in ("UMT5Block", "T5Block")]
     if not blocks:
         raise ValueError(f"{type(text_encoder).__name__} has no UMT5/T5 blocks to compile")
-    fn = torch.compile(type(blocks[0]).forward, backend=backend, dynamic=False)
-    for block in blocks:
-        block.forward = types.MethodType(fn, block)
-    return len(blocks)
+    return install_compiled(blocks, dynamic=False)
 
 
 def uncompile_blocks(transformer) -> None:
@@ -269,7 +271,7 @@ def prepare_vae(vae, speed: SpeedOptions) -> None:
         fuse_vae_norms(vae)
 
 
-def fuse_vae_norms(vae, backend: str = "inductor") -> int:
+def fuse_vae_norms(vae) -> int:
     """Each RMS norm of the VAE decoder as one compiled kernel; in residual blocks with the SiLU
     that follows it folded in (the block's activation becomes the identity).
 
@@ -279,35 +281,25 @@ def fuse_vae_norms(vae, backend: str = "inductor") -> int:
     class's own forward is what gets compiled (wrapped with SiLU where fused),
     so the math stays diffusers'. Symbolic shapes: one graph per variant
     serves every resolution, chunk length and channel count. Returns the
-    number of norms replaced. `backend="eager"` checks the wiring without a
-    compiler (tests).
+    number of norms replaced.
     """
-    import types
-
     import torch
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock, WanRMS_norm
 
     def norm_then_silu(norm, x):
         return torch.nn.functional.silu(WanRMS_norm.forward(norm, x))
 
-    norm_fn = torch.compile(WanRMS_norm.forward, backend=backend, dynamic=True, fullgraph=True)
-    fused_fn = torch.compile(norm_then_silu, backend=backend, dynamic=True, fullgraph=True)
-    fused: set[int] = set()
-    count = 0
+    with_silu = []
     for block in vae.decoder.modules():
         # Only where the activation is SiLU and runs right after norm1 and norm2
         # and nowhere else (WanResidualBlock.forward), may it move into the norm.
         if isinstance(block, WanResidualBlock) and isinstance(block.nonlinearity, torch.nn.SiLU):
-            for norm in (block.norm1, block.norm2):
-                norm.forward = types.MethodType(fused_fn, norm)
-                fused.add(id(norm))
-                count += 1
+            with_silu += [block.norm1, block.norm2]
             block.nonlinearity = torch.nn.Identity()
-    for module in vae.decoder.modules():
-        if isinstance(module, WanRMS_norm) and id(module) not in fused:
-            module.forward = types.MethodType(norm_fn, module)
-            count += 1
-    return count
+    fused = {id(norm) for norm in with_silu}
+    alone = [m for m in vae.decoder.modules() if isinstance(m, WanRMS_norm) and id(m) not in fused]
+    return (install_compiled(with_silu, norm_then_silu, dynamic=True, fullgraph=True)
+            + install_compiled(alone, dynamic=True, fullgraph=True))
 
 
 def set_vae_channels_last(vae, on: bool) -> None:
