@@ -77,6 +77,7 @@ class Bench:
         self.result: dict = {"profile": args.profile, "torch": torch.__version__, "sections": {}, "errors": {}}
         self.rows: list[dict] = []
         self.negative_cache: dict = {}
+        self.preset_negatives = {p.negative_prompt for p in load_presets().presets.values()}
 
     # --- plumbing ----------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -219,8 +220,7 @@ class Bench:
         prompt every run."""
         from serve_app.pipeline import stages
 
-        negatives = {p.negative_prompt for p in load_presets().presets.values()}
-        if text not in negatives:
+        if text not in self.preset_negatives:
             return stages.encode_text(self.pipe, text, self.profile.max_sequence_length)
         if text not in self.negative_cache:
             self.negative_cache[text] = stages.encode_text(self.pipe, text, self.profile.max_sequence_length)
