@@ -38,9 +38,17 @@ def events_of(http, video_id: str) -> list[dict]:
         return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def submit(http, prompt: str) -> str:
-    response = http.post("/v1/videos", json={"prompt": prompt, **JOB, "quality": "exact"},
-                         headers={**bearer(ALICE), "Prefer": "respond-async"})
+def submit(http, prompt: str, patience_s: float = 60) -> str:
+    """Queue a job as a well-behaved client does: a full queue (429 over_capacity, which
+    killed jobs rerunning can cause) is waited out for its Retry-After, then sent again."""
+    give_up = time.monotonic() + patience_s
+    while True:
+        response = http.post("/v1/videos", json={"prompt": prompt, **JOB, "quality": "exact"},
+                             headers={**bearer(ALICE), "Prefer": "respond-async"})
+        if response.status_code != 429 or time.monotonic() > give_up:
+            break
+        assert response.json()["error"]["code"] == "over_capacity", response.text
+        time.sleep(float(response.headers["Retry-After"]))
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
