@@ -1,13 +1,13 @@
 # Two commands on a fresh machine:
 #   make run    install into .venv and serve the app (tiny model, CPU) on http://127.0.0.1:8000
-#   make test   install into .venv and run the whole test suite
+#   make test   install into .venv (and redis-server, chromium via apt) and run the whole test suite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration bench-cache clean
+.PHONY: install run test test-deps test-unit test-integration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,13 +21,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/serve run serve_config.yaml
 
-test: $(STAMP)
+# redis-server and chromium come from apt, not pip (scripts/test-deps.sh).
+test-deps:
+	bash scripts/test-deps.sh
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) test-deps
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) test-deps
 	$(PY) -m pytest tests/integration
 
 clean:
