@@ -21,6 +21,7 @@ from serve_app.faults import FaultInjector
 from serve_app.health import HealthMonitor, Outcome, ReplicaUnhealthy, classify
 from serve_app.gpu_share import cap_gpu_memory
 from serve_app.pipeline.loading import Stage, load_pipeline, resolve_device
+from serve_app.pipeline.optimize import use_compile_cache
 
 T = TypeVar("T")
 log = logging.getLogger("ray.serve")
@@ -74,6 +75,8 @@ class ModelStage:
         self.args = ServiceArgs(**args)
         self.profile = self.args.model_profile()
         started = time.perf_counter()
+        cache = self.args.compile_cache_path
+        self.compile_cache = use_compile_cache(cache) if cache is not None else {}
         # The cap goes on before the weights load, so they count against it too.
         self.memory_fraction = cap_gpu_memory(
             getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile))
@@ -296,4 +299,5 @@ class ModelStage:
             "gpu_memory_fraction": self.memory_fraction,
             "health": self.health.snapshot(),
             "oom": dict(self.oom_counts),
+            "compile_cache": getattr(self, "compile_cache", {}),
         }

@@ -319,6 +319,16 @@ class AdmissionConfig(StrictModel):
     cold_start_s: float = Field(
         60.0, ge=0, description="Added to estimates while the denoiser is scaled to zero (a replica must load)."
     )
+    # True by default: both shipped configs put every stage on one box (CPU) or
+    # one card (fractional GPUs), where stages contend. Wrongly true costs some
+    # goodput (a few 429s too many); wrongly false admits videos that then miss
+    # their deadlines, which is what admission exists to prevent.
+    stages_share_hardware: bool = Field(
+        True, description="Whether the denoiser and the video encoder run on the same hardware (one CPU box, "
+        "or fractions of one GPU). True: each job ahead costs the sum of its denoise and decode time. False "
+        "(separate cards or nodes): one job decodes while the next denoises, and the slower of the two "
+        "queues sets the wait."
+    )
     refresh_s: float = Field(1.0, gt=0, description="How often a gateway re-reads replica count and GPU use.")
     min_retry_after_s: float = Field(1.0, gt=0, description="Smallest Retry-After of a 429.")
 
@@ -377,6 +387,13 @@ class ServiceArgs(StrictModel):
     checkpoint_dir: str = Field(
         "", description="Where checkpoints are written ('' = <data_dir>/checkpoints). With denoisers on several "
         "nodes it must be shared storage, or a rerun on another node starts at step 0.",
+    )
+    compile_cache_dir: str = Field(
+        "", description="Where torch.compile keeps its caches (inductor's FX graph and AOTAutograd caches, "
+        "Triton kernels), so a restarted, replaced or autoscaled replica loads compiled code instead of compiling "
+        "again ('' = <data_dir>/compile-cache, 'off' = torch's default in /tmp, lost with the machine). Share it "
+        "between nodes of one GPU and software version to warm new nodes too. TORCHINDUCTOR_CACHE_DIR and "
+        "TRITON_CACHE_DIR, when set in a replica's environment, win.",
     )
     checkpoint_ttl_s: float = Field(
         86400.0, gt=0, description="Checkpoints not written for this long are removed (jobs that ended elsewhere).",
@@ -498,3 +515,9 @@ class ServiceArgs(StrictModel):
     @property
     def checkpoint_path(self) -> Path:
         return resolve(self.checkpoint_dir) if self.checkpoint_dir else self.data_path / "checkpoints"
+
+    @property
+    def compile_cache_path(self) -> Path | None:
+        if self.compile_cache_dir == "off":
+            return None
+        return resolve(self.compile_cache_dir) if self.compile_cache_dir else self.data_path / "compile-cache"

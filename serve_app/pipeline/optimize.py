@@ -133,10 +133,33 @@ class SpeedOptions(_Strict):
 # --- compile ---------------------------------------------------------------------------
 
 
-def install_compiled(modules: list, fn=None, **compile_options) -> int:
+def use_compile_cache(directory) -> dict[str, str]:
+    """Point torch.compile's on-disk caches at `directory` (before anything compiles).
+
+    Inductor's FX graph cache and AOTAutograd cache live under
+    TORCHINDUCTOR_CACHE_DIR, Triton's kernels under TRITON_CACHE_DIR; both
+    default to /tmp, which a new container or node starts without. In a
+    persistent directory a restarted replica skips inductor's codegen and
+    Triton's builds (dynamo still traces, in seconds). A variable already set
+    in the environment is left as the operator set it. Returns what is in effect.
+    """
+    import os
+    from pathlib import Path
+
+    root = Path(directory)
+    for variable, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if not os.environ.get(variable):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[variable] = str(root / sub)
+    return {v: os.environ[v] for v in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+
+
+
+def install_compiled(modules: list, fn=None, wrap=None, **compile_options) -> int:
     """`torch.compile(fn)` once (default: the modules' class forward), installed as each
     module's instance `forward`: one compiled function, parameters as graph inputs,
-    shared by every module. `uncompile_blocks` takes it off again. How many."""
+    shared by every module (`wrap`, if given, wraps it first). `uncompile_blocks`
+    takes it off again. How many."""
     import types
 
     import torch
@@ -144,6 +167,8 @@ def install_compiled(modules: list, fn=None, **compile_options) -> int:
     if not modules:
         return 0
     compiled = torch.compile(fn or type(modules[0]).forward, **compile_options)
+    if wrap is not None:
+        compiled = wrap(compiled)
     for module in modules:
         module.forward = types.MethodType(compiled, module)
     return len(modules)
@@ -271,6 +296,14 @@ def prepare_vae(vae, speed: SpeedOptions) -> None:
         fuse_vae_norms(vae)
 
 
+# Graph variants the VAE's fused norms may need: channel counts (parameters keep
+# static shapes) x a time axis of 1 or more x memory layouts, for each of the two
+# compiled functions. Spatial size, frame count and chunk length are symbolic.
+# Dynamo's default limit (8 a function) is below that for the 5B VAE, and with
+# fullgraph=True hitting it raised inside a replica's warm-up decode.
+VAE_NORM_RECOMPILE_LIMIT = 64
+
+
 def fuse_vae_norms(vae) -> int:
     """Each RMS norm of the VAE decoder as one compiled kernel; in residual blocks with the SiLU
     that follows it folded in (the block's activation becomes the identity).
@@ -279,15 +312,30 @@ def fuse_vae_norms(vae) -> int:
     multiplies and adds: about eight full passes over the activation, at the
     full output resolution. Compiled, it reads once and writes once. The
     class's own forward is what gets compiled (wrapped with SiLU where fused),
-    so the math stays diffusers'. Symbolic shapes: one graph per variant
-    serves every resolution, chunk length and channel count. Returns the
-    number of norms replaced.
+    so the math stays diffusers'. Returns the number of norms replaced.
+
+    Symbolic shapes without duck shaping: with it, dynamo gives equal sizes one
+    symbol (a square frame makes height == width a guard), so every new aspect
+    ratio or frame count compiled again until the recompile limit failed the
+    decode. Without it the graphs a decoder needs are bounded by its channel
+    counts and layouts, whatever the request's size (tests/unit/test_vae_norm_compile.py).
     """
     import torch
+    import torch.fx.experimental._config as shape_config
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock, WanRMS_norm
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, VAE_NORM_RECOMPILE_LIMIT)
 
     def norm_then_silu(norm, x):
         return torch.nn.functional.silu(WanRMS_norm.forward(norm, x))
+
+    def without_duck_shapes(compiled):
+        # The flag is read when dynamo traces a new variant, i.e. inside the call.
+        def call(norm, x):
+            with shape_config.patch(use_duck_shape=False):
+                return compiled(norm, x)
+
+        return call
 
     with_silu = []
     for block in vae.decoder.modules():
@@ -298,8 +346,9 @@ def fuse_vae_norms(vae) -> int:
             block.nonlinearity = torch.nn.Identity()
     fused = {id(norm) for norm in with_silu}
     alone = [m for m in vae.decoder.modules() if isinstance(m, WanRMS_norm) and id(m) not in fused]
-    return (install_compiled(with_silu, norm_then_silu, dynamic=True, fullgraph=True)
-            + install_compiled(alone, dynamic=True, fullgraph=True))
+    # fullgraph=False: past the limit a variant runs eagerly (slower, same answer) instead of failing.
+    options = dict(dynamic=True, fullgraph=False, wrap=without_duck_shapes)
+    return install_compiled(with_silu, norm_then_silu, **options) + install_compiled(alone, **options)
 
 
 def set_vae_channels_last(vae, on: bool) -> None:
