@@ -147,8 +147,9 @@ class Gateway:
             replicas=lambda: serve_replicas(app_name, "Denoiser"),
             gpu_utilization=nvml_utilization if denoiser_options.num_gpus > 0 else None,
             refresh_s=service_args.admission.refresh_s,
-            initial_replicas=denoiser_options.max_replicas if denoiser_options.autoscaling is None
-            else (denoiser_options.autoscaling.initial_replicas or denoiser_options.autoscaling.min_replicas),
+            initial_replicas=_initial_replicas(denoiser_options),
+            encoder_replicas=lambda: serve_replicas(app_name, "VideoEncoder"),
+            initial_encoder_replicas=_initial_replicas(service_args.stages.video_encoder),
         )
         admission = Admission(
             service_args.admission, tiers, estimator, denoiser_options.max_replicas
@@ -188,3 +189,10 @@ class Gateway:
             await self.runner.shutdown()
             self.store.close()
             self.guard.close()
+
+
+def _initial_replicas(options) -> int:
+    """Replicas a stage starts with: its fixed count, or its autoscaling floor."""
+    if options.autoscaling is None:
+        return options.max_replicas
+    return options.autoscaling.initial_replicas or options.autoscaling.min_replicas

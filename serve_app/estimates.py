@@ -87,10 +87,6 @@ class StageTimeEstimator:
         """Seconds from the encoder's start to the finished mp4, for one job alone."""
         return sum(self.stage_estimates(params))
 
-    def bottleneck_s(self, params: GenerationParams) -> float:
-        """Seconds of this job's slowest stage: what it holds a pipelined queue up by."""
-        return max(self.stage_estimates(params))
-
     def observe(self, params: GenerationParams, prompt_encode_s: float, denoise_s: float, decode_s: float) -> None:
         """Learn from a finished job's measured stage times."""
         with self._lock:

@@ -9,6 +9,7 @@ the client asked with `Prefer: wait=N`) or answers 202 at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import time
@@ -27,7 +28,7 @@ from serve_app.api.protocol import (
     VideoObject,
 )
 from serve_app.artifacts import ArtifactStore, check_variant, media_type
-from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
+from serve_app.config import AdmissionConfig, ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import (
     Conflict,
     Forbidden,
@@ -45,6 +46,7 @@ from serve_app import metrics
 from serve_app.cache.index import CacheEntry, artifact_id_for
 from serve_app.cache.keys import cache_key
 from serve_app.params import GenerationParams, resolve_generation
+from serve_app.policy import eta as eta_model
 from serve_app.policy.admission import Admission, Decision
 from serve_app.policy.load import LoadMonitor
 from serve_app.policy.tiers import changes
@@ -55,6 +57,9 @@ SYNC_GRACE_S = 3.0
 # How often SSE/WebSocket readers look at the store for events written by
 # other replicas (local ones wake them at once).
 EVENT_POLL_S = 0.25
+# Unfinished jobs read for an ETA when the service runs without a load monitor
+# (the gateway's monitor reads its own, ACTIVE_JOBS_READ_LIMIT).
+ETA_ACTIVE_JOBS_LIMIT = 2000
 
 
 class StageProbe(Protocol):
@@ -138,6 +143,16 @@ class VideoService:
         self.admission = admission  # deadline-aware admission and quality tiers (None: off)
         self.load = load  # its view of the queue and the denoiser replicas
         self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
+        # The ETA's view of the queue: admission's own when there is one, so both read the same
+        # work and replica counts; else the configured replicas, never refreshed.
+        self._queue = load or LoadMonitor(
+            active_jobs=lambda: store.active(ETA_ACTIVE_JOBS_LIMIT), estimator=estimator, replicas=lambda: None,
+            gpu_utilization=None, refresh_s=args.admission.refresh_s,
+            initial_replicas=args.stages.denoiser.max_replicas,
+            initial_encoder_replicas=args.stages.video_encoder.max_replicas,
+        )
+        if getattr(runner, "eta", None) is None:
+            runner.eta = self.eta_s  # queued events show the ETA admission decided on
 
     # --- checks -----------------------------------------------------------------------
 
@@ -157,17 +172,17 @@ class VideoService:
         return requested
 
     @property
-    def denoiser_replicas(self) -> int:
-        """Running denoiser replicas as last seen (the configured most, without a load monitor)."""
-        if self.load is not None:
-            return max(self.load.replicas, 1)
-        return self.args.stages.denoiser.max_replicas
+    def _eta_config(self) -> AdmissionConfig:
+        return self.admission.config if self.admission is not None else self.args.admission
 
-    def eta_s(self, job: JobRecord) -> float:
-        """Queue ahead x this job's estimate spread over the denoisers, plus its own."""
-        own = self.estimator.estimate(job.params)
-        ahead = self.store.queue_position(job)
-        return own * (1 + ahead / self.denoiser_replicas)
+    def eta_s(self, job: JobRecord, active: list[JobRecord] | None = None) -> float:
+        """Seconds until the job's video is ready, by the model admission used (policy/eta.py):
+        for a queued job the work ahead of it, then its own; for a running one what it has left.
+        `active`: the unfinished jobs, when the caller has read them already."""
+        own = eta_model.job_work(job.params, self.estimator, job.video.progress)
+        if job.video.status == "in_progress":
+            return own.total_s
+        return eta_model.eta_s(own, self._queue.snapshot(before=job, jobs=active), self._eta_config)
 
     # --- create -----------------------------------------------------------------------
 
@@ -203,19 +218,28 @@ class VideoService:
             hit = self._lookup(params) if (params is not requested or not request.cache) else None
             if hit is not None:
                 return self._answer_from_cache(draft, *hit)
-            key = cache_key(self.profile.identity, params.model_dump())
-            draft.cache_key = draft.video.cache_key = key
-            holder = await self.cache.claim(key, draft.id)
-            if holder != draft.id:
-                shared = self._running(holder)
-                # With auth on, a job is visible to its own key only, so requests
-                # of another key do not attach to it: theirs runs (or, once the
-                # first finishes, is a cache hit).
-                if shared is not None and shared.key_id == draft.key_id:
-                    return await self._attach(shared, prefer)
-        sync = self._wants_sync(prefer, draft) if decision is None else decision.sync
-        draft.deadline_s = self._deadline_s(request.deadline_s, sync)
-        job, created = self.store.create(draft)
+            draft.cache_key = draft.video.cache_key = cache_key(self.profile.identity, params.model_dump())
+        # Nothing has awaited since the decision: reserving now makes admission and job
+        # creation one step for every create on this event loop. The reservation ends as
+        # soon as the job is stored (it counts there) or the request leaves this block
+        # any other way; past it, a sync request may wait for minutes.
+        shared = None
+        with self._reserve(draft, decision):
+            if draft.cache_key is not None:
+                holder = await self.cache.claim(draft.cache_key, draft.id)
+                if holder != draft.id:
+                    running = self._running(holder)
+                    # With auth on, a job is visible to its own key only, so requests
+                    # of another key do not attach to it: theirs runs (or, once the
+                    # first finishes, is a cache hit).
+                    if running is not None and running.key_id == draft.key_id:
+                        shared = running
+            if shared is None:
+                sync = self._wants_sync(prefer, draft) if decision is None else decision.sync
+                draft.deadline_s = self._deadline_s(request.deadline_s, sync)
+                job, created = self.store.create(draft)
+        if shared is not None:
+            return await self._attach(shared, prefer)
         if created:
             await self._hold_job_slot(job, principal, decision)
             metrics.admitted("sync" if sync else "async", draft.video.tier or "none")
@@ -230,6 +254,12 @@ class VideoService:
         if outcome.video.tier:
             outcome.headers["Wan-Tier"] = tier_header(outcome.video)
         return outcome
+
+    def _reserve(self, draft: JobRecord, decision: Decision | None) -> contextlib.AbstractContextManager:
+        """Hold the admitted draft's place in the queue until the block ends (see create_video)."""
+        if decision is None or self.load is None:
+            return contextlib.nullcontext()
+        return self.load.reserve(draft.cache_key or draft.id, draft)
 
     async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision | None) -> None:
         """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
@@ -410,14 +440,14 @@ class VideoService:
 
     # --- read -------------------------------------------------------------------------
 
-    def _public(self, job: JobRecord) -> VideoObject:
+    def _public(self, job: JobRecord, active: list[JobRecord] | None = None) -> VideoObject:
         """The video object with live queue position and ETA while not finished."""
         video = job.video.model_copy()
         if job.video.status == "queued":
             video.queue_position = self.store.queue_position(job)
-            video.eta_s = round(self.eta_s(job), 3)
+            video.eta_s = round(self.eta_s(job, active), 3)
         elif job.video.status == "in_progress":
-            video.eta_s = round(self.estimator.estimate(job.params) * (100 - video.progress) / 100, 3)
+            video.eta_s = round(self.eta_s(job), 3)
         return video
 
     def _job_for(self, video_id: str, principal: Principal | None) -> JobRecord:
@@ -454,7 +484,9 @@ class VideoService:
             # Filtered after the page is read: with several keys a page may hold
             # fewer than `limit` videos; `has_more` and the cursor stay exact.
             visible = [j for j in visible if j.key_id == principal.id]
-        data = [self._public(j) for j in visible]
+        # One read of the queue for the page, not one per queued video.
+        active = self._queue.active_jobs() if any(j.video.status == "queued" for j in visible) else None
+        data = [self._public(j, active) for j in visible]
         return VideoList(
             data=data,
             first_id=data[0].id if data else None,
@@ -586,7 +618,10 @@ class VideoService:
             "tier": self.admission.tiers.tiers[self.admission.tiers.for_load(load)].name,
             "denoiser_replicas": snap.replicas,
             "unfinished_jobs": snap.active_jobs,
-            "work_ahead_s": round(snap.work_ahead_s, 3),
+            "work_ahead_s": round(eta_model.queue_wait_s(snap, self.admission.config), 3),
+            "denoise_ahead_s": round(snap.denoise_ahead_s, 3),
+            "decode_ahead_s": round(snap.decode_ahead_s, 3),
+            "video_encoder_replicas": snap.encoder_replicas,
             "gpu_utilization": snap.gpu_utilization,
             "admission": "on" if self.admission.config.enabled else "off",
         }

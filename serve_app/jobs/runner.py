@@ -27,6 +27,7 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
+from serve_app.policy.eta import job_work
 
 # Job-scoped records carry `job_id` as a field: with Ray Serve's JSON log
 # encoding (configs/serve_gpu.yaml) it is a key of each line, so one job's
@@ -66,6 +67,7 @@ class JobRunner:
         on_finished: Callable[[JobRecord], None] | None = None,
         lower_memory: Callable[[GenerationParams], tuple[GenerationParams, str] | None] | None = None,
         clock: Callable[[], float] = time.time,
+        eta: Callable[[JobRecord], float] | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -83,6 +85,10 @@ class JobRunner:
         # for one more run after the denoiser ran out of memory; None: no such retry.
         self.lower_memory = lower_memory
         self.clock = clock
+        # Seconds until a queued job is ready: the service's ETA (policy/eta.py), which
+        # knows the load, so a queued event says what admission decided on. Without it
+        # (a runner alone), the same model over an idle queue.
+        self.eta = eta
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
         # Set (and replaced) on every event this replica writes, so local
@@ -173,7 +179,7 @@ class JobRunner:
         job_id = job.id
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
         started = time.perf_counter()
-        estimate = self.estimator.estimate(job.params)
+        estimate = self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
         await self._event(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
                                    "eta_s": round(estimate, 3), "attempt": job.attempts})
 

@@ -2,6 +2,7 @@
 
     tiers.py        the degradation table and how a tier changes a request
     admission.py    at submit: sync, queue, lower tier, or 429/503 with Retry-After
-    load.py         what admission reads: queue work, denoiser replicas, GPU use
+    load.py         what admission reads: queue work per stage, replicas, GPU use, reservations
+    eta.py          the one ETA model: admission, queued events and GET all use it
     autoscaling.py  Ray Serve's custom policy for the denoiser (queue depth)
 """

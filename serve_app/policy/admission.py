@@ -1,9 +1,11 @@
 """Deadline-aware admission: decide at submit, never time out later.
 
-For every request the gateway estimates when it would finish: the work
-already queued (in bottleneck-stage seconds, from the job store) spread over
-the denoiser replicas (running or starting), plus the request's own stage times for its
-shape (`StageTimeEstimator`, learned from measured jobs). Then, in order:
+For every request the gateway estimates when it would finish (the ETA model
+of `eta.py`, the same one its queued event and GET show later): the work
+already queued (per stage, from the job store and this gateway's
+reservations) spread over the replicas of each stage, plus the request's own
+stage times for its shape (`StageTimeEstimator`, learned from measured jobs).
+Then, in order:
 
 1. The queue is full (every replica has `max_queue_per_replica` unfinished
    jobs): 429 `over_capacity` with Retry-After, whatever the request.
@@ -35,6 +37,7 @@ from serve_app.config import AdmissionConfig
 from serve_app.errors import OverCapacity, ServiceUnavailable
 from serve_app.estimates import StageTimeEstimator
 from serve_app.params import GenerationParams
+from serve_app.policy import eta
 from serve_app.policy.load import LoadSnapshot
 from serve_app.policy.tiers import Tier, TierTable, apply_tier
 
@@ -79,8 +82,7 @@ class Admission:
 
     def eta_s(self, params: GenerationParams, snap: LoadSnapshot) -> float:
         """Seconds until this request's video would be ready if admitted now."""
-        start = 0.0 if snap.replicas > 0 else self.config.cold_start_s
-        return start + snap.work_ahead_s / max(snap.replicas, 1) + self.estimator.estimate(params)
+        return eta.eta_s(eta.job_work(params, self.estimator), snap, self.config)
 
     def _option(self, params: GenerationParams, tier: Tier | None, snap: LoadSnapshot, load: float) -> Decision:
         """What admitting `params` at `tier` (None: exactly as asked) would give, synchronously."""
@@ -110,8 +112,8 @@ class Admission:
                             self.eta_s(params, snap), load, EXACT_TIER)
 
         if snap.active_jobs >= self.capacity(snap):
-            # Time for the queue to drain one slot: the work ahead, per job, per replica.
-            per_job = snap.work_ahead_s / max(snap.active_jobs, 1) / max(snap.replicas, 1)
+            # Time for the queue to drain one slot: the wait ahead, per job.
+            per_job = eta.queue_wait_s(snap, self.config) / max(snap.active_jobs, 1)
             excess = snap.active_jobs - self.capacity(snap) + 1
             raise OverCapacity(
                 f"the queue is full ({snap.active_jobs} unfinished jobs for {max(snap.replicas, 1)} denoiser "

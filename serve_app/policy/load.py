@@ -1,13 +1,15 @@
-"""What admission reads: the denoise work waiting, the replicas to do it, GPU use.
+"""What admission reads: the work waiting per stage, the replicas to do it, GPU use.
 
 `LoadSnapshot` is a plain value so admission is a pure function of it (unit
 tests build snapshots by hand). `LoadMonitor` makes snapshots in a gateway:
 
 - work ahead comes from the job store, so every gateway replica sees the same
-  queue (a shared Redis or SQLite store);
+  queue (a shared Redis or SQLite store), plus this gateway's reservations:
+  requests admitted but not yet in the store (see `reserve`);
 - the denoiser's replica count (running or starting) comes from Ray Serve's
   status, polled in the background (a controller round trip is too slow per
-  request);
+  request); the video encoder's likewise when a poll for it is given, else
+  its initial count;
 - GPU utilisation comes from NVML on the gateway's node, averaged over its
   cards, when the denoiser runs on GPUs. With denoisers on other nodes that is
   a proxy; the queue-depth part of the load is exact everywhere.
@@ -23,6 +25,7 @@ from typing import Callable, Iterable
 
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord
+from serve_app.policy.eta import StageWork, job_work
 
 log = logging.getLogger("ray.serve")
 
@@ -30,25 +33,32 @@ log = logging.getLogger("ray.serve")
 @dataclass(frozen=True)
 class LoadSnapshot:
     replicas: int  # denoiser replicas running or starting (0: scaled to zero)
-    active_jobs: int  # unfinished jobs in the store, all gateways
-    work_ahead_s: float  # bottleneck-stage seconds those jobs still need
+    active_jobs: int  # unfinished jobs: in the store (all gateways) and reserved here
+    denoise_ahead_s: float  # prompt-encode + denoise seconds those jobs still need
     gpu_utilization: float | None = None  # 0-1, None without a GPU
+    decode_ahead_s: float = 0.0  # decode + mp4 seconds they still need (also jobs done denoising)
+    encoder_replicas: int = 1  # video-encoder replicas
 
 
-def remaining_work_s(jobs: Iterable[JobRecord], estimator: StageTimeEstimator) -> tuple[int, float]:
-    """(count, seconds of the slowest stage) the unfinished jobs still need.
-
-    Stages of different jobs overlap (one job decodes while the next
-    denoises), so the queue drains at the pace of the slowest stage, not of
-    whole jobs. A running job's share shrinks with its progress.
-    """
-    count, seconds = 0, 0.0
+def work_ahead(jobs: Iterable[JobRecord], estimator: StageTimeEstimator) -> tuple[int, StageWork]:
+    """(count, work per lane) the unfinished jobs still need; a running job's shrinks with its progress."""
+    count, work = 0, StageWork()
     for job in jobs:
         if job.terminal:
             continue
         count += 1
-        seconds += estimator.bottleneck_s(job.params) * (1 - job.video.progress / 100)
-    return count, seconds
+        work += job_work(job.params, estimator, job.video.progress)
+    return count, work
+
+
+def ahead_of(job: JobRecord, jobs: Iterable[JobRecord]) -> list[JobRecord]:
+    """The unfinished jobs that hold `job` up: those before it in queue order
+    (created_at, id, as `queue_position` orders them) and any already running.
+    For a job just admitted that is every unfinished job, so the ETA admission
+    used and the one its job shows later agree while the load stands still."""
+    mine = (job.created_at, job.id)
+    return [other for other in jobs if other.id != job.id and not other.terminal
+            and ((other.created_at, other.id) < mine or other.video.status == "in_progress")]
 
 
 def nvml_utilization() -> float | None:
@@ -82,8 +92,38 @@ def serve_replicas(app_name: str, deployment: str) -> int | None:
     return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) in SERVING_STATES))
 
 
+@dataclass
+class _Held:
+    work: StageWork
+    created_at: float
+    job_id: str
+    holders: int = 1
+
+
+class Reservation:
+    """A request's place in the queue from its admission until its job is in the store.
+
+    Between the two, a gateway awaits the result cache's single-flight claim;
+    without this, every create arriving meanwhile would read the same queue
+    and all be admitted into it (check, then act)."""
+
+    def __init__(self, monitor: "LoadMonitor", key: str) -> None:
+        self._monitor, self.key, self._held = monitor, key, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._monitor._release(self.key)
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class LoadMonitor:
-    """Snapshots for admission; replica count and GPU use refreshed in the background."""
+    """Snapshots for admission; replica counts and GPU use refreshed in the background."""
 
     def __init__(
         self,
@@ -94,25 +134,40 @@ class LoadMonitor:
         gpu_utilization: Callable[[], float | None] | None,
         refresh_s: float,
         initial_replicas: int,
+        encoder_replicas: Callable[[], int | None] | None = None,
+        initial_encoder_replicas: int = 1,
     ) -> None:
         self._active_jobs = active_jobs
         self._estimator = estimator
         self._replicas_fn = replicas
+        self._encoder_replicas_fn = encoder_replicas
         self._gpu_fn = gpu_utilization
         self.refresh_s = refresh_s
         self.replicas = initial_replicas
+        # Without a poll, one: fewer encoders than there are only makes
+        # admission stricter, never late.
+        self.encoder_replicas = initial_encoder_replicas
         self.gpu_utilization: float | None = None
         self.refreshed_at = 0.0
         self._task: asyncio.Task | None = None
+        # Touched only on the gateway's event loop (reserve, release, snapshot), so no lock.
+        self._reserved: dict[str, _Held] = {}
 
     def refresh(self) -> None:
-        """One poll of replica count and GPU use (blocking: run it off the event loop)."""
+        """One poll of replica counts and GPU use (blocking: run it off the event loop)."""
         try:
             replicas = self._replicas_fn()
             if replicas is not None:
                 self.replicas = replicas
         except Exception:  # noqa: BLE001 - keep the last known count
             log.warning("could not read the denoiser's replica count", exc_info=True)
+        if self._encoder_replicas_fn is not None:
+            try:
+                encoders = self._encoder_replicas_fn()
+                if encoders is not None:
+                    self.encoder_replicas = encoders
+            except Exception:  # noqa: BLE001 - keep the last known count
+                log.warning("could not read the video encoder's replica count", exc_info=True)
         if self._gpu_fn is not None:
             self.gpu_utilization = self._gpu_fn()
         self.refreshed_at = time.monotonic()
@@ -132,6 +187,50 @@ class LoadMonitor:
             self._task.cancel()
             self._task = None
 
-    def snapshot(self) -> LoadSnapshot:
-        count, work = remaining_work_s(self._active_jobs(), self._estimator)
-        return LoadSnapshot(self.replicas, count, work, self.gpu_utilization)
+    def reserve(self, key: str, job: JobRecord) -> Reservation:
+        """Count `job` (not yet stored) as queued until the reservation is released.
+
+        Call it in the same synchronous step as the admission decision, and
+        release it once the job is stored or the request ends, whichever way.
+        `key` is the job's cache key when it has one: identical requests end
+        in one job (single flight), so they hold one place, not one each.
+        Gateways do not see each other's reservations; across replicas the
+        window is one store write wide again, as before."""
+        held = self._reserved.get(key)
+        if held is None:
+            self._reserved[key] = _Held(job_work(job.params, self._estimator), job.created_at, job.id)
+        else:
+            held.holders += 1
+        return Reservation(self, key)
+
+    def _release(self, key: str) -> None:
+        held = self._reserved.get(key)
+        if held is None:
+            return
+        held.holders -= 1
+        if held.holders <= 0:
+            del self._reserved[key]
+
+    @property
+    def reserved(self) -> int:
+        return len(self._reserved)
+
+    def active_jobs(self) -> list[JobRecord]:
+        return self._active_jobs()
+
+    def snapshot(self, before: JobRecord | None = None, jobs: list[JobRecord] | None = None) -> LoadSnapshot:
+        """The load admission sees; with `before`, only the work ahead of that job (what its ETA waits
+        for). `jobs`: the unfinished jobs, when the caller has read them already."""
+        jobs = self._active_jobs() if jobs is None else jobs
+        count, work = work_ahead(jobs if before is None else ahead_of(before, jobs), self._estimator)
+        # A reservation whose job (or the single-flight job it joins) is stored already is counted there.
+        stored = {job.id for job in jobs} | {job.cache_key for job in jobs if job.cache_key}
+        for key, held in self._reserved.items():
+            if key in stored or held.job_id in stored:
+                continue
+            if before is not None and (held.created_at, held.job_id) >= (before.created_at, before.id):
+                continue
+            count += 1
+            work += held.work
+        return LoadSnapshot(self.replicas, count, work.denoise_s, self.gpu_utilization, work.decode_s,
+                            self.encoder_replicas)

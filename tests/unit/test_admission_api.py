@@ -6,15 +6,19 @@ runner holds: admission counts them as work ahead, and nothing here runs them.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 
 from deployments.result_cache import ResultCache
 from serve_app.api.routes import create_app
-from serve_app.api.service import VideoService
+from serve_app.api.protocol import CreateVideoRequest
+from serve_app.api.service import Preference, VideoService
 from serve_app.artifacts import open_artifact_store
 from serve_app.cache.index import open_cache_index
 from serve_app.config import ServiceArgs, load_model_profile
+from serve_app.errors import OverCapacity
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SQLiteJobStore
@@ -29,12 +33,13 @@ REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 17, 
 
 
 class Service:
-    def __init__(self, tmp_path, profile=None, **admission) -> None:
+    def __init__(self, tmp_path, profile=None, estimator=None, **admission) -> None:
         self.args = ServiceArgs(data_dir=str(tmp_path), admission={"max_queue_per_replica": 4, **admission})
         self.store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
         self.generator = FakeGenerator()
         # 1 ms per step per 1k tokens: every request fits any deadline unless the queue says otherwise.
-        self.estimator = StageTimeEstimator(prior_step_s_per_ktoken=0.001, prior_decode_s_per_mpixel=0.001)
+        self.estimator = estimator or StageTimeEstimator(prior_step_s_per_ktoken=0.001,
+                                                         prior_decode_s_per_mpixel=0.001)
         artifacts = open_artifact_store("", self.args.data_path)
         self.cache = ResultCache.func_or_class(self.args.model_dump())
         runner = JobRunner(store=self.store, artifacts=artifacts, generator=self.generator,
@@ -142,4 +147,180 @@ def test_minimal_tier_forces_the_cache_even_for_cache_false(tmp_path):
         second = client.post("/v1/videos", json=request).json()
     assert second["cached"] and second["seed"] == first["seed"]
     assert len(svc.generator.calls) == 1
+    svc.store.close()
+
+
+# --- admission is atomic with job creation ----------------------------------------------
+
+
+class FixedEstimator(StageTimeEstimator):
+    """Every job, whatever its shape or tier: (prompt encoding, denoising, decode + mp4) seconds."""
+
+    def __init__(self, stages: tuple[float, float, float]) -> None:
+        super().__init__(prior_step_s_per_ktoken=1.0, prior_decode_s_per_mpixel=1.0)
+        self.stages = stages
+
+    def stage_estimates(self, params) -> tuple[float, float, float]:
+        return self.stages
+
+
+class SlowClaims:
+    """The result cache behind a slow single-flight claim, like the Ray handle call it is in a
+    gateway: no claim answers until every request has either reached its claim or finished."""
+
+    def __init__(self, cache, requests: int) -> None:
+        self.cache, self.requests = cache, requests
+        self.waiting = self.finished = 0
+        self.gate = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def _check(self) -> None:
+        if self.waiting + self.finished >= self.requests:
+            self.gate.set()
+
+    async def claim(self, key: str, job_id: str) -> str:
+        self.waiting += 1
+        self._check()
+        await self.gate.wait()
+        return await self.cache.claim(key, job_id)
+
+    async def create(self, service: VideoService, request: CreateVideoRequest, prefer: Preference):
+        try:
+            return await service.create_video(request, prefer)
+        except OverCapacity as exc:
+            return exc
+        finally:
+            self.finished += 1
+            self._check()
+
+
+def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
+    # 2 s per job on one denoiser and a 20 s deadline: the job with k jobs ahead is ready
+    # after 2k + 2 s, so at most 10 jobs can be accepted. 30 creates arrive at once, 10 of
+    # them identical (one single-flight job); the rest must be refused with a 429.
+    deadline, per_job = 20, 2.0
+    svc = Service(tmp_path, estimator=FixedEstimator((0.0, per_job, 0.0)), max_queue_per_replica=100)
+    submitted: list[str] = []
+    svc.service.runner.submit = submitted.append  # accepted jobs stay queued: the load only grows
+    slow = SlowClaims(svc.cache, requests=30)
+    svc.service.cache = slow
+    requests = [CreateVideoRequest(**{**REQUEST, "deadline_s": deadline,
+                                      "prompt": "the same boat" if n % 3 == 0 else f"boat {n}"})
+                for n in range(30)]
+
+    async def burst():
+        prefer = Preference(respond_async=True)
+        return await asyncio.gather(*(slow.create(svc.service, r, prefer) for r in requests))
+
+    outcomes = asyncio.run(burst())
+    accepted = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    jobs = svc.store.active(100)
+    fit = int(deadline // per_job)
+    assert len(jobs) <= fit, f"{len(jobs)} jobs accepted; at most {fit} fit"
+    # Every place that fits is used: nothing is refused for load that is not there.
+    assert len(jobs) == fit and sorted(submitted) == sorted(j.id for j in jobs)
+    assert all(o.status_code == 202 and o.video.id in submitted for o in accepted)
+    # The identical requests that were accepted share one job, and hold one place between them.
+    same = {o.video.id for o, r in zip(outcomes, requests)
+            if r.prompt == "the same boat" and not isinstance(o, Exception)}
+    assert len(same) == 1
+    assert refused and all(
+        e.status_code == 429 and e.code == "over_capacity" and int(e.headers()["Retry-After"]) >= 1
+        for e in refused)
+    assert len(accepted) + len(refused) == 30
+    assert svc.load.reserved == 0  # every path released its reservation
+    svc.store.close()
+
+
+def test_reservations_end_on_every_path(tmp_path):
+    svc = Service(tmp_path, max_queue_per_replica=100)
+    svc.service.runner.submit = lambda job_id: True
+
+    async def scenario():
+        service = svc.service
+        # A claim that fails (the cache replica died): the request errors, its place is freed.
+        real_claim = svc.cache.claim
+
+        async def broken(key, job_id):
+            assert svc.load.reserved == 1  # held while the claim is in flight
+            raise RuntimeError("cache replica lost")
+
+        svc.cache.claim = broken
+        with pytest.raises(RuntimeError):
+            await service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True))
+        assert svc.load.reserved == 0 and svc.store.active(100) == []
+        svc.cache.claim = real_claim
+        # Created, then an idempotent retry and an identical request joining the job.
+        first = await service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True), "k1")
+        again = await service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True), "k1")
+        joined = await service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True))
+        assert first.video.id == again.video.id == joined.video.id
+        assert svc.load.reserved == 0 and len(svc.store.active(100)) == 1
+        # A client that hangs up while the claim is in flight.
+        gate = asyncio.Event()
+
+        async def stuck(key, job_id):
+            gate.set()
+            await asyncio.Event().wait()
+
+        svc.cache.claim = stuck
+        task = asyncio.ensure_future(service.create_video(CreateVideoRequest(**{**REQUEST, "seed": 12}),
+                                                          Preference(respond_async=True)))
+        await gate.wait()
+        assert svc.load.reserved == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert svc.load.reserved == 0
+
+    asyncio.run(scenario())
+    svc.store.close()
+
+
+def test_a_tier_that_forces_the_cache_decides_twice_but_reserves_once(tmp_path):
+    svc = Service(tmp_path, max_queue_per_replica=5)
+    svc.busy(4)  # 80%: minimal, cache forced, so admission runs again for the cacheable request
+    svc.service.runner.submit = lambda job_id: True
+    reserve, held = svc.load.reserve, []
+
+    def spy(key, job):
+        held.append(svc.load.snapshot().active_jobs)
+        return reserve(key, job)
+
+    svc.load.reserve = spy
+    request = CreateVideoRequest(**{**REQUEST, "cache": False, "seed": None})
+    outcome = asyncio.run(svc.service.create_video(request, Preference(respond_async=True)))
+    assert outcome.video.tier == "minimal" and outcome.video.cache_key is not None
+    assert held == [4] and svc.load.reserved == 0 and svc.load.snapshot().active_jobs == 5
+    svc.store.close()
+
+
+def test_queued_event_and_202_show_the_eta_admission_decided_on(tmp_path):
+    # Hand-built load: 3 jobs queued elsewhere. Each job: 0.25 s prompt encoding, 1.5 s
+    # denoising, 0.75 s decode + mp4; stages share the hardware (the default).
+    svc = Service(tmp_path, estimator=FixedEstimator((0.25, 1.5, 0.75)), max_queue_per_replica=100)
+    svc.busy(3)
+    decisions = []
+    decide = svc.service.admission.decide
+
+    def spy(*args, **kwargs):
+        decisions.append(decide(*args, **kwargs))
+        return decisions[-1]
+
+    svc.service.admission.decide = spy
+
+    async def scenario():
+        outcome = await svc.service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True))
+        await svc.service.runner.wait(outcome.video.id, 30)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    (decision,) = decisions
+    assert decision.eta_s == pytest.approx(3 * 2.5 + 2.5)  # 3 jobs ahead, each denoise + decode, then its own
+    assert outcome.status_code == 202 and outcome.video.eta_s == round(decision.eta_s, 3)
+    queued = next(e for _, e in svc.store.events_after(outcome.video.id, 0) if e["type"] == "queued")
+    assert queued["eta_s"] == round(decision.eta_s, 3)
     svc.store.close()

@@ -13,7 +13,8 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.params import GenerationParams
 from serve_app.policy.admission import EXACT_TIER, Admission
 from serve_app.policy.autoscaling import UNCLAIMED_JOBS, QueueDepthPolicy, desired_replicas, waiting_jobs
-from serve_app.policy.load import LoadMonitor, LoadSnapshot, remaining_work_s
+from serve_app.policy import eta
+from serve_app.policy.load import LoadMonitor, LoadSnapshot, work_ahead
 from serve_app.policy.tiers import Tier, TierTable, apply_tier, changes
 from tests.unit.test_job_store import make_job, with_status
 
@@ -40,8 +41,20 @@ def admission(**config) -> Admission:
     return Admission(AdmissionConfig(**config), TIERS, LinearEstimator(), denoiser_max_replicas=2)
 
 
-def snap(active: int = 0, work: float = 0.0, replicas: int = 1, gpu: float | None = None) -> LoadSnapshot:
-    return LoadSnapshot(replicas=replicas, active_jobs=active, work_ahead_s=work, gpu_utilization=gpu)
+def snap(active: int = 0, work: float = 0.0, replicas: int = 1, gpu: float | None = None, decode: float = 0.0,
+         encoders: int = 1) -> LoadSnapshot:
+    return LoadSnapshot(replicas=replicas, active_jobs=active, denoise_ahead_s=work, gpu_utilization=gpu,
+                        decode_ahead_s=decode, encoder_replicas=encoders)
+
+
+class StagedEstimator(StageTimeEstimator):
+    """Per job: 0.5 s prompt encoding, 1 s per 10 steps denoising, 2 s decode + mp4."""
+
+    def __init__(self) -> None:
+        super().__init__(prior_step_s_per_ktoken=1.0, prior_decode_s_per_mpixel=1.0)
+
+    def stage_estimates(self, p: GenerationParams) -> tuple[float, float, float]:
+        return 0.5, p.num_inference_steps / 10, 2.0
 
 
 # --- tiers -------------------------------------------------------------------------------
@@ -82,14 +95,34 @@ def test_load_is_queue_depth_per_replica_nudged_by_gpu_use():
     assert a.load(snap(active=0, replicas=1, gpu=0.0)) == 0.0
 
 
-def test_remaining_work_counts_the_slowest_stage_and_progress():
-    estimator = LinearEstimator()
-    queued = make_job(1)  # 2 steps x 5 frames -> 0.1 s
+def test_work_ahead_is_kept_per_stage_and_shrinks_with_progress():
+    estimator = StagedEstimator()
+    queued = make_job(1)  # 2 steps: 0.5 + 0.2 s on the denoise lane, 2 s on the decode lane
     running = with_status(make_job(2), "in_progress", progress=50)
-    done = with_status(make_job(3), "completed")
-    count, seconds = remaining_work_s([queued, running, done], estimator)
-    assert count == 2
-    assert seconds == pytest.approx(0.1 + 0.05)
+    denoised = with_status(make_job(3), "in_progress", progress=99)  # its whole decode is still ahead
+    done = with_status(make_job(4), "completed")
+    count, work = work_ahead([queued, running, denoised, done], estimator)
+    assert count == 3
+    assert work.denoise_s == pytest.approx(0.7 + 0.1 + 0.002)
+    assert work.decode_s == pytest.approx(3 * 2.0)
+
+
+def test_stages_on_shared_hardware_add_up_and_on_separate_hardware_overlap():
+    shared, separate = AdmissionConfig(), AdmissionConfig(stages_share_hardware=False)
+    assert shared.stages_share_hardware  # the conservative default
+    load = snap(active=3, work=6.0, replicas=2, decode=4.0, encoders=1)
+    assert eta.queue_wait_s(load, shared) == pytest.approx(6.0 / 2 + 4.0)
+    assert eta.queue_wait_s(load, separate) == pytest.approx(max(6.0 / 2, 4.0))
+    own = eta.job_work(params(20), StagedEstimator())
+    assert (own.denoise_s, own.decode_s) == pytest.approx((2.5, 2.0))
+    assert eta.eta_s(own, load, shared) == pytest.approx(7.0 + 4.5)
+    # A 10 s deadline: admitted on separate hardware, refused where decode and denoise contend.
+    a = Admission(shared, TIERS, StagedEstimator(), denoiser_max_replicas=2)
+    with pytest.raises(OverCapacity):
+        a.decide(params(20), load, mode="async", exact=True, sync_budget_s=5, deadline_s=10)
+    b = Admission(separate, TIERS, StagedEstimator(), denoiser_max_replicas=2)
+    decision = b.decide(params(20), load, mode="async", exact=True, sync_budget_s=5, deadline_s=10)
+    assert decision.eta_s == pytest.approx(4.0 + 4.5)
 
 
 def test_load_monitor_keeps_the_last_replica_count_when_a_poll_fails():
@@ -105,10 +138,32 @@ def test_load_monitor_keeps_the_last_replica_count_when_a_poll_fails():
                           gpu_utilization=lambda: 0.25, refresh_s=1.0, initial_replicas=1)
     assert monitor.snapshot().replicas == 1
     monitor.refresh()
-    assert monitor.snapshot() == LoadSnapshot(2, 1, pytest.approx(0.1), 0.25)
+    assert monitor.snapshot() == LoadSnapshot(2, 1, pytest.approx(0.1), 0.25, 0.0, 1)
     monitor.refresh()
     monitor.refresh()
     assert monitor.snapshot().replicas == 2
+
+
+def test_reservations_count_until_the_job_is_stored_and_identical_requests_share_one():
+    stored: list = []
+    monitor = LoadMonitor(active_jobs=lambda: list(stored), estimator=StagedEstimator(), replicas=lambda: 1,
+                          gpu_utilization=None, refresh_s=1.0, initial_replicas=1)
+    first, second, other = make_job(1, created_at=1.0), make_job(2, created_at=2.0), make_job(3, created_at=3.0)
+    first.cache_key = "k"
+    one = monitor.reserve("k", first)
+    two = monitor.reserve("k", second)  # same cache key: one single-flight job
+    three = monitor.reserve(other.id, other)
+    snap_ = monitor.snapshot()
+    assert (snap_.active_jobs, snap_.denoise_ahead_s, snap_.decode_ahead_s) == (2, pytest.approx(1.4), 4.0)
+    # A job's ETA waits only for what is ahead of it.
+    assert monitor.snapshot(before=other).active_jobs == 1
+    stored.append(first)  # stored: counted once, as a job
+    assert monitor.snapshot().active_jobs == 2
+    one.release()
+    one.release()  # twice is once
+    two.release()
+    three.release()
+    assert monitor.reserved == 0 and monitor.snapshot().active_jobs == 1
 
 
 # --- admission -------------------------------------------------------------------------

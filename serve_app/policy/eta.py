@@ -1,0 +1,73 @@
+"""The one ETA model: admission, the queued event and the API's `eta_s` all use it.
+
+A job is ready after (cold start, while the denoiser is scaled to zero)
++ the wait for the work ahead of it + its own stage times. Work is kept per
+lane, because the lanes drain at different rates:
+
+- the denoise lane: prompt encoding + denoising, over the denoiser replicas;
+- the decode lane: VAE decode + mp4, over the video-encoder replicas. Jobs
+  that finished denoising are still ahead here until their mp4 is stored.
+
+Whether the lanes add up or overlap depends on the hardware
+(`AdmissionConfig.stages_share_hardware`). Three formulas used to disagree
+(admission, queued events, GET), so a client could be admitted on one ETA
+and shown another; they now all end in `eta_s` below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from serve_app.config import AdmissionConfig
+from serve_app.estimates import StageTimeEstimator
+from serve_app.params import GenerationParams
+
+if TYPE_CHECKING:  # load.py imports this module
+    from serve_app.policy.load import LoadSnapshot
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """Seconds still to do on each lane."""
+
+    denoise_s: float = 0.0  # prompt encoding + denoising
+    decode_s: float = 0.0  # VAE decode + mp4
+
+    @property
+    def total_s(self) -> float:
+        return self.denoise_s + self.decode_s
+
+    def __add__(self, other: "StageWork") -> "StageWork":
+        return StageWork(self.denoise_s + other.denoise_s, self.decode_s + other.decode_s)
+
+
+def job_work(params: GenerationParams, estimator: StageTimeEstimator, progress: int = 0) -> StageWork:
+    """What a job (at `progress` percent) still needs on each lane.
+
+    Progress counts denoising steps only: the prompt was encoded before the
+    first step, and decoding starts after the last, so a job at 99% still has
+    its whole decode ahead. Prompt encoding rides on the denoise lane: it runs
+    right before denoising and is small next to it.
+    """
+    encode, denoise, decode = estimator.stage_estimates(params)
+    return StageWork((encode if progress <= 0 else 0.0) + denoise * (1 - progress / 100), decode)
+
+
+def queue_wait_s(snap: "LoadSnapshot", config: AdmissionConfig) -> float:
+    """Seconds until the work ahead (`snap`) no longer holds a new job up."""
+    denoise = snap.denoise_ahead_s / max(snap.replicas, 1)
+    decode = snap.decode_ahead_s / max(snap.encoder_replicas, 1)
+    if config.stages_share_hardware:
+        # One card or one CPU box: a decode steals the cycles a denoise needs,
+        # so each job ahead costs the sum of its stages.
+        return denoise + decode
+    # Separate hardware: one job decodes while the next denoises; the slower
+    # lane sets the pace.
+    return max(denoise, decode)
+
+
+def eta_s(own: StageWork, snap: "LoadSnapshot", config: AdmissionConfig) -> float:
+    """Seconds until a job needing `own` is ready, behind the work in `snap`."""
+    start = 0.0 if snap.replicas > 0 else config.cold_start_s
+    return start + queue_wait_s(snap, config) + own.total_s
