@@ -5,7 +5,7 @@
 # What it does
 #   1. Runs ../shared/devkit/make-device-kit .devkit-cache with EXTRA set to
 #      what the project needs beyond it: av (PyAV, H.264 mp4 encoding), ftfy +
-#      wcwidth (Wan prompt cleaning), nvidia-ml-py. That script fetches Ray
+#      wcwidth (Wan prompt cleaning), nvidia-ml-py, the openai SDK and its deps. That script fetches Ray
 #      Serve's and diffusers' dependencies and repacks the Ray wheel without its
 #      jars. .devkit-cache/ (git-ignored, ~95 MB, never carried) keeps those
 #      wheels as downloaded, so a re-run downloads nothing new.
@@ -55,7 +55,9 @@ mkdir -p "$kit"
 grep -qx "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >> .git/info/exclude
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-if ! EXTRA="av==$AV_VERSION ftfy==6.3.1 wcwidth==0.9.4 nvidia-ml-py==13.615.71 ${EXTRA:-}" \
+# openai + distro, jiter, sniffio: bench/gpu_e2e.py drives the app with the official SDK.
+if ! EXTRA="av==$AV_VERSION ftfy==6.3.1 wcwidth==0.9.4 nvidia-ml-py==13.615.71 openai==3.57.0 distro==1.9.0
+     jiter==0.19.0 sniffio==1.3.1 ${EXTRA:-}" \
      "$maker" "$cache" >"$log" 2>&1; then
   cat "$log" >&2; echo "make-device-kit failed" >&2; exit 1
 fi
