@@ -19,6 +19,7 @@ from serve_app.params import resolve_generation
 
 # The same stages as the GPU replicas, none of the serving around them.
 STAGES = ("prompt_encoder", "denoiser", "video_encoder")
+WARM_UP_LIMIT_S = 300.0
 
 
 class InProcessGraph:
@@ -35,6 +36,8 @@ class InProcessGraph:
         self.prompt_encoder = PromptEncoder.func_or_class(args)
         self.denoiser = Denoiser.func_or_class(args)
         self.video_encoder = VideoEncoder.func_or_class(args)
+        for stage in (self.prompt_encoder, self.denoiser, self.video_encoder):
+            stage.wait_warm(WARM_UP_LIMIT_S)  # measure warm stages, as the HTTP side does
         self.startup_s = time.perf_counter() - started
 
     def run(self, body: dict[str, Any]) -> float:

@@ -181,9 +181,28 @@ def overhead_ok(http_s: float, in_process_s: float) -> bool:
     return http_s <= in_process_s * (1 + ratio) or http_s - in_process_s <= added
 
 
+async def background_warm_up(client: httpx.AsyncClient, limit_s: float = 180.0) -> dict:
+    """Wait until no stage has warm-up steps pending (speed.warmup_in_background); each
+    stage's warm-up timings from /healthz, and how long after the first video they ended."""
+    started = time.perf_counter()
+    stages: dict = {}
+    while time.perf_counter() - started < limit_s:
+        health = (await client.get("/healthz", timeout=30)).json()
+        stages = {name: (stage.get("replica") or {}) for name, stage in health.get("stages", {}).items()}
+        if not any(replica.get("warmup_pending") for replica in stages.values()):
+            break
+        await asyncio.sleep(0.5)
+    return {"after_first_video_s": round(time.perf_counter() - started, 2),
+            "stages": {name: {"load_s": r.get("load_s"), "warmup_s": r.get("warmup_s"),
+                              "pending": r.get("warmup_pending")} for name, r in stages.items()}}
+
+
 async def measure_running_app(base_url: str, args, extra: dict, result: dict) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
+        result["warm_up"] = await background_warm_up(client)
+        print(f"background warm-up ended {result['warm_up']['after_first_video_s']} s after the first video: "
+              f"{json.dumps(result['warm_up']['stages'])}", flush=True)
         print("per-preset HTTP latency", flush=True)
         result["http"] = await preset_latencies(client, args.presets, args.runs, extra)
         result["cache"] = await cache_hits(client, extra)

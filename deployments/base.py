@@ -96,8 +96,59 @@ class ModelStage:
         self._outstanding = 0  # submitted and not finished, queued ones included
         self._outstanding_lock = threading.Lock()
         self._last_peak: int | None = None
+        self.warmup_s: dict[str, float] = {}
+        self.warmup_pending: list[str] = []
+        self._warmup_done = threading.Event()
+        self._warmup_done.set()
         if self.args.faults.active:
             log.warning("%s: fault injection is ON (%s); never in production", self.stage, self.args.faults)
+
+    # --- warm-up ------------------------------------------------------------------------
+
+    def warm_up(self, steps: list[tuple[str, Callable[[], Any]]], before_ready: int) -> None:
+        """Run named warm-up steps: the first `before_ready` now (the replica is not ready, so
+        gets no request, until they ran), the rest afterwards on the model thread, one at a
+        time. Each later step is queued only when the one before it ended, so a request that
+        arrives meanwhile waits for one step at most, never for the whole list. Restarts are
+        then ready once the first shape is warm (speed.warmup_in_background)."""
+        self.warmup_pending = [name for name, _ in steps[before_ready:]]
+        self._warmup_done.clear()
+        for name, fn in steps[:before_ready]:
+            self._timed_warm_up(name, fn)
+        self._warm_up_next(steps[before_ready:])
+
+    def presets_before_ready(self) -> int:
+        """How many of speed.warmup_presets must be warm before the replica is ready."""
+        presets = self.profile.speed.warmup_presets
+        return min(1, len(presets)) if self.profile.speed.warmup_in_background else len(presets)
+
+    def wait_warm(self, timeout_s: float) -> bool:
+        """Block until background warm-up ended (benchmarks measure a warm replica)."""
+        return self._warmup_done.wait(timeout_s)
+
+    def _timed_warm_up(self, name: str, fn: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        fn()
+        self.warmup_s[name] = round(time.perf_counter() - started, 3)
+        log.info("%s warmed %s in %.2fs", self.stage, name, self.warmup_s[name])
+
+    def _warm_up_next(self, rest: list[tuple[str, Callable[[], Any]]]) -> None:
+        if not rest:
+            self._warmup_done.set()
+            return
+        name, fn = rest[0]
+
+        def step() -> None:
+            try:
+                self._timed_warm_up(name, fn)
+            except Exception:  # noqa: BLE001 - that shape's first request pays instead; the replica serves on
+                log.exception("%s: background warm-up of %s failed", self.stage, name)
+                self._release_memory()
+            finally:
+                self.warmup_pending.remove(name)
+                self._warm_up_next(rest[1:])
+
+        self._worker.submit(step)
 
     # --- running model calls ----------------------------------------------------------
 
@@ -300,4 +351,6 @@ class ModelStage:
             "health": self.health.snapshot(),
             "oom": dict(self.oom_counts),
             "compile_cache": getattr(self, "compile_cache", {}),
+            "warmup_s": getattr(self, "warmup_s", {}),
+            "warmup_pending": list(getattr(self, "warmup_pending", [])),
         }

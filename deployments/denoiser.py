@@ -8,6 +8,7 @@ crosses back through the `StepGuard`, which the loop reads after every step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -69,16 +70,23 @@ class Denoiser(ModelStage):
             num_inference_steps=2, guidance_scale=5.0, fps=8, seed=0, preset="warmup",
         )
         guard = StepGuard(Deadline.after(600), params.num_inference_steps)
+        embeddings = PromptEmbeddings(zeros, zeros)
         if self.runtime is None:
-            denoise(self.pipe, params, PromptEmbeddings(zeros, zeros), guard,
-                    max_sequence_length=self.profile.max_sequence_length)
+            steps = [("denoise 64x64", functools.partial(denoise, self.pipe, params, embeddings, guard,
+                                                         max_sequence_length=self.profile.max_sequence_length))]
+            self.warm_up(steps, before_ready=1)
             return
-        denoise_optimized(self.runtime, params, PromptEmbeddings(zeros, zeros), guard)
-        # Compile and first-run costs of the serving shapes, paid here, not by requests.
+        steps = [("denoise 64x64", functools.partial(denoise_optimized, self.runtime, params, embeddings, guard))]
+        # Compile and first-run costs of the serving shapes, paid here, not by requests:
+        # each shape guided, then unguided (the batch-2 and batch-1 graphs).
         catalog = self.args.preset_catalog()
-        shapes = [(catalog.presets[n].height, catalog.presets[n].width, catalog.presets[n].num_frames)
-                  for n in self.profile.speed.warmup_presets]
-        self.runtime.warm_up(shapes, self.profile.max_sequence_length)
+        for name in self.profile.speed.warmup_presets:
+            p = catalog.presets[name]
+            for scale in (5.0, 1.0):
+                steps.append((f"denoise {name} guidance {scale:g}", functools.partial(
+                    self.runtime.warm_up, [(p.height, p.width, p.num_frames)], self.profile.max_sequence_length,
+                    guidance=(scale,))))
+        self.warm_up(steps, before_ready=1 + 2 * self.presets_before_ready())
 
     def _checkpoints(self, job_id: str | None, params: GenerationParams, knobs: FastKnobs) -> LoopCheckpoints | None:
         """The job's checkpoint file, where this replica's loop can save and resume one."""

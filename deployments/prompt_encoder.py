@@ -31,7 +31,7 @@ class PromptEncoder(ModelStage):
         # Thread-safe; maxsize 0 caches nothing (and still counts misses).
         self._cached_text = functools.lru_cache(maxsize=self.args.embedding_cache_size)(self._text_uncached)
         if self.args.warmup:
-            self._encode("warm up", "", 5.0)
+            self.warm_up([("encode", functools.partial(self._encode, "warm up", "", 5.0))], before_ready=1)
 
     def _text_uncached(self, text: str):
         return encode_text(self.pipe, text, self.profile.max_sequence_length)

@@ -9,6 +9,7 @@ out-of-memory fallback.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray import serve
@@ -29,17 +30,22 @@ class VideoEncoder(ModelStage):
         self.speed = self.profile.speed
         prepare_vae(self.pipe.vae, self.speed)
         if self.args.warmup:
-            import torch
-
-            z = self.pipe.vae.config.z_dim
-            self._encode(torch.zeros(1, z, 2, 4, 4), fps=8)
             # cuDNN's per-shape algorithm search and allocator growth, here, not in a request.
-            catalog = self.args.preset_catalog()
-            for name in self.speed.warmup_presets:
-                p = catalog.presets[name]
-                t = (p.num_frames - 1) // self.pipe.vae_scale_factor_temporal + 1
-                s = self.pipe.vae_scale_factor_spatial
-                self._encode(torch.zeros(1, z, t, p.height // s, p.width // s), fps=p.fps)
+            self.warm_up(self._warm_up_steps(), before_ready=1 + self.presets_before_ready())
+
+    def _warm_up_steps(self) -> list:
+        import torch
+
+        z = self.pipe.vae.config.z_dim
+        steps = [("decode 64x64", functools.partial(self._encode, torch.zeros(1, z, 2, 4, 4), 8))]
+        catalog = self.args.preset_catalog()
+        for name in self.speed.warmup_presets:
+            p = catalog.presets[name]
+            t = (p.num_frames - 1) // self.pipe.vae_scale_factor_temporal + 1
+            s = self.pipe.vae_scale_factor_spatial
+            latents = torch.zeros(1, z, t, p.height // s, p.width // s)
+            steps.append((f"decode {name}", functools.partial(self._encode, latents, p.fps)))
+        return steps
 
     def _encode(self, latents, fps: int) -> EncodedVideo:
         return _message(decode_to_mp4(self.pipe, latents, fps, mode=self.speed.decode, tile_on_oom=False), fps)

@@ -92,6 +92,12 @@ class SpeedOptions(_Strict):
         default_factory=list, description="Presets whose shapes are compiled and run once at replica start, so no "
         "request pays compilation or first-run costs.",
     )
+    warmup_in_background: bool = Field(
+        False, description="Warm only the first of warmup_presets before the replica reports ready; the others "
+        "warm afterwards on the model thread, one step at a time between requests (a request arriving then "
+        "waits for one step at most: one preset's decode, or 2 DiT steps at its shape). Restarts and scale-ups "
+        "serve sooner; the first request of a not-yet-warm shape pays its first-run costs.",
+    )
     cudnn_benchmark: bool = Field(
         False, description="Let cuDNN time its convolution algorithms per shape (VAE decode); warmed per preset.",
     )

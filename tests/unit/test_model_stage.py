@@ -311,3 +311,49 @@ def test_check_health_on_the_cpu_passes_and_describe_reports_health():
     info = run(stage.describe())
     assert info["health"]["healthy"] is True and info["oom"] == {}
     gc.collect()
+
+
+def test_background_warm_up_lets_a_request_run_between_its_steps():
+    """Steps after `before_ready` run on the model thread one at a time: a request submitted
+    while one runs goes next, before the remaining steps."""
+    stage = Stage()
+    order: list[str] = []
+    first_background_step = threading.Event()
+    release = threading.Event()
+
+    def step(name: str, hold: bool = False):
+        def run_step():
+            order.append(name)
+            if hold:
+                first_background_step.set()
+                assert release.wait(10)
+        return run_step
+
+    stage.warm_up([("ready", step("ready")), ("later 1", step("later 1", hold=True)),
+                   ("later 2", step("later 2"))], before_ready=1)
+    assert first_background_step.wait(10)
+    assert order == ["ready", "later 1"]  # "ready" ran in the constructor's thread, before it returned
+    assert stage.warmup_pending == ["later 1", "later 2"]
+
+    async def request():
+        future = asyncio.ensure_future(stage.run_model(lambda: order.append("request")))
+        await asyncio.sleep(0)  # submitted to the model thread now, while "later 1" holds it
+        release.set()
+        await future
+
+    run(request())
+    assert stage.wait_warm(10)
+    assert order == ["ready", "later 1", "request", "later 2"]
+    assert stage.warmup_pending == [] and set(stage.warmup_s) == {"ready", "later 1", "later 2"}
+
+
+def test_a_failing_background_warm_up_step_leaves_the_replica_serving():
+    stage = Stage()
+
+    def broken():
+        raise RuntimeError("no such kernel")
+
+    stage.warm_up([("broken", broken), ("fine", lambda: None)], before_ready=0)
+    assert stage.wait_warm(10)
+    assert set(stage.warmup_s) == {"fine"} and stage.warmup_pending == []
+    assert run(stage.run_model(lambda: 42)) == 42
