@@ -60,6 +60,20 @@ def _clear_frames(exc: BaseException) -> None:
         stack += [current.__cause__, current.__context__]
 
 
+def compile_cache_counts() -> dict[str, int]:
+    """Inductor's FX graph cache and AOTAutograd's cache hits and misses in this process:
+    a restart with the caches on disk should show hits, not misses."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import counters
+
+    keys = ("fxgraph_cache_hit", "fxgraph_cache_miss", "autograd_cache_hit", "autograd_cache_miss")
+    merged = {**counters["inductor"], **counters["aot_autograd"]}
+    return {key: int(merged.get(key, 0)) for key in keys}
+
+
 class ModelStage:
     """Loads its slice of the pipeline once and runs model work off the event loop.
 
@@ -186,8 +200,12 @@ class ModelStage:
 
     @property
     def idle(self) -> bool:
+        """No model call queued or running, and no warm-up step left: the state whose GPU
+        memory is the leak check's baseline (a background warm-up grows the allocator and
+        cuDNN's workspaces; measured before it ends, that growth looked like a leak and got
+        the replica replaced)."""
         with self._outstanding_lock:
-            return self._outstanding == 0
+            return self._outstanding == 0 and self._warmup_done.is_set()
 
     def _forget_if_cancelled(self, future: Future) -> None:
         # A call cancelled while still queued never runs `_call`, whose
@@ -352,5 +370,6 @@ class ModelStage:
             "oom": dict(self.oom_counts),
             "compile_cache": getattr(self, "compile_cache", {}),
             "warmup_s": getattr(self, "warmup_s", {}),
+            "compile_cache_hits": compile_cache_counts(),
             "warmup_pending": list(getattr(self, "warmup_pending", [])),
         }

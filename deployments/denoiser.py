@@ -78,15 +78,21 @@ class Denoiser(ModelStage):
             return
         steps = [("denoise 64x64", functools.partial(denoise_optimized, self.runtime, params, embeddings, guard))]
         # Compile and first-run costs of the serving shapes, paid here, not by requests:
-        # each shape guided, then unguided (the batch-2 and batch-1 graphs).
+        # each shape guided (batch 2, what requests run), later unguided (batch 1).
         catalog = self.args.preset_catalog()
-        for name in self.profile.speed.warmup_presets:
-            p = catalog.presets[name]
-            for scale in (5.0, 1.0):
-                steps.append((f"denoise {name} guidance {scale:g}", functools.partial(
-                    self.runtime.warm_up, [(p.height, p.width, p.num_frames)], self.profile.max_sequence_length,
-                    guidance=(scale,))))
-        self.warm_up(steps, before_ready=1 + 2 * self.presets_before_ready())
+        presets = [catalog.presets[name] for name in self.profile.speed.warmup_presets]
+        guided, unguided = [], []
+        for p in presets:
+            shape = [(p.height, p.width, p.num_frames)]
+            for scale, into in ((5.0, guided), (1.0, unguided)):
+                into.append((f"denoise {p.height}x{p.width}x{p.num_frames} guidance {scale:g}", functools.partial(
+                    self.runtime.warm_up, shape, self.profile.max_sequence_length, guidance=(scale,))))
+        ready = self.presets_before_ready()
+        # The replica is ready after the first `ready` guided shapes (all of them unless
+        # speed.warmup_in_background); unguided requests are rare, so their graph warms later.
+        before = guided[:ready] + (unguided if ready == len(presets) else [])
+        after = guided[ready:] + ([] if ready == len(presets) else unguided)
+        self.warm_up(steps + before + after, before_ready=1 + len(before))
 
     def _checkpoints(self, job_id: str | None, params: GenerationParams, knobs: FastKnobs) -> LoopCheckpoints | None:
         """The job's checkpoint file, where this replica's loop can save and resume one."""

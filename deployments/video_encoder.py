@@ -31,13 +31,16 @@ class VideoEncoder(ModelStage):
         prepare_vae(self.pipe.vae, self.speed)
         if self.args.warmup:
             # cuDNN's per-shape algorithm search and allocator growth, here, not in a request.
-            self.warm_up(self._warm_up_steps(), before_ready=1 + self.presets_before_ready())
+            self.warm_up(self._warm_up_steps(), before_ready=max(1, self.presets_before_ready()))
 
     def _warm_up_steps(self) -> list:
         import torch
 
         z = self.pipe.vae.config.z_dim
-        steps = [("decode 64x64", functools.partial(self._encode, torch.zeros(1, z, 2, 4, 4), 8))]
+        # The smallest decode compiles what every decode needs; with presets to warm,
+        # the first preset's decode does that itself.
+        steps = [] if self.speed.warmup_presets else [
+            ("decode 64x64", functools.partial(self._encode, torch.zeros(1, z, 2, 4, 4), 8))]
         catalog = self.args.preset_catalog()
         for name in self.speed.warmup_presets:
             p = catalog.presets[name]

@@ -334,6 +334,7 @@ def test_background_warm_up_lets_a_request_run_between_its_steps():
     assert first_background_step.wait(10)
     assert order == ["ready", "later 1"]  # "ready" ran in the constructor's thread, before it returned
     assert stage.warmup_pending == ["later 1", "later 2"]
+    assert not stage.idle  # no memory baseline is taken while warm-up still grows the allocator
 
     async def request():
         future = asyncio.ensure_future(stage.run_model(lambda: order.append("request")))
@@ -345,6 +346,7 @@ def test_background_warm_up_lets_a_request_run_between_its_steps():
     assert stage.wait_warm(10)
     assert order == ["ready", "later 1", "request", "later 2"]
     assert stage.warmup_pending == [] and set(stage.warmup_s) == {"ready", "later 1", "later 2"}
+    assert stage.idle
 
 
 def test_a_failing_background_warm_up_step_leaves_the_replica_serving():
