@@ -33,12 +33,19 @@ class InProcessGraph:
             args["stages"][stage].update(num_gpus=0.0, gpu_memory_fraction=None)
         self.catalog = ServiceArgs.model_validate(args).preset_catalog()
         started = time.perf_counter()
-        self.prompt_encoder = PromptEncoder.func_or_class(args)
-        self.denoiser = Denoiser.func_or_class(args)
-        self.video_encoder = VideoEncoder.func_or_class(args)
-        for stage in (self.prompt_encoder, self.denoiser, self.video_encoder):
-            stage.wait_warm(WARM_UP_LIMIT_S)  # measure warm stages, as the HTTP side does
+        # One stage at a time, each warm before the next is built: in one process a
+        # stage's background warm-up would compile while the next one's constructor
+        # compiles too, and dynamo does not trace two things at once ("FX to
+        # symbolically trace a dynamo-optimized function"). Replicas are one stage a process.
+        self.prompt_encoder = self._warm(PromptEncoder.func_or_class(args))
+        self.denoiser = self._warm(Denoiser.func_or_class(args))
+        self.video_encoder = self._warm(VideoEncoder.func_or_class(args))
         self.startup_s = time.perf_counter() - started
+
+    @staticmethod
+    def _warm(stage):
+        stage.wait_warm(WARM_UP_LIMIT_S)  # measure warm stages, as the HTTP side does
+        return stage
 
     def run(self, body: dict[str, Any]) -> float:
         """Seconds from the prompt to the finished mp4, one request alone."""

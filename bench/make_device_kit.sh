@@ -55,9 +55,11 @@ mkdir -p "$kit"
 grep -qx "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >> .git/info/exclude
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# python-multipart: the gateway parses form bodies (the openai SDK sends creates as
+# multipart); without it every SDK create was a 500.
 # openai and what it needs beyond the image (distro, jiter, sniffio, httpx2, httpcore2,
 # truststore): bench/gpu_e2e.py drives the app with the official SDK.
-if ! EXTRA="av==$AV_VERSION ftfy==6.3.1 wcwidth==0.9.4 nvidia-ml-py==13.615.71 openai==3.57.0 distro==1.9.0
+if ! EXTRA="av==$AV_VERSION ftfy==6.3.1 wcwidth==0.9.4 nvidia-ml-py==13.615.71 python-multipart==0.0.34 openai==3.57.0 distro==1.9.0
      jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 ${EXTRA:-}" \
      "$maker" "$cache" >"$log" 2>&1; then
   cat "$log" >&2; echo "make-device-kit failed" >&2; exit 1
