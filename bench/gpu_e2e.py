@@ -282,7 +282,7 @@ def main() -> None:
                         help="whole run; jobs still unfinished when the bursts' share of it ends count as failed")
     args = parser.parse_args()
     # Bursts may follow their jobs until this moment; the rest is the in-process baseline's.
-    args.follow_until = time.perf_counter() + args.budget_s - IN_PROCESS_RESERVE_S
+    args.follow_until = time.perf_counter() + args.budget_s - (0 if args.skip_in_process else IN_PROCESS_RESERVE_S)
 
     source = (ROOT / args.config).resolve()
     app_args = yaml.safe_load(source.read_text())["applications"][0]["args"]

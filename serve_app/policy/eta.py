@@ -54,9 +54,23 @@ def job_work(params: GenerationParams, estimator: StageTimeEstimator, progress: 
     return StageWork((encode if progress <= 0 else 0.0) + denoise * (1 - progress / 100), decode)
 
 
+def lane_wait_s(work_s: float, serving: int, starting: int, start_s: float) -> float:
+    """Seconds until `work_s` of queued work is done by `serving` replicas from now
+    and `starting` ones from `start_s` on (their cold start).
+
+    A starting replica shortens the wait only for work that outlasts its start:
+    with one serving and one starting at 60 s, 30 s of work still takes 30 s,
+    and 100 s of work takes 80 s (the second replica does the last 20).
+    """
+    if starting <= 0 or (serving > 0 and work_s / serving <= start_s):
+        return work_s / max(serving, 1)
+    return (work_s + starting * start_s) / (serving + starting)
+
+
 def queue_wait_s(snap: "LoadSnapshot", config: AdmissionConfig) -> float:
     """Seconds until the work ahead (`snap`) no longer holds a new job up."""
-    denoise = snap.denoise_ahead_s / max(snap.replicas, 1)
+    serving = snap.replicas - snap.starting
+    denoise = lane_wait_s(snap.denoise_ahead_s, serving, snap.starting, config.cold_start_s)
     decode = snap.decode_ahead_s / max(snap.encoder_replicas, 1)
     if config.stages_share_hardware:
         # One card or one CPU box: a decode steals the cycles a denoise needs,
@@ -69,5 +83,7 @@ def queue_wait_s(snap: "LoadSnapshot", config: AdmissionConfig) -> float:
 
 def eta_s(own: StageWork, snap: "LoadSnapshot", config: AdmissionConfig) -> float:
     """Seconds until a job needing `own` is ready, behind the work in `snap`."""
-    start = 0.0 if snap.replicas > 0 else config.cold_start_s
+    # Scaled to zero with none starting: one must start for this job. (Replicas already
+    # starting have their cold start counted in the denoise lane's wait.)
+    start = config.cold_start_s if snap.replicas == 0 else 0.0
     return start + queue_wait_s(snap, config) + own.total_s

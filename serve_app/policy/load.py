@@ -21,13 +21,25 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord
 from serve_app.policy.eta import StageWork, job_work
 
 log = logging.getLogger("ray.serve")
+
+
+class ReplicaCount(NamedTuple):
+    """Replicas of one deployment that serve now, and those starting (a scale-up, a
+    replacement): a starting replica takes a cold start (cold_start_s) before its first job."""
+
+    serving: int
+    starting: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.serving + self.starting
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class LoadSnapshot:
     gpu_utilization: float | None = None  # 0-1, None without a GPU
     decode_ahead_s: float = 0.0  # decode + mp4 seconds they still need (also jobs done denoising)
     encoder_replicas: int = 1  # video-encoder replicas
+    starting: int = 0  # of `replicas`, those still starting: no help before cold_start_s
 
 
 def work_ahead(jobs: Iterable[JobRecord], estimator: StageTimeEstimator) -> tuple[int, StageWork]:
@@ -76,20 +89,24 @@ def nvml_utilization() -> float | None:
         return None
 
 
-# Replicas that serve now or will in moments: a replica starting (app start,
-# scale-up, replacement after a crash) is not a cold start to pay for again.
-SERVING_STATES = ("RUNNING", "STARTING", "UPDATING", "RECOVERING")
+# Replicas that serve now, and those on their way (app start, scale-up, replacement
+# after a crash). A starting replica is capacity, but only after its cold start: on
+# one H100 that was 55-65 s (bench/results/e2e-*), and counting it at once admitted
+# 20 s requests that no replica could start in time.
+SERVING_STATES = ("RUNNING", "UPDATING")
+STARTING_STATES = ("STARTING", "RECOVERING")
 
 
-def serve_replicas(app_name: str, deployment: str) -> int | None:
-    """Replicas of one deployment that serve or are about to, from Ray Serve's status (blocking)."""
+def serve_replicas(app_name: str, deployment: str) -> ReplicaCount | None:
+    """Replicas of one deployment that serve, and that are starting, from Ray Serve's status (blocking)."""
     from ray import serve
 
     app = serve.status().applications.get(app_name)
     if app is None or deployment not in app.deployments:
         return None
-    states = app.deployments[deployment].replica_states
-    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) in SERVING_STATES))
+    states = {str(getattr(state, "value", state)): n for state, n in app.deployments[deployment].replica_states.items()}
+    return ReplicaCount(sum(states.get(s, 0) for s in SERVING_STATES),
+                        sum(states.get(s, 0) for s in STARTING_STATES))
 
 
 @dataclass
@@ -130,11 +147,11 @@ class LoadMonitor:
         *,
         active_jobs: Callable[[], list[JobRecord]],
         estimator: StageTimeEstimator,
-        replicas: Callable[[], int | None],
+        replicas: Callable[[], ReplicaCount | int | None],
         gpu_utilization: Callable[[], float | None] | None,
         refresh_s: float,
         initial_replicas: int,
-        encoder_replicas: Callable[[], int | None] | None = None,
+        encoder_replicas: Callable[[], ReplicaCount | int | None] | None = None,
         initial_encoder_replicas: int = 1,
     ) -> None:
         self._active_jobs = active_jobs
@@ -144,6 +161,7 @@ class LoadMonitor:
         self._gpu_fn = gpu_utilization
         self.refresh_s = refresh_s
         self.replicas = initial_replicas
+        self.starting = 0  # of self.replicas; an int from `replicas` means all serve
         # Without a poll, one: fewer encoders than there are only makes
         # admission stricter, never late.
         self.encoder_replicas = initial_encoder_replicas
@@ -158,14 +176,18 @@ class LoadMonitor:
         try:
             replicas = self._replicas_fn()
             if replicas is not None:
-                self.replicas = replicas
+                count = replicas if isinstance(replicas, ReplicaCount) else ReplicaCount(replicas)
+                self.replicas, self.starting = count.total, count.starting
         except Exception:  # noqa: BLE001 - keep the last known count
             log.warning("could not read the denoiser's replica count", exc_info=True)
         if self._encoder_replicas_fn is not None:
             try:
                 encoders = self._encoder_replicas_fn()
                 if encoders is not None:
-                    self.encoder_replicas = encoders
+                    # A starting encoder is not counted: the decode lane is rarely the
+                    # bottleneck, and fewer encoders only makes admission stricter.
+                    count = encoders if isinstance(encoders, ReplicaCount) else ReplicaCount(encoders)
+                    self.encoder_replicas = max(count.serving, 1) if count.total else 0
             except Exception:  # noqa: BLE001 - keep the last known count
                 log.warning("could not read the video encoder's replica count", exc_info=True)
         if self._gpu_fn is not None:
@@ -233,4 +255,4 @@ class LoadMonitor:
             count += 1
             work += held.work
         return LoadSnapshot(self.replicas, count, work.denoise_s, self.gpu_utilization, work.decode_s,
-                            self.encoder_replicas)
+                            self.encoder_replicas, min(self.starting, self.replicas))

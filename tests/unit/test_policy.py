@@ -42,9 +42,9 @@ def admission(**config) -> Admission:
 
 
 def snap(active: int = 0, work: float = 0.0, replicas: int = 1, gpu: float | None = None, decode: float = 0.0,
-         encoders: int = 1) -> LoadSnapshot:
+         encoders: int = 1, starting: int = 0) -> LoadSnapshot:
     return LoadSnapshot(replicas=replicas, active_jobs=active, denoise_ahead_s=work, gpu_utilization=gpu,
-                        decode_ahead_s=decode, encoder_replicas=encoders)
+                        decode_ahead_s=decode, encoder_replicas=encoders, starting=starting)
 
 
 class StagedEstimator(StageTimeEstimator):
@@ -138,7 +138,7 @@ def test_load_monitor_keeps_the_last_replica_count_when_a_poll_fails():
                           gpu_utilization=lambda: 0.25, refresh_s=1.0, initial_replicas=1)
     assert monitor.snapshot().replicas == 1
     monitor.refresh()
-    assert monitor.snapshot() == LoadSnapshot(2, 1, pytest.approx(0.1), 0.25, 0.0, 1)
+    assert monitor.snapshot() == LoadSnapshot(2, 1, pytest.approx(0.1), 0.25, 0.0, 1, 0)
     monitor.refresh()
     monitor.refresh()
     assert monitor.snapshot().replicas == 2
@@ -245,6 +245,40 @@ def test_cold_start_is_counted_and_no_replica_at_all_is_503():
     none = Admission(AdmissionConfig(), TIERS, LinearEstimator(), denoiser_max_replicas=0)
     with pytest.raises(ServiceUnavailable):
         none.decide(params(), snap(replicas=0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600)
+
+
+@pytest.mark.parametrize("work, serving, starting, wait", [
+    (30.0, 1, 1, 30.0),  # done before the second replica has started: it does not help
+    (100.0, 1, 1, 80.0),  # 60 s on one replica, then the remaining 40 s split over two
+    (10.0, 0, 1, 70.0),  # nothing serves yet: the start, then the work
+    (40.0, 2, 0, 20.0),
+])
+def test_a_starting_replica_takes_work_only_after_its_cold_start(work, serving, starting, wait):
+    assert eta.lane_wait_s(work, serving, starting, start_s=60.0) == pytest.approx(wait)
+
+
+def test_a_scale_up_in_progress_does_not_admit_what_one_replica_cannot_finish():
+    """Seen on two H100s: the second denoiser was STARTING (about a minute), admission
+    counted it as capacity at once, and 20 s requests it accepted failed their deadline."""
+    a = admission(cold_start_s=60, max_queue_per_replica=16)
+    ahead = snap(active=8, work=16.0, replicas=2, starting=1)  # 16 s queued, one replica serving
+    with pytest.raises(OverCapacity):
+        a.decide(params(steps=25, frames=17), ahead, mode="auto", exact=True, sync_budget_s=15, deadline_s=20)
+    # Had the second replica been serving, the same request would fit (8 s wait + 4.25 s).
+    fits = a.decide(params(steps=25, frames=17), snap(active=8, work=16.0, replicas=2), mode="auto", exact=True,
+                    sync_budget_s=15, deadline_s=20)
+    assert fits.eta_s == pytest.approx(8 + 4.25)
+
+
+def test_load_monitor_reads_serving_and_starting_replicas():
+    from serve_app.policy.load import ReplicaCount
+
+    monitor = LoadMonitor(active_jobs=lambda: [], estimator=LinearEstimator(), replicas=lambda: ReplicaCount(1, 1),
+                          gpu_utilization=None, refresh_s=1.0, initial_replicas=1,
+                          encoder_replicas=lambda: ReplicaCount(1, 1))
+    monitor.refresh()
+    view = monitor.snapshot()
+    assert (view.replicas, view.starting, view.encoder_replicas) == (2, 1, 1)
 
 
 def test_admission_off_accepts_everything_as_asked():
