@@ -104,13 +104,13 @@ def test_concurrent_job_cap_holds_across_both_gateway_replicas(http):
 def test_tiers_and_refusals_show_in_the_metrics(http):
     from ray._common.test_utils import wait_for_condition
 
-    from tests.integration.test_metrics import _samples, _scrape, _total
+    from tests.helpers.metrics import samples, scrape, total
 
     def seen() -> bool:
-        text = _scrape()
-        lowered = sum(_total(text, "wan_admissions_total", f'tier="{t}"') for t in ("reduced", "minimal"))
-        return (lowered >= 1 and _total(text, "wan_admissions_total", 'outcome="rejected"') >= 1
-                and any(0 < v <= 1 for _, v in _samples(text, "wan_load")))
+        text = scrape()
+        lowered = sum(total(text, "wan_admissions_total", f'tier="{t}"') for t in ("reduced", "minimal"))
+        return (lowered >= 1 and total(text, "wan_admissions_total", 'outcome="rejected"') >= 1
+                and any(0 < v <= 1 for _, v in samples(text, "wan_load")))
 
     # The burst test above degraded and refused requests; Ray exports every few seconds.
     wait_for_condition(seen, timeout=60, retry_interval_ms=1000)

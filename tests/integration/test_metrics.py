@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
-
 import pytest
 from ray._common.test_utils import wait_for_condition
 
-from tests.helpers.app import ADMIN_KEY, METRICS_PORT
+from tests.helpers.app import ADMIN_KEY
+from tests.helpers.metrics import samples, scrape, total
 
 pytestmark = pytest.mark.integration
 
 SMALL = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 3, "fps": 8}
-
-
-def _scrape() -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as resp:
-        return resp.read().decode()
-
-
-def _samples(text: str, name: str) -> list[tuple[str, float]]:
-    """(labels, value) of every sample of `name` (Ray prefixes custom metrics with ray_)."""
-    pattern = re.compile(rf"^ray_{name}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.M)
-    return [(m.group(1) or "", float(m.group(2))) for m in pattern.finditer(text)]
-
-
-def _total(text: str, name: str, label: str = "") -> float:
-    return sum(v for labels, v in _samples(text, name) if label in labels)
 
 
 def test_metrics_after_a_few_jobs(client):
@@ -39,28 +22,28 @@ def test_metrics_after_a_few_jobs(client):
 
     def checks(text: str) -> dict[str, bool]:
         return {
-            "jobs completed": _total(text, "wan_jobs_total", 'status="completed"') >= 2,
-            **{f"stage {stage}": _total(text, "wan_stage_seconds_count", f'stage="{stage}"') >= 2
+            "jobs completed": total(text, "wan_jobs_total", 'status="completed"') >= 2,
+            **{f"stage {stage}": total(text, "wan_stage_seconds_count", f'stage="{stage}"') >= 2
                for stage in ("prompt_encode", "denoise", "decode", "encode", "total")},
-            "denoise time": _total(text, "wan_stage_seconds_sum", 'stage="denoise"') > 0,
-            "steps": _total(text, "wan_step_seconds_count") >= 2 * SMALL["num_inference_steps"],
-            "queue wait": _total(text, "wan_queue_wait_seconds_count") >= 2,
-            "cache hits": _total(text, "wan_cache_hits_total") >= 1,
-            "cache misses": _total(text, "wan_cache_misses_total") >= 2,
-            "cache fills": _total(text, "wan_cache_fills_total") >= 2,
-            "eta error": _total(text, "wan_eta_ratio_count") >= 2,
+            "denoise time": total(text, "wan_stage_seconds_sum", 'stage="denoise"') > 0,
+            "steps": total(text, "wan_step_seconds_count") >= 2 * SMALL["num_inference_steps"],
+            "queue wait": total(text, "wan_queue_wait_seconds_count") >= 2,
+            "cache hits": total(text, "wan_cache_hits_total") >= 1,
+            "cache misses": total(text, "wan_cache_misses_total") >= 2,
+            "cache fills": total(text, "wan_cache_fills_total") >= 2,
+            "eta error": total(text, "wan_eta_ratio_count") >= 2,
             # Admission (off in this app: every create is admitted as asked, tier "exact").
-            "admissions": _total(text, "wan_admissions_total", 'outcome="sync"') >= 2,
-            "cached admission": _total(text, "wan_admissions_total", 'outcome="cached"') >= 1,
-            "load": bool(_samples(text, "wan_load")) and all(0 <= v <= 1 for _, v in _samples(text, "wan_load")),
-            "in flight": bool(_samples(text, "wan_jobs_in_flight"))
-            and all(v >= 0 for _, v in _samples(text, "wan_jobs_in_flight")),
+            "admissions": total(text, "wan_admissions_total", 'outcome="sync"') >= 2,
+            "cached admission": total(text, "wan_admissions_total", 'outcome="cached"') >= 1,
+            "load": bool(samples(text, "wan_load")) and all(0 <= v <= 1 for _, v in samples(text, "wan_load")),
+            "in flight": bool(samples(text, "wan_jobs_in_flight"))
+            and all(v >= 0 for _, v in samples(text, "wan_jobs_in_flight")),
         }
 
     state = {}
 
     def exported() -> bool:
-        state["checks"] = checks(_scrape())
+        state["checks"] = checks(scrape())
         return all(state["checks"].values())
 
     # Ray exports on an interval (seconds), so wait for the figures to land.
@@ -69,4 +52,4 @@ def test_metrics_after_a_few_jobs(client):
     except RuntimeError:
         pytest.fail(f"metrics missing or wrong: {[k for k, ok in state['checks'].items() if not ok]}")
     # GPU memory and utilisation are reported by model replicas on a GPU only.
-    assert not _samples(_scrape(), "wan_gpu_memory_bytes")
+    assert not samples(scrape(), "wan_gpu_memory_bytes")

@@ -7,14 +7,12 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
-from serve_app.api.routes import create_app
-from tests.unit.test_admission_api import REQUEST, Service
-from tests.unit.test_routes import FakeGenerator
+from tests.helpers.fakes import FakeGenerator
+from tests.helpers.service import REQUEST, Service, api_client
 
 ALICE = "wan_alice-secret-0123456789abcdef"
 BOB = "wan_bob-secret-0123456789abcdef00"
@@ -44,7 +42,7 @@ def svc(tmp_path):
 
 @pytest.fixture
 def client(svc):
-    with TestClient(create_app(svc.service), raise_server_exceptions=False) as c:
+    with api_client(svc.service) as c:
         yield c
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
-from serve_app.api.routes import create_app
 from serve_app.config import load_model_profile
-from tests.unit.test_admission_api import REQUEST, Service
+from tests.helpers.service import REQUEST, Service, api_client
 
 
 def _post(service: Service) -> dict:
-    with TestClient(create_app(service.service), raise_server_exceptions=False) as client:
+    with api_client(service.service) as client:
         response = client.post("/v1/videos", json=REQUEST)
     assert response.status_code == 200, response.text
     return response.json()

@@ -12,7 +12,7 @@ import pytest
 
 from serve_app import cli
 from serve_app.client import VideoClient
-from tests.unit.test_client import sse, video
+from tests.helpers.wire import sse, video
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from serve_app.jobs.model import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.params import GenerationParams
+from tests.helpers.fakes import FakeGenerator
 
 PARAMS = GenerationParams(prompt="p", negative_prompt="", width=64, height=64, num_frames=5,
                           num_inference_steps=2, guidance_scale=5.0, fps=8, seed=1, preset="preview")
@@ -160,7 +161,6 @@ class _LosesReplicas:
 
     async def generate(self, params, deadline, on_progress=None, job_id=None):
         from serve_app.errors import StageLost
-        from tests.unit.test_routes import FakeGenerator
 
         self.runs += 1
         if self.runs <= self.losses:
@@ -199,7 +199,6 @@ class _DenoiserOutOfMemory:
 
     async def generate(self, params, deadline, on_progress=None, job_id=None):
         from serve_app.errors import GpuOutOfMemory
-        from tests.unit.test_routes import FakeGenerator
 
         self.calls.append(params)
         if params.num_frames > 9:
