@@ -4,7 +4,7 @@ Two backends stand behind one interface: a local folder (the default, one
 gateway node) and an S3-compatible bucket (several nodes, or storage that
 outlives the machines). `open_artifact_store` picks one from a URL.
 
-Video ids are checked with `records.check_video_id` before they become part
+Video ids are checked with `ids.check_video_id` before they become part
 of a path or key, so "../x" can never name a file outside the store.
 """
 

@@ -98,7 +98,3 @@ class StageTimeEstimator:
             if self._encode is None:
                 self._encode = _Unit(prompt_encode_s)
             self._encode.update(prompt_encode_s)
-
-    def known_shapes(self) -> int:
-        with self._lock:
-            return len(self._step)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ray.exceptions import NodeDiedError, RayActorError, RayTaskError
@@ -49,7 +49,6 @@ class GraphResult:
 @dataclass
 class _Progress:
     last: StepProgress | None = None
-    callbacks: list[ProgressCallback] = field(default_factory=list)
 
 
 class StageGraph:

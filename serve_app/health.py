@@ -271,13 +271,6 @@ class HealthMonitor:
                            f"{self.baseline_bytes / MIB:.0f} MiB while idle, on {self.memory_strikes} checks in a "
                            f"row (tolerance {self.options.memory_tolerance_mib:g} MiB)")
 
-    def stalled_s(self) -> float | None:
-        """Seconds the running call has gone without progress (None when idle)."""
-        with self._lock:
-            if self._running is None:
-                return None
-            return self.clock() - self._running.last_beat
-
     def check(self) -> None:
         """Raise `ReplicaUnhealthy` when the replica should be replaced."""
         with self._lock:

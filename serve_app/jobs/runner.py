@@ -143,9 +143,6 @@ class JobRunner:
         task.add_done_callback(done)
         return True
 
-    def is_local(self, job_id: str) -> bool:
-        return job_id in self._tasks
-
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """The job once terminal, or as it stands after `timeout` seconds.
 

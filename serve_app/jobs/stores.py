@@ -1,4 +1,4 @@
-"""Picking a job store backend from a URL (the `job_store_url` setting)."""
+"""Picking a job store backend from a URL (the `job_store` setting)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def open_job_store(url: str | None, data_dir: Path) -> JobStore:
     if not url or url == "sqlite":
         return SQLiteJobStore(Path(data_dir) / DEFAULT_SQLITE_NAME)
     if url.startswith("sqlite://"):
-        # Three slashes and an absolute path, as in the brief's form; a
-        # relative path would depend on the process's working directory.
+        # Three slashes and an absolute path: a relative one would depend on
+        # the working directory of whichever process opens the store.
         path = url[len("sqlite://"):]
         if not path.startswith("/"):
             raise ValueError(f"job store url {url!r} has no absolute path; allowed forms: {ALLOWED_FORMS}")

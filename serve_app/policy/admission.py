@@ -56,9 +56,6 @@ class Decision:
     tier: str  # name reported to the client
     force_cache: bool = False  # the tier answers from/fills the cache even for `cache: false`
 
-    def degraded(self, requested: GenerationParams) -> bool:
-        return self.params != requested
-
 
 class Admission:
     def __init__(
