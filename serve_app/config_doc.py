@@ -1,9 +1,9 @@
 """Markdown reference of every config knob, generated from the pydantic models.
 
-    python -m serve_app.config_doc            # prints what the README's reference holds
-    python -m serve_app.config_doc --write    # puts it into README.md
+    python -m serve_app.config_doc            # prints what docs/configuration.md's reference holds
+    python -m serve_app.config_doc --write    # puts it into docs/configuration.md
 
-A unit test keeps the README's copy equal to this output.
+A unit test keeps that copy equal to this output.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _default(field) -> str:
 def render() -> str:
     lines: list[str] = []
     for title, model in SECTIONS:
-        lines += [f"#### {title}", "", "| field | default | meaning |", "| --- | --- | --- |"]
+        lines += [f"## {title}", "", "| field | default | meaning |", "| --- | --- | --- |"]
         for name, field in model.model_fields.items():
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_default(field)} | {description} |")
@@ -64,16 +64,18 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# Only the block between the markers is generated; the page around it is written by hand.
+DOC_PATH = "docs/configuration.md"
 START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
 
 
-def readme_block(readme: str) -> str:
-    return readme[readme.index(START) + len(START) : readme.index(END)]
+def reference_block(doc: str) -> str:
+    return doc[doc.index(START) + len(START) : doc.index(END)]
 
 
-def write_readme(path) -> None:
-    readme = path.read_text()
-    path.write_text(readme.replace(START + readme_block(readme), START + render()))
+def write_reference(path) -> None:
+    doc = path.read_text()
+    path.write_text(doc.replace(START + reference_block(doc), START + render()))
 
 
 if __name__ == "__main__":
@@ -82,6 +84,6 @@ if __name__ == "__main__":
     from serve_app.paths import PROJECT_ROOT
 
     if "--write" in sys.argv:
-        write_readme(PROJECT_ROOT / "README.md")
+        write_reference(PROJECT_ROOT / DOC_PATH)
     else:
         print(render(), end="")

@@ -30,7 +30,7 @@ class FastKnobs(_Strict):
     """Quality-changing speed-ups one request may ask for (a degradation tier sets them).
 
     Measured costs on the 5B architecture with random weights are in
-    bench/results/gpu-*.json and the README's performance section.
+    bench/results/gpu-*.json and docs/performance.md.
     """
 
     step_cache_threshold: float | None = Field(

@@ -34,7 +34,7 @@ class Tier(StrictModel):
     )
     fast: dict[str, Any] | None = Field(
         None, description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
-        "the README's GPU speed section). Needs a model profile with speed.optimized_loop."
+        "docs/performance.md). Needs a model profile with speed.optimized_loop."
     )
 
     @property

@@ -1,4 +1,4 @@
-"""Batch generation as a Ray job, the way the README documents it:
+"""Batch generation as a Ray job, the way docs/cli.md documents it:
 
     ray job submit --working-dir . -- python -m serve_app.batch prompts.jsonl --out DIR
 
