@@ -24,10 +24,11 @@ from serve_app.messages import DenoisedLatents, StepProgress
 from serve_app.params import GenerationParams
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
-from serve_app.pipeline.optimize import EXACT, DenoiserRuntime, FastKnobs
+from serve_app.pipeline.optimize import DenoiserRuntime
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
 from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
 from serve_app.preview import preview_maker
+from serve_app.settings.speed import EXACT, FastKnobs
 
 
 log = logging.getLogger("ray.serve")
@@ -105,7 +106,7 @@ class Denoiser(ModelStage):
         self, params: GenerationParams, embeddings: PromptEmbeddings, deadline: Deadline,
         knobs: FastKnobs | dict | None = None, job_id: str | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
-        """`knobs`: a fast tier's quality-changing speed-ups (optimize.FastKnobs); None is the exact path.
+        """`knobs`: a fast tier's quality-changing speed-ups (settings.speed.FastKnobs); None is the exact path.
         `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one."""
         knobs = EXACT if knobs is None else FastKnobs.model_validate(knobs)
         checkpoints = self._checkpoints(job_id, params, knobs)

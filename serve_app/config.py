@@ -2,6 +2,11 @@
 
 One `ServiceArgs` model feeds the `args:` block of `serve_config.yaml`; every
 field has a description, and validators quote the offending values.
+
+The blocks other parts of the service own (speed, health, access, faults,
+tiers, limits) are defined in serve_app/settings/ and composed here. Like
+them, this module imports only settings and `serve_app.paths`: every layer
+above may import it, so it must not import any of them.
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from serve_app.faults import FaultInjection
-from serve_app.health import HealthOptions
-from serve_app.access.config import AccessConfig
 from serve_app.paths import CONFIG_DIR, MODEL_PROFILE_DIR, resolve
-from serve_app.pipeline.optimize import SpeedOptions
+from serve_app.settings.access import AccessConfig
+from serve_app.settings.base import StrictModel
+from serve_app.settings.faults import FaultInjection
+from serve_app.settings.health import HealthOptions
+from serve_app.settings.limits import GenerationLimits
+from serve_app.settings.speed import SpeedOptions
+from serve_app.settings.tiers import TierTable, load_tiers
 
 DType = Literal["bfloat16", "float16", "float32"]
 
@@ -32,10 +40,6 @@ ATTENTION_BACKENDS: dict[str, str] = {
     "flash3": "_flash_3",
     "sage": "sage",
 }
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TinyModelSpec(StrictModel):
@@ -130,28 +134,6 @@ def load_model_profile(name_or_path: str, overrides: dict[str, Any] | None = Non
     data = yaml.safe_load(path.read_text()) or {}
     data.update(overrides or {})
     return ModelProfile(**data)
-
-
-class GenerationLimits(StrictModel):
-    """Bounds on every generation field; requests outside them get a 422."""
-
-    min_side: int = Field(64, ge=32, description="Smallest height or width, pixels.")
-    max_side: int = Field(1280, ge=32, description="Largest height or width, pixels.")
-    side_multiple: int = Field(
-        32, description="Height and width must be multiples of this (VAE 16x times DiT patch 2)."
-    )
-    max_pixels: int = Field(1280 * 720, description="Largest height x width.")
-    min_frames: int = Field(5, ge=1, description="Fewest frames.")
-    max_frames: int = Field(121, ge=1, description="Most frames.")
-    frames_modulus: int = Field(4, description="Frames must be k * frames_modulus + 1 (VAE temporal factor).")
-    min_steps: int = Field(1, ge=1, description="Fewest denoising steps.")
-    max_steps: int = Field(100, ge=1, description="Most denoising steps.")
-    min_guidance: float = Field(0.0, ge=0, description="Lowest guidance scale (<= 1 turns guidance off).")
-    max_guidance: float = Field(20.0, description="Highest guidance scale.")
-    min_fps: int = Field(1, ge=1, description="Lowest frames per second of the mp4.")
-    max_fps: int = Field(60, ge=1, description="Highest frames per second of the mp4.")
-    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt, characters.")
-    max_seed: int = Field(2**32 - 1, description="Largest seed.")
 
 
 class Preset(StrictModel):
@@ -500,10 +482,8 @@ class ServiceArgs(StrictModel):
     def preset_catalog(self) -> PresetCatalog:
         return load_presets(self.presets_file)
 
-    def tier_table(self):
+    def tier_table(self) -> TierTable:
         """The degradation table, checked against the presets' limits."""
-        from serve_app.policy.tiers import load_tiers
-
         table = load_tiers(self.admission.tiers_file)
         table.check(self.preset_catalog().limits, self.model_profile().speed.optimized_loop)
         return table

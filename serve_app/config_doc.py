@@ -11,7 +11,6 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from serve_app.access.config import AccessConfig, ApiKeyEntry
 from serve_app.config import (
     AdmissionConfig,
     AutoscalingOptions,
@@ -21,10 +20,11 @@ from serve_app.config import (
     ServiceArgs,
     StageOptions,
 )
-from serve_app.faults import FaultInjection
-from serve_app.health import HealthOptions
-from serve_app.pipeline.optimize import BatchingOptions, FastKnobs, SpeedOptions
-from serve_app.policy.tiers import Tier
+from serve_app.settings.access import AccessConfig, ApiKeyEntry
+from serve_app.settings.faults import FaultInjection
+from serve_app.settings.health import HealthOptions
+from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
+from serve_app.settings.tiers import Tier
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`args:` of serve_config.yaml (ServiceArgs)", ServiceArgs),

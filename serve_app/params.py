@@ -13,16 +13,14 @@ import random
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from serve_app.config import GenerationLimits, PresetCatalog
+from serve_app.config import PresetCatalog
 from serve_app.errors import InvalidRequest
+from serve_app.settings.base import StrictModel
+from serve_app.settings.limits import GenerationLimits
 
 
-class GenerationParams(BaseModel):
+class GenerationParams(StrictModel):
     """Everything that decides the pixels of one video (after presets and overrides)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str
     negative_prompt: str
@@ -35,7 +33,7 @@ class GenerationParams(BaseModel):
     seed: int
     preset: str
     # Quality-changing speed-ups a degradation tier turned on (FastKnobs fields of
-    # serve_app/pipeline/optimize.py, e.g. {"step_cache_threshold": 0.3}); None: the exact path.
+    # serve_app/settings/speed.py, e.g. {"step_cache_threshold": 0.3}); None: the exact path.
     fast: dict[str, Any] | None = None
 
     @property

@@ -240,22 +240,6 @@ def encode_strip(rgb: np.ndarray, max_bytes: int = MAX_PREVIEW_BYTES) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
-def denoised_estimate(pipeline: Any, latents: Any) -> Any:
-    """The scheduler's x0 prediction of the step just taken when it keeps one, else `latents`.
-
-    UniPC (Wan's scheduler) stores the converted model output, which is the
-    x0 estimate when `predict_x0` is on; it is a clean picture from the first
-    step, where the current latents are still mostly noise.
-    """
-    scheduler = getattr(pipeline, "scheduler", None)
-    outputs = getattr(scheduler, "model_outputs", None)
-    if getattr(scheduler, "predict_x0", False) and outputs and outputs[-1] is not None:
-        x0 = outputs[-1]
-        if getattr(x0, "shape", None) == getattr(latents, "shape", None):
-            return x0
-    return latents
-
-
 # --- when to make one ----------------------------------------------------------------------
 
 def preview_steps(total: int, every_n_steps: int, max_previews: int) -> set[int]:

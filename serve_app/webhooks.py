@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.errors import InvalidRequest
+from serve_app.settings.base import StrictModel
 
 logger = logging.getLogger("ray.serve")
 
@@ -71,10 +72,8 @@ class WebhookUnresolved(WebhookRejected):
 # --------------------------------------------------------------------------- config
 
 
-class WebhookConfig(BaseModel):
+class WebhookConfig(StrictModel):
     """Where webhooks may go, how they are signed, and how hard delivery tries."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(
         True, description="Accept webhook URLs at all. When false, every webhook URL is rejected."

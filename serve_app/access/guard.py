@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from serve_app.access.config import AccessConfig
 from serve_app.access.keys import ApiKeys, Principal, require_admin
-from serve_app.access.limits import BucketKind, Limiters, open_limits
+from serve_app.access.limits import BucketKind
+from serve_app.access.stores import Limiters, open_limits
 from serve_app.errors import ServiceUnavailable
+from serve_app.settings.access import AccessConfig
 
 log = logging.getLogger("ray.serve")
 

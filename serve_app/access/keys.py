@@ -21,8 +21,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from serve_app.access.config import ANONYMOUS_ID, AccessConfig, ApiKeyEntry, check_key_id
 from serve_app.errors import Forbidden, Unauthorized
+from serve_app.settings.access import ANONYMOUS_ID, AccessConfig, ApiKeyEntry, check_key_id
 
 KEY_PREFIX = "wan_"
 # Keys from the environment shorter than this are refused: a short secret is

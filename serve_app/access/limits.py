@@ -14,7 +14,8 @@ Two protocols, each with two backends:
 The in-process backends (`store: ''`) keep state in this process: with several
 gateway replicas each has its own buckets, so a key gets N times its limits,
 and a job released on another replica keeps its slot here until its lease
-ends. `store: redis://...` shares the state (see redis_limits.py).
+ends. `store: redis://...` shares the state (see redis_limits.py); stores.py picks
+the backend.
 
 Limits are passed on every call rather than fixed per limiter, so per-key
 overrides and config changes need no limiter state of their own.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from serve_app.errors import ConcurrencyLimited, RateLimited
@@ -33,7 +33,6 @@ from serve_app.errors import ConcurrencyLimited, RateLimited
 BucketKind = Literal["create", "read"]
 BUCKET_KINDS: tuple[str, ...] = ("create", "read")
 DEFAULT_CONCURRENCY_RETRY_AFTER_S = 5.0
-ALLOWED_STORES = "'' (in-process) or 'redis://host:port/db' / 'rediss://...' (shared by gateway replicas)"
 
 
 def rate_limited(key_id: str, kind: str, rate_per_s: float, burst: int, wait_s: float) -> RateLimited:
@@ -188,36 +187,3 @@ class InProcessJobLimiter:
 
     def close(self) -> None:
         pass
-
-
-@dataclass
-class Limiters:
-    """The two limiters of one backend, opened together (the Redis pair shares one client)."""
-
-    rate: RateLimiter
-    jobs: JobLimiter
-    backend: str
-
-    def close(self) -> None:
-        self.rate.close()
-        if self.jobs is not self.rate:
-            self.jobs.close()
-
-
-def open_limits(
-    url: str | None, *, prefix: str = "wanserve:access", clock: Callable[[], float] = time.monotonic
-) -> Limiters:
-    """'' -> in-process (`clock` applies), 'redis://' or 'rediss://' -> Redis (server time)."""
-    if not url:
-        return Limiters(InProcessRateLimiter(clock), InProcessJobLimiter(clock), "in-process")
-    if url.startswith(("redis://", "rediss://")):
-        # redis is an optional extra: import it only for those who asked for it.
-        try:
-            from serve_app.access.redis_limits import RedisLimiter
-        except ImportError as exc:
-            raise ImportError("access.store redis:// needs the redis client: pip install 'wan-serve[redis]'") from exc
-        limiter = RedisLimiter(url, prefix=prefix)
-        return Limiters(limiter, limiter, "redis")
-    # Only the scheme is quoted: the rest of a URL may hold a password.
-    scheme = url.split("://", 1)[0] if "://" in url else "(none)"
-    raise ValueError(f"access.store: scheme {scheme!r} is unknown; allowed: {ALLOWED_STORES}")

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 from serve_app.deadline import StepGuard
 from serve_app.params import GenerationParams
-from serve_app.pipeline.optimize import EXACT, FastKnobs
-from serve_app.preview import denoised_estimate
+from serve_app.pipeline.stages import denoised_estimate
+from serve_app.settings.speed import EXACT, FastKnobs
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,10 @@ latent frame and encodes the mp4 while the GPU decodes the next chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from serve_app.deadline import StepGuard
 from serve_app.params import GenerationParams
-from serve_app.preview import denoised_estimate
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 # (steps done, total steps, a thunk giving the denoised estimate): called just
@@ -37,6 +36,24 @@ class PromptEmbeddings:
 def uses_guidance(guidance_scale: float) -> bool:
     # WanPipeline.do_classifier_free_guidance: guidance runs only above 1.0.
     return guidance_scale > 1.0
+
+
+# Here rather than in preview.py, which renders it: both denoising loops (here and
+# batching.py) call it, and preview.py imports this module to fit its projection.
+def denoised_estimate(pipeline: Any, latents: Any) -> Any:
+    """The scheduler's x0 prediction of the step just taken when it keeps one, else `latents`.
+
+    UniPC (Wan's scheduler) stores the converted model output, which is the
+    x0 estimate when `predict_x0` is on; it is a clean picture from the first
+    step, where the current latents are still mostly noise.
+    """
+    scheduler = getattr(pipeline, "scheduler", None)
+    outputs = getattr(scheduler, "model_outputs", None)
+    if getattr(scheduler, "predict_x0", False) and outputs and outputs[-1] is not None:
+        x0 = outputs[-1]
+        if getattr(x0, "shape", None) == getattr(latents, "shape", None):
+            return x0
+    return latents
 
 
 def encode_text(pipe, text: str, max_sequence_length: int):

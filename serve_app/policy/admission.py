@@ -39,7 +39,8 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.params import GenerationParams
 from serve_app.policy import eta
 from serve_app.policy.load import LoadSnapshot
-from serve_app.policy.tiers import Tier, TierTable, apply_tier
+from serve_app.policy.tiers import apply_tier
+from serve_app.settings.tiers import Tier, TierTable
 
 Mode = Literal["auto", "wait", "async"]
 

@@ -19,8 +19,9 @@ from serve_app.access import keys as keys_module
 from serve_app.access.config import AccessConfig, ApiKeyEntry
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import ApiKeys, Principal, hash_secret, parse_env_keys, require_admin
-from serve_app.access.limits import InProcessJobLimiter, InProcessRateLimiter, open_limits
+from serve_app.access.limits import InProcessJobLimiter, InProcessRateLimiter
 from serve_app.access.redis_limits import RedisLimiter
+from serve_app.access.stores import open_limits
 from serve_app.errors import (
     ConcurrencyLimited,
     Forbidden,

@@ -1,0 +1,16 @@
+"""The base of every settings model, and names more than one schema shares."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# The model stages: the ones that run a model, fail like GPUs do, and are health-checked.
+StageName = Literal["prompt_encoder", "denoiser", "video_encoder"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo in a YAML file fails at start-up); values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,0 +1,87 @@
+"""The degradation table (configs/tiers.yaml): its schema and its loader.
+
+A tier caps denoising steps and frames and may force the result cache on.
+The table is ordered by `max_load`: the first tier whose bound the current
+load is under applies. How a tier changes a request is serve_app/policy/tiers.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from serve_app.paths import resolve
+from serve_app.settings.base import StrictModel
+from serve_app.settings.limits import GenerationLimits
+from serve_app.settings.speed import FastKnobs
+
+CacheMode = Literal["as_requested", "forced"]
+
+
+class Tier(StrictModel):
+    """One row of the degradation table."""
+
+    name: str = Field(description="Reported to clients (body `tier`, header `Wan-Tier`) and in metrics.")
+    max_load: float = Field(gt=0, description="This tier applies while load is below this fraction (0-1).")
+    max_steps: int | None = Field(None, ge=1, description="Cap on denoising steps; null keeps the request's.")
+    max_frames: int | None = Field(None, ge=1, description="Cap on frames (4k+1); null keeps the request's.")
+    cache: CacheMode = Field(
+        "as_requested", description="'forced': answer from (and fill) the result cache even for `cache: false`."
+    )
+    fast: dict[str, Any] | None = Field(
+        None, description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
+        "docs/performance.md). Needs a model profile with speed.optimized_loop."
+    )
+
+    @property
+    def caps(self) -> bool:
+        return self.max_steps is not None or self.max_frames is not None or bool(self.fast)
+
+
+class TierTable(StrictModel):
+    """configs/tiers.yaml."""
+
+    tiers: list[Tier] = Field(min_length=1, description="Ordered by max_load, lowest load first.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TierTable":
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique: {names}")
+        bounds = [t.max_load for t in self.tiers]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError(f"tiers must be ordered by strictly increasing max_load: {bounds}")
+        if bounds[-1] < 1.0:
+            raise ValueError(f"the last tier's max_load={bounds[-1]} must be >= 1.0 so every load has a tier")
+        return self
+
+    def check(self, limits: GenerationLimits, optimized_loop: bool = True) -> None:
+        """Caps must be values a request could have asked for itself; fast knobs need a loop that has them."""
+        for tier in self.tiers:
+            if tier.fast:
+                FastKnobs.model_validate(tier.fast)
+                if not optimized_loop:
+                    raise ValueError(f"tier {tier.name!r} sets fast={tier.fast}, but the model profile's "
+                                     "speed.optimized_loop is off: use a tiers file without fast knobs")
+            frames = tier.max_frames
+            if frames is not None and (frames < limits.min_frames or (frames - 1) % limits.frames_modulus):
+                raise ValueError(
+                    f"tier {tier.name!r}: max_frames={frames} must be >= {limits.min_frames} and of the form "
+                    f"{limits.frames_modulus}k+1"
+                )
+            if tier.max_steps is not None and tier.max_steps < limits.min_steps:
+                raise ValueError(f"tier {tier.name!r}: max_steps={tier.max_steps} < min_steps={limits.min_steps}")
+
+    def for_load(self, load: float) -> int:
+        """Index of the tier that applies at `load`."""
+        for index, tier in enumerate(self.tiers):
+            if load < tier.max_load:
+                return index
+        return len(self.tiers) - 1
+
+
+def load_tiers(path: str | Path) -> TierTable:
+    return TierTable(**(yaml.safe_load(resolve(path).read_text()) or {}))
