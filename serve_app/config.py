@@ -299,7 +299,9 @@ class AdmissionConfig(StrictModel):
         "ignored without a GPU."
     )
     cold_start_s: float = Field(
-        60.0, ge=0, description="Added to estimates while the denoiser is scaled to zero (a replica must load)."
+        60.0, ge=0, description="Seconds a denoiser replica takes to start (load and warm up; 55-65 s for the 5B "
+        "on an H100). Added to estimates while the denoiser is scaled to zero, and the time before a starting "
+        "replica (scale-up, replacement) takes any of the queue."
     )
     # True by default: both shipped configs put every stage on one box (CPU) or
     # one card (fractional GPUs), where stages contend. Wrongly true costs some
