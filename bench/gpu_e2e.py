@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import card_name, free_port, slug, write_result  # noqa: E402
 from bench.e2e_traffic import BURSTS, burst, follow_jobs, hostile_requests  # noqa: E402
-from bench.serve_process import ServeRun, write_config  # noqa: E402
+from bench.serve_process import ServeRun, kill_replicas, write_config  # noqa: E402
 
 # Goals (issue: the GPU deployment works end to end).
 GOAL_COLD_START_S = 90.0
@@ -114,13 +114,7 @@ def kill_model_replicas(app: str = "video") -> int:
 
     ray.init(address="auto", log_to_driver=False)
     try:
-        killed = 0
-        prefixes = tuple(f"SERVE_REPLICA::{app}#{name}#" for name in MODEL_DEPLOYMENTS)
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["name"].startswith(prefixes):
-                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-                killed += 1
-        return killed
+        return kill_replicas(app, MODEL_DEPLOYMENTS)
     finally:
         ray.shutdown()
 
@@ -388,7 +382,7 @@ def goals(result: dict) -> dict[str, bool]:
         "burst_default_deadline_in_time": bursts.get("default_deadline", {}).get("ok_in_deadline", 0)
         >= GOAL_BURST_A_MIN_OK,
     }
-    if "in_process" in result or "skip_in_process" not in result:
+    if not result.get("skip_in_process"):
         out["preview_http_overhead"] = bool(result.get("preview_inprocess_s")) and overhead_ok(
             result["preview_http_s"], result["preview_inprocess_s"])
     return out

@@ -66,3 +66,20 @@ def write_config(source: Path, data_dir: Path, port: int, overrides: dict[str, A
     path = data_dir.parent / f"{source.stem}-e2e.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def kill_replicas(app: str, deployments: tuple[str, ...]) -> int:
+    """ray.kill every replica of these deployments of `app`, as a crash would (Serve starts
+    new ones); how many. Needs a driver connected to the cluster."""
+    import ray
+
+    prefixes = tuple(f"SERVE_REPLICA::{app}#{name}#" for name in deployments)
+    killed = 0
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(prefixes):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+                killed += 1
+            except ValueError:
+                pass  # already gone
+    return killed

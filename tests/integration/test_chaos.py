@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bench.serve_process import kill_replicas
 from tests.helpers.load_app import ALICE, JOB, LOAD_APP, bearer, denoiser_replicas, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
@@ -15,20 +16,9 @@ pytestmark = pytest.mark.integration
 KILLS = 10
 
 
-def kill_replicas(deployment: str) -> int:
-    """ray.kill every running replica of one deployment of the load app; how many."""
-    import ray
-
-    prefix = f"SERVE_REPLICA::{LOAD_APP}#{deployment}#"
-    killed = 0
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith(prefix):
-            try:
-                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-                killed += 1
-            except ValueError:
-                pass  # already gone
-    return killed
+def kill_denoisers() -> int:
+    """ray.kill every running denoiser replica of the load app; how many."""
+    return kill_replicas(LOAD_APP, ("Denoiser",))
 
 
 def events_of(http, video_id: str) -> list[dict]:
@@ -64,7 +54,7 @@ def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http):
         wait_for(lambda: denoiser_replicas() >= 1, 60, "a live denoiser replica")
         video_id = submit(http, f"chaos {n}")
         wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")
-        assert kill_replicas("Denoiser") >= 1
+        assert kill_denoisers() >= 1
         ids.append(video_id)
         # Each job is killed once: the next kill waits until this one's rerun is
         # done. Without the wait, a rerun still going when the next kill comes is
@@ -95,7 +85,7 @@ def test_a_killed_denoisers_job_resumes_at_its_last_checkpoint(http):
         return video["status"] == "in_progress" and 50 <= video["progress"] < 90
 
     wait_for(past_half, 60, "the job to be past half its steps")
-    assert kill_replicas("Denoiser") >= 1
+    assert kill_denoisers() >= 1
     (video,) = wait_done(http, [video_id], ALICE, timeout_s=120)
     assert video["status"] == "completed"
     events = events_of(http, video_id)
