@@ -47,21 +47,27 @@ class InProcessGraph:
         stage.wait_warm(WARM_UP_LIMIT_S)  # measure warm stages, as the HTTP side does
         return stage
 
-    def run(self, body: dict[str, Any]) -> float:
-        """Seconds from the prompt to the finished mp4, one request alone."""
+    def run(self, body: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        """Seconds from the prompt to the finished mp4, one request alone, and each stage's
+        share (named as the service's `timings`, so the two can be compared stage by stage)."""
         params = resolve_generation(body, self.catalog)
+        stages: dict[str, float] = {}
         started = time.perf_counter()
-        asyncio.run(self._generate(params))
-        return time.perf_counter() - started
+        asyncio.run(self._generate(params, stages))
+        return time.perf_counter() - started, stages
 
-    async def _generate(self, params) -> None:
+    async def _generate(self, params, stages: dict[str, float]) -> None:
         deadline = Deadline.after(3600)
+        clock = time.perf_counter()
         embeddings = await self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.guidance_scale,
                                                       deadline)
+        stages["prompt_encode_s"], clock = time.perf_counter() - clock, time.perf_counter()
         latents = None
         async for message in self.denoiser.denoise(params, embeddings, deadline, params.fast, None):
             latents = message
+        stages["denoise_s"], clock = time.perf_counter() - clock, time.perf_counter()
         video = await self.video_encoder.encode(latents.latents, params.fps, deadline)
+        stages["decode_and_encode_s"] = time.perf_counter() - clock
         assert video.mp4, "no mp4 came out"
 
     def close(self) -> None:

@@ -200,12 +200,16 @@ def in_process_latencies(config_args: dict, presets: list[str], runs: dict[str, 
     out = {}
     try:
         for preset in presets:
-            samples = []
+            samples, stage_samples = [], []
             for n in range(runs[preset] + 1):
-                elapsed = graph.run({"preset": preset, "prompt": f"latency probe {preset} {n}", "seed": 7, **extra})
+                elapsed, stages = graph.run({"preset": preset, "prompt": f"latency probe {preset} {n}", "seed": 7,
+                                             **extra})
                 if n:
                     samples.append(elapsed)
-            out[preset] = {"in_process_s": statistics.median(samples), "samples_s": [round(s, 4) for s in samples]}
+                    stage_samples.append(stages)
+            out[preset] = {"in_process_s": statistics.median(samples), "samples_s": [round(s, 4) for s in samples],
+                           "stages_s": {name: round(statistics.median(s[name] for s in stage_samples), 4)
+                                        for name in stage_samples[0]}}
             print(f"  {preset}: in-process median {out[preset]['in_process_s']:.3f} s", flush=True)
     finally:
         graph.close()
@@ -229,7 +233,8 @@ async def background_warm_up(client: httpx.AsyncClient, limit_s: float = 180.0) 
             break
         await asyncio.sleep(0.5)
     return {"after_first_video_s": round(time.perf_counter() - started, 2),
-            "stages": {name: {"load_s": r.get("load_s"), "warmup_s": r.get("warmup_s"),
+            "stages": {name: {"load_s": r.get("load_s"), "startup_phases": r.get("startup_phases"),
+                              "warmup_s": r.get("warmup_s"),
                               "pending": r.get("warmup_pending"), "compile_cache_hits": r.get("compile_cache_hits")}
                        for name, r in stages.items()}}
 
@@ -262,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/serve_gpu.yaml")
     parser.add_argument("--presets", nargs="+", default=["preview", "standard"])
-    parser.add_argument("--runs", type=int, default=5, help="timed requests of the preview preset")
+    parser.add_argument("--runs", type=int, default=9, help="timed requests of the preview preset")
     parser.add_argument("--runs-large", type=int, default=1, help="timed requests of each larger preset")
     parser.add_argument("--skip-in-process", action="store_true",
                         help="no in-process baseline (e.g. a second config on the same card type)")

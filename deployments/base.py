@@ -22,6 +22,7 @@ from serve_app.health import HealthMonitor, Outcome, ReplicaUnhealthy, classify
 from serve_app.gpu_share import cap_gpu_memory
 from serve_app.pipeline.loading import Stage, load_pipeline, resolve_device
 from serve_app.pipeline.optimize import use_compile_cache
+from serve_app.pipeline.startup import StartupPhases
 
 T = TypeVar("T")
 log = logging.getLogger("ray.serve")
@@ -89,12 +90,15 @@ class ModelStage:
         self.args = ServiceArgs(**args)
         self.profile = self.args.model_profile()
         started = time.perf_counter()
+        self.startup = StartupPhases()
         cache = self.args.compile_cache_path
-        self.compile_cache = use_compile_cache(cache) if cache is not None else {}
+        with self.startup.phase("compile_cache"):
+            self.compile_cache = use_compile_cache(cache) if cache is not None else {}
         # The cap goes on before the weights load, so they count against it too.
-        self.memory_fraction = cap_gpu_memory(
-            getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile))
-        self.pipe = load_pipeline(self.profile, self.args.data_path, self.stage)
+        with self.startup.phase("gpu_init"):
+            self.memory_fraction = cap_gpu_memory(
+                getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile))
+        self.pipe = load_pipeline(self.profile, self.args.data_path, self.stage, self.startup)
         self.device = str(self.pipe._execution_device)
         self.load_s = time.perf_counter() - started
         self._start_runtime()
@@ -365,6 +369,7 @@ class ModelStage:
             "dtype": self.profile.dtype if self.stage != "video_encoder" else self.profile.vae_dtype,
             "attention_backend": self.profile.attention_backend,
             "load_s": round(self.load_s, 3),
+            "startup_phases": dict(self.startup.seconds),
             "gpu_memory_fraction": self.memory_fraction,
             "health": self.health.snapshot(),
             "oom": dict(self.oom_counts),

@@ -15,6 +15,7 @@ from typing import Iterator, Literal
 
 from serve_app.config import ATTENTION_BACKENDS, ModelProfile
 from serve_app.errors import ModelLoadError
+from serve_app.pipeline.startup import StartupPhases
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,23 @@ def resolve_device(profile: ModelProfile) -> str:
     return profile.device
 
 
-def load_pipeline(profile: ModelProfile, data_dir: Path, stage: Stage = "all"):
-    """A `WanPipeline` on the profile's device with the stage's components loaded."""
+def load_pipeline(profile: ModelProfile, data_dir: Path, stage: Stage = "all",
+                  startup: StartupPhases | None = None):
+    """A `WanPipeline` on the profile's device with the stage's components loaded
+    (`startup`, if given, records how long the imports, build or load, and placement took)."""
+    startup = startup or StartupPhases()
     keep = STAGE_COMPONENTS[stage]
     device = resolve_device(profile)
+    with startup.phase("import_diffusers"):
+        from diffusers import WanPipeline  # noqa: F401 - timed apart: a fixed cost of every start
     if profile.source == "random":
-        pipe = build_random_5b(profile, device, keep)
+        pipe = build_random_5b(profile, device, keep, startup)
     else:
         path = _weights_path(profile, data_dir)
         skip = {name: None for name in ALL_COMPONENTS if name not in keep and name != "scheduler"}
         try:
-            pipe = _from_pretrained(path, profile, skip)
+            with startup.phase("from_pretrained"):
+                pipe = _from_pretrained(path, profile, skip)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"could not load model {profile.model_id!r} from {str(path)!r}: {exc}. "
@@ -63,7 +70,8 @@ def load_pipeline(profile: ModelProfile, data_dir: Path, stage: Stage = "all"):
                 "in the profile (or model_overrides.path in serve_config.yaml)."
             ) from exc
         _fix_vae_scale_factors(pipe, path)
-    _place(pipe, device)
+    with startup.phase("place"):
+        _place(pipe, device)
     if pipe.transformer is not None:
         set_attention_backend(pipe.transformer, profile.attention_backend)
     pipe.set_progress_bar_config(disable=True)
@@ -159,7 +167,8 @@ def _default_dtype(dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def build_random_5b(profile: ModelProfile, device: str, keep: tuple[str, ...]):
+def build_random_5b(profile: ModelProfile, device: str, keep: tuple[str, ...],
+                    startup: StartupPhases | None = None):
     """Wan2.2-TI2V-5B's exact architecture, random weights, built on `device`.
 
     Built directly on the device in the target dtype: initialising 10.7 B
@@ -173,21 +182,22 @@ def build_random_5b(profile: ModelProfile, device: str, keep: tuple[str, ...]):
     from serve_app.pipeline.architecture import TRANSFORMER_5B, UMT5_XXL, VAE_5B
     from serve_app.pipeline.tiny import build_tokenizer
 
+    startup = startup or StartupPhases()
     torch.manual_seed(0)
     parts: dict = {"tokenizer": None, "text_encoder": None, "transformer": None, "vae": None}
     with torch.device(device):
         if "text_encoder" in keep:
-            with _default_dtype(torch_dtype(profile.dtype)):
+            with startup.phase("build_text_encoder"), _default_dtype(torch_dtype(profile.dtype)):
                 parts["text_encoder"] = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
             # Real UMT5 vocabulary is not available offline; a byte-level tokenizer
             # gives valid ids and the same 512-token padded sequence cost.
             parts["tokenizer"] = build_tokenizer(profile.max_sequence_length)
         if "transformer" in keep:
-            with _default_dtype(torch_dtype(profile.dtype)):
+            with startup.phase("build_transformer"), _default_dtype(torch_dtype(profile.dtype)):
                 parts["transformer"] = WanTransformer3DModel(**TRANSFORMER_5B)
-            _keep_fp32_modules(parts["transformer"])
+                _keep_fp32_modules(parts["transformer"])
         if "vae" in keep:
-            with _default_dtype(torch_dtype(profile.vae_dtype)):
+            with startup.phase("build_vae"), _default_dtype(torch_dtype(profile.vae_dtype)):
                 parts["vae"] = AutoencoderKLWan(**VAE_5B)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction",
