@@ -369,7 +369,7 @@ class ModelStage:
             "dtype": self.profile.dtype if self.stage != "video_encoder" else self.profile.vae_dtype,
             "attention_backend": self.profile.attention_backend,
             "load_s": round(self.load_s, 3),
-            "startup_phases": dict(self.startup.seconds),
+            "startup_phases": dict(getattr(self, "startup", StartupPhases()).seconds),
             "gpu_memory_fraction": self.memory_fraction,
             "health": self.health.snapshot(),
             "oom": dict(self.oom_counts),
