@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGE_CLASSES), choices=list(STAGE_CLASSES))
     parser.add_argument("--variant", action="append", default=[],
                         help="name:speed_key=value,... run warm with these profile speed options too")
-    parser.add_argument("--limit-s", type=float, default=300.0, help="per stage run")
+    parser.add_argument("--warmup-presets", nargs="*", default=["preview"],
+                        help="profile speed.warmup_presets for every run (the first is what a replica "
+                             "warms before it is ready)")
+    parser.add_argument("--limit-s", type=float, default=150.0, help="per stage run")
     parser.add_argument("--child", choices=list(STAGE_CLASSES), help=argparse.SUPPRESS)
     parser.add_argument("--args-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,6 +109,8 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="wan-startup-")) / "data"
     app_args = {**app_args, "data_dir": str(data_dir)}
     speed = ServiceArgs.model_validate(app_args).model_profile().speed.model_dump()
+    speed["warmup_presets"] = args.warmup_presets
+    app_args["model_overrides"] = {**app_args.get("model_overrides", {}), "speed": speed}
     runs = [("cold cache", app_args), ("warm cache", app_args)]
     for text in args.variant:
         name, changed = parse_variant(text, speed)
@@ -117,6 +122,7 @@ def main() -> None:
         for label, run_args in runs:
             print(f"{stage}: {label}", flush=True)
             results.setdefault(stage, {})[label] = run_stage(stage, run_args, args.limit_s)
+            print_run(stage, label, results[stage][label])
     card = card_name()
     path = write_result(f"startup-{slug(card)}-{slug(Path(args.config).stem)}",
                         {"config": args.config, "stages": results})
@@ -129,16 +135,18 @@ def print_table(card: str, config: str, results: dict) -> None:
     print(f"{'stage / run':42} {'wall':>7} {'imports':>8} {'ctor':>7} {'bg warm':>8}  phases and warm-up (s)")
     for stage, runs in results.items():
         for label, r in runs.items():
-            if "error" in r:
-                print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f}  FAILED: {r['error'][-300:]}")
-                continue
-            detail = {**r["startup_phases"], **r["warmup_s"]}
-            print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f} {r['import_deployment_s']:8.2f} "
-                  f"{r['constructor_s']:7.2f} {r['background_warm_up_s']:8.2f}  {detail}")
-    for stage, runs in results.items():
-        for label, r in runs.items():
-            if "compile_times" in r:
-                print(f"\n{stage} / {label}: torch.compile\n{r['compile_times']}")
+            print_run(stage, label, r, compile_times=False)
+
+
+def print_run(stage: str, label: str, r: dict, compile_times: bool = True) -> None:
+    if "error" in r:
+        print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f}  FAILED: {r['error'][-300:]}", flush=True)
+        return
+    detail = {**r["startup_phases"], **r["warmup_s"]}
+    print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f} {r['import_deployment_s']:8.2f} "
+          f"{r['constructor_s']:7.2f} {r['background_warm_up_s']:8.2f}  {detail}", flush=True)
+    if compile_times:
+        print(r["compile_times"], flush=True)
 
 
 if __name__ == "__main__":
