@@ -8,6 +8,7 @@ part was slow (process start and imports, CUDA context, weights, warm-up).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -30,6 +31,18 @@ class StartupPhases:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+def compile_cache_counts() -> dict[str, int]:
+    """Inductor's FX graph cache and AOTAutograd's cache hits and misses in this process:
+    a restart with the caches on disk should show hits, not misses."""
+    if "torch" not in sys.modules:
+        return {}  # nothing compiled, and a process without torch is not made to import it
+    from torch._dynamo.utils import counters
+
+    keys = ("fxgraph_cache_hit", "fxgraph_cache_miss", "autograd_cache_hit", "autograd_cache_miss")
+    merged = {**counters["inductor"], **counters["aot_autograd"]}
+    return {key: int(merged.get(key, 0)) for key in keys}
 
 
 def _process_age_s() -> float | None:

@@ -1,6 +1,6 @@
 """Out-of-memory recovery with real CUDA allocations: memory returns to its baseline.
 
-The unit tests (tests/unit/test_model_stage.py) prove the mechanics with
+The unit tests (tests/unit/test_model_worker.py) prove the mechanics with
 OutOfMemoryErrors constructed on the CPU; here the GPU really runs out, under
 a per-process memory cap, and torch's allocator is the judge. The second test
 decodes with the real 5B VAE architecture (random weights) and shows why the
@@ -20,30 +20,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
 
-from deployments.base import ModelStage  # noqa: E402
-from serve_app.config import ServiceArgs  # noqa: E402
 from serve_app.errors import GpuOutOfMemory  # noqa: E402
+from tests.helpers.model_worker import FakePipe, make_worker  # noqa: E402
 
 GIB = 1024**3
-
-
-class Pipe:
-    def __init__(self, **components) -> None:
-        self._components = components
-
-    @property
-    def components(self) -> dict:
-        return self._components
-
-
-class Stage(ModelStage):
-    stage = "video_encoder"
-
-    def __init__(self, pipe, **args) -> None:
-        self.args = ServiceArgs(**args)
-        self.pipe = pipe
-        self.device = "cuda:0"
-        self._start_runtime()
 
 
 @pytest.fixture
@@ -68,7 +48,7 @@ def run(coro):
 
 def test_oom_frees_the_call_runs_the_fallback_and_memory_is_back_at_baseline(capped):
     weights = torch.ones(GIB // 4, device="cuda")  # 1 GiB "model", resident like weights
-    stage = Stage(Pipe(), health={"memory_tolerance_mib": 0, "memory_strikes": 1})
+    worker = make_worker(device="cuda:0", health={"memory_tolerance_mib": 0, "memory_strikes": 1})
     capped(4 * GIB)
 
     def greedy(chunk_bytes: int):
@@ -80,25 +60,25 @@ def test_oom_frees_the_call_runs_the_fallback_and_memory_is_back_at_baseline(cap
         return float(torch.ones(chunk_bytes // 4, device="cuda").sum())
 
     async def scenario():
-        assert await stage.run_model(frugal, 1024) == 256.0  # a first call: the baseline is taken before it
-        baseline = stage.health.baseline_bytes
+        assert await worker.run(frugal, 1024) == 256.0  # a first call: the baseline is taken before it
+        baseline = worker.health.baseline_bytes
         assert baseline == torch.cuda.memory_allocated()
-        result = await stage.run_model(greedy, 256 * 1024**2, fallback=frugal)
+        result = await worker.run(greedy, 256 * 1024**2, fallback=frugal)
         assert result == 64 * 1024**2
         assert torch.cuda.memory_allocated() == baseline
         with pytest.raises(GpuOutOfMemory) as info:
-            await stage.run_model(greedy, 256 * 1024**2)
+            await worker.run(greedy, 256 * 1024**2)
         assert torch.cuda.memory_allocated() == baseline
         assert "Tried to allocate 256.00 MiB" in info.value.message
         # The replica goes on serving, and its health check finds nothing wrong.
-        assert await stage.run_model(frugal, 1024) == 256.0
-        await stage.check_health()
-        await stage.check_health()
+        assert await worker.run(frugal, 1024) == 256.0
+        worker.check_health()
+        worker.check_health()
         return baseline
 
     baseline = run(scenario())
-    assert stage.oom_counts == {"recovered": 1, "failed": 1}
-    assert stage._last_peak is not None and stage._last_peak >= baseline
+    assert worker.oom_counts == {"recovered": 1, "failed": 1}
+    assert worker.last_peak_bytes is not None and worker.last_peak_bytes >= baseline
     del weights
 
 
@@ -138,18 +118,19 @@ def test_oom_mid_vae_decode_leaves_the_feature_cache_unless_cleared(capped):
     vae.clear_cache()
     assert torch.cuda.memory_allocated() == baseline
 
-    stage = Stage(Pipe(vae=vae, scheduler=object()), health={"memory_tolerance_mib": 0, "memory_strikes": 1})
+    worker = make_worker(FakePipe(vae=vae, scheduler=object()), device="cuda:0",
+                         health={"memory_tolerance_mib": 0, "memory_strikes": 1})
 
     async def scenario():
-        await stage.check_health()  # the baseline
-        shape = await stage.run_model(decode, latents, fallback=decode_small)
+        worker.check_health()  # the baseline
+        shape = await worker.run(decode, latents, fallback=decode_small)
         assert tuple(shape) == (1, 3, 5, 64, 64)
         assert torch.cuda.memory_allocated() == baseline
-        await stage.check_health()
-        await stage.check_health()
+        worker.check_health()
+        worker.check_health()
 
     run(scenario())
-    assert stage.oom_counts == {"recovered": 1}
+    assert worker.oom_counts == {"recovered": 1}
     print(f"interrupted decode left {left_behind / 2**20:.0f} MiB in the VAE's cache without clear_cache()")
 
 
