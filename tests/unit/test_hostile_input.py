@@ -271,7 +271,7 @@ def test_content_of_a_real_video_with_a_traversal_variant_is_refused(client):
     assert client.get(f"/v1/videos/{video_id}/content").status_code == 200
 
 
-# --------------------------------------------------------------------------- webhooks (what test_webhooks.py leaves out)
+# --------------------------------------------------------------------------- webhooks (what test_webhook_*.py leave out)
 
 PERMISSIVE = WebhookConfig(secret="s", allowed_hosts=["*.1", "*.example.com"], allow_http=True)
 
