@@ -199,7 +199,7 @@ class Bench:
     def project_call(self, params: GenerationParams, knobs=None, on_step=None, keep: dict | None = None):
         from serve_app.pipeline import stages
         from serve_app.pipeline.batching import denoise_optimized
-        from serve_app.pipeline.optimize import EXACT
+        from serve_app.settings.speed import EXACT
 
         emb = stages.encode_prompts(self.pipe, params.prompt, params.negative_prompt, params.guidance_scale,
                                     self.profile.max_sequence_length, encode=self.encode_with_cache)
@@ -310,7 +310,9 @@ class Bench:
 
     def setup_project(self) -> None:
         from serve_app.pipeline.loading import set_attention_backend
-        from serve_app.pipeline.optimize import DenoiserRuntime, SpeedOptions, attention_in_effect
+        from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
+        from serve_app.pipeline.optimize import attention_in_effect
+        from serve_app.settings.speed import SpeedOptions
 
         backend = self.attention_kernels() if self.cuda else "sdpa"
         set_attention_backend(self.pipe.transformer, backend)
@@ -567,7 +569,7 @@ class Bench:
     def batching(self) -> None:
         from serve_app.pipeline import stages
         from serve_app.pipeline.batching import StepBatcher
-        from serve_app.pipeline.optimize import FastKnobs
+        from serve_app.settings.speed import FastKnobs
 
         out = {}
         for label, shape in {"640x480x17": "preview", "640x480x9": "preview9"}.items():
@@ -596,7 +598,8 @@ class Bench:
         log(f"batching: {out}")
 
     def fast_tier(self) -> None:
-        from serve_app.pipeline.optimize import FastKnobs, fp8_supported, make_fp8_copy
+        from serve_app.pipeline.optimize import fp8_supported, make_fp8_copy
+        from serve_app.settings.speed import FastKnobs
 
         ok, why = fp8_supported()
         self.result["fp8_supported"] = why

@@ -41,10 +41,10 @@ def main() -> None:
     torch = b.torch
     from serve_app.pipeline import stages
     from serve_app.pipeline.batching import denoise_optimized
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
     from serve_app.pipeline.loading import set_attention_backend
-    from serve_app.pipeline.optimize import (
-        DenoiserRuntime, SpeedOptions, compile_blocks, fuse_vae_norms, prepare_vae, uncompile_blocks,
-    )
+    from serve_app.pipeline.optimize import compile_blocks, fuse_vae_norms, prepare_vae, uncompile_blocks
+    from serve_app.settings.speed import SpeedOptions
 
     out: dict = {"command": "python bench/probe_preview.py " + " ".join(sys.argv[1:]), "card": b.card, "rows": []}
 
