@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import Bench, _psnr, log  # noqa: E402
+from bench.gpu_speed.harness import Bench, log, psnr  # noqa: E402
 from bench.common import card_name, slug, write_result  # noqa: E402
 from serve_app.deadline import Deadline, StepGuard  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> None:
     row("decode+mp4 streaming, channels-last, fused norms",
         median_time(lambda: stages.decode_to_mp4(b.pipe, latents, p.fps)), norms=n,
         first_run_s=round(time.perf_counter() - started, 1),
-        psnr_vs_unfused_db=_psnr(b.frames_of(latents), frames_before))
+        psnr_vs_unfused_db=psnr(b.frames_of(latents), frames_before))
     std = b.params("standard", steps=1)
     std_latents = torch.randn(1, 48, (std.num_frames - 1) // 4 + 1, std.height // 16, std.width // 16)
     b.timed(lambda: stages.decode_to_mp4(b.pipe, std_latents, p.fps))
