@@ -1,4 +1,8 @@
-"""The DiT forward's achieved FLOP rate, as a share of the card's bf16 matmul rate."""
+"""The DiT forward's achieved FLOP rate, as a share of the card's bf16 matmul rate.
+
+`dit_flops` is what that rate is counted in. It lives here, not beside the
+model code: nothing that serves requests counts FLOPs.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,26 @@ from bench.gpu_speed.harness import Bench, log
 from bench.gpu_speed.matmul import matmul_rate
 
 
+def dit_flops(config, batch: int, tokens: int, text_len: int) -> float:
+    """FLOPs of one WanTransformer3DModel forward (multiply-add = 2), from its config.
+
+    Per block: self-attention projections 4*D^2 per token, cross-attention
+    q/out 2*D^2 per token plus k/v 2*D^2 per text token, FFN 2*D*F per token,
+    attention scores and values 2*N^2*D (self) and 2*N*T*D (cross); all x2 for
+    FLOPs. Embedders and the output projection are added; norms are ignored.
+    """
+    d = config.num_attention_heads * config.attention_head_dim
+    f = config.ffn_dim
+    n, t = tokens, text_len
+    per_block = 2 * (4 * d * d * n + 2 * d * d * n + 2 * d * d * t + 2 * d * f * n + 2 * n * n * d + 2 * n * t * d)
+    patch = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
+    embed = 2 * n * d * patch * config.in_channels * 2  # patch embedding + output projection
+    text = 2 * t * (config.text_dim * d + d * d)
+    return float(batch * (config.num_layers * per_block + embed + text))
+
+
 def dit_efficiency(bench: Bench) -> None:
     torch = bench.torch
-    from serve_app.pipeline.optimize import dit_flops
-
     tr = bench.pipe.transformer
     rate = bench.result.get("bf16_matmul_tflops") or matmul_rate(bench)
     out = {}

@@ -308,21 +308,3 @@ class GraphedForward:
             static_out = self._run(*static_in)
         log.info("captured a CUDA graph for DiT input %s", tuple(hidden_states.shape))
         return graph, static_in, static_out
-
-
-def dit_flops(config, batch: int, tokens: int, text_len: int) -> float:
-    """FLOPs of one WanTransformer3DModel forward (multiply-add = 2), from its config.
-
-    Per block: self-attention projections 4*D^2 per token, cross-attention
-    q/out 2*D^2 per token plus k/v 2*D^2 per text token, FFN 2*D*F per token,
-    attention scores and values 2*N^2*D (self) and 2*N*T*D (cross); all x2 for
-    FLOPs. Embedders and the output projection are added; norms are ignored.
-    """
-    d = config.num_attention_heads * config.attention_head_dim
-    f = config.ffn_dim
-    n, t = tokens, text_len
-    per_block = 2 * (4 * d * d * n + 2 * d * d * n + 2 * d * d * t + 2 * d * f * n + 2 * n * n * d + 2 * n * t * d)
-    patch = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
-    embed = 2 * n * d * patch * config.in_channels * 2  # patch embedding + output projection
-    text = 2 * t * (config.text_dim * d + d * d)
-    return float(batch * (config.num_layers * per_block + embed + text))
