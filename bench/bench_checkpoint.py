@@ -46,9 +46,10 @@ def main() -> None:
 
     from serve_app.pipeline.batching import denoise_optimized
     from serve_app.pipeline.checkpoint import LoopCheckpoints
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
     from serve_app.pipeline.loading import load_pipeline, set_attention_backend
-    from serve_app.pipeline.optimize import DenoiserRuntime, SpeedOptions
     from serve_app.pipeline.stages import PromptEmbeddings
+    from serve_app.settings.speed import SpeedOptions
 
     cuda = torch.cuda.is_available()
     profile = load_model_profile(args.profile)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import Bench, _psnr, log  # noqa: E402
+from bench.gpu_speed.harness import Bench, log, psnr  # noqa: E402
 from bench.common import card_name, slug, write_result  # noqa: E402
 from serve_app.deadline import Deadline, StepGuard  # noqa: E402
 
@@ -41,10 +41,10 @@ def main() -> None:
     torch = b.torch
     from serve_app.pipeline import stages
     from serve_app.pipeline.batching import denoise_optimized
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
     from serve_app.pipeline.loading import set_attention_backend
-    from serve_app.pipeline.optimize import (
-        DenoiserRuntime, SpeedOptions, compile_blocks, fuse_vae_norms, prepare_vae, uncompile_blocks,
-    )
+    from serve_app.pipeline.optimize import compile_blocks, fuse_vae_norms, prepare_vae, uncompile_blocks
+    from serve_app.settings.speed import SpeedOptions
 
     out: dict = {"command": "python bench/probe_preview.py " + " ".join(sys.argv[1:]), "card": b.card, "rows": []}
 
@@ -111,7 +111,7 @@ def main() -> None:
     row("decode+mp4 streaming, channels-last, fused norms",
         median_time(lambda: stages.decode_to_mp4(b.pipe, latents, p.fps)), norms=n,
         first_run_s=round(time.perf_counter() - started, 1),
-        psnr_vs_unfused_db=_psnr(b.frames_of(latents), frames_before))
+        psnr_vs_unfused_db=psnr(b.frames_of(latents), frames_before))
     std = b.params("standard", steps=1)
     std_latents = torch.randn(1, 48, (std.num_frames - 1) // 4 + 1, std.height // 16, std.width // 16)
     b.timed(lambda: stages.decode_to_mp4(b.pipe, std_latents, p.fps))

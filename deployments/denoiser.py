@@ -24,7 +24,7 @@ from serve_app.messages import DenoisedLatents, StepProgress
 from serve_app.params import GenerationParams
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
-from serve_app.pipeline.optimize import DenoiserRuntime
+from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
 from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
 from serve_app.preview import preview_maker

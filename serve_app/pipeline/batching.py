@@ -197,8 +197,9 @@ def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: Step
                       checkpoints=None):
     """One request through the project's loop; latents on the CPU, or raises why it stopped.
 
-    `runtime` is a `DenoiserRuntime` (optimize.py). Checks `guard` after every
-    step, like `stages.denoise`. `checkpoints` (checkpoint.LoopCheckpoints)
+    `runtime` is a `DenoiserRuntime` (denoiser_runtime.py, which imports this
+    module to warm up, so the type is not imported here). Checks `guard` after
+    every step, like `stages.denoise`. `checkpoints` (checkpoint.LoopCheckpoints)
     resumes the loop from its saved step and saves it on its cadence; a step
     cache keeps hook state outside the loop, so such a job neither saves nor
     resumes.

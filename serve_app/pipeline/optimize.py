@@ -2,8 +2,8 @@
 
 What a replica is set up with (`SpeedOptions`) and what one request may ask
 for on top (`FastKnobs`) are settings, in serve_app/settings/speed.py; this
-module is what they do to the DiT and the VAE, and `DenoiserRuntime`, the DiT
-of one denoiser replica set up per those options.
+module is what they do to the DiT and the VAE, one module at a time.
+`DenoiserRuntime` (denoiser_runtime.py) puts them together for a replica's DiT.
 
 torch, diffusers and torchao are imported inside functions, as everywhere in the
 pipeline: importing this module (deployments/base.py does, for
@@ -13,16 +13,9 @@ pipeline: importing this module (deployments/base.py does, for
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-from serve_app.deadline import Deadline, StepGuard
-from serve_app.params import GenerationParams
-from serve_app.pipeline.batching import denoise_optimized
-from serve_app.pipeline.stages import PromptEmbeddings
-
-# Also re-exported: tests and bench/ import these from here, where they used to live.
-from serve_app.settings.speed import EXACT, FastKnobs, SpeedOptions
+from serve_app.settings.speed import SpeedOptions
 
 log = logging.getLogger(__name__)
 
@@ -315,131 +308,3 @@ class GraphedForward:
             static_out = self._run(*static_in)
         log.info("captured a CUDA graph for DiT input %s", tuple(hidden_states.shape))
         return graph, static_in, static_out
-
-
-# --- the optimised DiT a denoiser replica holds -------------------------------------------
-
-
-class DenoiserRuntime:
-    """The DiT of one replica, set up per `SpeedOptions`, plus what requests may pick.
-
-    `transformer_for(knobs)` returns the module a request runs: the bf16 DiT,
-    or the FP8 copy. The step cache is switched on per request with diffusers'
-    `enable_cache` / `disable_cache` around the loop (see batching.py).
-    """
-
-    def __init__(self, pipe, speed: SpeedOptions) -> None:
-        import torch
-
-        self.pipe = pipe
-        self.speed = speed
-        self.transformer = pipe.transformer
-        self.dtype = pipe.transformer.dtype  # compute dtype of every copy's inputs
-        self.device = pipe._execution_device
-        self.fp8_transformer = None
-        self.fp8_error: str | None = None
-        self.fullgraph_error: str | None = None
-        self.warmup_s: dict[str, float] = {}
-        if speed.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
-        if speed.fp8_weights:
-            try:
-                self.fp8_transformer = make_fp8_copy(self.transformer)
-            except Exception as exc:  # reported in /healthz; requests asking for fp8 then get a clear error
-                self.fp8_error = f"{type(exc).__name__}: {exc}"
-                log.warning("FP8 copy of the DiT not available: %s", self.fp8_error)
-        if speed.compile != "off":
-            compile_blocks(self.transformer, speed.compile, speed.compile_dynamic)
-            if self.fp8_transformer is not None:
-                compile_blocks(self.fp8_transformer, speed.compile, speed.compile_dynamic)
-        self.graphs = None
-        if speed.cuda_graph_max_tokens and torch.cuda.is_available() and self.device.type == "cuda":
-            self.graphs = GraphedForward(self.transformer, speed.cuda_graph_max_tokens)
-
-    def transformer_for(self, knobs: FastKnobs):
-        if knobs.fp8:
-            if self.fp8_transformer is None:
-                raise RuntimeError(
-                    "fast knob fp8 asked for, but this replica holds no FP8 DiT "
-                    f"(speed.fp8_weights={self.speed.fp8_weights}; {self.fp8_error or 'not loaded'})"
-                )
-            return self.fp8_transformer
-        return self.transformer
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "attention_backend": attention_in_effect(self.transformer),
-            "compile": self.speed.compile,
-            "cuda_graph_max_tokens": self.speed.cuda_graph_max_tokens,
-            "cfg_batch": self.speed.cfg_batch,
-            "fp8_available": self.fp8_transformer is not None,
-            "fp8_error": self.fp8_error,
-            "batching": self.speed.batching.enabled,
-            "warmup_s": {k: round(v, 2) for k, v in self.warmup_s.items()},
-            "fullgraph_error": self.fullgraph_error,
-        }
-
-    def warm_up(self, shapes: list[tuple[int, int, int]], text_len: int, steps: int = 2,
-                guidance: tuple[float, ...] = (5.0, 1.0)) -> None:
-        """Compile and run each (height, width, frames) bucket once, guided and unguided.
-
-        With symbolic shapes the first bucket compiles the batch>1 graph and an
-        unguided run the batch-1 one; later buckets only pay cuBLAS/cuDNN first
-        calls and allocator growth, here instead of in a request.
-        """
-        import torch
-
-        dim = self.transformer.config.text_dim
-        zeros = torch.zeros(1, text_len, dim)
-        knob_sets = [EXACT] + ([FastKnobs(fp8=True)] if self.fp8_transformer is not None else [])
-
-        def run(height, width, frames, knobs, scale):
-            params = GenerationParams(
-                prompt="warm up", negative_prompt="", width=width, height=height, num_frames=frames,
-                num_inference_steps=steps, guidance_scale=scale, fps=8, seed=0, preset="warmup",
-            )
-            guard = StepGuard(Deadline.after(3600), steps)
-            denoise_optimized(self, params, PromptEmbeddings(zeros, zeros if scale > 1 else None), guard, knobs=knobs)
-
-        for height, width, frames in shapes:
-            started = time.perf_counter()
-            for knobs in knob_sets:
-                for scale in guidance:
-                    try:
-                        run(height, width, frames, knobs, scale)
-                    except Exception as exc:
-                        if self.speed.compile == "off" or self.fullgraph_error is not None:
-                            raise
-                        # A graph break somewhere (an attention backend dynamo cannot
-                        # trace, say): compile again allowing breaks, and say so.
-                        self.fullgraph_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        log.warning("fullgraph compile failed (%s); recompiling with graph breaks allowed",
-                                    self.fullgraph_error)
-                        import torch
-
-                        torch._dynamo.reset()
-                        for tr in (self.transformer, self.fp8_transformer):
-                            if tr is not None:
-                                uncompile_blocks(tr)
-                                compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
-                        run(height, width, frames, knobs, scale)
-            self.warmup_s[f"{width}x{height}x{frames}"] = time.perf_counter() - started
-            log.info("warmed DiT bucket %dx%dx%d in %.1fs", width, height, frames, self.warmup_s[f"{width}x{height}x{frames}"])
-
-
-def dit_flops(config, batch: int, tokens: int, text_len: int) -> float:
-    """FLOPs of one WanTransformer3DModel forward (multiply-add = 2), from its config.
-
-    Per block: self-attention projections 4*D^2 per token, cross-attention
-    q/out 2*D^2 per token plus k/v 2*D^2 per text token, FFN 2*D*F per token,
-    attention scores and values 2*N^2*D (self) and 2*N*T*D (cross); all x2 for
-    FLOPs. Embedders and the output projection are added; norms are ignored.
-    """
-    d = config.num_attention_heads * config.attention_head_dim
-    f = config.ffn_dim
-    n, t = tokens, text_len
-    per_block = 2 * (4 * d * d * n + 2 * d * d * n + 2 * d * d * t + 2 * d * f * n + 2 * n * n * d + 2 * n * t * d)
-    patch = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
-    embed = 2 * n * d * patch * config.in_channels * 2  # patch embedding + output projection
-    text = 2 * t * (config.text_dim * d + d * d)
-    return float(batch * (config.num_layers * per_block + embed + text))

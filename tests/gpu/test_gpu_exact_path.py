@@ -54,9 +54,11 @@ def _params(**kw):
 def test_optimized_exact_path_matches_plain_wan_pipeline(setup):
     from serve_app.deadline import Deadline, StepGuard
     from serve_app.pipeline.batching import denoise_optimized
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
     from serve_app.pipeline.loading import set_attention_backend
-    from serve_app.pipeline.optimize import DenoiserRuntime, SpeedOptions, uncompile_blocks
+    from serve_app.pipeline.optimize import uncompile_blocks
     from serve_app.pipeline.stages import PromptEmbeddings, denoise
+    from serve_app.settings.speed import SpeedOptions
 
     profile, pipe, pe, npe = setup
     emb = PromptEmbeddings(pe, npe)

@@ -25,8 +25,9 @@ from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, sweep
+from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.loading import load_pipeline
-from serve_app.pipeline.optimize import DenoiserRuntime, FastKnobs, SpeedOptions
+from serve_app.settings.speed import FastKnobs, SpeedOptions
 from serve_app.video import REPRODUCIBLE_CODEC_OPTIONS, decode_mp4, frames_to_uint8
 
 EXACT_ATOL = 1e-4

@@ -14,8 +14,8 @@ import pytest
 
 from serve_app.pipeline import stages
 from serve_app.pipeline.loading import load_pipeline
-
-from serve_app.pipeline.optimize import VAE_NORM_RECOMPILE_LIMIT, SpeedOptions, prepare_vae
+from serve_app.pipeline.optimize import VAE_NORM_RECOMPILE_LIMIT, prepare_vae
+from serve_app.settings.speed import SpeedOptions
 
 
 @pytest.fixture
