@@ -49,7 +49,6 @@ from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy import eta as eta_model
 from serve_app.policy.admission import Admission, Decision
 from serve_app.policy.load import LoadMonitor
-from serve_app.policy.tiers import changes
 
 # How long past a synchronous request's deadline the gateway waits for the
 # job's own deadline error (which names the step reached) before answering.
@@ -316,10 +315,8 @@ class VideoService:
     def _mark_tier(draft: JobRecord, decision: Decision | None, requested: GenerationParams) -> None:
         if decision is None or not decision.tier:
             return
-        draft.video.tier = decision.tier
-        lowered = changes(requested, decision.params)
-        if lowered:
-            draft.video.requested = {field: values["requested"] for field, values in lowered.items()}
+        draft.params = requested  # what the tier lowered is told against the request
+        draft.run_at_tier(decision.tier, decision.params)
 
     def _wants_sync(self, prefer: Preference, job: JobRecord) -> bool:
         """Without admission (or for a request joining another's job): the sync budget decides."""
@@ -407,36 +404,10 @@ class VideoService:
         self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None,
         principal: Principal | None = None,
     ) -> JobRecord:
-        now = time.time()
-        video = VideoObject(
-            id=new_video_id(),
-            status="queued",
-            model=self.profile.model_id,
-            created_at=int(now),
-            size=params.size,
-            seconds=f"{params.seconds:.2f}",
-            preset=params.preset,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            width=params.width,
-            height=params.height,
-            num_frames=params.num_frames,
-            fps=params.fps,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
-            fast=params.fast,
-        )
-        return JobRecord(
-            video=video,
-            params=params,
-            deadline_s=deadline_s,
-            created_at=now,
-            idempotency_key=idempotency_key,
-            webhook_url=request.webhook_url,
-            # Owner key: its job slot is freed when the job ends, and only it sees the job.
-            key_id=principal.id if principal is not None and (principal.authenticated or principal.limited) else None,
-        )
+        # Owner key: its job slot is freed when the job ends, and only it sees the job.
+        key_id = principal.id if principal is not None and (principal.authenticated or principal.limited) else None
+        return JobRecord.new(new_video_id(), self.profile.model_id, params, time.time(), deadline_s,
+                             idempotency_key=idempotency_key, webhook_url=request.webhook_url, key_id=key_id)
 
     # --- read -------------------------------------------------------------------------
 
