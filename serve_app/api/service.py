@@ -9,7 +9,6 @@ the client asked with `Prefer: wait=N`) or answers 202 at once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import re
 import time
@@ -28,7 +27,7 @@ from serve_app.api.protocol import (
     VideoObject,
 )
 from serve_app.artifacts import ArtifactStore, check_variant, media_type
-from serve_app.config import AdmissionConfig, ModelProfile, PresetCatalog, ServiceArgs
+from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import (
     Conflict,
     Forbidden,
@@ -44,11 +43,11 @@ from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app import metrics
 from serve_app.cache.index import CacheEntry, artifact_id_for
-from serve_app.cache.keys import cache_key
+from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
 from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy import eta as eta_model
-from serve_app.policy.admission import Admission, Decision
-from serve_app.policy.load import LoadMonitor
+from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
+from serve_app.policy.load import LoadMonitor, QueueEta
 
 # How long past a synchronous request's deadline the gateway waits for the
 # job's own deadline error (which names the step reached) before answering.
@@ -59,6 +58,8 @@ EVENT_POLL_S = 0.25
 # Unfinished jobs read for an ETA when the service runs without a load monitor
 # (the gateway's monitor reads its own, ACTIVE_JOBS_READ_LIMIT).
 ETA_ACTIVE_JOBS_LIMIT = 2000
+# The run deadline of a job answered from the cache: it never runs.
+CACHED_RUN_S = 0.0
 
 
 class StageProbe(Protocol):
@@ -93,6 +94,21 @@ class Preference:
                 if wait_s < 0:
                     raise InvalidRequest(f"Prefer: {token!r} must not be negative", param="Prefer")
         return cls(respond_async, wait_s)
+
+
+def cacheable_form(
+    params: GenerationParams, *, seed_given: bool, model_identity: str, casefold: bool, max_seed: int
+) -> GenerationParams:
+    """`params` as the result cache keys and runs them: prompts normalised as the key does it,
+    and, for a request that named no seed, the seed derived from the key of everything else.
+    The same as `resolve_generation(..., cache_model=model_identity)`, from settings resolved
+    once: a tier may force the cache on after the request was resolved without it."""
+    prompt = normalize_prompt(params.prompt, casefold)
+    negative_prompt = normalize_prompt(params.negative_prompt, casefold)
+    update = {"prompt": prompt, "negative_prompt": negative_prompt}
+    if not seed_given:
+        update["seed"] = derived_seed(model_identity, {**params.model_dump(), **update}, max_seed)
+    return params.model_copy(update=update)
 
 
 def tier_header(video: VideoObject) -> str:
@@ -150,38 +166,9 @@ class VideoService:
             initial_replicas=args.stages.denoiser.max_replicas,
             initial_encoder_replicas=args.stages.video_encoder.max_replicas,
         )
+        self.eta = QueueEta(self._queue, args.admission)
         if getattr(runner, "eta", None) is None:
-            runner.eta = self.eta_s  # queued events show the ETA admission decided on
-
-    # --- checks -----------------------------------------------------------------------
-
-    def _check_model(self, model: str | None) -> None:
-        allowed = {self.profile.model_id, self.profile.name}
-        if model is not None and model not in allowed:
-            raise InvalidRequest(f"model={model!r} is not served here; use {self.profile.model_id!r}", param="model")
-
-    def _deadline_s(self, requested: float | None, sync: bool) -> float:
-        if requested is None:
-            return self.args.default_deadline_s if sync else self.args.default_job_deadline_s
-        if not 0 < requested <= self.args.max_deadline_s:
-            raise InvalidRequest(
-                f"deadline_s={requested} is outside the allowed range (0, {self.args.max_deadline_s}]",
-                param="deadline_s",
-            )
-        return requested
-
-    @property
-    def _eta_config(self) -> AdmissionConfig:
-        return self.admission.config if self.admission is not None else self.args.admission
-
-    def eta_s(self, job: JobRecord, active: list[JobRecord] | None = None) -> float:
-        """Seconds until the job's video is ready, by the model admission used (policy/eta.py):
-        for a queued job the work ahead of it, then its own; for a running one what it has left.
-        `active`: the unfinished jobs, when the caller has read them already."""
-        own = eta_model.job_work(job.params, self.estimator, job.video.progress)
-        if job.video.status == "in_progress":
-            return own.total_s
-        return eta_model.eta_s(own, self._queue.snapshot(before=job, jobs=active), self._eta_config)
+            runner.eta = self.eta.of_job  # queued events show the ETA admission decided on
 
     # --- create -----------------------------------------------------------------------
 
@@ -189,121 +176,119 @@ class VideoService:
         self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None,
         principal: Principal | None = None,
     ) -> CreateOutcome:
+        """POST /v1/videos in one pass: every step below runs once."""
         self._check_model(request.model)
         if idempotency_key is not None and principal is not None and principal.authenticated:
             idempotency_key = f"{principal.id}:{idempotency_key}"  # one key's retries never find another's job
-        cache_on = self.cache is not None and self.cache_index is not None and self.args.cache_enabled
-        use_cache = cache_on and request.cache
-        requested = self._resolve(request, cacheable=use_cache)
+
+        # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
+        requested = resolve_generation(request.model_dump(), self.catalog)
         if request.webhook_url is not None and self.check_webhook is not None:
             self.check_webhook(request.webhook_url)
-        if use_cache:
-            # A finished video exactly as asked beats any admission decision.
-            hit = self._lookup(requested)
+
+        # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
+        #    cache, since a tier may force the cache on even for `cache: false`.
+        cacheable = None
+        if self._cache_on:
+            cacheable = cacheable_form(requested, seed_given=request.seed is not None,
+                                       model_identity=self.profile.identity, casefold=self.args.cache_casefold,
+                                       max_seed=self.catalog.limits.max_seed)
+        asked = cacheable if cacheable is not None and request.cache else requested
+
+        # 3. Look up: a finished video exactly as asked beats any admission decision.
+        looked_up = None
+        if asked is cacheable:
+            looked_up = self._key(asked)
+            hit = self._lookup(looked_up)
             if hit is not None:
-                draft = self._new_job(requested, request, 1.0, idempotency_key, principal)
-                return self._answer_from_cache(draft, *hit)
-        decision = self._admit(requested, request, prefer)
-        if decision is not None and decision.force_cache and cache_on and not use_cache:
-            # The tier forces the cache on: resolve as a cacheable request
-            # (normalised prompt, seed derived from the key when none was given).
-            use_cache = True
-            requested = self._resolve(request, cacheable=True)
-            decision = self._admit(requested, request, prefer)
-        params = requested if decision is None else decision.params
-        draft = self._new_job(params, request, deadline_s=1.0, idempotency_key=idempotency_key, principal=principal)
-        self._mark_tier(draft, decision, requested)
-        if use_cache:
-            hit = self._lookup(params) if (params is not requested or not request.cache) else None
-            if hit is not None:
-                return self._answer_from_cache(draft, *hit)
-            draft.cache_key = draft.video.cache_key = cache_key(self.profile.identity, params.model_dump())
-        # Nothing has awaited since the decision: reserving now makes admission and job
-        # creation one step for every create on this event loop. The reservation ends as
-        # soon as the job is stored (it counts there) or the request leaves this block
-        # any other way; past it, a sync request may wait for minutes.
-        shared = None
-        with self._reserve(draft, decision):
-            if draft.cache_key is not None:
-                holder = await self.cache.claim(draft.cache_key, draft.id)
-                if holder != draft.id:
-                    running = self._running(holder)
-                    # With auth on, a job is visible to its own key only, so requests
-                    # of another key do not attach to it: theirs runs (or, once the
-                    # first finishes, is a cache hit).
-                    if running is not None and running.key_id == draft.key_id:
-                        shared = running
+                draft = self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
+                return self._answer_from_cache(draft, looked_up, hit)
+
+        # 4. Admit, once: sync or a job, the tier and what it runs, the deadline, the cache.
+        decision = self._admit(asked, cacheable, request, prefer)
+        draft = self._new_job(asked, request, decision.deadline_s, idempotency_key, principal)
+        if decision.tier is not None:
+            draft.run_at_tier(decision.tier, decision.params)
+        if cacheable is not None and (request.cache or decision.force_cache):
+            # A lower tier, or a cache the tier forced, is another entry, which may be there.
+            key = looked_up if decision.params is asked else self._key(decision.params)
+            if key != looked_up:
+                hit = self._lookup(key)
+                if hit is not None:
+                    return self._answer_from_cache(draft, key, hit)
+            draft.cache_key = draft.video.cache_key = key
+
+        # 5. Claim. Nothing has awaited since the decision: reserving now makes admission and
+        #    job creation one step for every create on this event loop. The reservation ends
+        #    as soon as the job is stored (it counts there) or the request leaves this block
+        #    any other way; past it, a sync request may wait for minutes.
+        with self._queue.reserve(draft.cache_key or draft.id, draft):
+            shared = await self._claim(draft)
             if shared is None:
-                sync = self._wants_sync(prefer, draft) if decision is None else decision.sync
-                draft.deadline_s = self._deadline_s(request.deadline_s, sync)
+                # 6. Persist (an idempotent retry finds its earlier job instead).
                 job, created = self.store.create(draft)
         if shared is not None:
             return await self._attach(shared, prefer)
         if created:
             await self._hold_job_slot(job, principal, decision)
-            metrics.admitted("sync" if sync else "async", draft.video.tier or "none")
+            metrics.admitted("sync" if decision.sync else "async", draft.video.tier or "none")
             self.runner.submit(job.id)
         elif draft.cache_key is not None:
             # An idempotent retry of an earlier job: our draft never runs, so
             # its single-flight claim must not hold the key.
             await self.cache.release(draft.cache_key, draft.id)
-        outcome = await self._answer(self.store.get(job.id), prefer, sync=sync and created, owned=True)
-        if decision is not None:
+
+        # 7. Answer: wait for the video, or a 202 with the job.
+        outcome = await self._answer(self.store.get(job.id), prefer, sync=decision.sync and created, owned=True)
+        if decision.load is not None:
             outcome.headers["Wan-Load"] = f"{decision.load:.2f}"
         if outcome.video.tier:
             outcome.headers["Wan-Tier"] = tier_header(outcome.video)
         return outcome
 
-    def _reserve(self, draft: JobRecord, decision: Decision | None) -> contextlib.AbstractContextManager:
-        """Hold the admitted draft's place in the queue until the block ends (see create_video)."""
-        if decision is None or self.load is None:
-            return contextlib.nullcontext()
-        return self.load.reserve(draft.cache_key or draft.id, draft)
+    def _check_model(self, model: str | None) -> None:
+        allowed = {self.profile.model_id, self.profile.name}
+        if model is not None and model not in allowed:
+            raise InvalidRequest(f"model={model!r} is not served here; use {self.profile.model_id!r}", param="model")
 
-    async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision | None) -> None:
-        """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
-        an idempotent retry then finds its job rather than a second slot. Over the cap, the
-        job is taken back before anyone saw it."""
-        if self.guard is None or principal is None:
-            return
-        try:
-            self.guard.acquire_job(principal, job.id, retry_after_s=decision.eta_s if decision else None)
-        except ServiceError:
-            self.store.delete(job.id)
-            if job.cache_key is not None:
-                await self.cache.release(job.cache_key, job.id)
-            raise
+    @property
+    def _cache_on(self) -> bool:
+        return self.cache is not None and self.cache_index is not None and self.args.cache_enabled
 
-    def _resolve(self, request: CreateVideoRequest, cacheable: bool) -> GenerationParams:
-        return resolve_generation(
-            request.model_dump(),
-            self.catalog,
-            cache_model=self.profile.identity if cacheable else None,
-            casefold=self.args.cache_casefold,
-        )
+    def _key(self, params: GenerationParams) -> str:
+        return cache_key(self.profile.identity, params.model_dump())
 
-    def _lookup(self, params: GenerationParams) -> tuple[str, CacheEntry] | None:
+    def _lookup(self, key: str) -> CacheEntry | None:
         # Read straight from the index (a local file or Redis): a hop to the
         # ResultCache replica would cost more than the rest of a hit.
-        key = cache_key(self.profile.identity, params.model_dump())
         hit = self.cache_index.get(key, time.time())
         metrics.cache_lookup(hit is not None)
-        return None if hit is None else (key, hit)
+        return hit
 
-    def _admit(self, params: GenerationParams, request: CreateVideoRequest, prefer: Preference) -> Decision | None:
-        """Admission's decision (None when the service runs without it, e.g. in unit tests)."""
-        if self.admission is None or self.load is None:
-            return None
-        if prefer.respond_async:
-            mode, deadline = "async", self._deadline_s(request.deadline_s, sync=False)
-        elif prefer.wait_s is not None:
-            mode, deadline = "wait", self._deadline_s(request.deadline_s, sync=True)
-        else:
-            mode, deadline = "auto", self._deadline_s(request.deadline_s, sync=False)
+    def _deadlines(self, requested: float | None) -> Deadlines:
+        if requested is None:
+            return Deadlines(sync_s=self.args.default_deadline_s, job_s=self.args.default_job_deadline_s)
+        if not 0 < requested <= self.args.max_deadline_s:
+            raise InvalidRequest(
+                f"deadline_s={requested} is outside the allowed range (0, {self.args.max_deadline_s}]",
+                param="deadline_s",
+            )
+        return Deadlines(sync_s=requested, job_s=requested)
+
+    def _admit(
+        self, asked: GenerationParams, cacheable: GenerationParams | None, request: CreateVideoRequest,
+        prefer: Preference,
+    ) -> Decision:
+        mode: Mode = "async" if prefer.respond_async else "wait" if prefer.wait_s is not None else "auto"
+        deadlines = self._deadlines(request.deadline_s)
+        if self.admission is None:
+            return as_asked(asked, self.eta.of_request(asked), mode=mode, sync_budget_s=self.args.sync_budget_s,
+                            deadlines=deadlines)
         try:
             decision = self.admission.decide(
-                params, self.load.snapshot(), mode=mode, exact=request.quality == "exact",
-                sync_budget_s=self.args.sync_budget_s, deadline_s=deadline, wait_s=prefer.wait_s,
+                asked, self._queue.snapshot(), mode=mode, exact=request.quality == "exact",
+                sync_budget_s=self.args.sync_budget_s, deadline_s=deadlines, wait_s=prefer.wait_s,
+                cacheable=cacheable,
             )
         except ServiceError as exc:
             metrics.admitted("rejected", exc.code)
@@ -311,20 +296,41 @@ class VideoService:
         metrics.load(decision.load)
         return decision
 
-    @staticmethod
-    def _mark_tier(draft: JobRecord, decision: Decision | None, requested: GenerationParams) -> None:
-        if decision is None or not decision.tier:
-            return
-        draft.params = requested  # what the tier lowered is told against the request
-        draft.run_at_tier(decision.tier, decision.params)
+    async def _claim(self, draft: JobRecord) -> JobRecord | None:
+        """Take the draft's cache key for its generation (single flight). Returns the job to
+        join instead when an identical one holds the key and is still on its way."""
+        if draft.cache_key is None:
+            return None
+        holder = await self.cache.claim(draft.cache_key, draft.id)
+        if holder == draft.id:
+            return None
+        running = self._running(holder)
+        # With auth on, a job is visible to its own key only, so requests
+        # of another key do not attach to it: theirs runs (or, once the
+        # first finishes, is a cache hit).
+        return running if running is not None and running.key_id == draft.key_id else None
 
-    def _wants_sync(self, prefer: Preference, job: JobRecord) -> bool:
-        """Without admission (or for a request joining another's job): the sync budget decides."""
+    async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision) -> None:
+        """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
+        an idempotent retry then finds its job rather than a second slot. Over the cap, the
+        job is taken back before anyone saw it."""
+        if self.guard is None or principal is None:
+            return
+        try:
+            self.guard.acquire_job(principal, job.id, retry_after_s=decision.eta_s)
+        except ServiceError:
+            self.store.delete(job.id)
+            if job.cache_key is not None:
+                await self.cache.release(job.cache_key, job.id)
+            raise
+
+    def _joins_sync(self, prefer: Preference, job: JobRecord) -> bool:
+        """Whether a request joining another's job waits for it: the sync budget decides."""
         if prefer.respond_async:
             return False
         if prefer.wait_s is not None:
             return True  # the client said how long it will wait; it gets the job as it stands then
-        return self.eta_s(job) <= self.args.sync_budget_s
+        return self.eta.of_job(job) <= self.args.sync_budget_s
 
     async def _answer(self, job: JobRecord, prefer: Preference, sync: bool, owned: bool) -> CreateOutcome:
         """202 with the job now, or wait for it (up to its deadline, or what Prefer: wait allows)."""
@@ -351,7 +357,7 @@ class VideoService:
     async def _attach(self, job: JobRecord, prefer: Preference) -> CreateOutcome:
         """An identical request is generating: answer with that same job (one generation,
         N answers, one id). Waits like a request of its own would."""
-        return await self._answer(job, prefer, sync=self._wants_sync(prefer, job), owned=False)
+        return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
 
     def _answer_from_cache(self, draft: JobRecord, key: str, hit: CacheEntry) -> CreateOutcome:
         """A new, completed video object whose files are the cache entry's."""
@@ -416,9 +422,9 @@ class VideoService:
         video = job.video.model_copy()
         if job.video.status == "queued":
             video.queue_position = self.store.queue_position(job)
-            video.eta_s = round(self.eta_s(job, active), 3)
+            video.eta_s = round(self.eta.of_job(job, active), 3)
         elif job.video.status == "in_progress":
-            video.eta_s = round(self.eta_s(job), 3)
+            video.eta_s = round(self.eta.of_job(job), 3)
         return video
 
     def _job_for(self, video_id: str, principal: Principal | None) -> JobRecord:

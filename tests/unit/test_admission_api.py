@@ -235,9 +235,9 @@ def test_reservations_end_on_every_path(tmp_path):
     svc.store.close()
 
 
-def test_a_tier_that_forces_the_cache_decides_twice_but_reserves_once(tmp_path):
+def test_a_tier_that_forces_the_cache_decides_once_and_reserves_once(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=5)
-    svc.busy(4)  # 80%: minimal, cache forced, so admission runs again for the cacheable request
+    svc.busy(4)  # 80%: minimal, cache forced: the request runs in its cacheable form
     svc.service.runner.submit = lambda job_id: True
     reserve, held = svc.load.reserve, []
 
@@ -246,10 +246,13 @@ def test_a_tier_that_forces_the_cache_decides_twice_but_reserves_once(tmp_path):
         return reserve(key, job)
 
     svc.load.reserve = spy
+    decide, decisions = svc.service.admission.decide, []
+    svc.service.admission.decide = lambda *args, **kwargs: decisions.append(decide(*args, **kwargs)) or decisions[-1]
     request = CreateVideoRequest(**{**REQUEST, "cache": False, "seed": None})
     outcome = asyncio.run(svc.service.create_video(request, Preference(respond_async=True)))
     assert outcome.video.tier == "minimal" and outcome.video.cache_key is not None
     assert held == [4] and svc.load.reserved == 0 and svc.load.snapshot().active_jobs == 5
+    assert len(decisions) == 1 and decisions[0].force_cache
     svc.store.close()
 
 
