@@ -26,23 +26,20 @@ def bearer(secret: str) -> dict[str, str]:
 
 @pytest.fixture
 def svc(tmp_path):
-    service = Service(tmp_path)
     guard = AccessGuard(AccessConfig(api_keys=[
         {"id": "alice", "sha256": hash_secret(ALICE)},
         {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
         {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
         {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
     ], api_keys_env=""), {})
-    service.service.guard = guard
-    # As the gateway wires it: a job's end frees its key's slot.
-    service.service.runner.on_finished = lambda job: guard.release_job(job.key_id, job.id) if job.key_id else None
+    service = Service(tmp_path, access=guard)  # wired as the gateway is: a job's end frees its key's slot
     yield service
     service.store.close()
 
 
 @pytest.fixture
 def client(svc):
-    with api_client(svc.service) as c:
+    with api_client(svc.gateway) as c:
         yield c
 
 
@@ -98,10 +95,10 @@ class HeldGenerator(FakeGenerator):
 
 def test_concurrent_job_cap_is_freed_when_the_job_ends(client, svc):
     held = HeldGenerator()
-    svc.service.runner.generator = held
+    svc.runner.generator = held
     first = client.post("/v1/videos", json={**REQUEST, "cache": False}, headers={**bearer(CAROL), "Prefer": "respond-async"})
     assert first.status_code == 202
-    assert svc.service.guard.active_jobs("carol") == 1
+    assert svc.gateway.guard.active_jobs("carol") == 1
     # Carol may hold one unfinished job: a second is refused, and leaves nothing behind.
     second = client.post("/v1/videos", json={**REQUEST, "seed": 2, "cache": False},
                          headers={**bearer(CAROL), "Prefer": "respond-async"})
@@ -112,7 +109,7 @@ def test_concurrent_job_cap_is_freed_when_the_job_ends(client, svc):
     while client.get(f"/v1/videos/{first.json()['id']}", headers=bearer(CAROL)).json()["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert svc.service.guard.active_jobs("carol") == 0
+    assert svc.gateway.guard.active_jobs("carol") == 0
     third = client.post("/v1/videos", json={**REQUEST, "seed": 3, "cache": False}, headers=bearer(CAROL))
     assert third.status_code == 200
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployments.gateway import webhook_config
+from serve_app.api.gateway_app import webhook_config
 from serve_app.config import ServiceArgs
 
 
