@@ -22,9 +22,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serve_app.access.guard import AccessGuard
-from serve_app.api.routes import create_app
-from serve_app.api.service import StageProbe, VideoService
+from serve_app.access.guard import AccessGuard, AdminAccess
+from serve_app.api import admin, health, videos, web
+from serve_app.api.admin import CacheAdmin
+from serve_app.api.create import VideoCreator
+from serve_app.api.error_handlers import ERROR_RESPONSES, install_error_handlers
+from serve_app.api.health import ServiceReport, StageProbe
+from serve_app.api.views import VideoViews
 from serve_app.artifacts import ArtifactStore, open_artifact_store
 from serve_app.cache.index import CacheIndex, open_cache_index
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs, StageOptions
@@ -42,7 +46,7 @@ from serve_app.webhooks import WebhookConfig, check_destination, deliver
 # below this (max_queue_per_replica per replica), so it only bounds the naive mode.
 ACTIVE_JOBS_READ_LIMIT = 2000
 
-ReplicaSource = Callable[[], "ReplicaCount | int | None"]
+ReplicaSource = Callable[[], ReplicaCount | int | None]
 
 
 def webhook_config(args: ServiceArgs, env: Mapping[str, str] | None = None) -> WebhookConfig:
@@ -138,9 +142,9 @@ class GatewayApp:
     """The built gateway: its FastAPI app and the parts behind it."""
 
     app: FastAPI
-    creator: VideoService  # POST /v1/videos
-    views: VideoService  # reading, cancelling, deleting videos and their events
-    about: VideoService  # /healthz and /v1/presets
+    creator: VideoCreator  # POST /v1/videos
+    views: VideoViews  # reading, cancelling and deleting videos, their events
+    report: ServiceReport  # /healthz and /v1/presets
     runner: JobRunner
     load: LoadMonitor
     admission: Admission | None
@@ -223,16 +227,43 @@ def build_gateway(
     )
     policy = Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) \
         if admission else None
-    service = VideoService(
-        args=args, profile=profile, catalog=settings.catalog, store=stores.jobs, artifacts=stores.artifacts,
-        runner=runner, estimator=estimator, probe=handles.probe,
-        check_webhook=lambda url: check_destination(url, settings.webhooks), cache=handles.cache,
-        cache_index=stores.cache_index, admin_key=settings.admin_key, admission=policy, load=load, guard=guard,
+    views = VideoViews(stores.jobs, stores.artifacts, runner, eta)
+    creator = VideoCreator(
+        args=args, profile=profile, catalog=settings.catalog, store=stores.jobs, runner=runner, views=views,
+        load=load, eta=eta, admission=policy, cache=handles.cache, cache_index=stores.cache_index, guard=guard,
+        check_webhook=lambda url: check_destination(url, settings.webhooks),
+    )
+    report = ServiceReport(profile, settings.catalog, args.default_deadline_s, handles.probe, guard, policy, load)
+    app = create_app(
+        creator=creator, views=views, report=report, cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
+        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard), guard=guard,
+        replica=settings.replica_id, max_body_bytes=args.access.max_body_bytes,
     )
     return GatewayApp(
-        app=create_app(service), creator=service, views=service, about=service, runner=runner, load=load,
-        admission=policy, estimator=estimator, settings=settings, stores=stores,
+        app=app, creator=creator, views=views, report=report, runner=runner, load=load, admission=policy,
+        estimator=estimator, settings=settings, stores=stores,
     )
+
+
+def create_app(**state: Any) -> FastAPI:
+    """The FastAPI app: the routers, the error shape, and in `app.state` what the
+    handlers call (creator, views, report, cache_admin, admin_access, guard, replica,
+    max_body_bytes)."""
+    app = FastAPI(
+        title="Wan2.2 text-to-video",
+        version="0.1.0",
+        description="Text-to-video generation (Wan2.2-TI2V-5B) on Ray Serve, OpenAI-style /v1/videos.",
+        responses=ERROR_RESPONSES,
+    )
+    for name, value in state.items():
+        setattr(app.state, name, value)
+    install_error_handlers(app)
+    app.include_router(videos.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    app.include_router(web.router)
+    web.mount_static(app)
+    return app
 
 
 def _no_poll() -> None:

@@ -127,7 +127,7 @@ def test_oversized_body_is_413(client):
 
 
 def test_body_size_limit_is_exact_and_a_413_with_the_numbers():
-    from serve_app.api.routes import _check_body_size
+    from serve_app.api.body import check_body_size as _check_body_size
     from serve_app.errors import RequestTooLarge
 
     _check_body_size(2048, 2048)
@@ -135,3 +135,22 @@ def test_body_size_limit_is_exact_and_a_413_with_the_numbers():
     with pytest.raises(RequestTooLarge, match="body has 2049 bytes; at most 2048") as err:
         _check_body_size(2049, 2048)
     assert err.value.status_code == 413
+
+
+def test_admin_access_takes_the_operator_key_or_an_admin_api_key(svc):
+    from serve_app.access.guard import AdminAccess
+    from serve_app.errors import Forbidden, Unauthorized
+
+    with pytest.raises(Forbidden, match=r"\$WAN_SERVE_ADMIN_KEY"):
+        AdminAccess("", "WAN_SERVE_ADMIN_KEY").check("Bearer anything")
+    operator = AdminAccess("op-secret-0123456789", "WAN_SERVE_ADMIN_KEY")
+    operator.check("Bearer op-secret-0123456789")
+    for header in (None, "Bearer op-secret-wrong", "op-secret-0123456789", "Basic op-secret-0123456789"):
+        with pytest.raises(Unauthorized):
+            operator.check(header)
+    # With API keys on, an admin key is an admin too, and any other key is a 403.
+    both = AdminAccess("op-secret-0123456789", "WAN_SERVE_ADMIN_KEY", svc.gateway.guard)
+    both.check("Bearer op-secret-0123456789")
+    both.check(bearer(ROOT)["Authorization"])
+    with pytest.raises(Forbidden):
+        both.check(bearer(ALICE)["Authorization"])

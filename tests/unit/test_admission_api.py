@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from serve_app.api.protocol import CreateVideoRequest
-from serve_app.api.service import Preference, VideoService as VideoCreator
+from serve_app.api.create import Preference, VideoCreator
 from serve_app.errors import OverCapacity
 from serve_app.estimates import StageTimeEstimator
 from tests.helpers.service import REQUEST, Service, api_client

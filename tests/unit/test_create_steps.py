@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from serve_app.api.service import cacheable_form
+from serve_app.api.create import cacheable_form
 from serve_app.config import load_presets
 from serve_app.params import resolve_generation
 

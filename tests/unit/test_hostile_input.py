@@ -13,7 +13,7 @@ import socket
 
 import numpy as np
 import pytest
-from serve_app.api.routes import MAX_FORM_FIELDS
+from serve_app.api.body import MAX_FORM_FIELDS
 from serve_app.artifacts import LocalArtifactStore, S3ArtifactStore
 from serve_app.config import ServiceArgs, load_presets
 from serve_app.errors import InvalidRequest, NotFound
@@ -350,7 +350,7 @@ def test_an_unexpected_route_error_is_a_bare_500(client, gateway, monkeypatch):
     def explode():
         raise KeyError(f"config secret {SECRET}")
 
-    monkeypatch.setattr(gateway.about, "describe", explode)
+    monkeypatch.setattr(gateway.report, "describe", explode)
     response = client.get("/v1/presets")
     error = error_of(response, 500)
     assert error == {"code": "internal_error", "message": "internal error; see the service log",

@@ -1,69 +1,41 @@
-"""The logic behind the routes: validate, decide sync or async, keep jobs, answer.
+"""POST /v1/videos: from a request to a job and an answer, in one pass.
 
-Every request becomes a durable job first (so nothing accepted is lost);
-then the request either waits for it (the estimate fits the sync budget, or
-the client asked with `Prefer: wait=N`) or answers 202 at once
-(`Prefer: respond-async`, or the estimate is too long).
+Every request becomes a durable job first (so nothing accepted is lost), unless
+the result cache has its video; then the request either waits for it (the
+estimate fits the sync budget, or the client asked with `Prefer: wait=N`) or
+answers 202 at once (`Prefer: respond-async`, or the estimate is too long).
+`VideoCreator.create_video` reads as its steps, each done once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, Callable
 
+from serve_app import metrics
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import Principal
-from serve_app.api.protocol import (
-    CreateVideoRequest,
-    HealthResponse,
-    StageHealth,
-    VideoDeleted,
-    VideoList,
-    VideoObject,
-)
-from serve_app.artifacts import ArtifactStore, check_variant, media_type
-from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
-from serve_app.errors import (
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    ServiceError,
-    Unauthorized,
-    VideoExpired,
-    VideoNotReady,
-)
-from serve_app.estimates import StageTimeEstimator
-from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
-from serve_app.jobs.runner import JobRunner
-from serve_app import metrics
-from serve_app.cache.index import CacheEntry, artifact_id_for
+from serve_app.api.protocol import CreateVideoRequest, VideoObject
+from serve_app.api.views import VideoViews
+from serve_app.cache.index import CacheEntry, CacheIndex, artifact_id_for
 from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
+from serve_app.errors import InvalidRequest, NotFound, ServiceError
+from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
-from serve_app.policy import eta as eta_model
 from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
 from serve_app.policy.load import LoadMonitor, QueueEta
 
 # How long past a synchronous request's deadline the gateway waits for the
 # job's own deadline error (which names the step reached) before answering.
 SYNC_GRACE_S = 3.0
-# How often SSE/WebSocket readers look at the store for events written by
-# other replicas (local ones wake them at once).
-EVENT_POLL_S = 0.25
-# Unfinished jobs read for an ETA when the service runs without a load monitor
-# (the gateway's monitor reads its own, ACTIVE_JOBS_READ_LIMIT).
-ETA_ACTIVE_JOBS_LIMIT = 2000
 # The run deadline of a job answered from the cache: it never runs.
 CACHED_RUN_S = 0.0
-
-
-class StageProbe(Protocol):
-    async def describe_stages(self) -> dict[str, StageHealth]: ...
 
 
 def new_video_id() -> str:
@@ -124,53 +96,36 @@ class CreateOutcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class VideoService:
+class VideoCreator:
     def __init__(
         self,
         args: ServiceArgs,
         profile: ModelProfile,
         catalog: PresetCatalog,
         store: JobStore,
-        artifacts: ArtifactStore,
         runner: JobRunner,
-        estimator: StageTimeEstimator,
-        probe: StageProbe | None = None,
-        check_webhook: Any = None,
-        cache: Any = None,
-        cache_index: Any = None,
-        admin_key: str = "",
+        views: VideoViews,
+        load: LoadMonitor,
+        eta: QueueEta,
         admission: Admission | None = None,
-        load: LoadMonitor | None = None,
+        cache: Any = None,
+        cache_index: CacheIndex | None = None,
         guard: AccessGuard | None = None,
+        check_webhook: Callable[[str], Any] | None = None,
     ) -> None:
         self.args = args
         self.profile = profile
         self.catalog = catalog
         self.store = store
-        self.artifacts = artifacts
         self.runner = runner
-        self.estimator = estimator
-        self.probe = probe
-        self.check_webhook = check_webhook
-        self.cache = cache  # ResultCache client (claim, fill, admin) or None
-        self.cache_index = cache_index  # read side of its index, for lookups
-        self.admin_key = admin_key
+        self.views = views  # the public video object of a job (live queue position and ETA)
+        self.load = load  # the queue admission reads, and where an admitted request holds its place
+        self.eta = eta
         self.admission = admission  # deadline-aware admission and quality tiers (None: off)
-        self.load = load  # its view of the queue and the denoiser replicas
+        self.cache = cache  # ResultCache client (claim, release) or None
+        self.cache_index = cache_index  # read side of its index, for lookups
         self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
-        # The ETA's view of the queue: admission's own when there is one, so both read the same
-        # work and replica counts; else the configured replicas, never refreshed.
-        self._queue = load or LoadMonitor(
-            active_jobs=lambda: store.active(ETA_ACTIVE_JOBS_LIMIT), estimator=estimator, replicas=lambda: None,
-            gpu_utilization=None, refresh_s=args.admission.refresh_s,
-            initial_replicas=args.stages.denoiser.max_replicas,
-            initial_encoder_replicas=args.stages.video_encoder.max_replicas,
-        )
-        self.eta = QueueEta(self._queue, args.admission)
-        if getattr(runner, "eta", None) is None:
-            runner.eta = self.eta.of_job  # queued events show the ETA admission decided on
-
-    # --- create -----------------------------------------------------------------------
+        self.check_webhook = check_webhook  # raises for a webhook_url that may not be called
 
     async def create_video(
         self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None,
@@ -211,8 +166,9 @@ class VideoService:
             draft.run_at_tier(decision.tier, decision.params)
         if cacheable is not None and (request.cache or decision.force_cache):
             # A lower tier, or a cache the tier forced, is another entry, which may be there.
-            key = looked_up if decision.params is asked else self._key(decision.params)
-            if key != looked_up:
+            already = looked_up is not None and decision.params is asked
+            key = looked_up if already else self._key(decision.params)
+            if not already:
                 hit = self._lookup(key)
                 if hit is not None:
                     return self._answer_from_cache(draft, key, hit)
@@ -222,7 +178,7 @@ class VideoService:
         #    job creation one step for every create on this event loop. The reservation ends
         #    as soon as the job is stored (it counts there) or the request leaves this block
         #    any other way; past it, a sync request may wait for minutes.
-        with self._queue.reserve(draft.cache_key or draft.id, draft):
+        with self.load.reserve(draft.cache_key or draft.id, draft):
             shared = await self._claim(draft)
             if shared is None:
                 # 6. Persist (an idempotent retry finds its earlier job instead).
@@ -286,7 +242,7 @@ class VideoService:
                             deadlines=deadlines)
         try:
             decision = self.admission.decide(
-                asked, self._queue.snapshot(), mode=mode, exact=request.quality == "exact",
+                asked, self.load.snapshot(), mode=mode, exact=request.quality == "exact",
                 sync_budget_s=self.args.sync_budget_s, deadline_s=deadlines, wait_s=prefer.wait_s,
                 cacheable=cacheable,
             )
@@ -340,7 +296,7 @@ class VideoService:
         elif prefer.wait_s is not None:
             headers["Preference-Applied"] = f"wait={prefer.wait_s:g}"
         if not sync:
-            return CreateOutcome(self._public(job), 202, headers)
+            return CreateOutcome(self.views.public(job), 202, headers)
         wait_s = job.deadline_s + SYNC_GRACE_S
         if prefer.wait_s is not None:
             wait_s = min(wait_s, prefer.wait_s)
@@ -391,7 +347,7 @@ class VideoService:
         if done.video.status == "failed":
             raise self._error_of(done)
         # Still running past the wait (the estimate was wrong): it stays a job.
-        return CreateOutcome(self._public(done), 202, headers)
+        return CreateOutcome(self.views.public(done), 202, headers)
 
     @staticmethod
     def _error_of(job: JobRecord) -> ServiceError:
@@ -414,198 +370,3 @@ class VideoService:
         key_id = principal.id if principal is not None and (principal.authenticated or principal.limited) else None
         return JobRecord.new(new_video_id(), self.profile.model_id, params, time.time(), deadline_s,
                              idempotency_key=idempotency_key, webhook_url=request.webhook_url, key_id=key_id)
-
-    # --- read -------------------------------------------------------------------------
-
-    def _public(self, job: JobRecord, active: list[JobRecord] | None = None) -> VideoObject:
-        """The video object with live queue position and ETA while not finished."""
-        video = job.video.model_copy()
-        if job.video.status == "queued":
-            video.queue_position = self.store.queue_position(job)
-            video.eta_s = round(self.eta.of_job(job, active), 3)
-        elif job.video.status == "in_progress":
-            video.eta_s = round(self.eta.of_job(job), 3)
-        return video
-
-    def _job_for(self, video_id: str, principal: Principal | None) -> JobRecord:
-        """The job, if the caller may see it: with auth on, a key sees its own jobs (admin keys all).
-        Someone else's job is a 404, not a 403: ids of other keys' jobs are not confirmed."""
-        job = self.store.get(video_id)
-        if principal is None or not principal.authenticated or principal.admin or job.key_id == principal.id:
-            return job
-        raise NotFound(f"no video with id {video_id!r}", param="video_id")
-
-    def get_video(self, video_id: str, principal: Principal | None = None) -> VideoObject:
-        job = self._job_for(video_id, principal)
-        if job.delete_requested:
-            raise NotFound(f"no video with id {video_id!r}", param="video_id")
-        return self._public(job)
-
-    def poll_after_ms(self, video: VideoObject) -> int:
-        """For the OpenAI SDK's poll helper (openai-poll-after-ms)."""
-        if video.eta_s is None:
-            return 1000
-        return int(min(2000, max(100, video.eta_s * 1000 / 10)))
-
-    def list_videos(
-        self, after: str | None, limit: int, order: Literal["asc", "desc"], principal: Principal | None = None
-    ) -> VideoList:
-        if not 1 <= limit <= 100:
-            raise InvalidRequest(f"limit={limit} is outside the allowed range [1, 100]", param="limit")
-        try:
-            jobs, has_more = self.store.list(after, limit, order)
-        except NotFound:
-            raise NotFound(f"after={after!r} is not the id of a video", param="after") from None
-        visible = [j for j in jobs if not j.delete_requested]
-        if principal is not None and principal.authenticated and not principal.admin:
-            # Filtered after the page is read: with several keys a page may hold
-            # fewer than `limit` videos; `has_more` and the cursor stay exact.
-            visible = [j for j in visible if j.key_id == principal.id]
-        # One read of the queue for the page, not one per queued video.
-        active = self._queue.active_jobs() if any(j.video.status == "queued" for j in visible) else None
-        data = [self._public(j, active) for j in visible]
-        return VideoList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=has_more,
-        )
-
-    def content(self, video_id: str, variant: str, principal: Principal | None = None):
-        """(local path or bytes, media type) of a completed video's file."""
-        check_variant(variant)
-        job = self._job_for(video_id, principal)
-        if job.video.status != "completed":
-            raise VideoNotReady(
-                f"video {video_id!r} is {job.video.status}; content exists only for completed videos",
-                param="video_id",
-                status=job.video.status,
-            )
-        if job.video.expires_at is not None and job.video.expires_at <= time.time():
-            if job.artifact_id is None:
-                self.artifacts.delete(video_id)
-            raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
-        files = job.artifact_id or video_id
-        path = self.artifacts.local_path(files, variant)
-        return (path if path is not None else self.artifacts.get(files, variant)), media_type(variant)
-
-    # --- cancel and delete ------------------------------------------------------------
-
-    def cancel(self, video_id: str, principal: Principal | None = None) -> VideoObject:
-        job = self._job_for(video_id, principal)
-        if job.terminal:
-            raise Conflict(f"video {video_id!r} is already {job.video.status}; nothing to cancel", param="video_id")
-        job.cancel_requested = True
-        self.store.save(job)
-        self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
-        return self._public(self.store.get(video_id))
-
-    def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
-        job = self._job_for(video_id, principal)
-        if job.terminal:
-            if job.artifact_id is None:  # a cached answer's files belong to the cache
-                self.artifacts.delete(video_id)
-            self.store.delete(video_id)
-            return VideoDeleted(id=video_id)
-        job.cancel_requested = job.delete_requested = True
-        self.store.save(job)
-        self.runner.cancel(video_id)  # its runner deletes the record when the loop has stopped
-        return VideoDeleted(id=video_id)
-
-    # --- events -----------------------------------------------------------------------
-
-    async def events(
-        self, video_id: str, after_seq: int = 0, principal: Principal | None = None
-    ) -> AsyncIterator[tuple[int, dict]]:
-        """The job's events from `after_seq` on, live, ending with its terminal event."""
-        self._job_for(video_id, principal)  # 404 before the stream starts
-        seq = after_seq
-        while True:
-            batch = self.store.events_after(video_id, seq)
-            for seq, event in batch:
-                yield seq, event
-                if event.get("type") in TERMINAL:
-                    return
-            if not batch:
-                try:
-                    job = self.store.get(video_id)
-                except NotFound:
-                    return  # deleted while watched
-                if job.terminal and not self.store.events_after(video_id, seq):
-                    return
-                await self.runner.wait_for_change(EVENT_POLL_S)
-
-    # --- cache admin --------------------------------------------------------------------
-
-    def check_admin(self, authorization: str | None) -> None:
-        """The operator's key (${admin_key_env}) or an API key marked `admin: true`."""
-        scheme, _, token = (authorization or "").partition(" ")
-        if self.admin_key and scheme.lower() == "bearer" and hmac.compare_digest(
-                token.encode(), self.admin_key.encode()):
-            return
-        if self.guard is not None and self.guard.auth_enabled:
-            self.guard.require_admin(self.guard.authenticate(authorization))
-            return
-        if not self.admin_key:
-            raise Forbidden(f"admin routes are off: set ${self.args.admin_key_env} or configure an admin API key")
-        raise Unauthorized("admin routes need 'Authorization: Bearer <admin key>'", param="Authorization")
-
-    def _need_cache(self) -> Any:
-        if self.cache is None or not self.args.cache_enabled:
-            raise Forbidden("the result cache is disabled (cache_enabled: false)")
-        return self.cache
-
-    async def cache_stats(self, authorization: str | None) -> dict:
-        self.check_admin(authorization)
-        return await self._need_cache().stats()
-
-    async def cache_delete(self, key: str, authorization: str | None) -> dict:
-        self.check_admin(authorization)
-        if not re.fullmatch(r"[0-9a-f]{64}", key):
-            raise InvalidRequest(f"key={key!r} is not a cache key (64 hex digits)", param="key")
-        if not await self._need_cache().delete(key):
-            raise NotFound(f"no cache entry {key!r}", param="key")
-        return {"key": key, "deleted": True}
-
-    async def cache_purge(self, authorization: str | None) -> dict:
-        self.check_admin(authorization)
-        return {"purged": await self._need_cache().purge()}
-
-    # --- health -----------------------------------------------------------------------
-
-    async def health(self) -> HealthResponse:
-        stages = await self.probe.describe_stages() if self.probe else {}
-        return HealthResponse(
-            status="ok" if all(s.ok for s in stages.values()) else "degraded",
-            model=self.profile.identity,
-            attention_backend=self.profile.attention_backend,
-            default_deadline_s=self.args.default_deadline_s,
-            stages=stages,
-            access=self.guard.describe() if self.guard is not None else None,
-            load=self._load_report(),
-        )
-
-    def _load_report(self) -> dict[str, Any] | None:
-        if self.admission is None or self.load is None:
-            return None
-        snap = self.load.snapshot()
-        load = self.admission.load(snap)
-        return {
-            "load": round(load, 3),
-            "tier": self.admission.tiers.tiers[self.admission.tiers.for_load(load)].name,
-            "denoiser_replicas": snap.replicas,
-            "unfinished_jobs": snap.active_jobs,
-            "work_ahead_s": round(eta_model.queue_wait_s(snap, self.admission.config), 3),
-            "denoise_ahead_s": round(snap.denoise_ahead_s, 3),
-            "decode_ahead_s": round(snap.decode_ahead_s, 3),
-            "video_encoder_replicas": snap.encoder_replicas,
-            "gpu_utilization": snap.gpu_utilization,
-            "admission": "on" if self.admission.config.enabled else "off",
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "presets": {k: v.model_dump() for k, v in self.catalog.presets.items()},
-            "limits": self.catalog.limits.model_dump(),
-            "default_preset": self.catalog.default_preset,
-        }
