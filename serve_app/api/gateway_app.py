@@ -78,7 +78,7 @@ class GatewaySettings:
     catalog: PresetCatalog
     tiers: TierTable  # admission's tiers; the last one is the out-of-memory retry's
     webhooks: WebhookConfig
-    admin_key: str = ""  # the operator's key for the admin routes ('' : only admin API keys)
+    admin_key: str = ""  # the operator's key for the admin routes ('': admin API keys only)
     replica_id: str = field(default_factory=new_replica_id)
 
     @classmethod
@@ -90,6 +90,8 @@ class GatewaySettings:
         env = os.environ if env is None else env
         profile = profile or args.model_profile()
         catalog = args.preset_catalog()
+        # As ServiceArgs.tier_table() checks it, against the profile and presets read here
+        # rather than read again (and against a profile that replaces the args' one).
         tiers = load_tiers(args.admission.tiers_file)
         tiers.check(catalog.limits, profile.speed.optimized_loop)
         return cls(
