@@ -8,9 +8,10 @@ Order on a create (POST /v1/videos):
     guard.acquire_job(principal, job_id)                                      # 429 too_many_concurrent_jobs
     ... create the job, storing principal.id on it; if that fails: release_job ...
 
-(the body's size, 413, is checked where the body is read: serve_app/api/routes.py,
+(the body's size, 413, is checked where the body is read: serve_app/api/body.py,
 against `access.max_body_bytes`); every other route: `authenticate` then `check_rate(principal, "read")`; admin
-routes add `require_admin(principal)` (403). When a job reaches a terminal
+routes go through `AdminAccess` instead, which also takes the operator's own key
+(401/403). When a job reaches a terminal
 state, on whichever gateway replica that happens, `release_job(job.key_id,
 job.id)`; while it is unfinished, `touch_job` renews its slot's lease (the
 lease only matters if a release is lost, so touching is optional when
@@ -22,15 +23,16 @@ the same as good ones, or a client could probe without limit.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from serve_app.access.keys import ApiKeys, Principal, require_admin
+from serve_app.access.keys import HEADER, ApiKeys, Principal, bearer_token, require_admin
 from serve_app.access.limits import BucketKind
 from serve_app.access.stores import Limiters, open_limits
-from serve_app.errors import ServiceUnavailable
+from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.settings.access import AccessConfig
 
 log = logging.getLogger("ray.serve")
@@ -134,3 +136,28 @@ class AccessGuard:
 
     def close(self) -> None:
         self.limiters.close()
+
+
+class AdminAccess:
+    """Who may call the admin routes (the result cache's stats, delete and purge): the
+    operator, with the key in ${admin_key_env}, or, with API keys on, a key marked
+    `admin: true`. Works without a guard too (a gateway with access control off)."""
+
+    def __init__(self, operator_key: str, key_env: str, guard: AccessGuard | None = None) -> None:
+        self.operator_key = operator_key
+        self.key_env = key_env  # named in the error when no admin key exists at all
+        self.guard = guard
+
+    def check(self, authorization_header: str | None) -> None:
+        """Return when the caller is an admin; 401 or 403 otherwise."""
+        token = bearer_token(authorization_header)
+        if self.operator_key and token is not None and hmac.compare_digest(
+                token.encode(), self.operator_key.encode()):
+            return
+        if self.guard is not None and self.guard.auth_enabled:
+            self.guard.require_admin(self.guard.authenticate(authorization_header))
+            return
+        if not self.operator_key:
+            raise Forbidden(f"admin routes are off: set ${self.key_env} or configure an admin API key")
+        raise Unauthorized(f"admin routes need '{HEADER}: Bearer <admin key>'", param=HEADER)
+

@@ -161,10 +161,9 @@ class ApiKeys:
             raise Unauthorized(
                 f"missing {HEADER} header: this service needs '{HEADER}: Bearer <api key>'", param=HEADER
             )
-        scheme, _, token = authorization_header.strip().partition(" ")
-        token = token.strip()
-        # Neither part is quoted back: a client that sent the bare key has put it in `scheme`.
-        if scheme.lower() != "bearer" or not token or " " in token:
+        token = bearer_token(authorization_header)
+        # Nothing is quoted back: a client that sent the bare key has put it in the scheme's place.
+        if token is None:
             raise Unauthorized(
                 f"malformed {HEADER} header: expected 'Bearer <api key>' (one space, then the key)", param=HEADER
             )
@@ -177,6 +176,16 @@ class ApiKeys:
         if found is None:
             raise Unauthorized("unknown API key: it matches no configured key (revoked or mistyped?)", param=HEADER)
         return found
+
+
+def bearer_token(authorization_header: str | None) -> str | None:
+    """The key in 'Bearer <key>' (spaces around either part ignored); None when the header
+    is missing or of another form (keys have no spaces)."""
+    scheme, _, token = (authorization_header or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
 
 
 def require_admin(principal: Principal) -> None:

@@ -4,19 +4,34 @@ The store keeps whole `JobRecord`s. Anything a client sees lives in `video`
 (the OpenAI-style object); the rest is bookkeeping for runners: who holds the
 job (`owner`) and since when it last proved alive (`heartbeat_at`), so that a
 job whose runner died is picked up by another.
+
+The video object repeats the settings in `params` (the answer shows what
+ran); `video_settings` is the one place that writes them from `params`, so the
+two cannot drift apart.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from serve_app.api.protocol import VideoObject
 from serve_app.params import GenerationParams
+from serve_app.policy.tiers import changes
 
 WebhookState = Literal["none", "pending", "delivered", "failed"]
 TERMINAL = ("completed", "failed")
+
+
+def video_settings(params: GenerationParams) -> dict[str, Any]:
+    """The fields of a video object that say which settings it was (or will be) made with."""
+    return dict(
+        size=params.size, seconds=f"{params.seconds:.2f}", preset=params.preset, prompt=params.prompt,
+        negative_prompt=params.negative_prompt, width=params.width, height=params.height,
+        num_frames=params.num_frames, fps=params.fps, num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale, seed=params.seed, fast=params.fast,
+    )
 
 
 class JobRecord(BaseModel):
@@ -41,6 +56,28 @@ class JobRecord(BaseModel):
                                "when the job ends.")
     error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
     error_status: int | None = Field(None, description="Its HTTP status.")
+
+    @classmethod
+    def new(
+        cls, job_id: str, model: str, params: GenerationParams, created_at: float, deadline_s: float, **bookkeeping
+    ) -> "JobRecord":
+        """A queued job that runs `params`; `bookkeeping`: the other fields (owner key, webhook, ...)."""
+        video = VideoObject(id=job_id, status="queued", model=model, created_at=int(created_at),
+                            **video_settings(params))
+        return cls(video=video, params=params, deadline_s=deadline_s, created_at=created_at, **bookkeeping)
+
+    def run_at_tier(self, tier: str, params: GenerationParams) -> None:
+        """Run `params`, the settings of quality tier `tier`, instead of the current ones. The
+        video object then describes what it gets: those settings, the tier, and the values
+        asked for of what the tier lowered (on a second lowering the first request's win)."""
+        lowered = {field: values["requested"] for field, values in changes(self.params, params).items()}
+        requested = {**lowered, **(self.video.requested or {})}
+        if requested:
+            self.video.requested = requested
+        self.video.tier = tier
+        for field, value in video_settings(params).items():
+            setattr(self.video, field, value)
+        self.params = params
 
     @property
     def id(self) -> str:

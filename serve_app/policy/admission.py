@@ -25,7 +25,9 @@ Then, in order:
    start one: 503.
 
 The answer reports the tier and the settings used, so a degraded video is
-never passed off as the one asked for.
+never passed off as the one asked for. The decision also says how long one
+run may take (`deadline_s`) and whether its tier forces the result cache on,
+so the gateway admits each request once and acts on that one decision.
 """
 
 from __future__ import annotations
@@ -49,13 +51,40 @@ EXACT_TIER = "exact"
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """Seconds one run of a request may take, by how it is answered: the request's own
+    `deadline_s` either way when it names one, else the configured default of each."""
+
+    sync_s: float  # answered with the video (200)
+    job_s: float  # answered with a job (202)
+
+    def to_fit(self, mode: Mode) -> float:
+        """The deadline a request must fit to be taken: a waiting client's run is a
+        synchronous one; any other request may still become a job."""
+        return self.sync_s if mode == "wait" else self.job_s
+
+    def of_run(self, sync: bool) -> float:
+        return self.sync_s if sync else self.job_s
+
+
+@dataclass(frozen=True)
 class Decision:
     params: GenerationParams  # what will run
     sync: bool  # answer with the video (200) rather than a job (202)
     eta_s: float  # estimated seconds until the video is ready
-    load: float  # 0-1
-    tier: str  # name reported to the client
+    deadline_s: float  # seconds one run of it may take
+    load: float | None  # 0-1; None where the service runs without admission
+    tier: str | None  # name reported to the client; None without admission
     force_cache: bool = False  # the tier answers from/fills the cache even for `cache: false`
+
+
+def as_asked(params: GenerationParams, eta_s: float, *, mode: Mode, sync_budget_s: float,
+             deadlines: Deadlines) -> Decision:
+    """The decision of a service that runs without admission (the route tests): every
+    request is taken exactly as asked, synchronously when the client waits for it or
+    its ETA fits the sync budget; no tier, no load."""
+    sync = mode == "wait" or (mode == "auto" and eta_s <= sync_budget_s)
+    return Decision(params, sync, eta_s, deadlines.of_run(sync), load=None, tier=None)
 
 
 class Admission:
@@ -82,11 +111,17 @@ class Admission:
         """Seconds until this request's video would be ready if admitted now."""
         return eta.eta_s(eta.job_work(params, self.estimator), snap, self.config)
 
-    def _option(self, params: GenerationParams, tier: Tier | None, snap: LoadSnapshot, load: float) -> Decision:
-        """What admitting `params` at `tier` (None: exactly as asked) would give, synchronously."""
-        used = params if tier is None else apply_tier(params, tier)
-        return Decision(used, True, self.eta_s(used, snap), load, EXACT_TIER if tier is None else tier.name,
-                        tier is not None and tier.cache == "forced")
+    def _option(
+        self, params: GenerationParams, cacheable: GenerationParams | None, tier: Tier | None,
+        snap: LoadSnapshot, load: float, deadlines: Deadlines,
+    ) -> Decision:
+        """What admitting the request at `tier` (None: exactly as asked) would give, synchronously.
+        A tier that forces the cache runs the request's `cacheable` form, when there is one."""
+        forced = tier is not None and tier.cache == "forced"
+        base = cacheable if forced and cacheable is not None else params
+        used = base if tier is None else apply_tier(base, tier)
+        return Decision(used, True, self.eta_s(used, snap), deadlines.of_run(True), load,
+                        EXACT_TIER if tier is None else tier.name, forced)
 
     def _retry_after(self, wait_s: float) -> float:
         return max(self.config.min_retry_after_s, wait_s)
@@ -99,15 +134,25 @@ class Admission:
         mode: Mode,
         exact: bool,
         sync_budget_s: float,
-        deadline_s: float,
+        deadline_s: float | Deadlines,
         wait_s: float | None = None,
+        cacheable: GenerationParams | None = None,
     ) -> Decision:
+        """Admit `params` (or refuse them with a 429/503).
+
+        `deadline_s`: one deadline however the request is answered, or the pair of
+        defaults (synchronous, job) of a request that names none. `cacheable`: the
+        request's form for the result cache (normalised prompts, derived seed), which
+        runs instead of `params` where its tier forces the cache; None without a cache.
+        """
+        deadlines = deadline_s if isinstance(deadline_s, Deadlines) else Deadlines(deadline_s, deadline_s)
         load = self.load(snap)
         if snap.replicas == 0 and self.denoiser_max_replicas == 0:
             raise ServiceUnavailable("no denoiser replica can run", retry_after_s=self.config.cold_start_s)
         if not self.config.enabled:
-            return Decision(params, mode != "async" and (mode == "wait" or self.eta_s(params, snap) <= sync_budget_s),
-                            self.eta_s(params, snap), load, EXACT_TIER)
+            eta_s = self.eta_s(params, snap)
+            sync = mode != "async" and (mode == "wait" or eta_s <= sync_budget_s)
+            return Decision(params, sync, eta_s, deadlines.of_run(sync), load, EXACT_TIER)
 
         if snap.active_jobs >= self.capacity(snap):
             # Time for the queue to drain one slot: the wait ahead, per job.
@@ -121,23 +166,24 @@ class Admission:
             )
         start = self.tiers.for_load(load)
         tiers: list[Tier | None] = [None] if exact else list(self.tiers.tiers[start:])
-        options = [self._option(params, tier, snap, load) for tier in tiers]
+        options = [self._option(params, cacheable, tier, snap, load, deadlines) for tier in tiers]
         best_eta = min(option.eta_s for option in options)
         if mode == "auto" and options[0].eta_s <= sync_budget_s:
             return options[0]
+        limit = deadlines.to_fit(mode)
         if mode == "wait":
             # The client waits up to `wait_s` for the video: the first tier that
             # delivers within that wins, even a lower one.
-            within = min(wait_s if wait_s is not None else deadline_s, deadline_s)
+            within = min(wait_s if wait_s is not None else limit, limit)
             for option in options:
                 if option.eta_s <= within:
                     return option
         # Otherwise the job must at least fit its deadline (a waiting client
         # then gets a 202 when its wait ends, and the job goes on).
         for option in options:
-            if option.eta_s <= deadline_s:
-                return replace(option, sync=mode == "wait")
-        limit = deadline_s
+            if option.eta_s <= limit:
+                sync = mode == "wait"
+                return replace(option, sync=sync, deadline_s=deadlines.of_run(sync))
         what = "exactly as asked" if exact else "at any quality tier"
         raise OverCapacity(
             f"cannot finish {what} within {limit:g} s now (estimated {best_eta:.1f} s at load {load:.0%}); "

@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
+from serve_app.config import AdmissionConfig
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord
-from serve_app.policy.eta import StageWork, job_work
+from serve_app.params import GenerationParams
+from serve_app.policy.eta import StageWork, eta_s, job_work
 
 log = logging.getLogger("ray.serve")
 
@@ -155,7 +157,7 @@ class LoadMonitor:
         initial_encoder_replicas: int = 1,
     ) -> None:
         self._active_jobs = active_jobs
-        self._estimator = estimator
+        self.estimator = estimator
         self._replicas_fn = replicas
         self._encoder_replicas_fn = encoder_replicas
         self._gpu_fn = gpu_utilization
@@ -220,7 +222,7 @@ class LoadMonitor:
         window is one store write wide again, as before."""
         held = self._reserved.get(key)
         if held is None:
-            self._reserved[key] = _Held(job_work(job.params, self._estimator), job.created_at, job.id)
+            self._reserved[key] = _Held(job_work(job.params, self.estimator), job.created_at, job.id)
         else:
             held.holders += 1
         return Reservation(self, key)
@@ -244,7 +246,7 @@ class LoadMonitor:
         """The load admission sees; with `before`, only the work ahead of that job (what its ETA waits
         for). `jobs`: the unfinished jobs, when the caller has read them already."""
         jobs = self._active_jobs() if jobs is None else jobs
-        count, work = work_ahead(jobs if before is None else ahead_of(before, jobs), self._estimator)
+        count, work = work_ahead(jobs if before is None else ahead_of(before, jobs), self.estimator)
         # A reservation whose job (or the single-flight job it joins) is stored already is counted there.
         stored = {job.id for job in jobs} | {job.cache_key for job in jobs if job.cache_key}
         for key, held in self._reserved.items():
@@ -256,3 +258,30 @@ class LoadMonitor:
             work += held.work
         return LoadSnapshot(self.replicas, count, work.denoise_s, self.gpu_utilization, work.decode_s,
                             self.encoder_replicas, min(self.starting, self.replicas))
+
+
+class QueueEta:
+    """A stored job's ETA over a gateway's view of the queue, by the one model of eta.py:
+    what GET, lists, a 202 and the queued event show. (Admission estimates a request
+    not yet stored the same way, from the same snapshots.)"""
+
+    def __init__(self, monitor: LoadMonitor, config: AdmissionConfig) -> None:
+        self.monitor = monitor
+        self.config = config
+
+    def of_job(self, job: JobRecord, active: list[JobRecord] | None = None) -> float:
+        """Seconds until the job's video is ready: for a queued job the work ahead of it, then
+        its own; for a running one what it has left. `active`: the unfinished jobs, when the
+        caller has read them already (a page of a list reads them once)."""
+        own = job_work(job.params, self.monitor.estimator, job.video.progress)
+        if job.video.status == "in_progress":
+            return own.total_s
+        return eta_s(own, self.monitor.snapshot(before=job, jobs=active), self.config)
+
+    def of_request(self, params: GenerationParams) -> float:
+        """Seconds until a request not stored yet would be ready: behind every unfinished job."""
+        return eta_s(job_work(params, self.monitor.estimator), self.monitor.snapshot(), self.config)
+
+    def active_jobs(self) -> list[JobRecord]:
+        return self.monitor.active_jobs()
+

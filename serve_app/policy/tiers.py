@@ -9,12 +9,13 @@ is validated to be one.
 
 from __future__ import annotations
 
-from serve_app.params import GenerationParams
+from typing import Callable
 
+from serve_app.params import GenerationParams
 from serve_app.settings.tiers import Tier, TierTable
 
 # Tier and TierTable re-exported: tests import the table's schema from here, next to what applies it.
-__all__ = ["Tier", "TierTable", "apply_tier", "changes"]
+__all__ = ["Tier", "TierTable", "apply_tier", "changes", "lowest_tier"]
 
 
 def apply_tier(params: GenerationParams, tier: Tier) -> GenerationParams:
@@ -36,3 +37,16 @@ def changes(requested: GenerationParams, used: GenerationParams) -> dict[str, di
         for field in ("num_inference_steps", "num_frames")
         if getattr(requested, field) != getattr(used, field)
     }
+
+
+def lowest_tier(table: TierTable) -> Callable[[GenerationParams], tuple[GenerationParams, str] | None]:
+    """For the runner's out-of-memory retry: a request under the table's last tier, with
+    that tier's name, when the tier lowers it (None when it changes nothing)."""
+    tier = table.tiers[-1]
+
+    def lower(params: GenerationParams) -> tuple[GenerationParams, str] | None:
+        lowered = apply_tier(params, tier)
+        return None if lowered == params else (lowered, tier.name)
+
+    return lower
+

@@ -26,23 +26,20 @@ def bearer(secret: str) -> dict[str, str]:
 
 @pytest.fixture
 def svc(tmp_path):
-    service = Service(tmp_path)
     guard = AccessGuard(AccessConfig(api_keys=[
         {"id": "alice", "sha256": hash_secret(ALICE)},
         {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
         {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
         {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
     ], api_keys_env=""), {})
-    service.service.guard = guard
-    # As the gateway wires it: a job's end frees its key's slot.
-    service.service.runner.on_finished = lambda job: guard.release_job(job.key_id, job.id) if job.key_id else None
+    service = Service(tmp_path, access=guard)  # wired as the gateway is: a job's end frees its key's slot
     yield service
     service.store.close()
 
 
 @pytest.fixture
 def client(svc):
-    with api_client(svc.service) as c:
+    with api_client(svc.gateway) as c:
         yield c
 
 
@@ -98,10 +95,10 @@ class HeldGenerator(FakeGenerator):
 
 def test_concurrent_job_cap_is_freed_when_the_job_ends(client, svc):
     held = HeldGenerator()
-    svc.service.runner.generator = held
+    svc.runner.generator = held
     first = client.post("/v1/videos", json={**REQUEST, "cache": False}, headers={**bearer(CAROL), "Prefer": "respond-async"})
     assert first.status_code == 202
-    assert svc.service.guard.active_jobs("carol") == 1
+    assert svc.gateway.guard.active_jobs("carol") == 1
     # Carol may hold one unfinished job: a second is refused, and leaves nothing behind.
     second = client.post("/v1/videos", json={**REQUEST, "seed": 2, "cache": False},
                          headers={**bearer(CAROL), "Prefer": "respond-async"})
@@ -112,7 +109,7 @@ def test_concurrent_job_cap_is_freed_when_the_job_ends(client, svc):
     while client.get(f"/v1/videos/{first.json()['id']}", headers=bearer(CAROL)).json()["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert svc.service.guard.active_jobs("carol") == 0
+    assert svc.gateway.guard.active_jobs("carol") == 0
     third = client.post("/v1/videos", json={**REQUEST, "seed": 3, "cache": False}, headers=bearer(CAROL))
     assert third.status_code == 200
 
@@ -130,7 +127,7 @@ def test_oversized_body_is_413(client):
 
 
 def test_body_size_limit_is_exact_and_a_413_with_the_numbers():
-    from serve_app.api.routes import _check_body_size
+    from serve_app.api.body import check_body_size as _check_body_size
     from serve_app.errors import RequestTooLarge
 
     _check_body_size(2048, 2048)
@@ -138,3 +135,22 @@ def test_body_size_limit_is_exact_and_a_413_with_the_numbers():
     with pytest.raises(RequestTooLarge, match="body has 2049 bytes; at most 2048") as err:
         _check_body_size(2049, 2048)
     assert err.value.status_code == 413
+
+
+def test_admin_access_takes_the_operator_key_or_an_admin_api_key(svc):
+    from serve_app.access.guard import AdminAccess
+    from serve_app.errors import Forbidden, Unauthorized
+
+    with pytest.raises(Forbidden, match=r"\$WAN_SERVE_ADMIN_KEY"):
+        AdminAccess("", "WAN_SERVE_ADMIN_KEY").check("Bearer anything")
+    operator = AdminAccess("op-secret-0123456789", "WAN_SERVE_ADMIN_KEY")
+    operator.check("Bearer op-secret-0123456789")
+    for header in (None, "Bearer op-secret-wrong", "op-secret-0123456789", "Basic op-secret-0123456789"):
+        with pytest.raises(Unauthorized):
+            operator.check(header)
+    # With API keys on, an admin key is an admin too, and any other key is a 403.
+    both = AdminAccess("op-secret-0123456789", "WAN_SERVE_ADMIN_KEY", svc.gateway.guard)
+    both.check("Bearer op-secret-0123456789")
+    both.check(bearer(ROOT)["Authorization"])
+    with pytest.raises(Forbidden):
+        both.check(bearer(ALICE)["Authorization"])

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from serve_app.api.protocol import CreateVideoRequest
-from serve_app.api.service import Preference, VideoService
+from serve_app.api.create import Preference, VideoCreator
 from serve_app.errors import OverCapacity
 from serve_app.estimates import StageTimeEstimator
 from tests.helpers.service import REQUEST, Service, api_client
@@ -26,7 +26,7 @@ def svc(tmp_path):
 
 @pytest.fixture
 def client(svc):
-    with api_client(svc.service) as c:
+    with api_client(svc.gateway) as c:
         yield c
 
 
@@ -81,7 +81,7 @@ def test_sync_request_that_cannot_make_its_deadline_is_refused_at_once(tmp_path)
     # 5 queued jobs of 1000 steps at 64x64x5 (8 tokens, no guidance) -> 40 s of work ahead at the prior.
     svc.estimator.prior_step_s_per_ktoken = 1.0
     svc.busy(5, steps=1000)
-    with api_client(svc.service) as client:
+    with api_client(svc.gateway) as client:
         response = client.post("/v1/videos", json={**REQUEST, "deadline_s": 30}, headers={"Prefer": "wait=30"})
         assert response.status_code == 429, response.text
         assert response.json()["error"]["code"] == "over_capacity"
@@ -96,7 +96,7 @@ def test_minimal_tier_forces_the_cache_even_for_cache_false(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=5)
     svc.busy(4)  # 80%: minimal, cache forced
     request = {k: v for k, v in REQUEST.items() if k != "seed"} | {"cache": False}
-    with api_client(svc.service) as client:
+    with api_client(svc.gateway) as client:
         first = client.post("/v1/videos", json=request).json()
         assert first["tier"] == "minimal" and not first["cached"] and first["status"] == "completed"
         second = client.post("/v1/videos", json=request).json()
@@ -141,7 +141,7 @@ class SlowClaims:
         await self.gate.wait()
         return await self.cache.claim(key, job_id)
 
-    async def create(self, service: VideoService, request: CreateVideoRequest, prefer: Preference):
+    async def create(self, service: VideoCreator, request: CreateVideoRequest, prefer: Preference):
         try:
             return await service.create_video(request, prefer)
         except OverCapacity as exc:
@@ -158,16 +158,16 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
     deadline, per_job = 20, 2.0
     svc = Service(tmp_path, estimator=FixedEstimator((0.0, per_job, 0.0)), max_queue_per_replica=100)
     submitted: list[str] = []
-    svc.service.runner.submit = submitted.append  # accepted jobs stay queued: the load only grows
+    svc.runner.submit = submitted.append  # accepted jobs stay queued: the load only grows
     slow = SlowClaims(svc.cache, requests=30)
-    svc.service.cache = slow
+    svc.creator.cache = slow
     requests = [CreateVideoRequest(**{**REQUEST, "deadline_s": deadline,
                                       "prompt": "the same boat" if n % 3 == 0 else f"boat {n}"})
                 for n in range(30)]
 
     async def burst():
         prefer = Preference(respond_async=True)
-        return await asyncio.gather(*(slow.create(svc.service, r, prefer) for r in requests))
+        return await asyncio.gather(*(slow.create(svc.creator, r, prefer) for r in requests))
 
     outcomes = asyncio.run(burst())
     accepted = [o for o in outcomes if not isinstance(o, Exception)]
@@ -192,10 +192,10 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
 
 def test_reservations_end_on_every_path(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=100)
-    svc.service.runner.submit = lambda job_id: True
+    svc.runner.submit = lambda job_id: True
 
     async def scenario():
-        service = svc.service
+        service = svc.creator
         # A claim that fails (the cache replica died): the request errors, its place is freed.
         real_claim = svc.cache.claim
 
@@ -235,10 +235,10 @@ def test_reservations_end_on_every_path(tmp_path):
     svc.store.close()
 
 
-def test_a_tier_that_forces_the_cache_decides_twice_but_reserves_once(tmp_path):
+def test_a_tier_that_forces_the_cache_decides_once_and_reserves_once(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=5)
-    svc.busy(4)  # 80%: minimal, cache forced, so admission runs again for the cacheable request
-    svc.service.runner.submit = lambda job_id: True
+    svc.busy(4)  # 80%: minimal, cache forced: the request runs in its cacheable form
+    svc.runner.submit = lambda job_id: True
     reserve, held = svc.load.reserve, []
 
     def spy(key, job):
@@ -246,10 +246,13 @@ def test_a_tier_that_forces_the_cache_decides_twice_but_reserves_once(tmp_path):
         return reserve(key, job)
 
     svc.load.reserve = spy
+    decide, decisions = svc.creator.admission.decide, []
+    svc.creator.admission.decide = lambda *args, **kwargs: decisions.append(decide(*args, **kwargs)) or decisions[-1]
     request = CreateVideoRequest(**{**REQUEST, "cache": False, "seed": None})
-    outcome = asyncio.run(svc.service.create_video(request, Preference(respond_async=True)))
+    outcome = asyncio.run(svc.creator.create_video(request, Preference(respond_async=True)))
     assert outcome.video.tier == "minimal" and outcome.video.cache_key is not None
     assert held == [4] and svc.load.reserved == 0 and svc.load.snapshot().active_jobs == 5
+    assert len(decisions) == 1 and decisions[0].force_cache
     svc.store.close()
 
 
@@ -259,17 +262,17 @@ def test_queued_event_and_202_show_the_eta_admission_decided_on(tmp_path):
     svc = Service(tmp_path, estimator=FixedEstimator((0.25, 1.5, 0.75)), max_queue_per_replica=100)
     svc.busy(3)
     decisions = []
-    decide = svc.service.admission.decide
+    decide = svc.creator.admission.decide
 
     def spy(*args, **kwargs):
         decisions.append(decide(*args, **kwargs))
         return decisions[-1]
 
-    svc.service.admission.decide = spy
+    svc.creator.admission.decide = spy
 
     async def scenario():
-        outcome = await svc.service.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True))
-        await svc.service.runner.wait(outcome.video.id, 30)
+        outcome = await svc.creator.create_video(CreateVideoRequest(**REQUEST), Preference(respond_async=True))
+        await svc.runner.wait(outcome.video.id, 30)
         return outcome
 
     outcome = asyncio.run(scenario())

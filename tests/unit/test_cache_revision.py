@@ -7,7 +7,7 @@ from tests.helpers.service import REQUEST, Service, api_client
 
 
 def _post(service: Service) -> dict:
-    with api_client(service.service) as client:
+    with api_client(service.gateway) as client:
         response = client.post("/v1/videos", json=REQUEST)
     assert response.status_code == 200, response.text
     return response.json()

@@ -2,8 +2,8 @@
 
 Every operation of /openapi.json gets generated requests, both ones that fit
 the schema (positive) and ones that break it on purpose (negative), through
-the ASGI app that `create_app` builds around a VideoService with a fake
-generator (no Ray, no model). The properties:
+the ASGI app that `build_gateway` makes around a fake generator (no Ray, no
+model). The properties:
 
 - no request gets a 5xx;
 - every 4xx is JSON in the error shape {"error": {"code", "message", "type",
@@ -28,16 +28,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from serve_app.api.routes import create_app
-from serve_app.api.service import VideoService
-from serve_app.artifacts import LocalArtifactStore
-from serve_app.config import ServiceArgs, load_model_profile, load_presets
-from serve_app.estimates import StageTimeEstimator
 from serve_app.graph import GraphResult
-from serve_app.jobs.runner import JobRunner
-from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.messages import EncodedVideo
 from serve_app.video import encode_mp4
+from tests.helpers.service import gateway_over
 
 MIN_REQUESTS = 1000
 # Examples per operation and mode; the create route has the richest input.
@@ -61,21 +55,9 @@ class InstantGenerator:
 
 @pytest.fixture(scope="module")
 def app_and_ids(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    store = SQLiteJobStore(tmp / "jobs.sqlite3")
-    artifacts = LocalArtifactStore(tmp / "artifacts")
-    estimator = StageTimeEstimator(prior_step_s_per_ktoken=0.001, prior_decode_s_per_mpixel=0.001)
-    runner = JobRunner(
-        store=store, artifacts=artifacts, generator=InstantGenerator(), estimator=estimator, owner="fuzz",
-        lease_s=30, dispatch_interval_s=60, artifact_ttl_s=3600,
-    )
-    service = VideoService(
-        args=ServiceArgs(), profile=load_model_profile("tiny"), catalog=load_presets(), store=store,
-        artifacts=artifacts, runner=runner, estimator=estimator,
-    )
-    app = create_app(service)
-    yield app, store
-    store.close()
+    gateway = gateway_over(tmp_path_factory.mktemp("fuzz"), InstantGenerator(), replica_id="fuzz")
+    yield gateway.app, gateway.stores.jobs
+    gateway.stores.jobs.close()
 
 
 def header(response, name: str) -> str:

@@ -2,9 +2,8 @@
 artifact folder, webhooks cannot reach outside the allowlist, and error bodies
 leak neither stack traces nor secrets.
 
-Through the real FastAPI app (create_app around a VideoService with a fake
-generator, no Ray), except where a unit (ids, artifact store, webhook check)
-is the thing under test.
+Through the real FastAPI app (build_gateway around a fake generator, no Ray),
+except where a unit (ids, artifact store, webhook check) is the thing under test.
 """
 
 from __future__ import annotations
@@ -14,21 +13,16 @@ import socket
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-
-from serve_app.api.routes import MAX_FORM_FIELDS, create_app
-from serve_app.api.service import VideoService
+from serve_app.api.body import MAX_FORM_FIELDS
 from serve_app.artifacts import LocalArtifactStore, S3ArtifactStore
-from serve_app.config import ServiceArgs, load_model_profile, load_presets
+from serve_app.config import ServiceArgs, load_presets
 from serve_app.errors import InvalidRequest, NotFound
-from serve_app.estimates import StageTimeEstimator
 from serve_app.graph import GraphResult
 from serve_app.ids import check_video_id
-from serve_app.jobs.runner import JobRunner
-from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.messages import EncodedVideo
 from serve_app.video import encode_mp4
 from serve_app.webhooks import WebhookConfig, WebhookRejected, check_destination
+from tests.helpers.service import api_client, gateway_over
 
 REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8, "num_inference_steps": 2}
 LIMIT = ServiceArgs().access.max_body_bytes if hasattr(ServiceArgs(), "access") else 64 * 1024
@@ -53,24 +47,15 @@ def generator():
 
 
 @pytest.fixture
-def service(tmp_path, generator):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    estimator = StageTimeEstimator(prior_step_s_per_ktoken=0.001, prior_decode_s_per_mpixel=0.001)
-    runner = JobRunner(
-        store=store, artifacts=artifacts, generator=generator, estimator=estimator, owner="test",
-        lease_s=30, dispatch_interval_s=60, artifact_ttl_s=3600,
-    )
-    yield VideoService(
-        args=ServiceArgs(), profile=load_model_profile("tiny"), catalog=load_presets(), store=store,
-        artifacts=artifacts, runner=runner, estimator=estimator,
-    )
-    store.close()
+def gateway(tmp_path, generator):
+    gateway = gateway_over(tmp_path, generator)
+    yield gateway
+    gateway.stores.jobs.close()
 
 
 @pytest.fixture
-def client(service):
-    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+def client(gateway):
+    with api_client(gateway) as c:
         yield c
 
 
@@ -343,8 +328,8 @@ def test_unicode_dots_normalise_to_the_name_that_is_checked():
     assert seen == ["a.example.com"]  # the same name the connection would use, not a look-alike
 
 
-def test_webhook_rejection_reaches_the_client_as_a_422(client, service):
-    service.check_webhook = lambda url: check_destination(url, PERMISSIVE, resolver=lambda h, p: ["10.0.0.7"])
+def test_webhook_rejection_reaches_the_client_as_a_422(client, gateway):
+    gateway.creator.check_webhook = lambda url: check_destination(url, PERMISSIVE, resolver=lambda h, p: ["10.0.0.7"])
     response = client.post("/v1/videos", json={**REQUEST, "webhook_url": "https://a.example.com/hook"})
     assert error_of(response, 422, "webhook_url")["code"] == "invalid_webhook_url"
 
@@ -361,11 +346,11 @@ def test_a_failing_generation_does_not_leak_its_exception_text(client, generator
     assert video_id and SECRET not in client.get(f"/v1/videos/{video_id}").text
 
 
-def test_an_unexpected_route_error_is_a_bare_500(client, service, monkeypatch):
+def test_an_unexpected_route_error_is_a_bare_500(client, gateway, monkeypatch):
     def explode():
         raise KeyError(f"config secret {SECRET}")
 
-    monkeypatch.setattr(service, "describe", explode)
+    monkeypatch.setattr(gateway.report, "describe", explode)
     response = client.get("/v1/presets")
     error = error_of(response, 500)
     assert error == {"code": "internal_error", "message": "internal error; see the service log",

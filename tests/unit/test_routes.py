@@ -1,22 +1,16 @@
-"""The HTTP API end to end through FastAPI, with a fake generator in place of the Ray graph."""
+"""The HTTP API end to end through FastAPI (build_gateway), with a fake generator in place of the Ray graph."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from serve_app.api.routes import create_app
-from serve_app.api.service import VideoService
-from serve_app.artifacts import LocalArtifactStore
-from serve_app.config import ServiceArgs, load_model_profile, load_presets
+from serve_app.config import ServiceArgs
 from serve_app.errors import DeadlineExceeded
-from serve_app.estimates import StageTimeEstimator
-from serve_app.jobs.runner import JobRunner
-from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.video import probe_mp4
 from tests.helpers.fakes import FakeGenerator
+from tests.helpers.service import api_client, gateway_over
 
 # Small enough that the fake's mp4 is made in milliseconds.
 REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8,
@@ -29,32 +23,21 @@ def generator():
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    yield store
-    store.close()
+def gateway(tmp_path, generator):
+    gateway = gateway_over(tmp_path, generator)
+    yield gateway
+    gateway.stores.jobs.close()
 
 
 @pytest.fixture
-def client(tmp_path, generator, store):
-    artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    # Priors far below the sync budget: every test request is answered synchronously.
-    estimator = StageTimeEstimator(prior_step_s_per_ktoken=0.001, prior_decode_s_per_mpixel=0.001)
-    runner = JobRunner(
-        store=store, artifacts=artifacts, generator=generator, estimator=estimator, owner="test",
-        lease_s=30, dispatch_interval_s=60, artifact_ttl_s=3600,
-    )
-    service = VideoService(
-        args=ServiceArgs(),
-        profile=load_model_profile("tiny"),
-        catalog=load_presets(),
-        store=store,
-        artifacts=artifacts,
-        runner=runner,
-        estimator=estimator,
-    )
+def store(gateway):
+    return gateway.stores.jobs
+
+
+@pytest.fixture
+def client(gateway):
     # Unhandled errors must come back as our 500 JSON, not be re-raised into the test.
-    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+    with api_client(gateway) as c:
         yield c
 
 

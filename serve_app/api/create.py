@@ -1,0 +1,372 @@
+"""POST /v1/videos: from a request to a job and an answer, in one pass.
+
+Every request becomes a durable job first (so nothing accepted is lost), unless
+the result cache has its video; then the request either waits for it (the
+estimate fits the sync budget, or the client asked with `Prefer: wait=N`) or
+answers 202 at once (`Prefer: respond-async`, or the estimate is too long).
+`VideoCreator.create_video` reads as its steps, each done once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from serve_app import metrics
+from serve_app.access.guard import AccessGuard
+from serve_app.access.keys import Principal
+from serve_app.api.protocol import CreateVideoRequest, VideoObject
+from serve_app.api.views import VideoViews
+from serve_app.cache.index import CacheEntry, CacheIndex, artifact_id_for
+from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
+from serve_app.errors import InvalidRequest, NotFound, ServiceError
+from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.runner import JobRunner
+from serve_app.params import GenerationParams, resolve_generation
+from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
+from serve_app.policy.load import LoadMonitor, QueueEta
+
+# How long past a synchronous request's deadline the gateway waits for the
+# job's own deadline error (which names the step reached) before answering.
+SYNC_GRACE_S = 3.0
+# The run deadline of a job answered from the cache: it never runs.
+CACHED_RUN_S = 0.0
+
+
+def new_video_id() -> str:
+    return f"video_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Preference:
+    """RFC 7240 `Prefer`: respond-async, or wait=N seconds."""
+
+    respond_async: bool = False
+    wait_s: float | None = None
+
+    @classmethod
+    def parse(cls, header: str | None) -> "Preference":
+        if not header:
+            return cls()
+        respond_async, wait_s = False, None
+        for token in re.split(r"[,;]", header):
+            token = token.strip().lower()
+            if token == "respond-async":
+                respond_async = True
+            elif token.startswith("wait="):
+                try:
+                    wait_s = float(token[5:])
+                except ValueError:
+                    raise InvalidRequest(f"Prefer: {token!r} is not wait=<seconds>", param="Prefer") from None
+                if wait_s < 0:
+                    raise InvalidRequest(f"Prefer: {token!r} must not be negative", param="Prefer")
+        return cls(respond_async, wait_s)
+
+
+def cacheable_form(
+    params: GenerationParams, *, seed_given: bool, model_identity: str, casefold: bool, max_seed: int
+) -> GenerationParams:
+    """`params` as the result cache keys and runs them: prompts normalised as the key does it,
+    and, for a request that named no seed, the seed derived from the key of everything else.
+    The same as `resolve_generation(..., cache_model=model_identity)`, from settings resolved
+    once: a tier may force the cache on after the request was resolved without it."""
+    prompt = normalize_prompt(params.prompt, casefold)
+    negative_prompt = normalize_prompt(params.negative_prompt, casefold)
+    update = {"prompt": prompt, "negative_prompt": negative_prompt}
+    if not seed_given:
+        update["seed"] = derived_seed(model_identity, {**params.model_dump(), **update}, max_seed)
+    return params.model_copy(update=update)
+
+
+def tier_header(video: VideoObject) -> str:
+    """`Wan-Tier: reduced; num_inference_steps=20; num_frames=13`: the tier and what it lowered, as used."""
+    lowered = [f"{field}={getattr(video, field)}" for field in (video.requested or {})]
+    return "; ".join([video.tier or "", *lowered])
+
+
+@dataclass
+class CreateOutcome:
+    video: VideoObject
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class VideoCreator:
+    def __init__(
+        self,
+        args: ServiceArgs,
+        profile: ModelProfile,
+        catalog: PresetCatalog,
+        store: JobStore,
+        runner: JobRunner,
+        views: VideoViews,
+        load: LoadMonitor,
+        eta: QueueEta,
+        admission: Admission | None = None,
+        cache: Any = None,
+        cache_index: CacheIndex | None = None,
+        guard: AccessGuard | None = None,
+        check_webhook: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.args = args
+        self.profile = profile
+        self.catalog = catalog
+        self.store = store
+        self.runner = runner
+        self.views = views  # the public video object of a job (live queue position and ETA)
+        self.load = load  # the queue admission reads, and where an admitted request holds its place
+        self.eta = eta
+        self.admission = admission  # deadline-aware admission and quality tiers (None: off)
+        self.cache = cache  # ResultCache client (claim, release) or None
+        self.cache_index = cache_index  # read side of its index, for lookups
+        self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
+        self.check_webhook = check_webhook  # raises for a webhook_url that may not be called
+
+    async def create_video(
+        self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None,
+        principal: Principal | None = None,
+    ) -> CreateOutcome:
+        """POST /v1/videos in one pass: every step below runs once."""
+        self._check_model(request.model)
+        if idempotency_key is not None and principal is not None and principal.authenticated:
+            idempotency_key = f"{principal.id}:{idempotency_key}"  # one key's retries never find another's job
+
+        # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
+        requested = resolve_generation(request.model_dump(), self.catalog)
+        if request.webhook_url is not None and self.check_webhook is not None:
+            self.check_webhook(request.webhook_url)
+
+        # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
+        #    cache, since a tier may force the cache on even for `cache: false`.
+        cacheable = None
+        if self._cache_on:
+            cacheable = cacheable_form(requested, seed_given=request.seed is not None,
+                                       model_identity=self.profile.identity, casefold=self.args.cache_casefold,
+                                       max_seed=self.catalog.limits.max_seed)
+        asked = cacheable if cacheable is not None and request.cache else requested
+
+        # 3. Look up: a finished video exactly as asked beats any admission decision.
+        looked_up = None
+        if asked is cacheable:
+            looked_up = self._key(asked)
+            hit = self._lookup(looked_up)
+            if hit is not None:
+                draft = self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
+                return self._answer_from_cache(draft, looked_up, hit)
+
+        # 4. Admit, once: sync or a job, the tier and what it runs, the deadline, the cache.
+        decision = self._admit(asked, cacheable, request, prefer)
+        draft = self._new_job(asked, request, decision.deadline_s, idempotency_key, principal)
+        if decision.tier is not None:
+            draft.run_at_tier(decision.tier, decision.params)
+        if cacheable is not None and (request.cache or decision.force_cache):
+            # A lower tier, or a cache the tier forced, is another entry, which may be there.
+            already = looked_up is not None and decision.params is asked
+            key = looked_up if already else self._key(decision.params)
+            if not already:
+                hit = self._lookup(key)
+                if hit is not None:
+                    return self._answer_from_cache(draft, key, hit)
+            draft.cache_key = draft.video.cache_key = key
+
+        # 5. Claim. Nothing has awaited since the decision: reserving now makes admission and
+        #    job creation one step for every create on this event loop. The reservation ends
+        #    as soon as the job is stored (it counts there) or the request leaves this block
+        #    any other way; past it, a sync request may wait for minutes.
+        with self.load.reserve(draft.cache_key or draft.id, draft):
+            shared = await self._claim(draft)
+            if shared is None:
+                # 6. Persist (an idempotent retry finds its earlier job instead).
+                job, created = self.store.create(draft)
+        if shared is not None:
+            return await self._attach(shared, prefer)
+        if created:
+            await self._hold_job_slot(job, principal, decision)
+            metrics.admitted("sync" if decision.sync else "async", draft.video.tier or "none")
+            self.runner.submit(job.id)
+        elif draft.cache_key is not None:
+            # An idempotent retry of an earlier job: our draft never runs, so
+            # its single-flight claim must not hold the key.
+            await self.cache.release(draft.cache_key, draft.id)
+
+        # 7. Answer: wait for the video, or a 202 with the job.
+        outcome = await self._answer(self.store.get(job.id), prefer, sync=decision.sync and created, owned=True)
+        if decision.load is not None:
+            outcome.headers["Wan-Load"] = f"{decision.load:.2f}"
+        if outcome.video.tier:
+            outcome.headers["Wan-Tier"] = tier_header(outcome.video)
+        return outcome
+
+    def _check_model(self, model: str | None) -> None:
+        allowed = {self.profile.model_id, self.profile.name}
+        if model is not None and model not in allowed:
+            raise InvalidRequest(f"model={model!r} is not served here; use {self.profile.model_id!r}", param="model")
+
+    @property
+    def _cache_on(self) -> bool:
+        return self.cache is not None and self.cache_index is not None and self.args.cache_enabled
+
+    def _key(self, params: GenerationParams) -> str:
+        return cache_key(self.profile.identity, params.model_dump())
+
+    def _lookup(self, key: str) -> CacheEntry | None:
+        # Read straight from the index (a local file or Redis): a hop to the
+        # ResultCache replica would cost more than the rest of a hit.
+        hit = self.cache_index.get(key, time.time())
+        metrics.cache_lookup(hit is not None)
+        return hit
+
+    def _deadlines(self, requested: float | None) -> Deadlines:
+        if requested is None:
+            return Deadlines(sync_s=self.args.default_deadline_s, job_s=self.args.default_job_deadline_s)
+        if not 0 < requested <= self.args.max_deadline_s:
+            raise InvalidRequest(
+                f"deadline_s={requested} is outside the allowed range (0, {self.args.max_deadline_s}]",
+                param="deadline_s",
+            )
+        return Deadlines(sync_s=requested, job_s=requested)
+
+    def _admit(
+        self, asked: GenerationParams, cacheable: GenerationParams | None, request: CreateVideoRequest,
+        prefer: Preference,
+    ) -> Decision:
+        mode: Mode = "async" if prefer.respond_async else "wait" if prefer.wait_s is not None else "auto"
+        deadlines = self._deadlines(request.deadline_s)
+        if self.admission is None:
+            return as_asked(asked, self.eta.of_request(asked), mode=mode, sync_budget_s=self.args.sync_budget_s,
+                            deadlines=deadlines)
+        try:
+            decision = self.admission.decide(
+                asked, self.load.snapshot(), mode=mode, exact=request.quality == "exact",
+                sync_budget_s=self.args.sync_budget_s, deadline_s=deadlines, wait_s=prefer.wait_s,
+                cacheable=cacheable,
+            )
+        except ServiceError as exc:
+            metrics.admitted("rejected", exc.code)
+            raise
+        metrics.load(decision.load)
+        return decision
+
+    async def _claim(self, draft: JobRecord) -> JobRecord | None:
+        """Take the draft's cache key for its generation (single flight). Returns the job to
+        join instead when an identical one holds the key and is still on its way."""
+        if draft.cache_key is None:
+            return None
+        holder = await self.cache.claim(draft.cache_key, draft.id)
+        if holder == draft.id:
+            return None
+        running = self._running(holder)
+        # With auth on, a job is visible to its own key only, so requests
+        # of another key do not attach to it: theirs runs (or, once the
+        # first finishes, is a cache hit).
+        return running if running is not None and running.key_id == draft.key_id else None
+
+    async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision) -> None:
+        """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
+        an idempotent retry then finds its job rather than a second slot. Over the cap, the
+        job is taken back before anyone saw it."""
+        if self.guard is None or principal is None:
+            return
+        try:
+            self.guard.acquire_job(principal, job.id, retry_after_s=decision.eta_s)
+        except ServiceError:
+            self.store.delete(job.id)
+            if job.cache_key is not None:
+                await self.cache.release(job.cache_key, job.id)
+            raise
+
+    def _joins_sync(self, prefer: Preference, job: JobRecord) -> bool:
+        """Whether a request joining another's job waits for it: the sync budget decides."""
+        if prefer.respond_async:
+            return False
+        if prefer.wait_s is not None:
+            return True  # the client said how long it will wait; it gets the job as it stands then
+        return self.eta.of_job(job) <= self.args.sync_budget_s
+
+    async def _answer(self, job: JobRecord, prefer: Preference, sync: bool, owned: bool) -> CreateOutcome:
+        """202 with the job now, or wait for it (up to its deadline, or what Prefer: wait allows)."""
+        headers = {"Location": f"/v1/videos/{job.id}"}
+        if prefer.respond_async:
+            headers["Preference-Applied"] = "respond-async"
+        elif prefer.wait_s is not None:
+            headers["Preference-Applied"] = f"wait={prefer.wait_s:g}"
+        if not sync:
+            return CreateOutcome(self.views.public(job), 202, headers)
+        wait_s = job.deadline_s + SYNC_GRACE_S
+        if prefer.wait_s is not None:
+            wait_s = min(wait_s, prefer.wait_s)
+        return await self._wait_sync(job, headers, wait_s, owned)
+
+    def _running(self, job_id: str) -> JobRecord | None:
+        """The job holding a single-flight claim, if it is still on its way."""
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return None
+        return None if job.terminal or job.delete_requested else job
+
+    async def _attach(self, job: JobRecord, prefer: Preference) -> CreateOutcome:
+        """An identical request is generating: answer with that same job (one generation,
+        N answers, one id). Waits like a request of its own would."""
+        return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
+
+    def _answer_from_cache(self, draft: JobRecord, key: str, hit: CacheEntry) -> CreateOutcome:
+        """A new, completed video object whose files are the cache entry's."""
+        now = time.time()
+        draft.cache_key = draft.video.cache_key = key
+        draft.artifact_id = artifact_id_for(key)
+        video = draft.video
+        video.status, video.progress, video.cached = "completed", 100, True
+        video.completed_at, video.expires_at = int(now), int(hit.expires_at)
+        job, created = self.store.create(draft)
+        if job.id == draft.id:
+            self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
+        if created:
+            metrics.admitted("cached", job.video.tier or "none")
+        return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
+
+    async def _wait_sync(
+        self, job: JobRecord, headers: dict[str, str], wait_s: float, owned: bool = True
+    ) -> CreateOutcome:
+        try:
+            done = await self.runner.wait(job.id, wait_s)
+        except asyncio.CancelledError:
+            # The client went away: nobody will ever learn this job's id, so
+            # its work would be wasted. Stop it at the next step (unless other
+            # identical requests share it).
+            if owned:
+                self.runner.cancel(job.id)
+            raise
+        if done.video.status == "completed":
+            return CreateOutcome(done.video, 200, headers)
+        if done.video.status == "failed":
+            raise self._error_of(done)
+        # Still running past the wait (the estimate was wrong): it stays a job.
+        return CreateOutcome(self.views.public(done), 202, headers)
+
+    @staticmethod
+    def _error_of(job: JobRecord) -> ServiceError:
+        """The failed job's own error, as it was raised in the graph."""
+        body = dict((job.error_body or {}).get("error") or {})
+        code = body.pop("code", "internal_error")
+        message = body.pop("message", "generation failed")
+        error_type = body.pop("type", "server_error")
+        param = body.pop("param", None)
+        body["video_id"] = job.id
+        exc = ServiceError(message, param=param, **body)
+        exc.status_code, exc.code, exc.error_type = job.error_status or 500, code, error_type
+        return exc
+
+    def _new_job(
+        self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None,
+        principal: Principal | None = None,
+    ) -> JobRecord:
+        # Owner key: its job slot is freed when the job ends, and only it sees the job.
+        key_id = principal.id if principal is not None and (principal.authenticated or principal.limited) else None
+        return JobRecord.new(new_video_id(), self.profile.model_id, params, time.time(), deadline_s,
+                             idempotency_key=idempotency_key, webhook_url=request.webhook_url, key_id=key_id)

@@ -1,0 +1,152 @@
+"""The /v1/videos routes (OpenAI's video API, with our extensions). Thin: each reads the
+request, asks `VideoCreator` or `VideoViews` (from `app.state`), and shapes the answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from serve_app.access.keys import Principal
+from serve_app.api.body import read_create_request
+from serve_app.api.callers import CREATOR, READER, websocket_caller
+from serve_app.api.create import Preference, VideoCreator
+from serve_app.api.protocol import CreateVideoRequest, VideoDeleted, VideoList, VideoObject
+from serve_app.api.views import VideoViews
+from serve_app.errors import ServiceError
+
+router = APIRouter()
+
+# The body is parsed by hand (JSON or multipart); this documents it anyway.
+CREATE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CreateVideoRequest.model_json_schema()},
+            "multipart/form-data": {"schema": CreateVideoRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def _creator(request: Request) -> VideoCreator:
+    return request.app.state.creator
+
+
+def _views(request: Request | WebSocket) -> VideoViews:
+    return request.app.state.views
+
+
+def _sse(seq: int, event: dict) -> str:
+    return f"id: {seq}\nevent: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
+
+
+@router.post(
+    "/v1/videos",
+    response_model=VideoObject,
+    summary="Generate a video (synchronously when it fits the sync budget, else as a job)",
+    openapi_extra=CREATE_BODY_DOC,
+    responses={202: {"model": VideoObject, "description": "Accepted as a job; poll, stream or wait for the webhook"}},
+)
+async def create_video(
+    request: Request,
+    prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
+    idempotency_key: str | None = Header(None, max_length=200, description="Retries with the same key return the same job."),
+    principal: Principal | None = CREATOR,
+) -> JSONResponse:
+    started = time.perf_counter()
+    body = await read_create_request(request, request.app.state.max_body_bytes)
+    read = time.perf_counter()
+    outcome = await _creator(request).create_video(body, Preference.parse(prefer), idempotency_key, principal)
+    # Server-Timing: the gateway's own share of the answer (reading the body
+    # from the Serve proxy, then the work), so a client can tell it apart
+    # from the network and the proxy.
+    done = time.perf_counter()
+    timing = f"body;dur={(read - started) * 1000:.2f}, gateway;dur={(done - started) * 1000:.2f}"
+    headers = {**outcome.headers, "Server-Timing": timing, "Wan-Replica": request.app.state.replica}
+    return JSONResponse(outcome.video.model_dump(), status_code=outcome.status_code, headers=headers)
+
+
+@router.get("/v1/videos", response_model=VideoList, summary="List videos (cursor pagination)")
+async def list_videos(
+    request: Request,
+    after: str | None = Query(None, description="Id of the last video of the previous page."),
+    limit: int = Query(20, description="Page size, 1-100."),
+    order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
+    principal: Principal | None = READER,
+) -> VideoList:
+    return _views(request).list_videos(after, limit, order, principal)
+
+
+@router.get("/v1/videos/{video_id}", response_model=VideoObject, summary="A video object")
+async def get_video(request: Request, video_id: str, principal: Principal | None = READER) -> JSONResponse:
+    views = _views(request)
+    video = views.get_video(video_id, principal)
+    return JSONResponse(video.model_dump(), headers={"openai-poll-after-ms": str(views.poll_after_ms(video))})
+
+
+@router.get(
+    "/v1/videos/{video_id}/content",
+    summary="The finished mp4, or its thumbnail",
+    responses={200: {"content": {"video/mp4": {}, "image/jpeg": {}}}},
+)
+async def get_content(
+    request: Request, video_id: str, variant: str = Query("video", description="video or thumbnail"),
+    principal: Principal | None = READER,
+):
+    data, media_type = _views(request).content(video_id, variant, principal)
+    if isinstance(data, (bytes, bytearray)):
+        return Response(bytes(data), media_type=media_type)
+    suffix = "mp4" if variant == "video" else "jpg"
+    return FileResponse(data, media_type=media_type, filename=f"{video_id}.{suffix}")
+
+
+@router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, summary="Stop (if running) and delete")
+async def delete_video(request: Request, video_id: str, principal: Principal | None = READER) -> VideoDeleted:
+    return _views(request).delete(video_id, principal)
+
+
+@router.post("/v1/videos/{video_id}/cancel", response_model=VideoObject, summary="Stop a queued or running job")
+async def cancel_video(request: Request, video_id: str, principal: Principal | None = READER) -> VideoObject:
+    return _views(request).cancel(video_id, principal)
+
+
+@router.get(
+    "/v1/videos/{video_id}/events",
+    summary="Server-Sent Events: queued, progress (step k of n, ETA), then completed or failed",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def video_events(
+    request: Request, video_id: str, last_event_id: str | None = Header(None),
+    principal: Principal | None = READER,
+) -> StreamingResponse:
+    # ASCII digits, bounded: isdigit() takes '²' and int() refuses 4300+ digits (both were 500s).
+    after = int(last_event_id) if last_event_id and re.fullmatch(r"[0-9]{1,18}", last_event_id) else 0
+    stream = _views(request).events(video_id, after, principal)
+    first = await anext(stream, None)  # errors (404) surface before the 200 starts
+
+    async def body():
+        if first is not None:
+            yield _sse(*first)
+            async for seq, event in stream:
+                yield _sse(seq, event)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.websocket("/v1/videos/{video_id}/ws")
+async def video_ws(websocket: WebSocket, video_id: str) -> None:
+    await websocket.accept()
+    try:
+        principal = websocket_caller(websocket)
+        async for seq, event in _views(websocket).events(video_id, 0, principal):
+            await websocket.send_json({"seq": seq, **event})
+    except ServiceError as exc:
+        await websocket.send_json(exc.to_dict())
+    except WebSocketDisconnect:
+        return
+    await websocket.close()
