@@ -84,6 +84,9 @@ def frames_for_seconds(seconds: Any, fps: int, num_frames: int | None, limits: G
     if not math.isfinite(value):  # int(nan) and int(inf) raise below: a 500, not the client's 422
         raise InvalidRequest(f"seconds={seconds!r} is not a finite number", param="seconds")
     frames = value * fps + 1
+    if not math.isfinite(frames) or frames > limits.max_frames:  # 1e308 * 24 is inf: int() would raise
+        raise InvalidRequest(
+            f"seconds={seconds} at fps={fps} gives more than max_frames={limits.max_frames} frames", param="seconds")
     if frames != int(frames) or (int(frames) - 1) % limits.frames_modulus:
         raise InvalidRequest(
             f"seconds={seconds} at fps={fps} gives {frames:g} frames; frames must be a whole number of the "

@@ -123,6 +123,7 @@ def test_bodies_that_break_the_json_parser_are_422(client, raw, fragment):
         ("seconds", '"nan"', "not a finite number"),
         ("seconds", "Infinity", "not a finite number"),
         ("seconds", '"1e999"', "not a finite number"),
+        ("seconds", "1e308", "more than max_frames"),  # finite, but x fps overflowed to inf: was a 500
         ("guidance_scale", "NaN", "outside the allowed range"),
         ("deadline_s", "Infinity", "outside the allowed range"),
         ("prompt", '"\\ud800 lone surrogate"', "unpaired surrogates"),
