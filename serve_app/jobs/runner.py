@@ -440,10 +440,15 @@ class JobRunner:
             pass
 
     async def _heartbeat_loop(self, job_id: str) -> None:
+        # Every store call sits inside the `try`: this task is nobody's awaitable, so
+        # an escaping error would end the heartbeats silently, the lease would go
+        # stale, another replica would run the job a second time, and cancels
+        # would go unseen until the next step.
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 alive = self.store.heartbeat(job_id, self.owner, self.clock())
+                cancel_requested = alive and self.store.get(job_id).cancel_requested
             except Exception:  # noqa: BLE001 - a store hiccup (Redis restarting) is not a lost lease
                 log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
                 continue
@@ -454,8 +459,7 @@ class JobRunner:
                 if task is not None:
                     task.cancel()
                 return
-            job = self.store.get(job_id)
-            if job.cancel_requested:
+            if cancel_requested:
                 self.cancel(job_id)
                 return
 
