@@ -24,6 +24,7 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
@@ -33,10 +34,6 @@ from serve_app.policy.eta import job_work
 # encoding (configs/serve_gpu.yaml) it is a key of each line, so one job's
 # story can be pulled out of every replica's logs.
 log = logging.getLogger("ray.serve")
-
-# Expired files are looked for this often; content of an expired video is
-# refused at once either way (410), the sweep only frees the storage.
-EXPIRY_SWEEP_S = 300.0
 
 # How often a wait for a job running on another replica looks at the store.
 REMOTE_WAIT_POLL_S = 0.1
@@ -98,6 +95,7 @@ class JobRunner:
         self._changed = asyncio.Event()
         self._dispatcher: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._sweeper = ExpirySweeper(store, artifacts, clock)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -466,15 +464,12 @@ class JobRunner:
     # --- orphans and expiry -----------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        last_sweep = float("-inf")
         while True:
             try:
                 for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
                     if job_id not in self._tasks and self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
-                if self.clock() - last_sweep >= EXPIRY_SWEEP_S:
-                    last_sweep = self.clock()
-                    self.sweep_expired()
+                self._sweeper.sweep_if_due()
             except Exception:  # noqa: BLE001 - keep dispatching through store hiccups
                 log.exception("dispatcher: store error")
             await asyncio.sleep(self.dispatch_interval_s)
@@ -482,17 +477,4 @@ class JobRunner:
     def sweep_expired(self) -> int:
         """Delete the files of completed videos past `expires_at` (their objects stay: content
         then answers 410). Returns how many videos' files were deleted."""
-        now, swept, after = self.clock(), 0, None
-        while True:
-            page, has_more = self.store.list(after, 100, "asc")
-            for job in page:
-                if job.artifact_id is not None:
-                    continue  # the cache owns those files and expires them itself
-                expires = job.video.expires_at
-                if job.video.status == "completed" and expires is not None and expires <= now:
-                    if self.artifacts.exists(job.id, "video") or self.artifacts.exists(job.id, "thumbnail"):
-                        self.artifacts.delete(job.id)
-                        swept += 1
-            if not has_more or not page:
-                return swept
-            after = page[-1].id
+        return self._sweeper.sweep()
