@@ -24,6 +24,7 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.messages import StepProgress
@@ -38,10 +39,8 @@ log = logging.getLogger("ray.serve")
 # How often a wait for a job running on another replica looks at the store.
 REMOTE_WAIT_POLL_S = 0.1
 
-# Previews go into progress events (the job record never holds one). The
-# denoiser already bounds their count per job (PreviewOptions.max_per_job) and
-# their size (~8 kB); this cap keeps the event log bounded whatever a stage sends.
-MAX_PREVIEW_CHARS = 16_384
+# MAX_PREVIEW_CHARS moved to events.py; it stays importable from here, where tests look for it.
+__all__ = ["JobRunner", "MAX_PREVIEW_CHARS", "REMOTE_WAIT_POLL_S"]
 
 WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
 
@@ -88,11 +87,7 @@ class JobRunner:
         self.eta = eta
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
-        # Set (and replaced) on every event this replica writes, so local
-        # SSE/WebSocket readers see steps at once; readers elsewhere poll the
-        # store. An Event, not a Condition: a waiter cancelled mid-wait (a
-        # client hanging up) must not leave a lock behind.
-        self._changed = asyncio.Event()
+        self._events = EventLog(store)
         self._dispatcher: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._sweeper = ExpirySweeper(store, artifacts, clock)
@@ -175,8 +170,8 @@ class JobRunner:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
         started = time.perf_counter()
         estimate = self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
-        await self._event(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
-                                   "eta_s": round(estimate, 3), "attempt": job.attempts})
+        self._events.append(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
+                                     "eta_s": round(estimate, 3), "attempt": job.attempts})
 
         step_writes: list[asyncio.Task] = []
 
@@ -245,7 +240,7 @@ class JobRunner:
                 await self._lower_tier(current, *lowered)
             params = current.params
             metrics.job_retried(error.code)
-            await self._event(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
+            self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
 
     def _next_attempt(self, job_id: str, exc: ServiceError) -> JobRecord:
         """The job with one more attempt counted and saved; re-raises `exc` when none is left."""
@@ -303,20 +298,9 @@ class JobRunner:
             self.store.save(job)
         except NotFound:
             return  # deleted meanwhile; its runner stops at the next check
-        elapsed = time.perf_counter() - started
         if progress.step == 1:
             metrics.queue_wait(max(0.0, self.clock() - job.created_at))
-        remaining_steps = progress.total_steps - progress.step
-        eta = elapsed / progress.step * remaining_steps if progress.step else None
-        event = {
-            "type": "progress", "status": "in_progress", "step": progress.step,
-            "total_steps": progress.total_steps, "progress": job.video.progress,
-            "eta_s": None if eta is None else round(eta, 3),
-        }
-        preview = progress.preview
-        if preview and len(preview) <= MAX_PREVIEW_CHARS and preview.startswith("data:image/"):
-            event["preview"] = preview
-        await self._event(job_id, event)
+        self._events.append(job_id, progress_event(progress, job.video.progress, time.perf_counter() - started))
 
     async def _complete(self, job_id: str, result) -> None:
         self.artifacts.put(job_id, "video", result.video.mp4)
@@ -381,7 +365,7 @@ class JobRunner:
         if job.delete_requested:
             self.artifacts.delete(job.id)
             self.store.delete(job.id)
-            await self._notify()
+            self._events.notify()
             return
         if job.webhook_url:
             job.webhook_state = "pending"
@@ -390,7 +374,7 @@ class JobRunner:
         except NotFound:
             self.artifacts.delete(job.id)
             return
-        await self._event(job.id, {"type": job.video.status, "video": job.video.model_dump()})
+        self._events.append(job.id, {"type": job.video.status, "video": job.video.model_dump()})
         if job.webhook_url and self.send_webhook is not None:
             self._schedule(self._deliver_webhook(job.id))
 
@@ -419,23 +403,9 @@ class JobRunner:
             except NotFound:
                 pass
 
-    async def _event(self, job_id: str, event: dict) -> None:
-        try:
-            self.store.append_event(job_id, event)
-        except NotFound:
-            pass  # deleted: nobody can read its events any more
-        await self._notify()
-
-    async def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
     async def wait_for_change(self, timeout: float) -> None:
         """Until this replica writes an event, or `timeout` seconds."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._events.wait_for_change(timeout)
 
     async def _heartbeat_loop(self, job_id: str) -> None:
         # Every store call sits inside the `try`: this task is nobody's awaitable, so
