@@ -27,6 +27,7 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.reruns import count_next_attempt, rewrite_for_tier
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
 from serve_app.policy.eta import job_work
@@ -229,11 +230,11 @@ class JobRunner:
                 return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress,
                                                      job_id=job_id)
             except StageLost as exc:
-                error, current = exc, self._next_attempt(job_id, exc)
+                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
             except GpuOutOfMemory as exc:
                 if exc.details.get("stage") != "denoiser" or self.lower_memory is None:
                     raise
-                error, current = exc, self._next_attempt(job_id, exc)
+                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
                 lowered = self.lower_memory(current.params) if current.oom_retries == 0 else None
                 if lowered is None:
                     raise
@@ -242,37 +243,11 @@ class JobRunner:
             metrics.job_retried(error.code)
             self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
 
-    def _next_attempt(self, job_id: str, exc: ServiceError) -> JobRecord:
-        """The job with one more attempt counted and saved; re-raises `exc` when none is left."""
-        try:
-            current = self.store.get(job_id)
-        except NotFound:
-            raise exc from None
-        if current.attempts >= self.max_attempts or current.cancel_requested:
-            raise exc
-        current.attempts += 1
-        current.video.progress = 0
-        self.store.save(current)
-        log.warning("job %s: %s; run %d of %d", job_id, exc.message, current.attempts, self.max_attempts,
-                    extra={"job_id": job_id})
-        return current
-
     async def _lower_tier(self, job: JobRecord, params: GenerationParams, tier: str) -> None:
-        """Rewrite the job for a lower tier: the answer must describe the video it gets."""
-        video = job.video
-        lowered = {f: getattr(job.params, f) for f in ("num_inference_steps", "num_frames")
-                   if getattr(job.params, f) != getattr(params, f)}
-        video.requested = {**lowered, **(video.requested or {})}  # the first request's values win
-        video.tier = tier
-        video.num_frames, video.num_inference_steps = params.num_frames, params.num_inference_steps
-        video.fast = params.fast
-        video.seconds = f"{params.seconds:.2f}"
         if job.cache_key is not None and self.cache is not None:
             # These pixels are not the cached key's: never fill it with them.
             await self.cache.release(job.cache_key, job.id)
-        job.cache_key = video.cache_key = None
-        job.params = params
-        job.oom_retries += 1
+        rewrite_for_tier(job, params, tier)
         self.store.save(job)
 
     def _schedule(self, coro) -> None:
