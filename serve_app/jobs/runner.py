@@ -9,6 +9,11 @@ restarted (its heartbeat went stale, or it released them on shutdown).
 The store is the source of truth and the only channel between replicas:
 status, progress and the per-job event log (what SSE and WebSocket clients
 read) all go through it, so any replica can answer for any job.
+
+This module holds claims, leases, heartbeats, the run and the job's terminal
+record. Beside it: what follows from a job ending (files, metrics, the cache,
+webhooks) in `listeners.py`, the event log in `events.py`, rerun bookkeeping
+in `reruns.py`, freeing expired files in `expiry.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, Service
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
+from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.reruns import count_next_attempt, rewrite_for_tier
 from serve_app.messages import StepProgress
@@ -42,8 +48,6 @@ REMOTE_WAIT_POLL_S = 0.1
 
 # MAX_PREVIEW_CHARS moved to events.py; it stays importable from here, where tests look for it.
 __all__ = ["JobRunner", "MAX_PREVIEW_CHARS", "REMOTE_WAIT_POLL_S"]
-
-WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
 
 
 class JobRunner:
@@ -67,17 +71,14 @@ class JobRunner:
         eta: Callable[[JobRecord], float] | None = None,
     ) -> None:
         self.store = store
-        self.artifacts = artifacts
         self.generator = generator
         self.estimator = estimator
         self.owner = owner
         self.lease_s = lease_s
         self.dispatch_interval_s = dispatch_interval_s
         self.artifact_ttl_s = artifact_ttl_s
-        self.send_webhook = send_webhook
-        self.cache = cache  # ResultCache client: fill on success, release the claim otherwise
+        self.cache = cache  # ResultCache client; a job rewritten for a lower tier releases its claim
         self.max_attempts = max_attempts
-        self.on_finished = on_finished  # e.g. free the API key's job slot
         # Settings that need less GPU memory (the lowest quality tier) and its name,
         # for one more run after the denoiser ran out of memory; None: no such retry.
         self.lower_memory = lower_memory
@@ -90,8 +91,24 @@ class JobRunner:
         self._cancel_reason: dict[str, str] = {}
         self._events = EventLog(store)
         self._dispatcher: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
         self._sweeper = ExpirySweeper(store, artifacts, clock)
+        self._finished = FinishedCallback(on_finished)
+        # Called on every job's end, in this order (listeners.py says when and how);
+        # a listener appended here after construction runs too.
+        self.listeners: list[JobListener] = standard_listeners(
+            store=store, artifacts=artifacts, estimator=estimator, finished=self._finished,
+            send_webhook=send_webhook, cache=cache,
+        )
+
+    @property
+    def on_finished(self) -> Callable[[JobRecord], None] | None:
+        """Called with each job that ends, before its record is written (the gateway
+        frees the API key's job slot); assignable after construction."""
+        return self._finished.callback
+
+    @on_finished.setter
+    def on_finished(self, callback: Callable[[JobRecord], None] | None) -> None:
+        self._finished.callback = callback
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -250,12 +267,6 @@ class JobRunner:
         rewrite_for_tier(job, params, tier)
         self.store.save(job)
 
-    def _schedule(self, coro) -> None:
-        """Fire and forget (webhooks), holding a reference so the task is not collected."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _on_step(self, job_id: str, progress: StepProgress, started: float) -> None:
         try:
             job = self.store.get(job_id)
@@ -278,14 +289,10 @@ class JobRunner:
         self._events.append(job_id, progress_event(progress, job.video.progress, time.perf_counter() - started))
 
     async def _complete(self, job_id: str, result) -> None:
-        self.artifacts.put(job_id, "video", result.video.mp4)
-        if result.video.thumbnail:
-            self.artifacts.put(job_id, "thumbnail", result.video.thumbnail)
         try:
             job = self.store.get(job_id)
         except NotFound:
-            self.artifacts.delete(job_id)  # deleted while it ran
-            return
+            return  # deleted while it ran: nothing to keep
         now = self.clock()
         job.video.status, job.video.progress = "completed", 100
         job.video.completed_at = int(now)
@@ -297,21 +304,7 @@ class JobRunner:
             encode_s=round(result.video.encode_s, 4),
             total_s=round(result.total_s, 4),
         )
-        self.estimator.observe(
-            job.params, result.prompt_encode_s, result.denoise_s, result.video.decode_s + result.video.encode_s
-        )
-        for stage, seconds in job.video.timings.model_dump().items():
-            if seconds is not None:
-                metrics.stage_time(stage.removesuffix("_s"), seconds)
-        await self._finish(job)
-        if job.cache_key and self.cache is not None:
-            try:
-                if job.delete_requested:
-                    await self.cache.release(job.cache_key, job.id)
-                else:
-                    await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
-            except Exception:  # noqa: BLE001 - a failed fill costs a later miss, nothing more
-                log.exception("job %s: cache fill failed", job_id, extra={"job_id": job_id})
+        await self._finish(job, result)
 
     async def _fail(self, job_id: str, exc: ServiceError) -> None:
         try:
@@ -322,47 +315,44 @@ class JobRunner:
         job.video.error = VideoError(code=exc.code, message=exc.message)
         job.error_body, job.error_status = exc.to_dict(), exc.status_code
         job.video.completed_at = int(self.clock())
-        await self._finish(job)
-        if job.cache_key and self.cache is not None:
-            try:
-                await self.cache.release(job.cache_key, job.id)
-            except Exception:  # noqa: BLE001 - the claim then runs out by its TTL
-                log.exception("job %s: releasing the cache claim failed", job_id, extra={"job_id": job_id})
+        await self._finish(job, None)
 
-    async def _finish(self, job: JobRecord) -> None:
-        metrics.job_ended(job.video.status, job.video.error.code if job.video.error else "")
-        if self.on_finished is not None:
+    async def _finish(self, job: JobRecord, result: Any) -> None:
+        """Write the job's terminal record (or delete it, as its client asked), with the
+        listeners before and after. `result`: the graph's, or None for a failed job."""
+        for listener in self.listeners:
+            if result is not None:
+                # Unguarded: an error means the result was not kept, and `_run` fails the job.
+                await listener.before_record(job, result)
+                continue
             try:
-                self.on_finished(job)
-            except Exception:  # noqa: BLE001 - bookkeeping never keeps a job from ending
-                log.exception("job %s: on_finished failed", job.id, extra={"job_id": job.id})
+                await listener.before_record(job, None)
+            except Exception:  # noqa: BLE001 - a failing job ends failed whatever else goes wrong
+                log.exception("job %s: %s failed before its record", job.id, type(listener).__name__,
+                              extra={"job_id": job.id})
+        gone = self._write_terminal(job)
+        for listener in self.listeners:
+            try:
+                await listener.after_record(job, result, gone)
+            except Exception:  # noqa: BLE001 - clients may have seen the outcome: it stands
+                log.exception("job %s: %s failed after its record", job.id, type(listener).__name__,
+                              extra={"job_id": job.id})
+
+    def _write_terminal(self, job: JobRecord) -> bool:
+        """Save the terminal record and its event; True if the record is gone instead."""
         job.owner = None
         if job.delete_requested:
-            self.artifacts.delete(job.id)
             self.store.delete(job.id)
             self._events.notify()
-            return
+            return True
         if job.webhook_url:
-            job.webhook_state = "pending"
+            job.webhook_state = "pending"  # in the store before any delivery starts
         try:
             self.store.save(job)
         except NotFound:
-            self.artifacts.delete(job.id)
-            return
+            return True  # deleted meanwhile
         self._events.append(job.id, {"type": job.video.status, "video": job.video.model_dump()})
-        if job.webhook_url and self.send_webhook is not None:
-            self._schedule(self._deliver_webhook(job.id))
-
-    async def _deliver_webhook(self, job_id: str) -> None:
-        try:
-            job = self.store.get(job_id)
-            result = await self.send_webhook(job)
-            job = self.store.get(job_id)
-            job.webhook_state = "delivered" if result.delivered else "failed"
-            job.webhook_attempts = result.attempts
-            self.store.save(job)
-        except NotFound:
-            pass  # deleted before or while it was delivered
+        return False
 
     def _release(self, job_id: str) -> None:
         """Give a job back (shutdown): another replica claims it without waiting for the lease."""
