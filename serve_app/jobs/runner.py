@@ -9,6 +9,11 @@ restarted (its heartbeat went stale, or it released them on shutdown).
 The store is the source of truth and the only channel between replicas:
 status, progress and the per-job event log (what SSE and WebSocket clients
 read) all go through it, so any replica can answer for any job.
+
+This module holds claims, leases, heartbeats, the run and the job's terminal
+record. Beside it: what follows from a job ending (files, metrics, the cache,
+webhooks) in `listeners.py`, the event log in `events.py`, rerun bookkeeping
+in `reruns.py`, freeing expired files in `expiry.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
+from serve_app.jobs.expiry import ExpirySweeper
+from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.reruns import count_next_attempt, rewrite_for_tier
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
 from serve_app.policy.eta import job_work
@@ -34,19 +43,11 @@ from serve_app.policy.eta import job_work
 # story can be pulled out of every replica's logs.
 log = logging.getLogger("ray.serve")
 
-# Expired files are looked for this often; content of an expired video is
-# refused at once either way (410), the sweep only frees the storage.
-EXPIRY_SWEEP_S = 300.0
-
 # How often a wait for a job running on another replica looks at the store.
 REMOTE_WAIT_POLL_S = 0.1
 
-# Previews go into progress events (the job record never holds one). The
-# denoiser already bounds their count per job (PreviewOptions.max_per_job) and
-# their size (~8 kB); this cap keeps the event log bounded whatever a stage sends.
-MAX_PREVIEW_CHARS = 16_384
-
-WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
+# MAX_PREVIEW_CHARS moved to events.py; it stays importable from here, where tests look for it.
+__all__ = ["JobRunner", "MAX_PREVIEW_CHARS", "REMOTE_WAIT_POLL_S"]
 
 
 class JobRunner:
@@ -70,17 +71,14 @@ class JobRunner:
         eta: Callable[[JobRecord], float] | None = None,
     ) -> None:
         self.store = store
-        self.artifacts = artifacts
         self.generator = generator
         self.estimator = estimator
         self.owner = owner
         self.lease_s = lease_s
         self.dispatch_interval_s = dispatch_interval_s
         self.artifact_ttl_s = artifact_ttl_s
-        self.send_webhook = send_webhook
-        self.cache = cache  # ResultCache client: fill on success, release the claim otherwise
+        self.cache = cache  # ResultCache client; a job rewritten for a lower tier releases its claim
         self.max_attempts = max_attempts
-        self.on_finished = on_finished  # e.g. free the API key's job slot
         # Settings that need less GPU memory (the lowest quality tier) and its name,
         # for one more run after the denoiser ran out of memory; None: no such retry.
         self.lower_memory = lower_memory
@@ -91,13 +89,26 @@ class JobRunner:
         self.eta = eta
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
-        # Set (and replaced) on every event this replica writes, so local
-        # SSE/WebSocket readers see steps at once; readers elsewhere poll the
-        # store. An Event, not a Condition: a waiter cancelled mid-wait (a
-        # client hanging up) must not leave a lock behind.
-        self._changed = asyncio.Event()
+        self._events = EventLog(store)
         self._dispatcher: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._sweeper = ExpirySweeper(store, artifacts, clock)
+        self._finished = FinishedCallback(on_finished)
+        # Called on every job's end, in this order (listeners.py says when and how);
+        # a listener appended here after construction runs too.
+        self.listeners: list[JobListener] = standard_listeners(
+            store=store, artifacts=artifacts, estimator=estimator, finished=self._finished,
+            send_webhook=send_webhook, cache=cache,
+        )
+
+    @property
+    def on_finished(self) -> Callable[[JobRecord], None] | None:
+        """Called with each job that ends, before its record is written (the gateway
+        frees the API key's job slot); assignable after construction."""
+        return self._finished.callback
+
+    @on_finished.setter
+    def on_finished(self, callback: Callable[[JobRecord], None] | None) -> None:
+        self._finished.callback = callback
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -177,8 +188,8 @@ class JobRunner:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
         started = time.perf_counter()
         estimate = self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
-        await self._event(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
-                                   "eta_s": round(estimate, 3), "attempt": job.attempts})
+        self._events.append(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
+                                     "eta_s": round(estimate, 3), "attempt": job.attempts})
 
         step_writes: list[asyncio.Task] = []
 
@@ -236,57 +247,25 @@ class JobRunner:
                 return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress,
                                                      job_id=job_id)
             except StageLost as exc:
-                error, current = exc, self._next_attempt(job_id, exc)
+                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
             except GpuOutOfMemory as exc:
                 if exc.details.get("stage") != "denoiser" or self.lower_memory is None:
                     raise
-                error, current = exc, self._next_attempt(job_id, exc)
+                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
                 lowered = self.lower_memory(current.params) if current.oom_retries == 0 else None
                 if lowered is None:
                     raise
                 await self._lower_tier(current, *lowered)
             params = current.params
             metrics.job_retried(error.code)
-            await self._event(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
-
-    def _next_attempt(self, job_id: str, exc: ServiceError) -> JobRecord:
-        """The job with one more attempt counted and saved; re-raises `exc` when none is left."""
-        try:
-            current = self.store.get(job_id)
-        except NotFound:
-            raise exc from None
-        if current.attempts >= self.max_attempts or current.cancel_requested:
-            raise exc
-        current.attempts += 1
-        current.video.progress = 0
-        self.store.save(current)
-        log.warning("job %s: %s; run %d of %d", job_id, exc.message, current.attempts, self.max_attempts,
-                    extra={"job_id": job_id})
-        return current
+            self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
 
     async def _lower_tier(self, job: JobRecord, params: GenerationParams, tier: str) -> None:
-        """Rewrite the job for a lower tier: the answer must describe the video it gets."""
-        video = job.video
-        lowered = {f: getattr(job.params, f) for f in ("num_inference_steps", "num_frames")
-                   if getattr(job.params, f) != getattr(params, f)}
-        video.requested = {**lowered, **(video.requested or {})}  # the first request's values win
-        video.tier = tier
-        video.num_frames, video.num_inference_steps = params.num_frames, params.num_inference_steps
-        video.fast = params.fast
-        video.seconds = f"{params.seconds:.2f}"
         if job.cache_key is not None and self.cache is not None:
             # These pixels are not the cached key's: never fill it with them.
             await self.cache.release(job.cache_key, job.id)
-        job.cache_key = video.cache_key = None
-        job.params = params
-        job.oom_retries += 1
+        rewrite_for_tier(job, params, tier)
         self.store.save(job)
-
-    def _schedule(self, coro) -> None:
-        """Fire and forget (webhooks), holding a reference so the task is not collected."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _on_step(self, job_id: str, progress: StepProgress, started: float) -> None:
         try:
@@ -305,30 +284,15 @@ class JobRunner:
             self.store.save(job)
         except NotFound:
             return  # deleted meanwhile; its runner stops at the next check
-        elapsed = time.perf_counter() - started
         if progress.step == 1:
             metrics.queue_wait(max(0.0, self.clock() - job.created_at))
-        remaining_steps = progress.total_steps - progress.step
-        eta = elapsed / progress.step * remaining_steps if progress.step else None
-        event = {
-            "type": "progress", "status": "in_progress", "step": progress.step,
-            "total_steps": progress.total_steps, "progress": job.video.progress,
-            "eta_s": None if eta is None else round(eta, 3),
-        }
-        preview = progress.preview
-        if preview and len(preview) <= MAX_PREVIEW_CHARS and preview.startswith("data:image/"):
-            event["preview"] = preview
-        await self._event(job_id, event)
+        self._events.append(job_id, progress_event(progress, job.video.progress, time.perf_counter() - started))
 
     async def _complete(self, job_id: str, result) -> None:
-        self.artifacts.put(job_id, "video", result.video.mp4)
-        if result.video.thumbnail:
-            self.artifacts.put(job_id, "thumbnail", result.video.thumbnail)
         try:
             job = self.store.get(job_id)
         except NotFound:
-            self.artifacts.delete(job_id)  # deleted while it ran
-            return
+            return  # deleted while it ran: nothing to keep
         now = self.clock()
         job.video.status, job.video.progress = "completed", 100
         job.video.completed_at = int(now)
@@ -340,21 +304,7 @@ class JobRunner:
             encode_s=round(result.video.encode_s, 4),
             total_s=round(result.total_s, 4),
         )
-        self.estimator.observe(
-            job.params, result.prompt_encode_s, result.denoise_s, result.video.decode_s + result.video.encode_s
-        )
-        for stage, seconds in job.video.timings.model_dump().items():
-            if seconds is not None:
-                metrics.stage_time(stage.removesuffix("_s"), seconds)
-        await self._finish(job)
-        if job.cache_key and self.cache is not None:
-            try:
-                if job.delete_requested:
-                    await self.cache.release(job.cache_key, job.id)
-                else:
-                    await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
-            except Exception:  # noqa: BLE001 - a failed fill costs a later miss, nothing more
-                log.exception("job %s: cache fill failed", job_id, extra={"job_id": job_id})
+        await self._finish(job, result)
 
     async def _fail(self, job_id: str, exc: ServiceError) -> None:
         try:
@@ -365,47 +315,44 @@ class JobRunner:
         job.video.error = VideoError(code=exc.code, message=exc.message)
         job.error_body, job.error_status = exc.to_dict(), exc.status_code
         job.video.completed_at = int(self.clock())
-        await self._finish(job)
-        if job.cache_key and self.cache is not None:
-            try:
-                await self.cache.release(job.cache_key, job.id)
-            except Exception:  # noqa: BLE001 - the claim then runs out by its TTL
-                log.exception("job %s: releasing the cache claim failed", job_id, extra={"job_id": job_id})
+        await self._finish(job, None)
 
-    async def _finish(self, job: JobRecord) -> None:
-        metrics.job_ended(job.video.status, job.video.error.code if job.video.error else "")
-        if self.on_finished is not None:
+    async def _finish(self, job: JobRecord, result: Any) -> None:
+        """Write the job's terminal record (or delete it, as its client asked), with the
+        listeners before and after. `result`: the graph's, or None for a failed job."""
+        for listener in self.listeners:
+            if result is not None:
+                # Unguarded: an error means the result was not kept, and `_run` fails the job.
+                await listener.before_record(job, result)
+                continue
             try:
-                self.on_finished(job)
-            except Exception:  # noqa: BLE001 - bookkeeping never keeps a job from ending
-                log.exception("job %s: on_finished failed", job.id, extra={"job_id": job.id})
+                await listener.before_record(job, None)
+            except Exception:  # noqa: BLE001 - a failing job ends failed whatever else goes wrong
+                log.exception("job %s: %s failed before its record", job.id, type(listener).__name__,
+                              extra={"job_id": job.id})
+        gone = self._write_terminal(job)
+        for listener in self.listeners:
+            try:
+                await listener.after_record(job, result, gone)
+            except Exception:  # noqa: BLE001 - clients may have seen the outcome: it stands
+                log.exception("job %s: %s failed after its record", job.id, type(listener).__name__,
+                              extra={"job_id": job.id})
+
+    def _write_terminal(self, job: JobRecord) -> bool:
+        """Save the terminal record and its event; True if the record is gone instead."""
         job.owner = None
         if job.delete_requested:
-            self.artifacts.delete(job.id)
             self.store.delete(job.id)
-            await self._notify()
-            return
+            self._events.notify()
+            return True
         if job.webhook_url:
-            job.webhook_state = "pending"
+            job.webhook_state = "pending"  # in the store before any delivery starts
         try:
             self.store.save(job)
         except NotFound:
-            self.artifacts.delete(job.id)
-            return
-        await self._event(job.id, {"type": job.video.status, "video": job.video.model_dump()})
-        if job.webhook_url and self.send_webhook is not None:
-            self._schedule(self._deliver_webhook(job.id))
-
-    async def _deliver_webhook(self, job_id: str) -> None:
-        try:
-            job = self.store.get(job_id)
-            result = await self.send_webhook(job)
-            job = self.store.get(job_id)
-            job.webhook_state = "delivered" if result.delivered else "failed"
-            job.webhook_attempts = result.attempts
-            self.store.save(job)
-        except NotFound:
-            pass  # deleted before or while it was delivered
+            return True  # deleted meanwhile
+        self._events.append(job.id, {"type": job.video.status, "video": job.video.model_dump()})
+        return False
 
     def _release(self, job_id: str) -> None:
         """Give a job back (shutdown): another replica claims it without waiting for the lease."""
@@ -421,29 +368,20 @@ class JobRunner:
             except NotFound:
                 pass
 
-    async def _event(self, job_id: str, event: dict) -> None:
-        try:
-            self.store.append_event(job_id, event)
-        except NotFound:
-            pass  # deleted: nobody can read its events any more
-        await self._notify()
-
-    async def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
     async def wait_for_change(self, timeout: float) -> None:
         """Until this replica writes an event, or `timeout` seconds."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._events.wait_for_change(timeout)
 
     async def _heartbeat_loop(self, job_id: str) -> None:
+        # Every store call sits inside the `try`: this task is nobody's awaitable, so
+        # an escaping error would end the heartbeats silently, the lease would go
+        # stale, another replica would run the job a second time, and cancels
+        # would go unseen until the next step.
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 alive = self.store.heartbeat(job_id, self.owner, self.clock())
+                cancel_requested = alive and self.store.get(job_id).cancel_requested
             except Exception:  # noqa: BLE001 - a store hiccup (Redis restarting) is not a lost lease
                 log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
                 continue
@@ -454,23 +392,19 @@ class JobRunner:
                 if task is not None:
                     task.cancel()
                 return
-            job = self.store.get(job_id)
-            if job.cancel_requested:
+            if cancel_requested:
                 self.cancel(job_id)
                 return
 
     # --- orphans and expiry -----------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        last_sweep = float("-inf")
         while True:
             try:
                 for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
                     if job_id not in self._tasks and self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
-                if self.clock() - last_sweep >= EXPIRY_SWEEP_S:
-                    last_sweep = self.clock()
-                    self.sweep_expired()
+                self._sweeper.sweep_if_due()
             except Exception:  # noqa: BLE001 - keep dispatching through store hiccups
                 log.exception("dispatcher: store error")
             await asyncio.sleep(self.dispatch_interval_s)
@@ -478,17 +412,4 @@ class JobRunner:
     def sweep_expired(self) -> int:
         """Delete the files of completed videos past `expires_at` (their objects stay: content
         then answers 410). Returns how many videos' files were deleted."""
-        now, swept, after = self.clock(), 0, None
-        while True:
-            page, has_more = self.store.list(after, 100, "asc")
-            for job in page:
-                if job.artifact_id is not None:
-                    continue  # the cache owns those files and expires them itself
-                expires = job.video.expires_at
-                if job.video.status == "completed" and expires is not None and expires <= now:
-                    if self.artifacts.exists(job.id, "video") or self.artifacts.exists(job.id, "thumbnail"):
-                        self.artifacts.delete(job.id)
-                        swept += 1
-            if not has_more or not page:
-                return swept
-            after = page[-1].id
+        return self._sweeper.sweep()

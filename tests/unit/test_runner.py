@@ -261,3 +261,57 @@ def test_denoiser_out_of_memory_at_the_lowest_tier_fails_clearly(parts):
     job = asyncio.run(scenario())
     assert len(generator.calls) == 2  # as asked, then once lower; never a third time
     assert job.status == "failed" and job.video.error.code == "gpu_out_of_memory"
+
+
+class _StoreDownOnceBeating(SQLiteJobStore):
+    """A store whose first read after heartbeats start fails, as a Redis restarting would."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.beating = False
+        self.read_failed = asyncio.Event()
+
+    def heartbeat(self, job_id: str, owner: str, now: float) -> bool:
+        self.beating = True
+        return super().heartbeat(job_id, owner, now)
+
+    def get(self, job_id: str) -> JobRecord:
+        if self.beating and not self.read_failed.is_set():
+            self.read_failed.set()
+            raise ConnectionError("store unavailable")
+        return super().get(job_id)
+
+
+def test_heartbeats_outlive_a_store_error_and_still_see_cancels(tmp_path, caplog):
+    store = _StoreDownOnceBeating(tmp_path / "jobs.db")
+    artifacts = LocalArtifactStore(tmp_path / "videos")
+
+    async def scenario():
+        generator = _Forever()
+        runner = JobRunner(
+            store=store, artifacts=artifacts, generator=generator,
+            estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=0.03, dispatch_interval_s=60,
+            artifact_ttl_s=100, clock=lambda: 1000.0,
+        )
+        job = _job(4, "queued", None)
+        store.create(job)
+        assert runner.submit(job.id)
+        await generator.started.wait()
+        await store.read_failed.wait()
+        # Only a heartbeat that kept going after the error can see this cancel: the
+        # generator never reaches a step boundary, where the flag is checked otherwise.
+        job = store.get(job.id)
+        job.cancel_requested = True
+        store.save(job)
+        # The timeout only turns a dead heartbeat into a failure instead of a hang.
+        await asyncio.wait_for(asyncio.gather(*runner._tasks.values()), timeout=10)
+        return store.get(job.id)
+
+    try:
+        with caplog.at_level("WARNING", logger="ray.serve"):
+            job = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert job.status == "failed" and job.video.error.code == "cancelled"
+    assert any("heartbeat failed" in r.getMessage() and getattr(r, "job_id", None) == job.id
+               for r in caplog.records)
