@@ -14,10 +14,6 @@ from serve_app.params import GenerationParams
 
 log = logging.getLogger("ray.serve")
 
-# Lowering a tier changes only these; each is reported back in `requested`.
-TIER_FIELDS = ("num_inference_steps", "num_frames")
-
-
 def count_next_attempt(store: JobStore, job_id: str, exc: ServiceError, max_attempts: int) -> JobRecord:
     """The job with one more attempt counted and saved; re-raises `exc` when none is
     left, or when the job was deleted or cancelled meanwhile."""
@@ -36,16 +32,9 @@ def count_next_attempt(store: JobStore, job_id: str, exc: ServiceError, max_atte
 
 
 def rewrite_for_tier(job: JobRecord, params: GenerationParams, tier: str) -> None:
-    """Make `job` run `params` at `tier` (unsaved): the answer must describe the video
-    it gets, and say what was asked for. Its cache key goes: these pixels are not the
-    key's, so the caller releases that claim first."""
-    video = job.video
-    lowered = {f: getattr(job.params, f) for f in TIER_FIELDS if getattr(job.params, f) != getattr(params, f)}
-    video.requested = {**lowered, **(video.requested or {})}  # the first request's values win
-    video.tier = tier
-    video.num_frames, video.num_inference_steps = params.num_frames, params.num_inference_steps
-    video.fast = params.fast
-    video.seconds = f"{params.seconds:.2f}"
-    job.cache_key = video.cache_key = None
-    job.params = params
+    """Make `job` run `params` at `tier` (unsaved), as admission's lowering does
+    (`JobRecord.run_at_tier`). Its cache key goes: these pixels are not the key's, so
+    the caller releases that claim first."""
+    job.run_at_tier(tier, params)
+    job.cache_key = job.video.cache_key = None
     job.oom_retries += 1
