@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-deps test-unit test-integration clean
+.PHONY: install run lint test test-deps test-unit test-integration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,13 @@ run: $(STAMP)
 test-deps:
 	bash scripts/test-deps.sh
 
-test: $(STAMP) test-deps
+# ruff (lint, format) and mypy (strict on settings, params, policy, errors): pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: $(STAMP) test-deps lint
 	$(PY) -m pytest
 
 test-unit: $(STAMP) test-deps

@@ -18,19 +18,19 @@ full HTTP path.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import statistics
 import sys
 import tempfile
 import time
-import http.client
 import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, free_port, slug, write_result  # noqa: E402
+from bench.common import card_name, free_port, slug, write_result
 
 REQUEST = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 4, "fps": 8}
 

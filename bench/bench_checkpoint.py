@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, slug, write_result  # noqa: E402
-from serve_app.config import load_model_profile  # noqa: E402
-from serve_app.deadline import Deadline, StepGuard  # noqa: E402
-from serve_app.params import GenerationParams  # noqa: E402
+from bench.common import card_name, slug, write_result
+from serve_app.config import load_model_profile
+from serve_app.deadline import Deadline, StepGuard
+from serve_app.params import GenerationParams
 
 
 class _Died(BaseException):

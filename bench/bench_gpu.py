@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_speed import (  # noqa: E402
+from bench.gpu_speed import (
     cuda_graphs,
     dit,
     fast_tier,
@@ -58,7 +58,7 @@ from bench.gpu_speed import (  # noqa: E402
     text_encoder,
     vae,
 )
-from bench.gpu_speed.harness import Bench  # noqa: E402
+from bench.gpu_speed.harness import Bench
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, free_port, slug, write_result  # noqa: E402
+from bench.common import card_name, free_port, slug, write_result
 
 # A 429 answered within this long counts as "immediate".
 IMMEDIATE_S = 1.0

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, slug, summary, write_result  # noqa: E402
-from serve_app.config import ServiceArgs, load_model_profile, load_presets  # noqa: E402
-from serve_app.deadline import Deadline, StepGuard  # noqa: E402
-from serve_app.params import resolve_generation  # noqa: E402
+from bench.common import card_name, slug, summary, write_result
+from serve_app.config import ServiceArgs, load_model_profile, load_presets
+from serve_app.deadline import Deadline, StepGuard
+from serve_app.params import resolve_generation
 
 GPU_FRACTIONS = {"prompt_encoder": 0.2, "denoiser": 0.5, "video_encoder": 0.3}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_load import REQUESTS, app_args, closed_loop_capacity  # noqa: E402
-from bench.common import card_name, free_port, slug, write_result  # noqa: E402
+from bench.bench_load import REQUESTS, app_args, closed_loop_capacity
+from bench.common import card_name, free_port, slug, write_result
 
 
 def with_denoiser_max(args, max_replicas: int):

@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_speed.harness import Bench, log, psnr  # noqa: E402
-from bench.common import card_name, slug, write_result  # noqa: E402
-from serve_app.deadline import Deadline, StepGuard  # noqa: E402
+from bench.common import card_name, slug, write_result
+from bench.gpu_speed.harness import Bench, log, psnr
+from serve_app.deadline import Deadline, StepGuard
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import card_name, free_port, slug, write_result  # noqa: E402
+from bench.common import card_name, free_port, slug, write_result
 
 BASE = {"width": 64, "height": 64, "fps": 8, "cache": False}
 # ServiceArgs' defaults: a synchronous request's deadline, and an asynchronous job's.

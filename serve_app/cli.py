@@ -21,8 +21,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from serve_app.api.protocol import VideoObject
 from serve_app.client import DEFAULT_URL, ClientError, VideoClient

@@ -24,9 +24,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -82,7 +83,7 @@ class ClientError(Exception):
         return f"{status}{self.code}: {self.message}{where}"
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "ClientError":
+    def from_response(cls, response: httpx.Response) -> ClientError:
         """From the service's `{"error": {...}}` body; anything else (a proxy's
         plain-text 502, FastAPI's `{"detail": ...}`) still gives a readable error."""
         try:
@@ -192,7 +193,7 @@ class VideoClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "VideoClient":
+    def __enter__(self) -> VideoClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

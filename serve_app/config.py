@@ -184,7 +184,7 @@ class ServiceArgs(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _deadline_order(self) -> "ServiceArgs":
+    def _deadline_order(self) -> ServiceArgs:
         if self.default_deadline_s > self.max_deadline_s:
             raise ValueError(
                 f"default_deadline_s={self.default_deadline_s} > max_deadline_s={self.max_deadline_s}"

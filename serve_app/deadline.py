@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from serve_app.errors import DeadlineExceeded, RequestCancelled
 
@@ -24,7 +24,7 @@ class Deadline:
     at: float  # seconds since the epoch
 
     @classmethod
-    def after(cls, seconds: float, clock: Clock = time.time) -> "Deadline":
+    def after(cls, seconds: float, clock: Clock = time.time) -> Deadline:
         return cls(clock() + seconds)
 
     def remaining(self, clock: Clock = time.time) -> float:

@@ -44,11 +44,11 @@ class ServiceError(Exception):
         }
 
     # Ray pickles exceptions raised in replicas; keep the details across that.
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (_rebuild, (type(self), self.message, self.param, self.details))
 
 
-def _rebuild(cls: type[ServiceError], message: str, param: str | None, details: dict) -> ServiceError:
+def _rebuild(cls: type[ServiceError], message: str, param: str | None, details: dict[str, Any]) -> ServiceError:
     return cls(message, param=param, **details)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ray.exceptions import NodeDiedError, RayActorError, RayTaskError
 
@@ -69,7 +70,7 @@ class StageGraph:
                 self._run(params, deadline, progress, on_progress, started, job_id),
                 timeout=max(0.0, deadline.remaining()) + DEADLINE_GRACE_S,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             step = progress.last.step if progress.last else 0
             raise DeadlineExceeded(
                 f"deadline passed; the request was stopped after step {step} of {params.num_inference_steps}",
@@ -108,7 +109,7 @@ class StageGraph:
             stream.cancel()
             embeddings.cancel()
             raise
-        except Exception as exc:  # noqa: BLE001 - re-raised as the stage's own error
+        except Exception as exc:
             cause = unwrap_stage_error(exc)
             if isinstance(cause, ServiceError):
                 raise cause from None

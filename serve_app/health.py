@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from serve_app.errors import ServiceError
 from serve_app.settings.health import HealthOptions

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 # Every metric the service exports (Prometheus adds Ray's `ray_` prefix).
@@ -72,12 +72,12 @@ def _metric(kind: str, name: str, description: str, tags: tuple[str, ...] = (), 
         return _OFF
     try:
         return _make(kind, name, description, tags, buckets)
-    except Exception:  # noqa: BLE001 - telemetry never breaks serving
+    except Exception:
         log.exception("metric %s unavailable", name)
         return _OFF
 
 
-@lru_cache(maxsize=None)
+@cache
 def _make(kind: str, name: str, description: str, tags: tuple[str, ...], buckets: tuple) -> Any:
     from ray.serve import metrics
 
@@ -151,7 +151,7 @@ def replica_unhealthy(stage: str, reason: str) -> None:
             ("stage", "reason")).inc(1, tags={"stage": stage, "reason": reason})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nvml_handle(torch_index: int) -> Any:
     """The NVML handle of torch's device `torch_index`, found by UUID.
 

@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class LatentProjection:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "LatentProjection":
+    def load(cls, path: Path) -> LatentProjection:
         with np.load(path) as data:
             return cls(data["weight"].astype(np.float32), data["bias"].astype(np.float32))
 
@@ -288,7 +289,7 @@ class PreviewRun:
         started = time.perf_counter()
         try:
             self._pending = encode_strip(project_strip(self.projection, estimate(), self.frames))
-        except Exception:  # noqa: BLE001 - a preview is never worth failing a generation
+        except Exception:
             log.exception("preview at step %d failed", step)
             return
         self.made += 1
@@ -306,7 +307,7 @@ def preview_maker(options, profile, data_dir: Path) -> Callable[[int], PreviewRu
         return None
     try:
         projection = projection_for_profile(profile, data_dir)
-    except Exception:  # noqa: BLE001 - no previews is better than no denoiser
+    except Exception:
         log.exception("previews disabled: fitting the latent projection for %s failed", profile.identity)
         return None
     return lambda total_steps: PreviewRun(projection, options, total_steps)

@@ -90,12 +90,12 @@ class Mp4Writer:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception:  # closing a half-written file may fail; it is deleted anyway
+            except Exception:  # noqa: BLE001 - closing a half-written file may fail; it is deleted anyway
                 pass
             self._container = None
         self._tmp.cleanup()
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self) -> Mp4Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

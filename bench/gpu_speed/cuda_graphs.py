@@ -28,7 +28,7 @@ def cuda_graphs(bench: Bench) -> None:
             res = {}
             for label, fn in (("direct", lambda: tr(hidden_states=lat, timestep=ts, encoder_hidden_states=enc,
                                                      return_dict=False)[0]),
-                              ("graph", lambda: graphs(lat, ts, enc))):
+                              ("graph", lambda: graphs(lat, ts, enc))):  # noqa: F821 - `del graphs` comes after the loop
                 # Synchronised per call, like a step that ends in a host sync.
                 times = []
                 for _ in range(10):

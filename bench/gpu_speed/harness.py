@@ -86,7 +86,7 @@ class Bench:
             out = fn()
             self.result["sections"][name] = {"ok": True, "wall_s": round(time.perf_counter() - started, 1)}
             return out
-        except Exception as exc:  # keep going: one failed variant must not cost the run
+        except Exception as exc:  # noqa: BLE001 - keep going: one failed variant must not cost the run
             self.result["errors"][name] = f"{type(exc).__name__}: {exc}"
             self.result["sections"][name] = {"ok": False, "wall_s": round(time.perf_counter() - started, 1)}
             log(f"FAILED {name}: {exc}")

@@ -13,8 +13,9 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from serve_app import metrics
 from serve_app.access.guard import AccessGuard
@@ -50,7 +51,7 @@ class Preference:
     wait_s: float | None = None
 
     @classmethod
-    def parse(cls, header: str | None) -> "Preference":
+    def parse(cls, header: str | None) -> Preference:
         if not header:
             return cls()
         respond_async, wait_s = False, None

@@ -85,7 +85,7 @@ class GatewaySettings:
     def load(
         cls, args: ServiceArgs, env: Mapping[str, str] | None = None, *, profile: ModelProfile | None = None,
         replica_id: str | None = None,
-    ) -> "GatewaySettings":
+    ) -> GatewaySettings:
         """`env` None reads os.environ; `profile` replaces the one `args` names (tests)."""
         env = os.environ if env is None else env
         profile = profile or args.model_profile()
@@ -124,7 +124,7 @@ class GatewayStores:
     access: AccessGuard | None = None  # API keys and the limiter store (None: open, unlimited)
 
     @classmethod
-    def open(cls, settings: GatewaySettings) -> "GatewayStores":
+    def open(cls, settings: GatewaySettings) -> GatewayStores:
         args = settings.args
         return cls(
             jobs=open_job_store(args.job_store, args.data_path),

@@ -7,7 +7,8 @@ read of an unfinished job shows its live queue position and ETA.
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Literal
 
 from serve_app.access.keys import Principal
 from serve_app.api.protocol import VideoDeleted, VideoList, VideoObject

@@ -59,5 +59,5 @@ class EventLog:
         """Until this replica writes an event, or `timeout` seconds."""
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

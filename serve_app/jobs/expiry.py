@@ -7,7 +7,7 @@ answers with its status.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from serve_app.artifacts import ArtifactStore
 from serve_app.jobs.model import JobStore

@@ -60,7 +60,7 @@ class JobRecord(BaseModel):
     @classmethod
     def new(
         cls, job_id: str, model: str, params: GenerationParams, created_at: float, deadline_s: float, **bookkeeping
-    ) -> "JobRecord":
+    ) -> JobRecord:
         """A queued job that runs `params`; `bookkeeping`: the other fields (owner key, webhook, ...)."""
         video = VideoObject(id=job_id, status="queued", model=model, created_at=int(created_at),
                             **video_settings(params))

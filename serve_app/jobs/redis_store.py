@@ -40,8 +40,8 @@ from typing import Literal
 import redis
 
 from serve_app.errors import NotFound
-from serve_app.redis_errors import unavailable_as_503
 from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
+from serve_app.redis_errors import unavailable_as_503
 
 # KEYS: job, jobs, queued, active[, idem]
 # ARGV: json, id, created_at, is_queued, is_active, prefix

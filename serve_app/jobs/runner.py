@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from serve_app.api.protocol import VideoError, VideoTimings
 from serve_app import metrics
+from serve_app.api.protocol import VideoError, VideoTimings
 from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
@@ -218,14 +219,14 @@ class JobRunner:
             await self._fail(job_id, RequestCancelled("cancelled by request"))
         except ServiceError as exc:
             await self._fail(job_id, exc)
-        except Exception as exc:  # noqa: BLE001 - a job must end in a terminal state
+        except Exception as exc:
             log.exception("job %s failed", job_id, extra={"job_id": job_id})
             await self._fail(job_id, StageFailed(f"generation failed: {type(exc).__name__}"))
         else:
             metrics.eta_error(time.perf_counter() - started, estimate)
             try:
                 await self._complete(job_id, result)
-            except Exception as exc:  # noqa: BLE001 - storing the result failed: say so, never hang
+            except Exception as exc:
                 log.exception("job %s: storing the result failed", job_id, extra={"job_id": job_id})
                 await self._fail(job_id, StageFailed(f"storing the result failed: {type(exc).__name__}"))
         finally:
@@ -327,14 +328,14 @@ class JobRunner:
                 continue
             try:
                 await listener.before_record(job, None)
-            except Exception:  # noqa: BLE001 - a failing job ends failed whatever else goes wrong
+            except Exception:
                 log.exception("job %s: %s failed before its record", job.id, type(listener).__name__,
                               extra={"job_id": job.id})
         gone = self._write_terminal(job)
         for listener in self.listeners:
             try:
                 await listener.after_record(job, result, gone)
-            except Exception:  # noqa: BLE001 - clients may have seen the outcome: it stands
+            except Exception:
                 log.exception("job %s: %s failed after its record", job.id, type(listener).__name__,
                               extra={"job_id": job.id})
 
@@ -382,7 +383,7 @@ class JobRunner:
             try:
                 alive = self.store.heartbeat(job_id, self.owner, self.clock())
                 cancel_requested = alive and self.store.get(job_id).cancel_requested
-            except Exception:  # noqa: BLE001 - a store hiccup (Redis restarting) is not a lost lease
+            except Exception:
                 log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
                 continue
             if not alive:
@@ -405,7 +406,7 @@ class JobRunner:
                     if job_id not in self._tasks and self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
                 self._sweeper.sweep_if_due()
-            except Exception:  # noqa: BLE001 - keep dispatching through store hiccups
+            except Exception:
                 log.exception("dispatcher: store error")
             await asyncio.sleep(self.dispatch_interval_s)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("ray.serve")
 
@@ -69,7 +70,7 @@ class WarmUp:
         def step() -> None:
             try:
                 self._timed(name, fn)
-            except Exception:  # noqa: BLE001 - that shape's first request pays instead; the replica serves on
+            except Exception:
                 log.exception("%s: background warm-up of %s failed", self.stage, name)
                 self._after_failure()
             finally:

@@ -13,8 +13,9 @@ import gc
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from serve_app import metrics
 from serve_app.errors import GpuOutOfMemory
@@ -189,7 +190,7 @@ class ModelWorker:
             if callable(clear):
                 try:
                     clear()
-                except Exception:  # noqa: BLE001 - best effort; the next call clears it anyway
+                except Exception:
                     log.exception("%s: clearing %s's cache failed", self.stage, type(component).__name__)
         self.memory.give_back_cached()
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from serve_app.deadline import StepGuard
 from serve_app.params import GenerationParams
@@ -281,7 +282,7 @@ class StepBatcher:
                 with torch.inference_mode():
                     job = start_job(self.runtime.pipe, params, embeddings, guard, on_step, knobs,
                                     dtype=self.runtime.dtype, on_latents=on_latents)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the job's future; its awaiter re-raises it
                 future.set_exception(exc)
                 continue
             job.done = future
@@ -369,5 +370,5 @@ class StepBatcher:
 def _fail(future: Future, guard: StepGuard) -> None:
     try:
         guard.raise_stop()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - handed to the job's future; its awaiter re-raises it
         future.set_exception(exc)

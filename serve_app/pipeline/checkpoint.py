@@ -75,7 +75,7 @@ class LoopCheckpoints:
             return 0
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a torn or foreign file: start over rather than fail the job
+        except Exception:
             log.warning("unreadable denoising checkpoint %s; starting at step 0", self.path, exc_info=True)
             return 0
         if state.get("format") != FORMAT or state.get("request") != self.request:

@@ -57,7 +57,7 @@ class DenoiserRuntime:
         if speed.fp8_weights:
             try:
                 self.fp8_transformer = make_fp8_copy(self.transformer)
-            except Exception as exc:  # reported in /healthz; requests asking for fp8 then get a clear error
+            except Exception as exc:  # noqa: BLE001 - reported in /healthz; requests asking for fp8 then get a clear error
                 self.fp8_error = f"{type(exc).__name__}: {exc}"
                 log.warning("FP8 copy of the DiT not available: %s", self.fp8_error)
         if speed.compile != "off":

@@ -9,9 +9,10 @@ supports, so a denoiser replica never pays for UMT5's 11 GB.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from serve_app.config import ATTENTION_BACKENDS, ModelProfile
 from serve_app.errors import ModelLoadError

@@ -14,8 +14,9 @@ latent frame and encodes the mp4 while the GPU decodes the next chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from serve_app.deadline import StepGuard
 from serve_app.params import GenerationParams
@@ -28,8 +29,8 @@ LatentsCallback = Callable[[int, int, Callable[[], object]], None]
 
 @dataclass
 class PromptEmbeddings:
-    prompt_embeds: "object"  # torch.Tensor [1, seq, dim]
-    negative_prompt_embeds: "object | None"  # None when guidance is off
+    prompt_embeds: object  # torch.Tensor [1, seq, dim]
+    negative_prompt_embeds: object | None  # None when guidance is off
     encode_s: float = 0.0  # how long the text encoder took
 
 
@@ -319,7 +320,7 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
                     state["thumbnail_frame"] = frames[middle - first].copy()
                 writer.write(frames)
                 first += len(frames)
-        except BaseException as exc:  # surfaced on the decoding thread after join
+        except BaseException as exc:  # noqa: BLE001 - surfaced on the decoding thread after join
             state["error"] = exc
             while chunks.get() is not None:  # drain so the producer never blocks
                 pass

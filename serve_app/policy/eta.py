@@ -38,7 +38,7 @@ class StageWork:
     def total_s(self) -> float:
         return self.denoise_s + self.decode_s
 
-    def __add__(self, other: "StageWork") -> "StageWork":
+    def __add__(self, other: StageWork) -> StageWork:
         return StageWork(self.denoise_s + other.denoise_s, self.decode_s + other.decode_s)
 
 
@@ -67,7 +67,7 @@ def lane_wait_s(work_s: float, serving: int, starting: int, start_s: float) -> f
     return (work_s + starting * start_s) / (serving + starting)
 
 
-def queue_wait_s(snap: "LoadSnapshot", config: AdmissionConfig) -> float:
+def queue_wait_s(snap: LoadSnapshot, config: AdmissionConfig) -> float:
     """Seconds until the work ahead (`snap`) no longer holds a new job up."""
     serving = snap.replicas - snap.starting
     denoise = lane_wait_s(snap.denoise_ahead_s, serving, snap.starting, config.cold_start_s)
@@ -81,7 +81,7 @@ def queue_wait_s(snap: "LoadSnapshot", config: AdmissionConfig) -> float:
     return max(denoise, decode)
 
 
-def eta_s(own: StageWork, snap: "LoadSnapshot", config: AdmissionConfig) -> float:
+def eta_s(own: StageWork, snap: LoadSnapshot, config: AdmissionConfig) -> float:
     """Seconds until a job needing `own` is ready, behind the work in `snap`."""
     # Scaled to zero with none starting: one must start for this job. (Replicas already
     # starting have their cold start counted in the denoise lane's wait.)

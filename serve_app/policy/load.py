@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 from serve_app.config import AdmissionConfig
 from serve_app.estimates import StageTimeEstimator
@@ -86,7 +87,7 @@ def nvml_utilization() -> float | None:
         if count == 0:
             return None
         rates = [pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(i)).gpu for i in range(count)]
-        return sum(rates) / len(rates) / 100
+        return float(sum(rates) / len(rates) / 100)
     except Exception:  # noqa: BLE001 - no driver, no GPU: the queue alone is the load
         return None
 
@@ -126,7 +127,7 @@ class Reservation:
     without this, every create arriving meanwhile would read the same queue
     and all be admitted into it (check, then act)."""
 
-    def __init__(self, monitor: "LoadMonitor", key: str) -> None:
+    def __init__(self, monitor: LoadMonitor, key: str) -> None:
         self._monitor, self.key, self._held = monitor, key, True
 
     def release(self) -> None:
@@ -134,10 +135,10 @@ class Reservation:
             self._held = False
             self._monitor._release(self.key)
 
-    def __enter__(self) -> "Reservation":
+    def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -169,7 +170,7 @@ class LoadMonitor:
         self.encoder_replicas = initial_encoder_replicas
         self.gpu_utilization: float | None = None
         self.refreshed_at = 0.0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # Touched only on the gateway's event loop (reserve, release, snapshot), so no lock.
         self._reserved: dict[str, _Held] = {}
 
@@ -180,7 +181,7 @@ class LoadMonitor:
             if replicas is not None:
                 count = replicas if isinstance(replicas, ReplicaCount) else ReplicaCount(replicas)
                 self.replicas, self.starting = count.total, count.starting
-        except Exception:  # noqa: BLE001 - keep the last known count
+        except Exception:
             log.warning("could not read the denoiser's replica count", exc_info=True)
         if self._encoder_replicas_fn is not None:
             try:
@@ -190,7 +191,7 @@ class LoadMonitor:
                     # bottleneck, and fewer encoders only makes admission stricter.
                     count = encoders if isinstance(encoders, ReplicaCount) else ReplicaCount(encoders)
                     self.encoder_replicas = max(count.serving, 1) if count.total else 0
-            except Exception:  # noqa: BLE001 - keep the last known count
+            except Exception:
                 log.warning("could not read the video encoder's replica count", exc_info=True)
         if self._gpu_fn is not None:
             self.gpu_utilization = self._gpu_fn()

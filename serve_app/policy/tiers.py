@@ -9,7 +9,8 @@ is validated to be one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from serve_app.params import GenerationParams
 from serve_app.settings.tiers import Tier, TierTable
@@ -20,7 +21,7 @@ __all__ = ["Tier", "TierTable", "apply_tier", "changes", "lowest_tier"]
 
 def apply_tier(params: GenerationParams, tier: Tier) -> GenerationParams:
     """The request's settings under `tier` (the same object when nothing is capped)."""
-    update = {}
+    update: dict[str, Any] = {}
     if tier.max_steps is not None and params.num_inference_steps > tier.max_steps:
         update["num_inference_steps"] = tier.max_steps
     if tier.max_frames is not None and params.num_frames > tier.max_frames:

@@ -139,7 +139,7 @@ class AccessConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _unique_keys(self) -> "AccessConfig":
+    def _unique_keys(self) -> AccessConfig:
         seen_ids: set[str] = set()
         seen_digests: dict[str, str] = {}
         for entry in self.api_keys:

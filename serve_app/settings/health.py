@@ -57,7 +57,7 @@ class HealthOptions(StrictModel):
         return v
 
     def stall_limit(self, stage: str) -> float:
-        return self.stall_s_by_stage.get(stage, self.stall_s)  # type: ignore[call-overload]
+        return float(self.stall_s_by_stage.get(stage, self.stall_s))  # type: ignore[call-overload]
 
     def deployment_options(self) -> dict[str, float]:
         """Ray Serve's own knobs for the checks of a model stage's deployment."""

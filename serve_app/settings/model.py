@@ -103,7 +103,7 @@ class ModelProfile(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _pretrained_needs_path(self) -> "ModelProfile":
+    def _pretrained_needs_path(self) -> ModelProfile:
         if self.source == "pretrained" and not self.path:
             raise ValueError(f"profile {self.name!r}: source 'pretrained' needs `path` (local dir or hub id)")
         return self

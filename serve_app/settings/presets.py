@@ -33,7 +33,7 @@ class PresetCatalog(StrictModel):
     presets: dict[str, Preset]
 
     @model_validator(mode="after")
-    def _default_exists(self) -> "PresetCatalog":
+    def _default_exists(self) -> PresetCatalog:
         if self.default_preset not in self.presets:
             raise ValueError(
                 f"default_preset={self.default_preset!r} is not one of {sorted(self.presets)}"

@@ -47,7 +47,7 @@ class TierTable(StrictModel):
     tiers: list[Tier] = Field(min_length=1, description="Ordered by max_load, lowest load first.")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "TierTable":
+    def _ordered(self) -> TierTable:
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique: {names}")

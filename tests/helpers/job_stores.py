@@ -19,7 +19,7 @@ def race_claims(stores, job_id_: str, threads: int = 8) -> list[str]:
         try:
             barrier.wait(timeout=10)
             results[i] = stores[i % len(stores)].claim(job_id_, f"runner-{i}", now=100.0, lease_s=LEASE_S)
-        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+        except BaseException as exc:  # noqa: BLE001 - surfaced below: a thread's exception is otherwise lost
             errors.append(exc)
 
     workers = [threading.Thread(target=claim, args=(i,)) for i in range(threads)]

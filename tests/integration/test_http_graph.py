@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 from ray._common.test_utils import wait_for_condition
-
-import numpy as np
 
 from serve_app.video import decode_mp4, probe_mp4
 

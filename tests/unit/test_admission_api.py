@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from serve_app.api.protocol import CreateVideoRequest
 from serve_app.api.create import Preference, VideoCreator
+from serve_app.api.protocol import CreateVideoRequest
 from serve_app.errors import OverCapacity
 from serve_app.estimates import StageTimeEstimator
 from tests.helpers.service import REQUEST, Service, api_client

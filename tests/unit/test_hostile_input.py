@@ -13,6 +13,7 @@ import socket
 
 import numpy as np
 import pytest
+
 from serve_app.api.body import MAX_FORM_FIELDS
 from serve_app.artifacts import LocalArtifactStore, S3ArtifactStore
 from serve_app.config import ServiceArgs, load_presets

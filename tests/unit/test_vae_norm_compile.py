@@ -45,9 +45,8 @@ def _decode(pipe, frames: int, height: int, width: int) -> None:
 
 
 def test_new_sizes_after_warm_up_compile_nothing(fused_vae):
-    from torch._dynamo.utils import counters
-
     import torch
+    from torch._dynamo.utils import counters
 
     counters.clear()
     # The replica's first warm-up decode: a small square frame.

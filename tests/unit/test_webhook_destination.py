@@ -8,7 +8,6 @@ from serve_app.errors import InvalidRequest
 from serve_app.webhooks import WebhookConfig, WebhookRejected, WebhookUnresolved, check_destination
 from tests.helpers.webhooks import PUBLIC_IP, SECRET, local_config, resolver_for
 
-
 WILDCARD = WebhookConfig(secret=SECRET, allowed_hosts=["*.example.com", "hooks.partner.net"])
 
 
