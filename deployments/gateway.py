@@ -24,6 +24,7 @@ from serve_app.graph import StageGraph
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.stores import open_job_store
 from serve_app.policy.admission import Admission
+from serve_app.policy.autoscaling import unclaimed_jobs_report
 from serve_app.policy.load import LoadMonitor, nvml_utilization, serve_replicas
 from serve_app.policy.tiers import apply_tier
 from serve_app.webhooks import WebhookConfig, check_destination, deliver
@@ -180,6 +181,12 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve asks for this while the gateway has an autoscaling_config (serve_app/app.py
+        gives it one when a stage scales on queue depth): the jobs waiting for a dispatcher, which
+        the application-level policy adds to the denoiser's queue (serve_app/policy/autoscaling.py)."""
+        return unclaimed_jobs_report(self.runner.store, self.runner.clock(), self.runner.lease_s)
 
     async def __del__(self):
         # Scale-down, redeploy, `serve shutdown`: hand running jobs back to the
