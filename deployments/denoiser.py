@@ -26,7 +26,6 @@ from serve_app.pipeline.batching import StepBatcher, denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
 from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
-from serve_app.policy.autoscaling import UNCLAIMED_JOBS, UnclaimedJobs
 from serve_app.preview import preview_maker
 from serve_app.settings.speed import EXACT, FastKnobs
 
@@ -227,14 +226,3 @@ class Denoiser(ModelStage):
         if self.batcher is not None:
             out["batching"] = {"forwards": self.batcher.forwards, "max_batch_seen": self.batcher.max_batch_seen}
         return out
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Ray Serve calls this (when the deployment autoscales) for the autoscaling
-        policy: jobs waiting for a dispatcher (serve_app/policy/autoscaling.py)."""
-        if not hasattr(self, "_unclaimed"):
-            self._unclaimed = UnclaimedJobs(self.args.job_store, self.args.data_path, self.args.job_lease_s)
-        try:
-            return {UNCLAIMED_JOBS: float(self._unclaimed.count())}
-        except Exception:  # noqa: BLE001 - a store hiccup: the policy still has the request counts
-            log.warning("could not count unclaimed jobs for autoscaling", exc_info=True)
-            return {}

@@ -18,6 +18,7 @@ from serve_app.api.gateway_app import GatewayHandles, GatewaySettings, GatewaySt
 from serve_app.api.protocol import StageHealth
 from serve_app.config import ServiceArgs
 from serve_app.graph import StageGraph
+from serve_app.policy.autoscaling import unclaimed_jobs_report
 from serve_app.policy.load import nvml_utilization, serve_replicas
 
 log = logging.getLogger("ray.serve")
@@ -86,6 +87,13 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         return self.gateway.app
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve asks for this while the gateway has an autoscaling_config (serve_app/app.py
+        gives it one when a stage scales on queue depth): the jobs waiting for a dispatcher, which
+        the application-level policy adds to the denoiser's queue (serve_app/policy/autoscaling.py)."""
+        runner = self.gateway.runner
+        return unclaimed_jobs_report(runner.store, runner.clock(), runner.lease_s)
 
     async def __del__(self):
         if hasattr(self, "gateway"):  # not when the constructor itself failed

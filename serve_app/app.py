@@ -3,7 +3,8 @@
     serve run serve_config.yaml          # import_path: serve_app.app:build_app
 
 Gateway (ingress) -> PromptEncoder -> Denoiser -> VideoEncoder, each with its
-own Ray Serve options from `ServiceArgs.stages`.
+own Ray Serve options from `ServiceArgs.stages`. The serve config adds the
+application-level autoscaling policy (serve_app/policy/autoscaling.py).
 """
 
 # No `from __future__ import annotations` here: Ray Serve reads the builder's
@@ -32,6 +33,25 @@ def build_app(args: ServiceArgs) -> Application:
     denoiser = Denoiser.options(**options("denoiser")).bind(payload)
     video_encoder = VideoEncoder.options(**options("video_encoder")).bind(payload)
     result_cache = ResultCache.options(**options("result_cache")).bind(payload)
-    return Gateway.options(**options("gateway")).bind(
+    return Gateway.options(**gateway_options(args)).bind(
         payload, prompt_encoder, denoiser, video_encoder, result_cache
     )
+
+
+def gateway_options(args: ServiceArgs) -> dict:
+    """The gateway's Ray Serve options.
+
+    When a stage scales on queue depth, the gateways report the jobs waiting
+    for a dispatcher (serve_app/policy/autoscaling.py). Ray asks a replica
+    for such figures, and shows them to the application-level policy, only
+    if its deployment has an autoscaling_config: a gateway with a fixed count
+    gets one whose bounds pin that count.
+    """
+    options = args.deployment_options("gateway")
+    look_back_s = args.stages.queue_depth_look_back_s()
+    if look_back_s is not None and "autoscaling_config" not in options:
+        count = options.pop("num_replicas")
+        options["autoscaling_config"] = {
+            "min_replicas": count, "max_replicas": count, "look_back_period_s": look_back_s,
+        }
+    return options

@@ -4,5 +4,5 @@
     admission.py    at submit: sync, queue, lower tier, or 429/503 with Retry-After
     load.py         what admission reads: queue work per stage, replicas, GPU use, reservations
     eta.py          the one ETA model: admission, queued events and GET all use it
-    autoscaling.py  Ray Serve's custom policy for the denoiser (queue depth)
+    autoscaling.py  Ray Serve policies: the denoiser on queue depth, with the gateways' waiting jobs
 """

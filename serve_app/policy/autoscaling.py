@@ -7,36 +7,73 @@ Wired per deployment through `StageOptions.autoscaling` (policy
       policy: {policy_function: serve_app.policy.autoscaling:QueueDepthPolicy,
                policy_kwargs: {jobs_per_replica: 1}}
 
+and, once per application, in the serve config (serve_config.yaml,
+configs/serve_gpu_2x.yaml):
+
+    applications:
+      - name: video
+        autoscaling_policy: {policy_function: serve_app.policy.autoscaling:application_policy}
+
 The signal is the denoise work waiting, in jobs:
 
 - requests at the denoiser: queued at every caller's handle plus running
   (Ray's `total_num_requests`, averaged over `look_back_period_s`): jobs a
   gateway has dispatched;
-- plus jobs in the store that no gateway holds (`unclaimed_jobs`, reported
-  by each denoiser replica through `record_autoscaling_stats`): jobs that
-  are accepted but wait for a dispatcher, e.g. after a gateway restart.
+- plus jobs in the store that no gateway holds (`unclaimed_jobs`): accepted
+  jobs waiting for a dispatcher, e.g. after a gateway restart. The gateways
+  report it (`Gateway.record_autoscaling_stats`), since they hold the job
+  store; a denoiser replica may run on a node that cannot see it (SQLite),
+  and with min_replicas 0 there may be no denoiser replica to ask at all.
+
+A deployment-level policy sees only its own deployment's metrics, so the
+figure reaches the denoiser's decision through Ray's application-level
+policy (`application_policy`), which sees every autoscaling deployment of
+the app. It then decides for all of them, so deployments that do not scale
+on queue depth get Ray's default policy, as they would without it. Ray
+collects custom metrics, and shows a deployment to that policy, only when
+the deployment has an autoscaling_config: a gateway with a fixed count gets
+one whose bounds pin that count (serve_app/app.py).
 
 Desired replicas = ceil(signal / jobs_per_replica). Ray then applies
-min/max replicas (min 0 allows scale to zero, and a request arriving then
-starts one at once), upscale/downscale delays and smoothing. A replica
-being removed finishes its running job first (`graceful_shutdown_timeout_s`,
-checked to cover the longest deadline, see serve_app/config.py).
+min/max replicas (min 0 allows scale to zero; a job waiting then starts one
+at once), upscale/downscale delays and smoothing. A replica being removed
+finishes its running job first (`graceful_shutdown_timeout_s`, checked to
+cover the longest deadline, see serve_app/config.py).
+
+Ray 2.60 takes an application-level policy only from a config file
+(`serve run` / `serve deploy`), not from `serve.run(app)` in Python. Without
+it `QueueDepthPolicy` runs alone on the denoiser's own requests: dispatched
+jobs count, undispatched ones do not (it logs a warning once).
+
+Ray pickles this module by value into its controller: it imports only Ray
+and the standard library, so the controller needs no project code.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-# Name of the custom metric the denoiser reports (deployments/denoiser.py).
+from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+
+if TYPE_CHECKING:
+    from ray.serve.config import AutoscalingContext
+
+log = logging.getLogger("ray.serve")
+
+# Name of the custom metric the gateways report (deployments/gateway.py).
 UNCLAIMED_JOBS = "unclaimed_jobs"
+# Import paths as the serve configs name them.
+QUEUE_DEPTH_POLICY = "serve_app.policy.autoscaling:QueueDepthPolicy"
+APPLICATION_POLICY = "serve_app.policy.autoscaling:application_policy"
+# Enough to ask for every replica there can be; counting further changes nothing.
+UNCLAIMED_LIMIT = 1000
 
 
-def waiting_jobs(total_num_requests: float, aggregated_metrics: dict[str, dict[Any, float]] | None) -> float:
+def waiting_jobs(total_num_requests: float, unclaimed: float) -> float:
     """Requests at the denoiser plus jobs no gateway has dispatched yet."""
-    per_replica = (aggregated_metrics or {}).get(UNCLAIMED_JOBS) or {}
-    # Every replica counts the same shared store: take the largest, not the sum.
-    unclaimed = max(per_replica.values(), default=0.0)
     return float(total_num_requests) + float(unclaimed)
 
 
@@ -44,40 +81,86 @@ def desired_replicas(waiting: float, jobs_per_replica: float) -> int:
     return math.ceil(waiting / jobs_per_replica - 1e-9) if waiting > 0 else 0
 
 
+def reported_unclaimed(contexts: Iterable[AutoscalingContext]) -> float:
+    """The `unclaimed_jobs` figure, from whichever replicas report it (the gateways).
+
+    Every gateway replica counts the same shared store: the largest report
+    counts, once, not their sum.
+    """
+    figures = [
+        value
+        for ctx in contexts
+        for value in ((ctx.aggregated_metrics or {}).get(UNCLAIMED_JOBS) or {}).values()
+    ]
+    return max(figures, default=0.0)
+
+
+def scales_on_queue_depth(ctx: AutoscalingContext) -> bool:
+    """Whether the deployment's own autoscaling_config names QueueDepthPolicy."""
+    policy = getattr(ctx.config, "policy", None)
+    if policy is None or not isinstance(policy.policy_function, str):
+        return False
+    # Ray keeps a string path as given ('module:name') and writes a callable's as 'module.name'.
+    return policy.policy_function.replace(":", ".") == QUEUE_DEPTH_POLICY.replace(":", ".")
+
+
 class QueueDepthPolicy:
-    """A Ray Serve custom autoscaling policy (class form: Ray builds it with policy_kwargs)."""
+    """A Ray Serve custom autoscaling policy (class form: Ray builds it with policy_kwargs).
+
+    On its own (no application-level policy) it sees only the denoiser's
+    requests; `application_policy` calls `decide` with the gateways' figure.
+    """
 
     def __init__(self, jobs_per_replica: float = 1.0) -> None:
         if jobs_per_replica <= 0:
             raise ValueError(f"jobs_per_replica={jobs_per_replica} must be > 0")
         self.jobs_per_replica = jobs_per_replica
+        self._warned = False
 
-    def __call__(self, ctx) -> tuple[int, dict[str, Any]]:
-        waiting = waiting_jobs(ctx.total_num_requests, ctx.aggregated_metrics)
+    def decide(self, total_num_requests: float, unclaimed: float) -> tuple[int, dict[str, Any]]:
+        waiting = waiting_jobs(total_num_requests, unclaimed)
         desired = desired_replicas(waiting, self.jobs_per_replica)
         # Kept in the policy state so operators (and tests) can see the signal.
-        return desired, {"waiting_jobs": waiting, "desired": desired}
+        return desired, {"waiting_jobs": waiting, "unclaimed_jobs": float(unclaimed), "desired": desired}
+
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "%s scales on its own requests only: jobs no gateway has dispatched are not counted. "
+                "Deploy from a serve config with autoscaling_policy: {policy_function: %s} to count them.",
+                ctx.deployment_name, APPLICATION_POLICY,
+            )
+        return self.decide(ctx.total_num_requests, 0.0)
 
 
-class UnclaimedJobs:
-    """The `unclaimed_jobs` figure a denoiser replica reports: accepted jobs no gateway holds.
+def application_policy(
+    contexts: dict[Any, AutoscalingContext],
+) -> tuple[dict[Any, float], dict[Any, dict[str, Any]]]:
+    """Ray Serve's application-level policy: one decision per autoscaling deployment.
 
-    Opened lazily in the replica (only a deployment that scales on queue depth
-    asks), on the same job store the gateways write.
+    Queue-depth deployments (the denoiser) count the gateways' `unclaimed_jobs`
+    besides their own requests; every other deployment gets Ray's default
+    policy, as it would without an application-level policy. Ray applies each
+    deployment's bounds, delays and scaling factors afterwards, as it does for
+    deployment-level policies.
     """
+    unclaimed = reported_unclaimed(contexts.values())
+    decisions: dict[Any, float] = {}
+    states: dict[Any, dict[str, Any]] = {}
+    for deployment_id, ctx in contexts.items():
+        if scales_on_queue_depth(ctx):
+            policy = QueueDepthPolicy(**ctx.config.policy.policy_kwargs)
+            decisions[deployment_id], states[deployment_id] = policy.decide(ctx.total_num_requests, unclaimed)
+        else:
+            decisions[deployment_id], states[deployment_id] = replica_queue_length_autoscaling_policy(ctx)
+    return decisions, states
 
-    # Enough to ask for every replica there can be; counting further changes nothing.
-    LIMIT = 1000
 
-    def __init__(self, job_store: str, data_dir, lease_s: float) -> None:
-        self._url, self._data_dir, self._lease_s = job_store, data_dir, lease_s
-        self._store = None
-
-    def count(self) -> int:
-        import time
-
-        from serve_app.jobs.stores import open_job_store
-
-        if self._store is None:
-            self._store = open_job_store(self._url, self._data_dir)
-        return len(self._store.claimable(time.time(), self._lease_s, self.LIMIT))
+def unclaimed_jobs_report(store: Any, now: float, lease_s: float) -> dict[str, float]:
+    """What a gateway replica reports to Ray: accepted jobs no gateway holds, in `store`."""
+    try:
+        return {UNCLAIMED_JOBS: float(len(store.claimable(now, lease_s, UNCLAIMED_LIMIT)))}
+    except Exception:  # noqa: BLE001 - a store hiccup: the policy still has the request counts
+        log.warning("could not count unclaimed jobs for autoscaling", exc_info=True)
+        return {}

@@ -19,8 +19,10 @@ class AutoscalingOptions(StrictModel):
 
     policy: Literal["queue_depth", "ongoing_requests"] = Field(
         "ongoing_requests", description="'queue_depth': serve_app.policy.autoscaling.QueueDepthPolicy (denoise "
-        "jobs waiting, including accepted jobs no gateway has dispatched yet); 'ongoing_requests': Ray's default "
-        "policy on this deployment's own queued + running requests."
+        "jobs waiting: this deployment's queued + running requests, plus accepted jobs no gateway has dispatched "
+        "yet, which the gateways report; that part needs the app's autoscaling_policy in the serve config, see "
+        "docs/operations.md); 'ongoing_requests': Ray's default policy on this deployment's own queued + running "
+        "requests."
     )
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
@@ -126,3 +128,16 @@ class StagesConfig(StrictModel):
     # which is the queue depth autoscaling watches.
     denoiser: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=1))
     video_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=2))
+
+    def queue_depth_look_back_s(self) -> float | None:
+        """The window of the stages that scale on queue depth (the longest), or None if none does.
+
+        The gateways' waiting-job figure is averaged over it too, so both parts
+        of the signal cover the same span.
+        """
+        windows = [
+            stage.autoscaling.look_back_period_s
+            for stage in (getattr(self, name) for name in type(self).model_fields)
+            if stage.autoscaling is not None and stage.autoscaling.policy == "queue_depth"
+        ]
+        return max(windows, default=None)

@@ -1,18 +1,16 @@
-"""Quality tiers, deadline-aware admission and the denoiser's autoscaling policy, without Ray."""
+"""Quality tiers and deadline-aware admission, without Ray (autoscaling: test_autoscaling.py)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from serve_app.config import AdmissionConfig, ServiceArgs
 from serve_app.errors import OverCapacity, ServiceUnavailable
 from serve_app.estimates import StageTimeEstimator
 from serve_app.params import GenerationParams
 from serve_app.policy.admission import EXACT_TIER, Admission
-from serve_app.policy.autoscaling import UNCLAIMED_JOBS, QueueDepthPolicy, desired_replicas, waiting_jobs
 from serve_app.policy import eta
 from serve_app.policy.load import LoadMonitor, LoadSnapshot, work_ahead
 from serve_app.policy.tiers import Tier, TierTable, apply_tier, changes
@@ -286,39 +284,6 @@ def test_admission_off_accepts_everything_as_asked():
     decision = a.decide(params(25, 17), snap(active=50, work=500.0), mode="wait", exact=False, sync_budget_s=15,
                         deadline_s=30, wait_s=30)
     assert decision.sync and decision.params == params(25, 17) and decision.tier == EXACT_TIER
-
-
-# --- autoscaling -----------------------------------------------------------------------
-
-
-def context(total_requests: float, unclaimed: dict | None = None, replicas: int = 1) -> AutoscalingContext:
-    return AutoscalingContext(
-        deployment_id=None, deployment_name="Denoiser", app_name="video", current_num_replicas=replicas,
-        target_num_replicas=replicas, running_replicas=[], total_num_requests=total_requests,
-        total_queued_requests=0.0, aggregated_metrics={UNCLAIMED_JOBS: unclaimed} if unclaimed else {},
-        raw_metrics={}, capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=4, policy_state={},
-        last_scale_up_time=None, last_scale_down_time=None, current_time=0.0,
-        config=AutoscalingConfig(min_replicas=0, max_replicas=4),
-    )
-
-
-def test_queue_depth_policy_counts_requests_and_undispatched_jobs():
-    policy = QueueDepthPolicy(jobs_per_replica=2)
-    assert policy(context(0))[0] == 0
-    assert policy(context(1))[0] == 1
-    assert policy(context(4))[0] == 2
-    # Every replica reads the same store: the largest report counts, once.
-    desired, state = policy(context(3, unclaimed={"r1": 2.0, "r2": 2.0}))
-    assert desired == 3 and state["waiting_jobs"] == 5.0
-
-
-def test_waiting_jobs_and_desired_replicas_edges():
-    assert waiting_jobs(1.5, None) == 1.5
-    assert desired_replicas(0.0, 1.0) == 0
-    assert desired_replicas(2.0, 1.0) == 2
-    assert desired_replicas(2.1, 1.0) == 3
-    with pytest.raises(ValueError):
-        QueueDepthPolicy(jobs_per_replica=0)
 
 
 def test_a_short_wait_that_no_tier_meets_still_gets_its_job_if_the_deadline_fits():
