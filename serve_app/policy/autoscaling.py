@@ -150,6 +150,7 @@ def application_policy(
     states: dict[Any, dict[str, Any]] = {}
     for deployment_id, ctx in contexts.items():
         if scales_on_queue_depth(ctx):
+            assert ctx.config is not None  # scales_on_queue_depth read its policy
             policy = QueueDepthPolicy(**ctx.config.policy.policy_kwargs)
             decisions[deployment_id], states[deployment_id] = policy.decide(ctx.total_num_requests, unclaimed)
         else:
