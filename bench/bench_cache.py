@@ -139,8 +139,13 @@ def main() -> None:
     hit_gateway = [timing.get("gateway", 0.0) for _, hit, timing in cached if hit]
     hit_p50, miss_p50 = statistics.median(hits), statistics.median(misses)
     result = {
-        "workload": {"requests": args.requests, "distinct_prompts": args.prompts, "zipf_s": args.zipf,
-                     "distinct_asked": len(set(prompts)), "request": REQUEST},
+        "workload": {
+            "requests": args.requests,
+            "distinct_prompts": args.prompts,
+            "zipf_s": args.zipf,
+            "distinct_asked": len(set(prompts)),
+            "request": REQUEST,
+        },
         "hit_ratio": len(hits) / len(cached),
         "hit_ms": {"p50": hit_p50 * 1000, "p99": percentile(hits, 99) * 1000, "n": len(hits)},
         "miss_ms": {"p50": miss_p50 * 1000, "p99": percentile(misses, 99) * 1000, "n": len(misses)},
@@ -163,17 +168,25 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     print(f"| {card} | hit | {result['hit_ms']['p50']:.1f} | {result['hit_ms']['p99']:.1f} | {len(hits)} |")
     print(f"| {card} | miss | {result['miss_ms']['p50']:.1f} | {result['miss_ms']['p99']:.1f} | {len(misses)} |")
-    print(f"| {card} | baseline (cache: false) | {result['baseline_ms']['p50']:.1f} | "
-          f"{result['baseline_ms']['p99']:.1f} | {len(base)} |")
+    print(
+        f"| {card} | baseline (cache: false) | {result['baseline_ms']['p50']:.1f} | "
+        f"{result['baseline_ms']['p99']:.1f} | {len(base)} |"
+    )
     split = result["hit_breakdown_p50_ms"]
-    print(f"| {card} | GET /v1/presets (Ray Serve's floor) | {split['serve_floor_get']:.1f} | "
-          f"{percentile(floor, 99):.1f} | {len(floor)} |")
-    print(f"a hit's p50 inside the gateway: {split['gateway_total']:.2f} ms, of which reading the body from "
-          f"the Serve proxy {split['gateway_reading_body']:.2f} ms")
-    print(f"hit ratio {result['hit_ratio']:.3f}; hit/miss p50 {result['hit_over_miss_p50']:.3f}; workload "
-          f"{result['workload_s']['cached']:.1f} s vs {result['workload_s']['baseline_no_cache']:.1f} s without "
-          f"the cache ({result['workload_speedup']:.2f}x); goal {'met' if result['goal_met'] else 'NOT met'}; "
-          f"wrote {path}")
+    print(
+        f"| {card} | GET /v1/presets (Ray Serve's floor) | {split['serve_floor_get']:.1f} | "
+        f"{percentile(floor, 99):.1f} | {len(floor)} |"
+    )
+    print(
+        f"a hit's p50 inside the gateway: {split['gateway_total']:.2f} ms, of which reading the body from "
+        f"the Serve proxy {split['gateway_reading_body']:.2f} ms"
+    )
+    print(
+        f"hit ratio {result['hit_ratio']:.3f}; hit/miss p50 {result['hit_over_miss_p50']:.3f}; workload "
+        f"{result['workload_s']['cached']:.1f} s vs {result['workload_s']['baseline_no_cache']:.1f} s without "
+        f"the cache ({result['workload_speedup']:.2f}x); goal {'met' if result['goal_met'] else 'NOT met'}; "
+        f"wrote {path}"
+    )
 
 
 if __name__ == "__main__":

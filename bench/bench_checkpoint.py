@@ -59,8 +59,18 @@ def main() -> None:
         set_attention_backend(pipe.transformer, profile.attention_backend)
     runtime = DenoiserRuntime(pipe, SpeedOptions(compile="default" if cuda else "off", cudnn_benchmark=cuda))
     width, height, frames = (int(x) for x in args.size.split("x"))
-    params = GenerationParams(prompt="p", negative_prompt="", width=width, height=height, num_frames=frames,
-                              num_inference_steps=args.steps, guidance_scale=5.0, fps=24, seed=7, preset="bench")
+    params = GenerationParams(
+        prompt="p",
+        negative_prompt="",
+        width=width,
+        height=height,
+        num_frames=frames,
+        num_inference_steps=args.steps,
+        guidance_scale=5.0,
+        fps=24,
+        seed=7,
+        preset="bench",
+    )
     gen = torch.Generator().manual_seed(0)
     text = torch.randn(1, profile.max_sequence_length, pipe.transformer.config.text_dim, generator=gen)
     emb = PromptEmbeddings(text.to(runtime.dtype), torch.randn_like(text).to(runtime.dtype))
@@ -72,8 +82,9 @@ def main() -> None:
     def run(checkpoints=None, on_step=None):
         sync()
         started = time.perf_counter()
-        out = denoise_optimized(runtime, params, emb, StepGuard(Deadline.after(3600), args.steps),
-                                on_step=on_step, checkpoints=checkpoints)
+        out = denoise_optimized(
+            runtime, params, emb, StepGuard(Deadline.after(3600), args.steps), on_step=on_step, checkpoints=checkpoints
+        )
         sync()
         return out, time.perf_counter() - started
 
@@ -114,12 +125,18 @@ def main() -> None:
     save_s = statistics.median(saves)
     result = {
         "command": "python bench/bench_checkpoint.py " + " ".join(sys.argv[1:]),
-        "card": card_name(), "profile": args.profile, "shape": args.size, "steps": args.steps,
-        "baseline_loop_s": round(base_s, 3), "every_step_checkpoint_loop_s": round(every_step_s, 3),
+        "card": card_name(),
+        "profile": args.profile,
+        "shape": args.size,
+        "steps": args.steps,
+        "baseline_loop_s": round(base_s, 3),
+        "every_step_checkpoint_loop_s": round(every_step_s, 3),
         "ratio_every_step": round(base_s / every_step_s, 3),
-        "save_s_median": round(save_s, 4), "checkpoint_bytes": size,
+        "save_s_median": round(save_s, 4),
+        "checkpoint_bytes": size,
         "overhead_at_30s_cadence": round(save_s / 30.0, 5),
-        "resumed_from_step": resumed_ckpt.resumed_from, "resumed_loop_s": round(resumed_s, 3),
+        "resumed_from_step": resumed_ckpt.resumed_from,
+        "resumed_loop_s": round(resumed_s, 3),
         "resumed_vs_uninterrupted_rel_l2": rel,
     }
     path = write_result(f"checkpoint-{slug(card_name())}", result)
@@ -127,12 +144,15 @@ def main() -> None:
     print("| loop | s | per step s | ratio vs baseline |")
     print("| --- | --- | --- | --- |")
     print(f"| baseline, no checkpoints | {base_s:.2f} | {step_s:.3f} | 1.00 |")
-    print(f"| project, a checkpoint after every step | {every_step_s:.2f} | {every_step_s / args.steps:.3f} | "
-          f"{base_s / every_step_s:.3f} |")
-    print(f"one save: {size / 2**20:.0f} MiB in {save_s:.3f} s; at one per 30 s: "
-          f"{100 * save_s / 30:.2f}% of loop time")
-    print(f"killed as step {args.kill_at} ended (before its save), resumed at step {resumed_ckpt.resumed_from}: "
-          f"{resumed_s:.2f} s for the rest; relative L2 vs uninterrupted {rel:.2e}; wrote {path}")
+    print(
+        f"| project, a checkpoint after every step | {every_step_s:.2f} | {every_step_s / args.steps:.3f} | "
+        f"{base_s / every_step_s:.3f} |"
+    )
+    print(f"one save: {size / 2**20:.0f} MiB in {save_s:.3f} s; at one per 30 s: {100 * save_s / 30:.2f}% of loop time")
+    print(
+        f"killed as step {args.kill_at} ended (before its save), resumed at step {resumed_ckpt.resumed_from}: "
+        f"{resumed_s:.2f} s for the rest; relative L2 vs uninterrupted {rel:.2e}; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

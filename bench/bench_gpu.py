@@ -69,8 +69,9 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="'auto' (fastest measured SDPA kernel) or a name")
     parser.add_argument("--skip", nargs="*", default=[], help="section names to skip")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: a CPU dry run of this script's code")
-    parser.add_argument("--fbc", type=float, nargs="*", default=[0.3, 0.5, 0.8],
-                        help="First-Block-Cache thresholds tried at preview")
+    parser.add_argument(
+        "--fbc", type=float, nargs="*", default=[0.3, 0.5, 0.8], help="First-Block-Cache thresholds tried at preview"
+    )
     parser.add_argument("--fp8", action="store_true", help="also try compiled FP8 in the fast tier (slow compile)")
     args = parser.parse_args()
     bench = Bench(args)

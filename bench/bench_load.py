@@ -86,15 +86,23 @@ async def one_request(client, n: int, body: dict, deadline_s: float, sent_at: fl
     started = time.perf_counter()
     try:
         response = await client.post(
-            "/v1/videos", json={**body, "prompt": f"load test video {n}: a boat at dawn", "deadline_s": deadline_s},
-            headers={"Prefer": f"wait={deadline_s:g}"}, timeout=deadline_s + 30,
+            "/v1/videos",
+            json={**body, "prompt": f"load test video {n}: a boat at dawn", "deadline_s": deadline_s},
+            headers={"Prefer": f"wait={deadline_s:g}"},
+            timeout=deadline_s + 30,
         )
         status, answer = response.status_code, response.json()
     except Exception as exc:  # noqa: BLE001 - a transport failure is an outcome too
         status, answer = 0, {"error": {"code": type(exc).__name__}}
     latency = time.perf_counter() - started
-    return {"n": n, "sent_at": sent_at, "status": status, "latency_s": latency,
-            "outcome": classify(status, answer, latency, deadline_s), "tier": answer.get("tier")}
+    return {
+        "n": n,
+        "sent_at": sent_at,
+        "status": status,
+        "latency_s": latency,
+        "outcome": classify(status, answer, latency, deadline_s),
+        "tier": answer.get("tier"),
+    }
 
 
 async def closed_loop_capacity(base_url: str, body: dict, in_flight: int, jobs: int, deadline_s: float) -> float:
@@ -105,6 +113,7 @@ async def closed_loop_capacity(base_url: str, body: dict, in_flight: int, jobs: 
     counter = iter(range(10**9))
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
         async def worker():
             while True:
                 async with lock:
@@ -220,8 +229,12 @@ def main() -> None:
                 rate = multiple * capacity
                 arrivals = poisson_arrivals(rate, opts.duration, opts.seed + int(multiple * 100))
                 results = asyncio.run(open_loop(base_url, body, arrivals, opts.deadline))
-                row = {"configuration": configuration, "multiple": multiple, "rate_per_s": rate,
-                       **summarise(results, opts.duration)}
+                row = {
+                    "configuration": configuration,
+                    "multiple": multiple,
+                    "rate_per_s": rate,
+                    **summarise(results, opts.duration),
+                }
                 levels.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "tiers"}), flush=True)
                 wait_idle(base_url)
@@ -243,28 +256,45 @@ def main() -> None:
             "goodput_ratio_at_2x": goal_row["goodput_ratio"],
             "met": goal_row["project"]["video_or_immediate_429"] >= 0.99 and goal_row["goodput_ratio"] >= 1.5,
         }
-    path = write_result(f"load-{slug(card_name())}-{model.name}", {
-        "model": model.name, "request": body, "deadline_s": opts.deadline, "duration_s": opts.duration,
-        "capacity_per_s": capacity, "denoiser_replicas": replicas, "levels": table, "goals": goals,
-    })
+    path = write_result(
+        f"load-{slug(card_name())}-{model.name}",
+        {
+            "model": model.name,
+            "request": body,
+            "deadline_s": opts.deadline,
+            "duration_s": opts.duration,
+            "capacity_per_s": capacity,
+            "denoiser_replicas": replicas,
+            "levels": table,
+            "goals": goals,
+        },
+    )
 
-    print(f"\nLoad: {card_name()}, model {model.name}, capacity {capacity:.3f} videos/s, "
-          f"deadline {opts.deadline:g} s, {opts.duration:g} s of Poisson arrivals per level")
-    print(f"{'load':>5} {'rate/s':>7} | {'goodput project':>15} {'naive':>7} {'ratio':>6} | "
-          f"{'p50/p99 project':>16} {'naive':>13} | {'in time or fast 429':>19} | outcomes project / naive")
+    print(
+        f"\nLoad: {card_name()}, model {model.name}, capacity {capacity:.3f} videos/s, "
+        f"deadline {opts.deadline:g} s, {opts.duration:g} s of Poisson arrivals per level"
+    )
+    print(
+        f"{'load':>5} {'rate/s':>7} | {'goodput project':>15} {'naive':>7} {'ratio':>6} | "
+        f"{'p50/p99 project':>16} {'naive':>13} | {'in time or fast 429':>19} | outcomes project / naive"
+    )
     for t in table:
         mine, base = t["project"], t["naive"]
 
         def lat(r):
             return "-" if r["video_p50_s"] is None else f"{r['video_p50_s']:.1f}/{r['video_p99_s']:.1f}s"
 
-        print(f"{t['multiple']:>4}x {mine['rate_per_s']:>7.3f} | {mine['goodput_per_s']:>15.3f} "
-              f"{base['goodput_per_s']:>7.3f} {t['goodput_ratio']:>6.2f} | {lat(mine):>16} {lat(base):>13} | "
-              f"{mine['video_or_immediate_429']:>9.1%} / {base['video_or_immediate_429']:>6.1%} | "
-              f"{mine['outcomes']} / {base['outcomes']}")
+        print(
+            f"{t['multiple']:>4}x {mine['rate_per_s']:>7.3f} | {mine['goodput_per_s']:>15.3f} "
+            f"{base['goodput_per_s']:>7.3f} {t['goodput_ratio']:>6.2f} | {lat(mine):>16} {lat(base):>13} | "
+            f"{mine['video_or_immediate_429']:>9.1%} / {base['video_or_immediate_429']:>6.1%} | "
+            f"{mine['outcomes']} / {base['outcomes']}"
+        )
     if goals:
-        print(f"goal at 2x: video-or-immediate-429 {goals['video_or_immediate_429_at_2x']:.1%} (>= 99%), "
-              f"goodput ratio {goals['goodput_ratio_at_2x']:.2f} (>= 1.5): {'met' if goals['met'] else 'NOT met'}")
+        print(
+            f"goal at 2x: video-or-immediate-429 {goals['video_or_immediate_429_at_2x']:.1%} (>= 99%), "
+            f"goodput ratio {goals['goodput_ratio_at_2x']:.2f} (>= 1.5): {'met' if goals['met'] else 'NOT met'}"
+        )
     print(f"wrote {path}")
 
 

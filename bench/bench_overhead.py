@@ -56,7 +56,10 @@ class InProcessStages:
 
         t0 = time.perf_counter()
         emb = stages.encode_prompts(
-            self.pipes["prompt_encoder"], params.prompt, params.negative_prompt, params.guidance_scale,
+            self.pipes["prompt_encoder"],
+            params.prompt,
+            params.negative_prompt,
+            params.guidance_scale,
             self.profile.max_sequence_length,
         )
         t1 = time.perf_counter()
@@ -69,8 +72,13 @@ class InProcessStages:
         t3 = time.perf_counter()
         encode_mp4(frames, params.fps)
         t4 = time.perf_counter()
-        return {"prompt_encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2, "encode_s": t4 - t3,
-                "total_s": t4 - t0}
+        return {
+            "prompt_encode_s": t1 - t0,
+            "denoise_s": t2 - t1,
+            "decode_s": t3 - t2,
+            "encode_s": t4 - t3,
+            "total_s": t4 - t0,
+        }
 
 
 def _free_port() -> int:
@@ -130,7 +138,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--data-dir", default="data/bench")
     parser.add_argument(
-        "--variants", type=_variant, nargs="+", default=[(1.0, 0.0)],
+        "--variants",
+        type=_variant,
+        nargs="+",
+        default=[(1.0, 0.0)],
         help="serving variants CPUS:PROGRESS_INTERVAL_S (CPUs per stage replica; 0 = progress every step)",
     )
     args = parser.parse_args()
@@ -144,8 +155,11 @@ def main() -> None:
     params = resolve_generation(body, load_presets())
     data_dir = Path(args.data_dir).resolve()
     card = card_name()
-    print(f"card: {card}; profile {args.profile}; preset {args.preset} ({params.size}, "
-          f"{params.num_frames} frames, {params.num_inference_steps} steps)", flush=True)
+    print(
+        f"card: {card}; profile {args.profile}; preset {args.preset} ({params.size}, "
+        f"{params.num_frames} frames, {params.num_inference_steps} steps)",
+        flush=True,
+    )
 
     direct = InProcessStages(args.profile, data_dir)
     direct.run(params)  # warm-up: kernels, allocators
@@ -202,8 +216,10 @@ def main() -> None:
     print("| card | serving variant | in-process median s | HTTP median s | ratio | added ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, v in variants.items():
-        print(f"| {card} | {name} | {v['in_process_s']['median']:.4f} | {v['http_s']['median']:.4f} | "
-              f"{v['ratio']:.3f} | {v['added_ms']:.1f} |")
+        print(
+            f"| {card} | {name} | {v['in_process_s']['median']:.4f} | {v['http_s']['median']:.4f} | "
+            f"{v['ratio']:.3f} | {v['added_ms']:.1f} |"
+        )
     print(f"goal (< 5% or < 30 ms): {'met by ' + best_name if met else 'NOT met'}; wrote {path}")
 
 

@@ -61,8 +61,9 @@ def replicas_by_card() -> list[dict]:
                 title = ""
             marker = "ServeReplica:video:"
             name = title.split(marker, 1)[1].split()[0].split(".")[0] if marker in title else f"? {title[:60]}"
-            rows.append({"deployment": name, "pid": proc.pid, "card": card,
-                         "used_mib": (proc.usedGpuMemory or 0) // 2**20})
+            rows.append(
+                {"deployment": name, "pid": proc.pid, "card": card, "used_mib": (proc.usedGpuMemory or 0) // 2**20}
+            )
     return sorted(rows, key=lambda r: (r["deployment"], r["card"]))
 
 
@@ -70,8 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/serve_gpu_2x.yaml")
     parser.add_argument("--jobs", type=int, default=12, help="videos each capacity run completes")
-    parser.add_argument("--warmup-presets", nargs="*", default=["preview"],
-                        help="presets the model replicas warm up for (fewer: faster start)")
+    parser.add_argument(
+        "--warmup-presets",
+        nargs="*",
+        default=["preview"],
+        help="presets the model replicas warm up for (fewer: faster start)",
+    )
     opts = parser.parse_args()
 
     import ray
@@ -85,8 +90,10 @@ def main() -> None:
     body = REQUESTS["tiny" if model.source == "tiny" else "5b"]
     port = free_port()
     # Autoscaling reacts in about a second instead of Ray's default 10 s reports.
-    env = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
-           "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
+    env = {
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    }
     ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base_url = f"http://127.0.0.1:{port}"
@@ -120,10 +127,19 @@ def main() -> None:
         ray.shutdown()
 
     ratio = two / one
-    path = write_result(f"spread-{slug(card_name())}-{model.name}", {
-        "model": model.name, "request": body, "capacity_one_denoiser_per_s": one, "capacity_two_denoisers_per_s": two,
-        "ratio": ratio, "scale_up_s": scale_up_s, "placement_one": placement_one, "placement_two": placement_two,
-    })
+    path = write_result(
+        f"spread-{slug(card_name())}-{model.name}",
+        {
+            "model": model.name,
+            "request": body,
+            "capacity_one_denoiser_per_s": one,
+            "capacity_two_denoisers_per_s": two,
+            "ratio": ratio,
+            "scale_up_s": scale_up_s,
+            "placement_one": placement_one,
+            "placement_two": placement_two,
+        },
+    )
     print(f"\nSpread: {card_name()} x2, model {model.name}, request {body}")
     print(f"{'deployment':<16} {'card':>4} {'MiB':>7}")
     for row in placement_two:

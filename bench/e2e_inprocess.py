@@ -59,8 +59,9 @@ class InProcessGraph:
     async def _generate(self, params, stages: dict[str, float]) -> None:
         deadline = Deadline.after(3600)
         clock = time.perf_counter()
-        embeddings = await self.prompt_encoder.encode(params.prompt, params.negative_prompt, params.guidance_scale,
-                                                      deadline)
+        embeddings = await self.prompt_encoder.encode(
+            params.prompt, params.negative_prompt, params.guidance_scale, deadline
+        )
         stages["prompt_encode_s"], clock = time.perf_counter() - clock, time.perf_counter()
         latents = None
         async for message in self.denoiser.denoise(params, embeddings, deadline, params.fast, None):

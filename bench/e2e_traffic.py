@@ -32,16 +32,19 @@ async def follow_jobs(client: httpx.AsyncClient, ids: list[str], limit_s: float,
             if video.get("status") in TERMINAL or response.status_code != 200:
                 final[job_id] = {**video, "seen_at": time.perf_counter()}
         await asyncio.sleep(every_s)
-    return [final.get(job_id, {"id": job_id, "status": "unfinished", "seen_at": time.perf_counter()})
-            for job_id in ids]
+    return [final.get(job_id, {"id": job_id, "status": "unfinished", "seen_at": time.perf_counter()}) for job_id in ids]
 
 
 def _bodies(name: str, extra: dict, deadline_s: float | None) -> list[dict]:
     bodies = []
     for n in range(BURST_SIZE):
         same = n < IDENTICAL
-        body = {"preset": "preview", "prompt": f"burst {name}: " + ("one prompt for ten" if same else f"video {n}"),
-                "seed": 1 if same else 100 + n, **extra}
+        body = {
+            "preset": "preview",
+            "prompt": f"burst {name}: " + ("one prompt for ten" if same else f"video {n}"),
+            "seed": 1 if same else 100 + n,
+            **extra,
+        }
         if deadline_s is not None:
             body["deadline_s"] = deadline_s
         bodies.append(body)
@@ -52,8 +55,12 @@ async def _send(client: httpx.AsyncClient, body: dict, headers: dict, timeout: f
     started = time.perf_counter()
     try:
         response = await client.post("/v1/videos", json=body, headers=headers, timeout=timeout)
-        answer = {"status": response.status_code, "body": response.json(),
-                  "retry_after": response.headers.get("retry-after"), "tier": response.headers.get("wan-tier")}
+        answer = {
+            "status": response.status_code,
+            "body": response.json(),
+            "retry_after": response.headers.get("retry-after"),
+            "tier": response.headers.get("wan-tier"),
+        }
     except (httpx.HTTPError, ValueError) as exc:
         answer = {"status": 0, "body": {"error": {"code": type(exc).__name__}}, "retry_after": None, "tier": None}
     return {**answer, "sent_at": started, "answered_s": time.perf_counter() - started}
@@ -79,8 +86,15 @@ def classify(answer: dict, deadline_s: float, final: dict | None) -> tuple[str, 
     return "server_errors", answer["answered_s"]
 
 
-async def burst(client: httpx.AsyncClient, name: str, spec: dict, extra: dict, sync_deadline_s: float,
-                job_deadline_s: float, follow_until: float) -> dict:
+async def burst(
+    client: httpx.AsyncClient,
+    name: str,
+    spec: dict,
+    extra: dict,
+    sync_deadline_s: float,
+    job_deadline_s: float,
+    follow_until: float,
+) -> dict:
     """30 simultaneous creates, then every accepted job followed to its end (or until
     `follow_until`, a perf_counter time: a job unfinished then counts as failed)."""
     headers = dict(spec["headers"])
@@ -92,8 +106,17 @@ async def burst(client: httpx.AsyncClient, name: str, spec: dict, extra: dict, s
     jobs = [a["body"]["id"] for a in answers if a["status"] == 202]
     limit = min((asked or job_deadline_s) + 120, max(0.0, follow_until - time.perf_counter()))
     finals = {f["id"]: f for f in await follow_jobs(client, jobs, limit)} if jobs else {}
-    counts = dict.fromkeys(("ok_in_deadline", "refused_immediately", "accepted_then_failed", "server_errors",
-                            "refused_late", "client_errors"), 0)
+    counts = dict.fromkeys(
+        (
+            "ok_in_deadline",
+            "refused_immediately",
+            "accepted_then_failed",
+            "server_errors",
+            "refused_late",
+            "client_errors",
+        ),
+        0,
+    )
     slowest, record = 0.0, []
     for answer in answers:
         final = finals.get(answer["body"].get("id")) if answer["status"] == 202 else None
@@ -104,13 +127,26 @@ async def burst(client: httpx.AsyncClient, name: str, spec: dict, extra: dict, s
         counts[outcome] += 1
         if took is not None:
             slowest = max(slowest, took)
-        record.append({"status": answer["status"], "outcome": outcome, "answered_s": round(answer["answered_s"], 3),
-                       "final": (final or {}).get("status"), "took_s": None if took is None else round(took, 3),
-                       "tier": answer["tier"] or answer["body"].get("tier"),
-                       "code": (answer["body"].get("error") or {}).get("code"),
-                       "error": ((final or {}).get("error") or {}).get("message")})
-    return {"name": name, "requests": len(bodies), **counts, "slowest_s": round(slowest, 3),
-            "wall_s": round(time.perf_counter() - started, 3), "answers": record}
+        record.append(
+            {
+                "status": answer["status"],
+                "outcome": outcome,
+                "answered_s": round(answer["answered_s"], 3),
+                "final": (final or {}).get("status"),
+                "took_s": None if took is None else round(took, 3),
+                "tier": answer["tier"] or answer["body"].get("tier"),
+                "code": (answer["body"].get("error") or {}).get("code"),
+                "error": ((final or {}).get("error") or {}).get("message"),
+            }
+        )
+    return {
+        "name": name,
+        "requests": len(bodies),
+        **counts,
+        "slowest_s": round(slowest, 3),
+        "wall_s": round(time.perf_counter() - started, 3),
+        "answers": record,
+    }
 
 
 def _hostile_cases() -> list[tuple[str, str, dict]]:
@@ -124,19 +160,45 @@ def _hostile_cases() -> list[tuple[str, str, dict]]:
         return ("POST", "/v1/videos", {"content": content, "headers": {"content-type": content_type}})
 
     return [
-        raw(b"{"), raw(b"[1, 2, 3]"), raw(b""), raw(b'{"prompt": "x", "guidance_scale": NaN}'),
-        raw(b"\xff\xfe\x00garbage"), ("POST", "/v1/videos", {"json": {"preset": "preview"}}),
-        body(prompt=12), body(prompt=""), body(prompt="x" * 100_000), body(negative_prompt="y" * 100_000),
-        body(width=-64), body(width=65), body(height=0), body(width=100_000), body(width="wide"),
-        body(num_frames=10), body(num_frames=1000), body(num_frames="seventeen"),
-        body(num_inference_steps=0), body(num_inference_steps=10_000), body(guidance_scale=-1),
-        body(fps=0), body(seed=-1), body(seed=2**70), body(size="abcx12"), body(size="99999x99999"),
-        body(seconds="-1"), body(preset="nope"), body(model="gpt-7"), body(deadline_s=0),
-        body(deadline_s=1e9), body(webhook_url="file:///etc/passwd"),
-        body(webhook_url="http://169.254.169.254/latest"), body(quality="ultra"),
+        raw(b"{"),
+        raw(b"[1, 2, 3]"),
+        raw(b""),
+        raw(b'{"prompt": "x", "guidance_scale": NaN}'),
+        raw(b"\xff\xfe\x00garbage"),
+        ("POST", "/v1/videos", {"json": {"preset": "preview"}}),
+        body(prompt=12),
+        body(prompt=""),
+        body(prompt="x" * 100_000),
+        body(negative_prompt="y" * 100_000),
+        body(width=-64),
+        body(width=65),
+        body(height=0),
+        body(width=100_000),
+        body(width="wide"),
+        body(num_frames=10),
+        body(num_frames=1000),
+        body(num_frames="seventeen"),
+        body(num_inference_steps=0),
+        body(num_inference_steps=10_000),
+        body(guidance_scale=-1),
+        body(fps=0),
+        body(seed=-1),
+        body(seed=2**70),
+        body(size="abcx12"),
+        body(size="99999x99999"),
+        body(seconds="-1"),
+        body(preset="nope"),
+        body(model="gpt-7"),
+        body(deadline_s=0),
+        body(deadline_s=1e9),
+        body(webhook_url="file:///etc/passwd"),
+        body(webhook_url="http://169.254.169.254/latest"),
+        body(quality="ultra"),
         raw(b'{"prompt": "' + b"z" * 2_000_000 + b'"}'),
-        ("GET", "/v1/videos/video_does_not_exist", {}), ("GET", "/v1/videos/..%2F..%2Fetc%2Fpasswd", {}),
-        ("DELETE", "/v1/videos/video_does_not_exist", {}), ("GET", "/v1/videos/video_nope/content", {}),
+        ("GET", "/v1/videos/video_does_not_exist", {}),
+        ("GET", "/v1/videos/..%2F..%2Fetc%2Fpasswd", {}),
+        ("DELETE", "/v1/videos/video_does_not_exist", {}),
+        ("GET", "/v1/videos/video_nope/content", {}),
         ("GET", "/v1/videos?limit=-1", {}),
     ]
 
@@ -154,6 +216,5 @@ async def hostile_requests(client: httpx.AsyncClient) -> dict:
         if 400 <= response.status_code < 500 and isinstance(code, str) and code:
             json_4xx += 1
         else:
-            misses.append({"method": method, "path": path, "status": response.status_code,
-                           "body": response.text[:200]})
+            misses.append({"method": method, "path": path, "status": response.status_code, "body": response.text[:200]})
     return {"sent": len(cases), "json_4xx": json_4xx, "misses": misses}

@@ -76,14 +76,16 @@ def git_commit() -> str:
     if os.environ.get("WAN_COMMIT"):
         return os.environ["WAN_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-async def first_video(client: httpx.AsyncClient, server: ServeRun, body: dict, limit_s: float,
-                      since: float | None = None) -> float:
+async def first_video(
+    client: httpx.AsyncClient, server: ServeRun, body: dict, limit_s: float, since: float | None = None
+) -> float:
     """Seconds from `since` (default: the process start) until a create answers 200 with a finished video."""
     since = server.started_at if since is None else since
     last = "no answer"
@@ -130,14 +132,21 @@ async def replica_restart(base_url: str, server: ServeRun, body: dict, limit_s: 
     return {"killed": killed, "seconds": seconds, "warm_up": warm_up}
 
 
-async def preset_latencies(client: httpx.AsyncClient, presets: list[str], runs: dict[str, int],
-                           extra: dict) -> dict[str, dict]:
+async def preset_latencies(
+    client: httpx.AsyncClient, presets: list[str], runs: dict[str, int], extra: dict
+) -> dict[str, dict]:
     out = {}
     for preset in presets:
         samples, service = [], []
         for n in range(runs[preset] + 1):  # the first is a warm-up of this shape through the graph
-            body = {"preset": preset, "prompt": f"latency probe {preset} {n}", "seed": 7, "cache": False,
-                    "quality": "exact", **extra}
+            body = {
+                "preset": preset,
+                "prompt": f"latency probe {preset} {n}",
+                "seed": 7,
+                "cache": False,
+                "quality": "exact",
+                **extra,
+            }
             started = time.perf_counter()
             response = await client.post("/v1/videos", json=body, headers={"Prefer": "wait=600"}, timeout=660)
             elapsed = time.perf_counter() - started
@@ -146,8 +155,11 @@ async def preset_latencies(client: httpx.AsyncClient, presets: list[str], runs: 
             if n:
                 samples.append(elapsed)
                 service.append(response.json().get("timings", {}))
-        out[preset] = {"http_s": statistics.median(samples), "samples_s": [round(s, 4) for s in samples],
-                       "service_timings": service[-1] if service else {}}
+        out[preset] = {
+            "http_s": statistics.median(samples),
+            "samples_s": [round(s, 4) for s in samples],
+            "service_timings": service[-1] if service else {},
+        }
         print(f"  {preset}: HTTP median {out[preset]['http_s']:.3f} s over {len(samples)}", flush=True)
     return out
 
@@ -180,16 +192,26 @@ def sdk_round_trip(base_url: str, extra: dict) -> dict:
     started = time.perf_counter()
     try:
         video = client.videos.create_and_poll(
-            prompt="a paper boat on a puddle, SDK round trip", seconds="1", size=size,
-            extra_body={"preset": "preview", **rest}, poll_interval_ms=250,
+            prompt="a paper boat on a puddle, SDK round trip",
+            seconds="1",
+            size=size,
+            extra_body={"preset": "preview", **rest},
+            poll_interval_ms=250,
         )
         mp4 = client.videos.download_content(video.id).read()
         info = probe_mp4(mp4)
     except Exception as exc:  # noqa: BLE001 - the failure is the finding
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "openai": openai.__version__}
     ok = video.status == "completed" and info.frames > 0 and f"{info.width}x{info.height}" == video.size == size
-    return {"ok": ok, "status": video.status, "frames": info.frames, "size": f"{info.width}x{info.height}",
-            "bytes": len(mp4), "seconds": round(time.perf_counter() - started, 3), "openai": openai.__version__}
+    return {
+        "ok": ok,
+        "status": video.status,
+        "frames": info.frames,
+        "size": f"{info.width}x{info.height}",
+        "bytes": len(mp4),
+        "seconds": round(time.perf_counter() - started, 3),
+        "openai": openai.__version__,
+    }
 
 
 def in_process_latencies(config_args: dict, presets: list[str], runs: dict[str, int], extra: dict) -> dict:
@@ -202,14 +224,19 @@ def in_process_latencies(config_args: dict, presets: list[str], runs: dict[str, 
         for preset in presets:
             samples, stage_samples = [], []
             for n in range(runs[preset] + 1):
-                elapsed, stages = graph.run({"preset": preset, "prompt": f"latency probe {preset} {n}", "seed": 7,
-                                             **extra})
+                elapsed, stages = graph.run(
+                    {"preset": preset, "prompt": f"latency probe {preset} {n}", "seed": 7, **extra}
+                )
                 if n:
                     samples.append(elapsed)
                     stage_samples.append(stages)
-            out[preset] = {"in_process_s": statistics.median(samples), "samples_s": [round(s, 4) for s in samples],
-                           "stages_s": {name: round(statistics.median(s[name] for s in stage_samples), 4)
-                                        for name in stage_samples[0]}}
+            out[preset] = {
+                "in_process_s": statistics.median(samples),
+                "samples_s": [round(s, 4) for s in samples],
+                "stages_s": {
+                    name: round(statistics.median(s[name] for s in stage_samples), 4) for name in stage_samples[0]
+                },
+            }
             print(f"  {preset}: in-process median {out[preset]['in_process_s']:.3f} s", flush=True)
     finally:
         graph.close()
@@ -232,19 +259,30 @@ async def background_warm_up(client: httpx.AsyncClient, limit_s: float = 180.0) 
         if not any(replica.get("warmup_pending") for replica in stages.values()):
             break
         await asyncio.sleep(0.5)
-    return {"after_first_video_s": round(time.perf_counter() - started, 2),
-            "stages": {name: {"load_s": r.get("load_s"), "startup_phases": r.get("startup_phases"),
-                              "warmup_s": r.get("warmup_s"),
-                              "pending": r.get("warmup_pending"), "compile_cache_hits": r.get("compile_cache_hits")}
-                       for name, r in stages.items()}}
+    return {
+        "after_first_video_s": round(time.perf_counter() - started, 2),
+        "stages": {
+            name: {
+                "load_s": r.get("load_s"),
+                "startup_phases": r.get("startup_phases"),
+                "warmup_s": r.get("warmup_s"),
+                "pending": r.get("warmup_pending"),
+                "compile_cache_hits": r.get("compile_cache_hits"),
+            }
+            for name, r in stages.items()
+        },
+    }
 
 
 async def measure_running_app(base_url: str, args, extra: dict, result: dict) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
         result["warm_up"] = await background_warm_up(client)
-        print(f"background warm-up ended {result['warm_up']['after_first_video_s']} s after the first video: "
-              f"{json.dumps(result['warm_up']['stages'])}", flush=True)
+        print(
+            f"background warm-up ended {result['warm_up']['after_first_video_s']} s after the first video: "
+            f"{json.dumps(result['warm_up']['stages'])}",
+            flush=True,
+        )
         print("per-preset HTTP latency", flush=True)
         result["http"] = await preset_latencies(client, args.presets, args.runs, extra)
         result["cache"] = await cache_hits(client, extra)
@@ -257,8 +295,9 @@ async def measure_running_app(base_url: str, args, extra: dict, result: dict) ->
         for name, spec in BURSTS.items():
             if name in args.skip_bursts:
                 continue
-            outcome = await burst(client, name, spec, extra, args.default_deadline_s, args.job_deadline_s,
-                                  args.follow_until)
+            outcome = await burst(
+                client, name, spec, extra, args.default_deadline_s, args.job_deadline_s, args.follow_until
+            )
             result["bursts"].append(outcome)
             print(f"burst {name}: {json.dumps({k: v for k, v in outcome.items() if k != 'answers'})}", flush=True)
 
@@ -269,16 +308,24 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["preview", "standard"])
     parser.add_argument("--runs", type=int, default=9, help="timed requests of the preview preset")
     parser.add_argument("--runs-large", type=int, default=1, help="timed requests of each larger preset")
-    parser.add_argument("--skip-in-process", action="store_true",
-                        help="no in-process baseline (e.g. a second config on the same card type)")
+    parser.add_argument(
+        "--skip-in-process",
+        action="store_true",
+        help="no in-process baseline (e.g. a second config on the same card type)",
+    )
     parser.add_argument("--skip-bursts", nargs="*", default=[], choices=list(BURSTS))
     parser.add_argument("--start-limit-s", type=float, default=300.0)
-    parser.add_argument("--quick", action="store_true",
-                        help="small requests (a CPU check of the script: 128x128, 9 frames, 4 steps)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small requests (a CPU check of the script: 128x128, 9 frames, 4 steps)"
+    )
     parser.add_argument("--tag", default="", help="suffix of the result file's name")
     parser.add_argument("--log-dir", default="", help="copy the serve log here at the end")
-    parser.add_argument("--budget-s", type=float, default=540.0,
-                        help="whole run; jobs still unfinished when the bursts' share of it ends count as failed")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=540.0,
+        help="whole run; jobs still unfinished when the bursts' share of it ends count as failed",
+    )
     args = parser.parse_args()
     # Bursts may follow their jobs until this moment; the rest is the in-process baseline's.
     args.follow_until = time.perf_counter() + args.budget_s - (0 if args.skip_in_process else IN_PROCESS_RESERVE_S)
@@ -302,9 +349,14 @@ def main() -> None:
     config = write_config(source, data_dir, port, {})
     base_url = f"http://127.0.0.1:{port}"
     probe = {"preset": "preview", "cache": False, **extra}
-    result: dict[str, Any] = {"commit": git_commit(), "config": args.config, "card": card,
-                              "gpus": gpu_count(), "data_dir": str(data_dir),
-                              "requests": extra or "presets as shipped"}
+    result: dict[str, Any] = {
+        "commit": git_commit(),
+        "config": args.config,
+        "card": card,
+        "gpus": gpu_count(),
+        "data_dir": str(data_dir),
+        "requests": extra or "presets as shipped",
+    }
     if args.skip_in_process:
         result["skip_in_process"] = True
 
@@ -327,25 +379,31 @@ def main() -> None:
     print(f"wrote {path}", flush=True)
 
 
-def run_all(server: ServeRun, base_url: str, args, extra: dict, probe: dict, app_args: dict, data_dir: Path,
-            result: dict) -> None:
+def run_all(
+    server: ServeRun, base_url: str, args, extra: dict, probe: dict, app_args: dict, data_dir: Path, result: dict
+) -> None:
     server.start()
     result["cold_start_s"] = asyncio.run(_first(base_url, server, {**probe, "prompt": "cold start"}, args))
     print(f"cold start {result['cold_start_s']:.1f} s", flush=True)
     result["stop_s"] = server.stop()
     cache_dir = data_dir / "compile-cache"
-    result["compile_cache_mib"] = round(sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
-                                        / 2**20, 1) if cache_dir.exists() else 0.0
+    result["compile_cache_mib"] = (
+        round(sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file()) / 2**20, 1)
+        if cache_dir.exists()
+        else 0.0
+    )
     server.start()
     result["warm_start_s"] = asyncio.run(_first(base_url, server, {**probe, "prompt": "warm start"}, args))
-    print(f"warm start {result['warm_start_s']:.1f} s (compile cache {result['compile_cache_mib']} MiB)",
-          flush=True)
+    print(f"warm start {result['warm_start_s']:.1f} s (compile cache {result['compile_cache_mib']} MiB)", flush=True)
     asyncio.run(measure_running_app(base_url, args, extra, result))
-    result["replica_restart"] = asyncio.run(replica_restart(base_url, server, {**probe, "prompt": "replaced"},
-                                                            args.start_limit_s))
+    result["replica_restart"] = asyncio.run(
+        replica_restart(base_url, server, {**probe, "prompt": "replaced"}, args.start_limit_s)
+    )
     result["replica_restart_s"] = result["replica_restart"]["seconds"]
-    print(f"replica restart {result['replica_restart_s']:.1f} s ({result['replica_restart']['killed']} killed)",
-          flush=True)
+    print(
+        f"replica restart {result['replica_restart_s']:.1f} s ({result['replica_restart']['killed']} killed)",
+        flush=True,
+    )
     result["stop_s_second"] = server.stop()
 
     result["preview_http_s"] = result["http"]["preview"]["http_s"] if "preview" in result["http"] else None
@@ -389,7 +447,8 @@ def goals(result: dict) -> dict[str, bool]:
     }
     if not result.get("skip_in_process"):
         out["preview_http_overhead"] = bool(result.get("preview_inprocess_s")) and overhead_ok(
-            result["preview_http_s"], result["preview_inprocess_s"])
+            result["preview_http_s"], result["preview_inprocess_s"]
+        )
     return out
 
 
@@ -414,8 +473,10 @@ def print_table(result: dict) -> None:
     print(f"{'hostile: JSON 4xx / sent':<34}{hostile['json_4xx']:>10}/{hostile['sent']:<3}")
     print(f"\n{'burst':<20}{'sent':>5}{'in time':>9}{'refused':>9}{'failed':>8}{'5xx':>5}{'slowest s':>11}")
     for b in result.get("bursts", []):
-        print(f"{b['name']:<20}{b['requests']:>5}{b['ok_in_deadline']:>9}{b['refused_immediately']:>9}"
-              f"{b['accepted_then_failed']:>8}{b['server_errors']:>5}{b['slowest_s']:>11.2f}")
+        print(
+            f"{b['name']:<20}{b['requests']:>5}{b['ok_in_deadline']:>9}{b['refused_immediately']:>9}"
+            f"{b['accepted_then_failed']:>8}{b['server_errors']:>5}{b['slowest_s']:>11.2f}"
+        )
     print("\ngoals: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in result["goals"].items()))
     print(f"goals_met: {result['goals_met']}")
 

@@ -74,15 +74,23 @@ def main() -> None:
     plain = median_time(lambda: b.plain_call(p), 2)
     row("plain WanPipeline.__call__ (frames, no mp4)", plain)
 
-    emb = stages.encode_prompts(b.pipe, p.prompt, p.negative_prompt, p.guidance_scale,
-                                b.profile.max_sequence_length)
-    row("encode prompt + negative (UMT5-XXL)", median_time(lambda: stages.encode_prompts(
-        b.pipe, p.prompt, p.negative_prompt, p.guidance_scale, b.profile.max_sequence_length)))
-    row("encode prompt only", median_time(lambda: stages.encode_prompts(
-        b.pipe, p.prompt, "", 1.0, b.profile.max_sequence_length)))
+    emb = stages.encode_prompts(b.pipe, p.prompt, p.negative_prompt, p.guidance_scale, b.profile.max_sequence_length)
+    row(
+        "encode prompt + negative (UMT5-XXL)",
+        median_time(
+            lambda: stages.encode_prompts(
+                b.pipe, p.prompt, p.negative_prompt, p.guidance_scale, b.profile.max_sequence_length
+            )
+        ),
+    )
+    row(
+        "encode prompt only",
+        median_time(lambda: stages.encode_prompts(b.pipe, p.prompt, "", 1.0, b.profile.max_sequence_length)),
+    )
 
-    speed = SpeedOptions(compile="default", compile_dynamic=True, cfg_batch=True, cudnn_benchmark=b.cuda,
-                         vae_channels_last=True)
+    speed = SpeedOptions(
+        compile="default", compile_dynamic=True, cfg_batch=True, cudnn_benchmark=b.cuda, vae_channels_last=True
+    )
     runtime = DenoiserRuntime(b.pipe, speed)
 
     def loop(cfg_batch: bool):
@@ -95,8 +103,12 @@ def main() -> None:
             loop(cfg)  # compiles this batch size's graph, first cuBLAS calls
             warm = time.perf_counter() - started
             t = median_time(lambda: loop(cfg))
-            row(f"loop 20 steps [{variant}] cfg_batch={cfg}", t, first_run_s=round(warm, 1),
-                ratio_vs_plain=round(plain / t, 3))
+            row(
+                f"loop 20 steps [{variant}] cfg_batch={cfg}",
+                t,
+                first_run_s=round(warm, 1),
+                ratio_vs_plain=round(plain / t, 3),
+            )
 
     loops("dyn")
     latents = loop(False)
@@ -108,18 +120,20 @@ def main() -> None:
     n = fuse_vae_norms(b.pipe.vae)
     started = time.perf_counter()
     b.timed(lambda: stages.decode_to_mp4(b.pipe, latents, p.fps))
-    row("decode+mp4 streaming, channels-last, fused norms",
-        median_time(lambda: stages.decode_to_mp4(b.pipe, latents, p.fps)), norms=n,
+    row(
+        "decode+mp4 streaming, channels-last, fused norms",
+        median_time(lambda: stages.decode_to_mp4(b.pipe, latents, p.fps)),
+        norms=n,
         first_run_s=round(time.perf_counter() - started, 1),
-        psnr_vs_unfused_db=psnr(b.frames_of(latents), frames_before))
+        psnr_vs_unfused_db=psnr(b.frames_of(latents), frames_before),
+    )
     std = b.params("standard", steps=1)
     std_latents = torch.randn(1, 48, (std.num_frames - 1) // 4 + 1, std.height // 16, std.width // 16)
     b.timed(lambda: stages.decode_to_mp4(b.pipe, std_latents, p.fps))
     row("decode+mp4 832x480x81, fused norms", median_time(lambda: stages.decode_to_mp4(b.pipe, std_latents, p.fps), 2))
 
     def project_call():
-        e = stages.encode_prompts(b.pipe, p.prompt, p.negative_prompt, p.guidance_scale,
-                                  b.profile.max_sequence_length)
+        e = stages.encode_prompts(b.pipe, p.prompt, p.negative_prompt, p.guidance_scale, b.profile.max_sequence_length)
         lat = denoise_optimized(runtime, p, e, StepGuard(Deadline.after(3600), p.num_inference_steps))
         return stages.decode_to_mp4(b.pipe, lat, p.fps)
 

@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ray_cli(*argv: str) -> None:
     """`ray ...` through this interpreter (the GPU host has no `ray` script on PATH)."""
-    subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", *argv],
-                   cwd=ROOT, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", "from ray.scripts.scripts import main; main()", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 class ServeRun:
@@ -36,7 +40,10 @@ class ServeRun:
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run", str(self.config)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:

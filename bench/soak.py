@@ -50,8 +50,10 @@ ALLOWED_FAILURES = {
 def fault_plan(rng: random.Random, calls: int, rate: float) -> dict:
     """Random model-call numbers per stage and kind; each call gets at most one fault."""
     plan: dict[str, dict[str, list[int]]] = {"oom_on_calls": {}, "cuda_error_on_calls": {}, "fail_on_calls": {}}
-    kinds = {"denoiser": ["oom_on_calls", "fail_on_calls", "cuda_error_on_calls"],
-             "video_encoder": ["oom_on_calls", "fail_on_calls"]}
+    kinds = {
+        "denoiser": ["oom_on_calls", "fail_on_calls", "cuda_error_on_calls"],
+        "video_encoder": ["oom_on_calls", "fail_on_calls"],
+    }
     for stage, stage_kinds in kinds.items():
         for number in range(1, calls + 1):
             if rng.random() < rate:
@@ -72,8 +74,11 @@ class Chaos(threading.Thread):
         import ray
 
         while not self.stop.wait(self.every_s):
-            replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                        if a["name"].startswith(("SERVE_REPLICA::video#Denoiser#", "SERVE_REPLICA::video#VideoEncoder#"))]
+            replicas = [
+                a
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(("SERVE_REPLICA::video#Denoiser#", "SERVE_REPLICA::video#VideoEncoder#"))
+            ]
             if not replicas:
                 continue
             victim = self.rng.choice(replicas)
@@ -88,16 +93,25 @@ def run_job(base_url: str, n: int, rng: random.Random) -> dict:
     import httpx
 
     situation = rng.choices(["plain", "cancelled", "short_deadline"], weights=[0.75, 0.15, 0.10])[0]
-    body = {**BASE, "prompt": f"soak {n}", "num_frames": rng.choice([5, 9, 13]),
-            "num_inference_steps": rng.choice([4, 8, 12])}
+    body = {
+        **BASE,
+        "prompt": f"soak {n}",
+        "num_frames": rng.choice([5, 9, 13]),
+        "num_inference_steps": rng.choice([4, 8, 12]),
+    }
     headers = {"Prefer": "respond-async"} if situation != "plain" or rng.random() < 0.5 else {}
     if situation == "short_deadline":
         body["deadline_s"] = 0.3
     with httpx.Client(base_url=base_url, timeout=120) as http:
         answer = http.post("/v1/videos", json=body, headers=headers)
         if answer.status_code not in (200, 202) and "video_id" not in answer.json().get("error", {}):
-            return {"n": n, "situation": situation, "status": f"http_{answer.status_code}",
-                    "code": answer.json()["error"]["code"], "ok": answer.status_code in (429, 503)}
+            return {
+                "n": n,
+                "situation": situation,
+                "status": f"http_{answer.status_code}",
+                "code": answer.json()["error"]["code"],
+                "ok": answer.status_code in (429, 503),
+            }
         error = answer.json().get("error") or {}
         video_id = answer.json().get("id") or error.get("video_id")
         if situation == "cancelled":
@@ -148,8 +162,13 @@ def main() -> None:
 
     rng = random.Random(opts.seed)
     faults = {**fault_plan(rng, opts.jobs * 3, opts.fault_rate), "step_delay_s": 0.05}
-    args = ServiceArgs(data_dir=tempfile.mkdtemp(prefix="soak-"), job_max_attempts=4, job_lease_s=3,
-                       dispatch_interval_s=0.5, faults=faults)
+    args = ServiceArgs(
+        data_dir=tempfile.mkdtemp(prefix="soak-"),
+        job_max_attempts=4,
+        job_lease_s=3,
+        dispatch_interval_s=0.5,
+        faults=faults,
+    )
     port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -160,8 +179,9 @@ def main() -> None:
         chaos.start()
         base_url = f"http://127.0.0.1:{port}"
         with ThreadPoolExecutor(opts.concurrency) as pool:
-            results = list(pool.map(lambda n: run_job(base_url, n, random.Random(opts.seed * 1000 + n)),
-                                    range(opts.jobs)))
+            results = list(
+                pool.map(lambda n: run_job(base_url, n, random.Random(opts.seed * 1000 + n)), range(opts.jobs))
+            )
     finally:
         chaos.stop.set()
         serve.shutdown()
@@ -171,15 +191,26 @@ def main() -> None:
     outcomes = Counter(f"{r['status']}:{r['code']}" for r in results)
     wrong = [r for r in results if not r["ok"]]
     planned = {kind: sum(len(v) for v in plan.values()) for kind, plan in faults.items() if isinstance(plan, dict)}
-    path = write_result(f"soak-{slug(card_name())}-tiny", {
-        "jobs": opts.jobs, "elapsed_s": round(elapsed, 1), "faults_planned": planned,
-        "replicas_killed": dict(chaos.kills), "outcomes": dict(outcomes),
-        "by_situation": {s: dict(Counter(f"{r['status']}:{r['code']}" for r in results if r["situation"] == s))
-                         for s in ALLOWED_FAILURES},
-        "wrong": wrong, "all_correct": not wrong,
-    })
-    print(f"\nSoak: {opts.jobs} jobs in {elapsed:.0f} s on {card_name()}; faults planned {planned}; "
-          f"replicas killed {dict(chaos.kills)}")
+    path = write_result(
+        f"soak-{slug(card_name())}-tiny",
+        {
+            "jobs": opts.jobs,
+            "elapsed_s": round(elapsed, 1),
+            "faults_planned": planned,
+            "replicas_killed": dict(chaos.kills),
+            "outcomes": dict(outcomes),
+            "by_situation": {
+                s: dict(Counter(f"{r['status']}:{r['code']}" for r in results if r["situation"] == s))
+                for s in ALLOWED_FAILURES
+            },
+            "wrong": wrong,
+            "all_correct": not wrong,
+        },
+    )
+    print(
+        f"\nSoak: {opts.jobs} jobs in {elapsed:.0f} s on {card_name()}; faults planned {planned}; "
+        f"replicas killed {dict(chaos.kills)}"
+    )
     print(f"{'outcome (status:code or tier)':<40} {'jobs':>5}")
     for outcome, count in sorted(outcomes.items()):
         print(f"{outcome:<40} {count:>5}")

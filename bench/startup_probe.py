@@ -55,25 +55,36 @@ def child(stage: str, args_json: str) -> None:
     warm = time.perf_counter()
     import torch._dynamo.utils as dynamo_utils
 
-    print("PROBE " + json.dumps({
-        "import_deployment_s": round(imported - started, 3),
-        "constructor_s": round(built - imported, 3),
-        "background_warm_up_s": round(warm - built, 3),
-        "startup_phases": replica.startup.seconds,
-        "warmup_s": replica.warmup_s,
-        "compile_times": dynamo_utils.compile_times(repr="str", aggregate=True),
-    }), flush=True)
+    print(
+        "PROBE "
+        + json.dumps(
+            {
+                "import_deployment_s": round(imported - started, 3),
+                "constructor_s": round(built - imported, 3),
+                "background_warm_up_s": round(warm - built, 3),
+                "startup_phases": replica.startup.seconds,
+                "warmup_s": replica.warmup_s,
+                "compile_times": dynamo_utils.compile_times(repr="str", aggregate=True),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_stage(stage: str, app_args: dict, limit_s: float) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", stage, "--args-json", json.dumps(app_args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=limit_s)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", stage, "--args-json", json.dumps(app_args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=limit_s,
+    )
     wall = time.perf_counter() - started
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if proc.returncode != 0 or line is None:
         return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_s": round(wall, 3)}
-    return {**json.loads(line[len("PROBE "):]), "wall_s": round(wall, 3)}
+    return {**json.loads(line[len("PROBE ") :]), "wall_s": round(wall, 3)}
 
 
 def parse_variant(text: str, speed: dict) -> tuple[str, dict]:
@@ -90,11 +101,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/serve_gpu.yaml")
     parser.add_argument("--stages", nargs="+", default=list(STAGE_CLASSES), choices=list(STAGE_CLASSES))
-    parser.add_argument("--variant", action="append", default=[],
-                        help="name:speed_key=value,... run warm with these profile speed options too")
-    parser.add_argument("--warmup-presets", nargs="*", default=["preview"],
-                        help="profile speed.warmup_presets for every run (the first is what a replica "
-                             "warms before it is ready)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="name:speed_key=value,... run warm with these profile speed options too",
+    )
+    parser.add_argument(
+        "--warmup-presets",
+        nargs="*",
+        default=["preview"],
+        help="profile speed.warmup_presets for every run (the first is what a replica warms before it is ready)",
+    )
     parser.add_argument("--limit-s", type=float, default=150.0, help="per stage run")
     parser.add_argument("--child", choices=list(STAGE_CLASSES), help=argparse.SUPPRESS)
     parser.add_argument("--args-json", help=argparse.SUPPRESS)
@@ -124,8 +142,9 @@ def main() -> None:
             results.setdefault(stage, {})[label] = run_stage(stage, run_args, args.limit_s)
             print_run(stage, label, results[stage][label])
     card = card_name()
-    path = write_result(f"startup-{slug(card)}-{slug(Path(args.config).stem)}",
-                        {"config": args.config, "stages": results})
+    path = write_result(
+        f"startup-{slug(card)}-{slug(Path(args.config).stem)}", {"config": args.config, "stages": results}
+    )
     print_table(card, args.config, results)
     print(f"wrote {path}", flush=True)
 
@@ -143,8 +162,11 @@ def print_run(stage: str, label: str, r: dict, compile_times: bool = True) -> No
         print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f}  FAILED: {r['error'][-300:]}", flush=True)
         return
     detail = {**r["startup_phases"], **r["warmup_s"]}
-    print(f"{stage + ' / ' + label:42} {r['wall_s']:7.1f} {r['import_deployment_s']:8.2f} "
-          f"{r['constructor_s']:7.2f} {r['background_warm_up_s']:8.2f}  {detail}", flush=True)
+    print(
+        f"{stage + ' / ' + label:42} {r['wall_s']:7.1f} {r['import_deployment_s']:8.2f} "
+        f"{r['constructor_s']:7.2f} {r['background_warm_up_s']:8.2f}  {detail}",
+        flush=True,
+    )
     if compile_times:
         print(r["compile_times"], flush=True)
 

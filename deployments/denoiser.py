@@ -12,7 +12,8 @@ import functools
 import logging
 import time
 from collections import Counter
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 
@@ -28,7 +29,6 @@ from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
 from serve_app.preview import preview_maker
 from serve_app.settings.speed import EXACT, FastKnobs
-
 
 log = logging.getLogger("ray.serve")
 
@@ -66,14 +66,33 @@ class Denoiser(ModelStage):
         dim = self.pipe.transformer.config.text_dim
         zeros = torch.zeros(1, self.profile.max_sequence_length, dim)
         params = GenerationParams(
-            prompt="warm up", negative_prompt="", width=64, height=64, num_frames=5,
-            num_inference_steps=2, guidance_scale=5.0, fps=8, seed=0, preset="warmup",
+            prompt="warm up",
+            negative_prompt="",
+            width=64,
+            height=64,
+            num_frames=5,
+            num_inference_steps=2,
+            guidance_scale=5.0,
+            fps=8,
+            seed=0,
+            preset="warmup",
         )
         guard = StepGuard(Deadline.after(600), params.num_inference_steps)
         embeddings = PromptEmbeddings(zeros, zeros)
         if self.runtime is None:
-            steps = [("denoise 64x64", functools.partial(denoise, self.pipe, params, embeddings, guard,
-                                                         max_sequence_length=self.profile.max_sequence_length))]
+            steps = [
+                (
+                    "denoise 64x64",
+                    functools.partial(
+                        denoise,
+                        self.pipe,
+                        params,
+                        embeddings,
+                        guard,
+                        max_sequence_length=self.profile.max_sequence_length,
+                    ),
+                )
+            ]
             self.warm_up(steps, before_ready=1)
             return
         steps = [("denoise 64x64", functools.partial(denoise_optimized, self.runtime, params, embeddings, guard))]
@@ -85,8 +104,14 @@ class Denoiser(ModelStage):
         for p in presets:
             shape = [(p.height, p.width, p.num_frames)]
             for scale, into in ((5.0, guided), (1.0, unguided)):
-                into.append((f"denoise {p.height}x{p.width}x{p.num_frames} guidance {scale:g}", functools.partial(
-                    self.runtime.warm_up, shape, self.profile.max_sequence_length, guidance=(scale,))))
+                into.append(
+                    (
+                        f"denoise {p.height}x{p.width}x{p.num_frames} guidance {scale:g}",
+                        functools.partial(
+                            self.runtime.warm_up, shape, self.profile.max_sequence_length, guidance=(scale,)
+                        ),
+                    )
+                )
         ready = self.presets_before_ready()
         # The replica is ready after the first `ready` guided shapes (all of them unless
         # speed.warmup_in_background); unguided requests are rare, so their graph warms later.
@@ -102,8 +127,12 @@ class Denoiser(ModelStage):
         return LoopCheckpoints(self.args.checkpoint_path, job_id, request, self.args.checkpoint_every_s)
 
     async def denoise(
-        self, params: GenerationParams, embeddings: PromptEmbeddings, deadline: Deadline,
-        knobs: FastKnobs | dict | None = None, job_id: str | None = None,
+        self,
+        params: GenerationParams,
+        embeddings: PromptEmbeddings,
+        deadline: Deadline,
+        knobs: FastKnobs | dict | None = None,
+        job_id: str | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
         """`knobs`: a fast tier's quality-changing speed-ups (settings.speed.FastKnobs); None is the exact path.
         `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one."""
@@ -140,11 +169,26 @@ class Denoiser(ModelStage):
             try:
                 on_latents = previews.on_latents if previews else None
                 if self.runtime is None:
-                    latents = denoise(self.pipe, params, embeddings, guard, on_step,
-                                      self.profile.max_sequence_length, on_latents=on_latents)
+                    latents = denoise(
+                        self.pipe,
+                        params,
+                        embeddings,
+                        guard,
+                        on_step,
+                        self.profile.max_sequence_length,
+                        on_latents=on_latents,
+                    )
                 else:
-                    latents = denoise_optimized(self.runtime, params, embeddings, guard, on_step, knobs,
-                                                on_latents=on_latents, checkpoints=checkpoints)
+                    latents = denoise_optimized(
+                        self.runtime,
+                        params,
+                        embeddings,
+                        guard,
+                        on_step,
+                        knobs,
+                        on_latents=on_latents,
+                        checkpoints=checkpoints,
+                    )
             except BaseException as exc:
                 self._record(exc, guard, checkpoints)
                 raise
@@ -156,8 +200,9 @@ class Denoiser(ModelStage):
 
         if self.batcher is not None:
             # Same-shape requests share forwards; the loop runs on the model thread.
-            work = asyncio.ensure_future(self._run_batched(params, embeddings, guard, on_step, knobs,
-                                                           previews.on_latents if previews else None))
+            work = asyncio.ensure_future(
+                self._run_batched(params, embeddings, guard, on_step, knobs, previews.on_latents if previews else None)
+            )
         else:
             work = asyncio.ensure_future(self.run_model(run))
         try:
@@ -178,8 +223,9 @@ class Denoiser(ModelStage):
 
     async def _run_batched(self, params, embeddings, guard, on_step, knobs, on_latents) -> DenoisedLatents:
         started = time.perf_counter()
-        future = self.batcher.submit(params, embeddings, guard, on_step, knobs, self._start_batch_loop,
-                                     on_latents=on_latents)
+        future = self.batcher.submit(
+            params, embeddings, guard, on_step, knobs, self._start_batch_loop, on_latents=on_latents
+        )
         try:
             latents = await asyncio.wrap_future(future)
         except BaseException as exc:

@@ -52,7 +52,7 @@ class HandleProbe:
         try:
             info = await asyncio.wait_for(handle.describe.remote(), STAGE_PROBE_TIMEOUT_S)
             return StageHealth(ok=True, replica=info)
-        except Exception as exc:  # noqa: BLE001 - health reports, never raises
+        except Exception as exc:
             # The type only: a Ray error's text can carry a remote traceback, addresses
             # and pids, which a public health endpoint must not show (the log has them).
             log.warning("health probe failed", exc_info=exc)
@@ -75,9 +75,7 @@ class Gateway:
         handles = GatewayHandles(
             generator=StageGraph(prompt_encoder, denoiser, video_encoder),
             cache=HandleClient(result_cache),
-            probe=HandleProbe(
-                {"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}
-            ),
+            probe=HandleProbe({"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}),
             denoiser_replicas=lambda: serve_replicas(app_name, "Denoiser"),
             encoder_replicas=lambda: serve_replicas(app_name, "VideoEncoder"),
             gpu_utilization=nvml_utilization if settings.args.stages.denoiser.num_gpus > 0 else None,

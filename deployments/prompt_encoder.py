@@ -44,8 +44,9 @@ class PromptEncoder(ModelStage):
         return embeds
 
     def _encode(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
-        return encode_prompts(self.pipe, prompt, negative_prompt, guidance_scale, self.profile.max_sequence_length,
-                              encode=self._text)
+        return encode_prompts(
+            self.pipe, prompt, negative_prompt, guidance_scale, self.profile.max_sequence_length, encode=self._text
+        )
 
     async def encode(
         self, prompt: str, negative_prompt: str, guidance_scale: float, deadline: Deadline

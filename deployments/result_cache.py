@@ -61,8 +61,16 @@ class ResultCache:
             if size == 0:
                 return False  # the job's files are gone (deleted meanwhile): nothing to serve
             now = time.time()
-            self.index.put(CacheEntry(key=key, video=video, size_bytes=size, created_at=now,
-                                      expires_at=now + self.args.cache_ttl_s, last_access=now))
+            self.index.put(
+                CacheEntry(
+                    key=key,
+                    video=video,
+                    size_bytes=size,
+                    created_at=now,
+                    expires_at=now + self.args.cache_ttl_s,
+                    last_access=now,
+                )
+            )
             self._count("fills")
             self._drop(self.index.evict(now, self.args.cache_max_bytes), "evictions")
             return True

@@ -39,8 +39,11 @@ class VideoEncoder(ModelStage):
         z = self.pipe.vae.config.z_dim
         # The smallest decode compiles what every decode needs; with presets to warm,
         # the first preset's decode does that itself.
-        steps = [] if self.speed.warmup_presets else [
-            ("decode 64x64", functools.partial(self._encode, torch.zeros(1, z, 2, 4, 4), 8))]
+        steps = (
+            []
+            if self.speed.warmup_presets
+            else [("decode 64x64", functools.partial(self._encode, torch.zeros(1, z, 2, 4, 4), 8))]
+        )
         catalog = self.args.preset_catalog()
         for name in self.speed.warmup_presets:
             p = catalog.presets[name]
@@ -65,9 +68,12 @@ class VideoEncoder(ModelStage):
 
     async def describe(self) -> dict[str, Any]:
         out = await super().describe()
-        out["decode"] = {"mode": self.speed.decode, "tile_on_oom": self.speed.tile_on_oom,
-                         "vae_channels_last": self.speed.vae_channels_last,
-                         "vae_fused_norms": self.speed.vae_fused_norms}
+        out["decode"] = {
+            "mode": self.speed.decode,
+            "tile_on_oom": self.speed.tile_on_oom,
+            "vae_channels_last": self.speed.vae_channels_last,
+            "vae_fused_norms": self.speed.vae_fused_norms,
+        }
         return out
 
 

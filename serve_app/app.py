@@ -33,9 +33,7 @@ def build_app(args: ServiceArgs) -> Application:
     denoiser = Denoiser.options(**options("denoiser")).bind(payload)
     video_encoder = VideoEncoder.options(**options("video_encoder")).bind(payload)
     result_cache = ResultCache.options(**options("result_cache")).bind(payload)
-    return Gateway.options(**gateway_options(args)).bind(
-        payload, prompt_encoder, denoiser, video_encoder, result_cache
-    )
+    return Gateway.options(**gateway_options(args)).bind(payload, prompt_encoder, denoiser, video_encoder, result_cache)
 
 
 def gateway_options(args: ServiceArgs) -> dict:
@@ -52,6 +50,8 @@ def gateway_options(args: ServiceArgs) -> dict:
     if look_back_s is not None and "autoscaling_config" not in options:
         count = options.pop("num_replicas")
         options["autoscaling_config"] = {
-            "min_replicas": count, "max_replicas": count, "look_back_period_s": look_back_s,
+            "min_replicas": count,
+            "max_replicas": count,
+            "look_back_period_s": look_back_s,
         }
     return options

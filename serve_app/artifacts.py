@@ -176,9 +176,7 @@ class S3ArtifactStore:
                 raise
         region = self.client.meta.region_name
         # us-east-1 is the one region that refuses an explicit LocationConstraint.
-        config = {} if region in (None, "us-east-1") else {
-            "CreateBucketConfiguration": {"LocationConstraint": region}
-        }
+        config = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
         try:
             self.client.create_bucket(Bucket=self.bucket, **config)
         except self.client.exceptions.BucketAlreadyOwnedByYou:

@@ -134,7 +134,9 @@ def parse_line(line_no: int, text: str) -> BatchItem:
     elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and ID_RE.match(str(raw_id)):
         item_id = str(raw_id)
     else:
-        raise ValueError(f"id={raw_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            f"id={raw_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     if item_id in RESERVED_IDS:
         raise ValueError(f"id={item_id!r} is reserved (DIR/{item_id}.json is the batch summary)")
     unknown = sorted(set(obj) - REQUEST_FIELDS)
@@ -276,13 +278,18 @@ class BatchRunner:
                 result.status, result.output = "completed", str(self.mp4_path(item))
             else:
                 write_json(self.sidecar_path(item), record)
-                result.error = video.error.model_dump() if video.error else {"code": "failed", "message": "no error reported"}
+                result.error = (
+                    video.error.model_dump() if video.error else {"code": "failed", "message": "no error reported"}
+                )
         except Exception as exc:  # noqa: BLE001 - one item's failure must not end the batch
             result.error = _error_dict(exc)
             if self.stopping.is_set():
                 result.error = {"code": "interrupted", "message": "the batch was interrupted", "param": None}
             else:
-                write_json(self.sidecar_path(item), {"status": "failed", "error": result.error, "batch": self._batch_info(item)})
+                write_json(
+                    self.sidecar_path(item),
+                    {"status": "failed", "error": result.error, "batch": self._batch_info(item)},
+                )
         return result
 
     def run(self, items: list[BatchItem], bad: list[BadLine], input_path: Path, progress: bool = True) -> Summary:
@@ -297,7 +304,9 @@ class BatchRunner:
             setattr(summary, result.status, getattr(summary, result.status) + 1)
             if result.status == "failed" and result.error:
                 label = f"line {result.line}" + (f" (id {result.id})" if result.id else "")
-                tqdm.write(f"{label}: failed: {result.error.get('code')}: {result.error.get('message')}", file=sys.stderr)
+                tqdm.write(
+                    f"{label}: failed: {result.error.get('code')}: {result.error.get('message')}", file=sys.stderr
+                )
             bar.set_postfix(ok=summary.completed, failed=summary.failed, skipped=summary.skipped, refresh=False)
             bar.update(1)
 
@@ -339,10 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m serve_app.batch",
         description="Generate one video per JSONL line through the running service; rerun to resume.",
     )
-    parser.add_argument("input", type=Path, help="JSONL file: one object per line with 'prompt', optional 'id' and fields")
+    parser.add_argument(
+        "input", type=Path, help="JSONL file: one object per line with 'prompt', optional 'id' and fields"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for <id>.mp4, <id>.json, summary.json")
-    parser.add_argument("--url", default=os.environ.get("WAN_VIDEO_URL", DEFAULT_URL), help="service URL ($WAN_VIDEO_URL)")
-    parser.add_argument("--api-key", default=os.environ.get("WAN_VIDEO_API_KEY"), help="bearer token ($WAN_VIDEO_API_KEY)")
+    parser.add_argument(
+        "--url", default=os.environ.get("WAN_VIDEO_URL", DEFAULT_URL), help="service URL ($WAN_VIDEO_URL)"
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("WAN_VIDEO_API_KEY"), help="bearer token ($WAN_VIDEO_API_KEY)"
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="items in flight at once (default 4)")
     parser.add_argument("--retry-failed", action="store_true", help="resubmit items whose job failed in an earlier run")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -363,8 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             summary = runner.run(items, bad, args.input, progress=not args.quiet)
         except KeyboardInterrupt:
-            print("interrupted; submitted jobs keep running on the service. Rerun the same command to resume.",
-                  file=sys.stderr)
+            print(
+                "interrupted; submitted jobs keep running on the service. Rerun the same command to resume.",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
     write_json(args.out / "summary.json", asdict(summary))
     print(

@@ -98,7 +98,9 @@ class ProgressView:
             if position:
                 self.show_queued(position, event.get("eta_s"))
             else:
-                self.bar.set_description("starting" if (event.get("attempt") or 1) <= 1 else f"retry {event['attempt']}")
+                self.bar.set_description(
+                    "starting" if (event.get("attempt") or 1) <= 1 else f"retry {event['attempt']}"
+                )
                 self.bar.refresh()
         elif kind == "progress":
             total, step = event.get("total_steps"), event.get("step", 0)

@@ -255,9 +255,7 @@ class VideoClient:
     def get(self, video_id: str) -> VideoObject:
         return VideoObject.model_validate(self._request("GET", _video_path(video_id)).json())
 
-    def list(
-        self, limit: int = 20, after: str | None = None, order: Literal["asc", "desc"] = "desc"
-    ) -> VideoList:
+    def list(self, limit: int = 20, after: str | None = None, order: Literal["asc", "desc"] = "desc") -> VideoList:
         """One page; pass `after=page.last_id` while `page.has_more` for the next."""
         params: dict[str, Any] = {"limit": limit, "order": order}
         if after is not None:
@@ -281,7 +279,9 @@ class VideoClient:
     def delete(self, video_id: str) -> VideoDeleted:
         return VideoDeleted.model_validate(self._request("DELETE", _video_path(video_id)).json())
 
-    def download(self, video_id: str, path: str | os.PathLike, variant: Literal["video", "thumbnail"] = "video") -> Path:
+    def download(
+        self, video_id: str, path: str | os.PathLike, variant: Literal["video", "thumbnail"] = "video"
+    ) -> Path:
         """Save the mp4 (or JPEG thumbnail) to `path`.
 
         Written to a temporary file in the same folder and renamed into place,
@@ -322,7 +322,9 @@ class VideoClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = httpx.Timeout(self._timeout, read=read_timeout)
         try:
-            with self._http.stream("GET", _video_path(video_id, "/events"), headers=headers, timeout=timeout) as response:
+            with self._http.stream(
+                "GET", _video_path(video_id, "/events"), headers=headers, timeout=timeout
+            ) as response:
                 if response.is_error:
                     response.read()
                     raise ClientError.from_response(response)

@@ -86,81 +86,97 @@ class ServiceArgs(StrictModel):
         default_factory=PreviewOptions, description="Previews of the video while it denoises."
     )
     checkpoint_every_s: float = Field(
-        30.0, ge=0, description="Save a denoising job's loop state this often (seconds of loop time), so a rerun "
+        30.0,
+        ge=0,
+        description="Save a denoising job's loop state this often (seconds of loop time), so a rerun "
         "after its denoiser replica died resumes at the last saved step instead of step 0; 0 turns it off. A "
         "720p checkpoint is ~85 MB (latents and the sampler's last outputs). Exact-path jobs of the single-request "
         "loop only (not with batching.enabled or a step cache).",
     )
     checkpoint_dir: str = Field(
-        "", description="Where checkpoints are written ('' = <data_dir>/checkpoints). With denoisers on several "
+        "",
+        description="Where checkpoints are written ('' = <data_dir>/checkpoints). With denoisers on several "
         "nodes it must be shared storage, or a rerun on another node starts at step 0.",
     )
     compile_cache_dir: str = Field(
-        "", description="Where torch.compile keeps its caches (inductor's FX graph and AOTAutograd caches, "
+        "",
+        description="Where torch.compile keeps its caches (inductor's FX graph and AOTAutograd caches, "
         "Triton kernels), so a restarted, replaced or autoscaled replica loads compiled code instead of compiling "
         "again ('' = <data_dir>/compile-cache, 'off' = torch's default in /tmp, lost with the machine). Share it "
         "between nodes of one GPU and software version to warm new nodes too. TORCHINDUCTOR_CACHE_DIR and "
         "TRITON_CACHE_DIR, when set in a replica's environment, win.",
     )
     checkpoint_ttl_s: float = Field(
-        86400.0, gt=0, description="Checkpoints not written for this long are removed (jobs that ended elsewhere).",
+        86400.0,
+        gt=0,
+        description="Checkpoints not written for this long are removed (jobs that ended elsewhere).",
     )
     sync_budget_s: float = Field(
-        15.0, ge=0, description="A request whose estimated finish is within this many seconds is answered "
-        "synchronously (200 with the finished video); later ones become jobs (202, status queued)."
+        15.0,
+        ge=0,
+        description="A request whose estimated finish is within this many seconds is answered "
+        "synchronously (200 with the finished video); later ones become jobs (202, status queued).",
     )
     default_job_deadline_s: float = Field(
         600.0, gt=0, description="Deadline of one run of an asynchronous job that names none."
     )
     job_store: str = Field(
-        "", description="Where jobs are kept: '' (SQLite file in data_dir), 'sqlite:///path.db', or "
-        "'redis://host:port/db' (shared by several gateway replicas or nodes)."
+        "",
+        description="Where jobs are kept: '' (SQLite file in data_dir), 'sqlite:///path.db', or "
+        "'redis://host:port/db' (shared by several gateway replicas or nodes).",
     )
     artifact_store: str = Field(
-        "", description="Where videos and thumbnails are kept: '' (data_dir/videos), 'file:///dir', or "
-        "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL)."
+        "",
+        description="Where videos and thumbnails are kept: '' (data_dir/videos), 'file:///dir', or "
+        "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL).",
     )
     artifact_ttl_s: float = Field(86400.0, gt=0, description="Seconds a finished video's files are kept (expires_at).")
     job_max_attempts: int = Field(
         3, ge=1, description="Runs a job may start (restarts and takeovers included) before it fails."
     )
     job_lease_s: float = Field(
-        15.0, gt=0, description="A running job whose runner has not proved alive for this long is taken over "
-        "by another gateway replica (after a crash or restart)."
+        15.0,
+        gt=0,
+        description="A running job whose runner has not proved alive for this long is taken over "
+        "by another gateway replica (after a crash or restart).",
     )
     dispatch_interval_s: float = Field(
         1.0, gt=0, description="How often a gateway looks for orphaned jobs and expired files."
     )
     cache_enabled: bool = Field(True, description="Serve repeated requests from the result cache.")
     cache_store: str = Field(
-        "", description="Cache index: '' (SQLite file in data_dir) or 'redis://host:port/db'. Cached files go "
-        "to the artifact store."
+        "",
+        description="Cache index: '' (SQLite file in data_dir) or 'redis://host:port/db'. Cached files go "
+        "to the artifact store.",
     )
     cache_ttl_s: float = Field(86400.0, gt=0, description="Seconds a cached video is served (one day).")
     cache_max_bytes: int = Field(
         10 * 1024**3, gt=0, description="Total size of cached files; least recently used entries go first."
     )
     cache_casefold: bool = Field(
-        False, description="Treat prompts that differ only in letter case as the same (and generate "
-        "with the case-folded prompt)."
+        False,
+        description="Treat prompts that differ only in letter case as the same (and generate "
+        "with the case-folded prompt).",
     )
     cache_inflight_ttl_s: float = Field(
         900.0, gt=0, description="How long a single-flight claim holds if its job never reports back."
     )
     embedding_cache_size: int = Field(
-        64, ge=0, description="Texts (prompts and negative prompts) whose embeddings each prompt-encoder replica "
-        "keeps (LRU; 0 turns it off)."
+        64,
+        ge=0,
+        description="Texts (prompts and negative prompts) whose embeddings each prompt-encoder replica "
+        "keeps (LRU; 0 turns it off).",
     )
     admin_key_env: str = Field(
-        "WAN_SERVE_ADMIN_KEY", description="Environment variable holding the admin key (cache purge); unset "
-        "disables admin routes."
+        "WAN_SERVE_ADMIN_KEY",
+        description="Environment variable holding the admin key (cache purge); unset disables admin routes.",
     )
     webhook_secret_env: str = Field(
         "WAN_SERVE_WEBHOOK_SECRET", description="Environment variable holding the webhook signing secret."
     )
     webhook_allowed_hosts: list[str] = Field(
-        default_factory=list, description="Hosts, '*.suffix' patterns or IP/CIDRs webhooks may be sent to; "
-        "empty refuses every webhook_url."
+        default_factory=list,
+        description="Hosts, '*.suffix' patterns or IP/CIDRs webhooks may be sent to; empty refuses every webhook_url.",
     )
     webhook_allow_http: bool = Field(False, description="Allow http:// webhook URLs (https only otherwise).")
     webhook_max_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook before giving up.")
@@ -170,25 +186,24 @@ class ServiceArgs(StrictModel):
         default_factory=AdmissionConfig, description="Admission control and quality tiers under load."
     )
     access: AccessConfig = Field(
-        default_factory=AccessConfig, description="API keys, rate limits, concurrent-job caps, body size "
-        "(docs/access.md)."
+        default_factory=AccessConfig,
+        description="API keys, rate limits, concurrent-job caps, body size (docs/access.md).",
     )
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
     health: HealthOptions = Field(
-        default_factory=HealthOptions, description="When a model replica fails Ray's health check and is replaced "
-        "(CUDA errors, GPU memory that stays up, stuck calls)."
+        default_factory=HealthOptions,
+        description="When a model replica fails Ray's health check and is replaced "
+        "(CUDA errors, GPU memory that stays up, stuck calls).",
     )
     faults: FaultInjection = Field(
-        default_factory=FaultInjection, description="Test-only fault injection into the model stages; all off by "
-        "default. Never set in production."
+        default_factory=FaultInjection,
+        description="Test-only fault injection into the model stages; all off by default. Never set in production.",
     )
 
     @model_validator(mode="after")
     def _deadline_order(self) -> ServiceArgs:
         if self.default_deadline_s > self.max_deadline_s:
-            raise ValueError(
-                f"default_deadline_s={self.default_deadline_s} > max_deadline_s={self.max_deadline_s}"
-            )
+            raise ValueError(f"default_deadline_s={self.default_deadline_s} > max_deadline_s={self.max_deadline_s}")
         return self
 
     def deployment_options(self, stage: str) -> dict[str, Any]:

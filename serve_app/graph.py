@@ -59,7 +59,10 @@ class StageGraph:
         self.video_encoder = video_encoder
 
     async def generate(
-        self, params: GenerationParams, deadline: Deadline, on_progress: ProgressCallback | None = None,
+        self,
+        params: GenerationParams,
+        deadline: Deadline,
+        on_progress: ProgressCallback | None = None,
         job_id: str | None = None,
     ) -> GraphResult:
         """`job_id` names the denoiser's loop checkpoint: a rerun of the same job resumes from it."""

@@ -174,8 +174,10 @@ class HealthMonitor:
                 self.consecutive_cuda_errors += 1
                 limit = self.options.max_consecutive_cuda_errors
                 if self.consecutive_cuda_errors >= limit:
-                    self._fail("cuda_errors", f"{self.consecutive_cuda_errors} model calls in a row failed with a "
-                               f"CUDA error (limit {limit})")
+                    self._fail(
+                        "cuda_errors",
+                        f"{self.consecutive_cuda_errors} model calls in a row failed with a CUDA error (limit {limit})",
+                    )
             # "oom" and "error" neither prove nor disprove the device's health.
 
     @property
@@ -210,9 +212,12 @@ class HealthMonitor:
             self.memory_strikes += 1
             if self.memory_strikes >= self.options.memory_strikes:
                 grown = (allocated - self.baseline_bytes) / MIB
-                self._fail("memory", f"GPU memory stays {grown:.0f} MiB above its baseline of "
-                           f"{self.baseline_bytes / MIB:.0f} MiB while idle, on {self.memory_strikes} checks in a "
-                           f"row (tolerance {self.options.memory_tolerance_mib:g} MiB)")
+                self._fail(
+                    "memory",
+                    f"GPU memory stays {grown:.0f} MiB above its baseline of "
+                    f"{self.baseline_bytes / MIB:.0f} MiB while idle, on {self.memory_strikes} checks in a "
+                    f"row (tolerance {self.options.memory_tolerance_mib:g} MiB)",
+                )
 
     def check(self) -> None:
         """Raise `ReplicaUnhealthy` when the replica should be replaced."""
@@ -223,12 +228,15 @@ class HealthMonitor:
                 limit = self.options.stall_limit(self.stage)
                 if quiet > limit:
                     where = f" after step {running.step}" if running.step is not None else ""
-                    self._fail("stall", f"model call {running.number} made no progress for {quiet:.0f}s{where} "
-                               f"(limit {limit:g}s)")
+                    self._fail(
+                        "stall",
+                        f"model call {running.number} made no progress for {quiet:.0f}s{where} (limit {limit:g}s)",
+                    )
             reason = self.reason
         if reason is not None and self.options.enabled:
-            raise ReplicaUnhealthy(f"{self.stage} replica is unhealthy: {reason}", stage=self.stage,
-                                   reason=self.reason_kind)
+            raise ReplicaUnhealthy(
+                f"{self.stage} replica is unhealthy: {reason}", stage=self.stage, reason=self.reason_kind
+            )
 
     def _fail(self, kind: str, reason: str) -> None:
         if self.reason is None:
@@ -247,7 +255,9 @@ class HealthMonitor:
                 "baseline_bytes": self.baseline_bytes,
                 "last_idle_bytes": self.last_idle_bytes,
                 "memory_strikes": self.memory_strikes,
-                "running_call": None if running is None else {
+                "running_call": None
+                if running is None
+                else {
                     "number": running.number,
                     "step": running.step,
                     "quiet_s": round(self.clock() - running.last_beat, 3),

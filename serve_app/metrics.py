@@ -35,12 +35,25 @@ from typing import Any
 
 # Every metric the service exports (Prometheus adds Ray's `ray_` prefix).
 NAMES = (
-    "wan_jobs_total", "wan_jobs_in_flight", "wan_queue_wait_seconds", "wan_eta_ratio", "wan_stage_seconds",
-    "wan_step_seconds", "wan_cache_hits_total", "wan_cache_misses_total", "wan_cache_fills_total",
-    "wan_cache_evictions_total", "wan_embedding_cache_hits_total", "wan_gpu_memory_bytes",
-    "wan_gpu_utilization_percent", "wan_admissions_total", "wan_load",
+    "wan_jobs_total",
+    "wan_jobs_in_flight",
+    "wan_queue_wait_seconds",
+    "wan_eta_ratio",
+    "wan_stage_seconds",
+    "wan_step_seconds",
+    "wan_cache_hits_total",
+    "wan_cache_misses_total",
+    "wan_cache_fills_total",
+    "wan_cache_evictions_total",
+    "wan_embedding_cache_hits_total",
+    "wan_gpu_memory_bytes",
+    "wan_gpu_utilization_percent",
+    "wan_admissions_total",
+    "wan_load",
     "wan_job_retries_total",
-    "wan_gpu_oom_total", "wan_cuda_errors_total", "wan_replica_unhealthy_total",
+    "wan_gpu_oom_total",
+    "wan_cuda_errors_total",
+    "wan_replica_unhealthy_total",
 )
 
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
@@ -91,7 +104,8 @@ def _make(kind: str, name: str, description: str, tags: tuple[str, ...], buckets
 
 def job_ended(status: str, code: str = "") -> None:
     _metric("counter", "wan_jobs_total", "Jobs ended, by status and error code.", ("status", "code")).inc(
-        1, tags={"status": status, "code": code or "none"})
+        1, tags={"status": status, "code": code or "none"}
+    )
 
 
 def jobs_in_flight(n: int) -> None:
@@ -99,19 +113,22 @@ def jobs_in_flight(n: int) -> None:
 
 
 def queue_wait(seconds: float) -> None:
-    _metric("histogram", "wan_queue_wait_seconds", "Accepted to first denoising step.", (),
-            tuple(SECONDS_BUCKETS)).observe(seconds)
+    _metric(
+        "histogram", "wan_queue_wait_seconds", "Accepted to first denoising step.", (), tuple(SECONDS_BUCKETS)
+    ).observe(seconds)
 
 
 def eta_error(actual_s: float, estimated_s: float) -> None:
     if estimated_s > 0:
-        _metric("histogram", "wan_eta_ratio", "Actual over estimated job time (1 is exact).", (),
-                tuple(RATIO_BUCKETS)).observe(actual_s / estimated_s)
+        _metric(
+            "histogram", "wan_eta_ratio", "Actual over estimated job time (1 is exact).", (), tuple(RATIO_BUCKETS)
+        ).observe(actual_s / estimated_s)
 
 
 def stage_time(stage: str, seconds: float) -> None:
     _metric("histogram", "wan_stage_seconds", "Per-job stage time.", ("stage",), tuple(SECONDS_BUCKETS)).observe(
-        seconds, tags={"stage": stage})
+        seconds, tags={"stage": stage}
+    )
 
 
 def step_time(seconds: float) -> None:
@@ -129,7 +146,8 @@ def embedding_cache_hit() -> None:
 
 def gpu_memory(kind: str, value: float) -> None:
     _metric("gauge", "wan_gpu_memory_bytes", "GPU memory of a model replica.", ("kind",)).set(
-        value, tags={"kind": kind})
+        value, tags={"kind": kind}
+    )
 
 
 def gpu_utilization(percent: float) -> None:
@@ -137,18 +155,21 @@ def gpu_utilization(percent: float) -> None:
 
 
 def gpu_oom(stage: str, outcome: str) -> None:
-    _metric("counter", "wan_gpu_oom_total", "Model calls out of GPU memory: recovered or failed.",
-            ("stage", "outcome")).inc(1, tags={"stage": stage, "outcome": outcome})
+    _metric(
+        "counter", "wan_gpu_oom_total", "Model calls out of GPU memory: recovered or failed.", ("stage", "outcome")
+    ).inc(1, tags={"stage": stage, "outcome": outcome})
 
 
 def cuda_error(stage: str) -> None:
     _metric("counter", "wan_cuda_errors_total", "Model calls failed with a CUDA error.", ("stage",)).inc(
-        1, tags={"stage": stage})
+        1, tags={"stage": stage}
+    )
 
 
 def replica_unhealthy(stage: str, reason: str) -> None:
-    _metric("counter", "wan_replica_unhealthy_total", "Failed health checks of model replicas.",
-            ("stage", "reason")).inc(1, tags={"stage": stage, "reason": reason})
+    _metric(
+        "counter", "wan_replica_unhealthy_total", "Failed health checks of model replicas.", ("stage", "reason")
+    ).inc(1, tags={"stage": stage, "reason": reason})
 
 
 @cache
@@ -205,8 +226,9 @@ def report_gpu(device: str, peak_bytes: int | None = None) -> None:
 
 def admitted(outcome: str, tier: str) -> None:
     """One create: its outcome (sync, async, cached, rejected) and tier (or, rejected, the error code)."""
-    _metric("counter", "wan_admissions_total", "Creates by admission outcome and quality tier.",
-            ("outcome", "tier")).inc(1, tags={"outcome": outcome, "tier": tier})
+    _metric(
+        "counter", "wan_admissions_total", "Creates by admission outcome and quality tier.", ("outcome", "tier")
+    ).inc(1, tags={"outcome": outcome, "tier": tier})
 
 
 def load(value: float) -> None:
@@ -214,5 +236,6 @@ def load(value: float) -> None:
 
 
 def job_retried(reason: str) -> None:
-    _metric("counter", "wan_job_retries_total", "Job runs started again after a stage replica was lost.",
-            ("reason",)).inc(1, tags={"reason": reason})
+    _metric(
+        "counter", "wan_job_retries_total", "Job runs started again after a stage replica was lost.", ("reason",)
+    ).inc(1, tags={"reason": reason})

@@ -67,9 +67,7 @@ def parse_size(size: str) -> tuple[int, int]:
     # re.ASCII: str.isdigit() and \d would also take '²' or full-width digits.
     match = SIZE_PATTERN.fullmatch(size)
     if match is None:
-        raise InvalidRequest(
-            f"size={size!r} is not of the form WIDTHxHEIGHT, e.g. '640x480'", param="size"
-        )
+        raise InvalidRequest(f"size={size!r} is not of the form WIDTHxHEIGHT, e.g. '640x480'", param="size")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -86,7 +84,8 @@ def frames_for_seconds(seconds: Any, fps: int, num_frames: int | None, limits: G
     frames = value * fps + 1
     if not math.isfinite(frames) or frames > limits.max_frames:  # 1e308 * 24 is inf: int() would raise
         raise InvalidRequest(
-            f"seconds={seconds} at fps={fps} gives more than max_frames={limits.max_frames} frames", param="seconds")
+            f"seconds={seconds} at fps={fps} gives more than max_frames={limits.max_frames} frames", param="seconds"
+        )
     if frames != int(frames) or (int(frames) - 1) % limits.frames_modulus:
         raise InvalidRequest(
             f"seconds={seconds} at fps={fps} gives {frames:g} frames; frames must be a whole number of the "
@@ -167,9 +166,7 @@ def resolve_generation(
     """
     preset_name = request.get("preset") or catalog.default_preset
     if preset_name not in catalog.presets:
-        raise InvalidRequest(
-            f"preset={preset_name!r} is not one of {sorted(catalog.presets)}", param="preset"
-        )
+        raise InvalidRequest(f"preset={preset_name!r} is not one of {sorted(catalog.presets)}", param="preset")
     preset = catalog.presets[preset_name]
     values: dict[str, Any] = {field: getattr(preset, field) for field in OVERRIDABLE}
 
@@ -181,7 +178,9 @@ def resolve_generation(
         if request.get(field) is not None:
             values[field] = request[field]
     if request.get("seconds") is not None:
-        values["num_frames"] = frames_for_seconds(request["seconds"], values["fps"], request.get("num_frames"), catalog.limits)
+        values["num_frames"] = frames_for_seconds(
+            request["seconds"], values["fps"], request.get("num_frames"), catalog.limits
+        )
     values["prompt"] = request.get("prompt") or ""
     values["seed"] = request.get("seed")
 

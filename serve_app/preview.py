@@ -74,6 +74,7 @@ class LatentProjection:
 
 # --- fitting -------------------------------------------------------------------------------
 
+
 def pool_to_latent_grid(frames: np.ndarray, latent_frames: int, temporal: int, spatial: int) -> np.ndarray:
     """Decoded frames (F, H, W, 3) -> the colour of each latent cell (T, H/s, W/s, 3).
 
@@ -86,7 +87,7 @@ def pool_to_latent_grid(frames: np.ndarray, latent_frames: int, temporal: int, s
         raise ValueError(f"{count} frames do not come from {latent_frames} latent frames at {temporal}x")
     h, w = height // spatial, width // spatial
     pooled = frames[:, : h * spatial, : w * spatial].reshape(count, h, spatial, w, spatial, 3).mean(axis=(2, 4))
-    groups = [pooled[:1]] + [pooled[1 + temporal * (t - 1): 1 + temporal * t] for t in range(1, latent_frames)]
+    groups = [pooled[:1]] + [pooled[1 + temporal * (t - 1) : 1 + temporal * t] for t in range(1, latent_frames)]
     return np.stack([g.mean(axis=0) for g in groups])
 
 
@@ -106,7 +107,11 @@ def fit_latents(channels: int, seed: int = 0, samples: int = 3, frames: int = 2,
 
 
 def fit_projection(
-    decode: Decode, channels: int, temporal: int, spatial: int, latents: list[np.ndarray] | None = None,
+    decode: Decode,
+    channels: int,
+    temporal: int,
+    spatial: int,
+    latents: list[np.ndarray] | None = None,
     ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
 ) -> LatentProjection:
     """Ridge least-squares map from latent cells to the colours `decode` gives them.
@@ -164,8 +169,10 @@ def _fit_with_vae(profile, data_dir: Path) -> LatentProjection:
 
     pipe = load_pipeline(profile, data_dir, "video_encoder")
     return fit_projection(
-        lambda z: decode_latents(pipe, z), pipe.vae.config.z_dim,
-        pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial,
+        lambda z: decode_latents(pipe, z),
+        pipe.vae.config.z_dim,
+        pipe.vae_scale_factor_temporal,
+        pipe.vae_scale_factor_spatial,
     )
 
 
@@ -194,6 +201,7 @@ def projection_for_profile(profile, data_dir: Path) -> LatentProjection:
 
 
 # --- rendering -----------------------------------------------------------------------------
+
 
 def strip_indices(latent_frames: int, frames: int) -> list[int]:
     """Up to `frames` latent frames, evenly spaced, first and last included."""
@@ -228,8 +236,10 @@ def encode_strip(rgb: np.ndarray, max_bytes: int = MAX_PREVIEW_BYTES) -> str:
 
     image = Image.fromarray(np.concatenate(list(rgb), axis=1))
     if image.width > MAX_PREVIEW_WIDTH:
-        image = image.resize((MAX_PREVIEW_WIDTH, max(1, round(image.height * MAX_PREVIEW_WIDTH / image.width))),
-                             Image.Resampling.BILINEAR)
+        image = image.resize(
+            (MAX_PREVIEW_WIDTH, max(1, round(image.height * MAX_PREVIEW_WIDTH / image.width))),
+            Image.Resampling.BILINEAR,
+        )
     while True:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=JPEG_QUALITY)
@@ -242,6 +252,7 @@ def encode_strip(rgb: np.ndarray, max_bytes: int = MAX_PREVIEW_BYTES) -> str:
 
 
 # --- when to make one ----------------------------------------------------------------------
+
 
 def preview_steps(total: int, every_n_steps: int, max_previews: int) -> set[int]:
     """Steps that may get a preview: the first, every stride-th, and the last.
@@ -266,8 +277,9 @@ class PreviewRun:
     decode), so off-steps cost a set lookup.
     """
 
-    def __init__(self, projection: LatentProjection, options, total_steps: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, projection: LatentProjection, options, total_steps: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.projection = projection
         self.frames = options.frames
         self.min_interval_s = options.min_interval_s
@@ -316,4 +328,3 @@ def preview_maker(options, profile, data_dir: Path) -> Callable[[int], PreviewRu
 def data_url_bytes(url: str) -> bytes:
     """The image bytes of a preview data URL (tests, tools)."""
     return base64.b64decode(url.split(",", 1)[1])
-

@@ -26,9 +26,10 @@ def cuda_graphs(bench: Bench) -> None:
             got = graphs(lat, ts, enc)
             diff = (got.float() - ref.float()).abs().max().item()
             res = {}
-            for label, fn in (("direct", lambda: tr(hidden_states=lat, timestep=ts, encoder_hidden_states=enc,
-                                                     return_dict=False)[0]),
-                              ("graph", lambda: graphs(lat, ts, enc))):  # noqa: F821 - `del graphs` comes after the loop
+            for label, fn in (
+                ("direct", lambda: tr(hidden_states=lat, timestep=ts, encoder_hidden_states=enc, return_dict=False)[0]),
+                ("graph", lambda: graphs(lat, ts, enc)),  # noqa: F821 - `del graphs` comes after the loop
+            ):
                 # Synchronised per call, like a step that ends in a host sync.
                 times = []
                 for _ in range(10):

@@ -53,9 +53,12 @@ def dit_efficiency(bench: Bench) -> None:
                 bench.sync()
             t = (time.perf_counter() - started) / n
             flops = dit_flops(tr.config, batch, tokens, 512)
-            out[f"{name} batch {batch}"] = {"ms": round(t * 1000, 1), "tokens": tokens,
-                                             "tflop": round(flops / 1e12, 1),
-                                             "tflops": round(flops / t / 1e12, 1),
-                                             "share_of_matmul": round(flops / t / 1e12 / rate, 3)}
+            out[f"{name} batch {batch}"] = {
+                "ms": round(t * 1000, 1),
+                "tokens": tokens,
+                "tflop": round(flops / 1e12, 1),
+                "tflops": round(flops / t / 1e12, 1),
+                "share_of_matmul": round(flops / t / 1e12 / rate, 3),
+            }
     bench.result["dit_forward_compiled"] = out
     log(f"DiT forward: {out}")

@@ -47,11 +47,20 @@ def fast_tier(bench: Bench) -> None:
             frames = bench.frames_of(keep["latents"])
             psnr_db = psnr(frames, bench.exact_preview_frames)
             forwards = p.num_inference_steps * (1 if bench.speed.cfg_batch else 2)
-            out[name] = {"s": round(min(times), 3), "psnr_vs_exact_db": psnr_db,
-                         "full_forwards_share": round(computed / forwards, 2)}
-            bench.add_row("preview 640x480x17, 20 steps", f"project fast ({name})", min(times), peak,
-                          psnr_vs_exact_db=psnr_db, full_forwards=f"{computed:.0f}/{forwards}",
-                          ratio=round(plain / min(times), 2))
+            out[name] = {
+                "s": round(min(times), 3),
+                "psnr_vs_exact_db": psnr_db,
+                "full_forwards_share": round(computed / forwards, 2),
+            }
+            bench.add_row(
+                "preview 640x480x17, 20 steps",
+                f"project fast ({name})",
+                min(times),
+                peak,
+                psnr_vs_exact_db=psnr_db,
+                full_forwards=f"{computed:.0f}/{forwards}",
+                ratio=round(plain / min(times), 2),
+            )
         except Exception as exc:  # noqa: BLE001 - the variant's error is recorded; the run goes on
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             traceback.print_exc()
@@ -61,8 +70,9 @@ def fast_tier(bench: Bench) -> None:
     if best:
         # The best-quality variant that reaches 2.5x, else the fastest.
         good = [k for k in best if plain / out[k]["s"] >= 2.5]
-        pick = (max(good, key=lambda k: out[k]["psnr_vs_exact_db"] or 0) if good
-                else min(best, key=lambda k: out[k]["s"]))
+        pick = (
+            max(good, key=lambda k: out[k]["psnr_vs_exact_db"] or 0) if good else min(best, key=lambda k: out[k]["s"])
+        )
         bench.fast_official_knobs = (pick, variants[pick])
         bench.result["fast_pick"] = pick
 
@@ -75,10 +85,16 @@ def fast_official(bench: Bench) -> None:
     with counter:
         _, t, peak = bench.timed(lambda: bench.project_call(p, knobs=knobs, keep=keep))
     forwards = p.num_inference_steps * (1 if bench.speed.cfg_batch else 2)
-    bench.add_row("official 1280x704x121, 50 steps", f"project fast ({name})", t, peak,
-                  note="measured, all 50 steps (a step cache cannot be extrapolated)",
-                  full_forwards=f"{counter.calls}/{forwards}", decode_s=round(keep["decode_s"], 3),
-                  ratio=round(bench.plain_row("official") / t, 2))
+    bench.add_row(
+        "official 1280x704x121, 50 steps",
+        f"project fast ({name})",
+        t,
+        peak,
+        note="measured, all 50 steps (a step cache cannot be extrapolated)",
+        full_forwards=f"{counter.calls}/{forwards}",
+        decode_s=round(keep["decode_s"], 3),
+        ratio=round(bench.plain_row("official") / t, 2),
+    )
 
 
 class BlockCounter:

@@ -122,11 +122,19 @@ class Bench:
 
     def shape(self, name: str) -> tuple[int, int, int]:
         """(height, width, frames) of a setting; --smoke shrinks them for a CPU dry run of this script."""
-        full = {"preview": (480, 640, 17), "standard": (480, 832, 81), "official": (704, 1280, 121),
-                "preview9": (480, 640, 9)}[name]
+        full = {
+            "preview": (480, 640, 17),
+            "standard": (480, 832, 81),
+            "official": (704, 1280, 121),
+            "preview9": (480, 640, 9),
+        }[name]
         if self.args.smoke:
-            return {"preview": (64, 96, 9), "standard": (64, 128, 13), "official": (96, 128, 17),
-                    "preview9": (64, 96, 5)}[name]
+            return {
+                "preview": (64, 96, 9),
+                "standard": (64, 128, 13),
+                "official": (96, 128, 17),
+                "preview9": (64, 96, 5),
+            }[name]
         return full
 
     def params(self, preset: str, steps: int | None = None) -> GenerationParams:
@@ -136,9 +144,16 @@ class Bench:
         if self.args.smoke:
             steps = min(steps, 4)
         return GenerationParams(
-            prompt=PROMPT, negative_prompt=p.negative_prompt, width=width, height=height,
-            num_frames=frames, num_inference_steps=steps,
-            guidance_scale=p.guidance_scale, fps=p.fps, seed=SEED, preset=preset,
+            prompt=PROMPT,
+            negative_prompt=p.negative_prompt,
+            width=width,
+            height=height,
+            num_frames=frames,
+            num_inference_steps=steps,
+            guidance_scale=p.guidance_scale,
+            fps=p.fps,
+            seed=SEED,
+            preset=preset,
         )
 
     # --- the model and the two paths ------------------------------------------------------
@@ -160,10 +175,16 @@ class Bench:
             return {}
 
         return self.pipe(
-            prompt=params.prompt, negative_prompt=params.negative_prompt, height=params.height, width=params.width,
-            num_frames=params.num_frames, num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale, generator=torch.Generator(self.device).manual_seed(params.seed),
-            output_type="np", callback_on_step_end=cb if on_step else None,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            height=params.height,
+            width=params.width,
+            num_frames=params.num_frames,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            generator=torch.Generator(self.device).manual_seed(params.seed),
+            output_type="np",
+            callback_on_step_end=cb if on_step else None,
         ).frames[0]
 
     def project_call(self, params: GenerationParams, knobs=None, on_step=None, keep: dict | None = None):
@@ -171,11 +192,23 @@ class Bench:
         from serve_app.pipeline.batching import denoise_optimized
         from serve_app.settings.speed import EXACT
 
-        emb = stages.encode_prompts(self.pipe, params.prompt, params.negative_prompt, params.guidance_scale,
-                                    self.profile.max_sequence_length, encode=self.encode_with_cache)
+        emb = stages.encode_prompts(
+            self.pipe,
+            params.prompt,
+            params.negative_prompt,
+            params.guidance_scale,
+            self.profile.max_sequence_length,
+            encode=self.encode_with_cache,
+        )
         guard = StepGuard(Deadline.after(3600), params.num_inference_steps)
-        latents = denoise_optimized(self.runtime, params, emb, guard,
-                                    on_step=(lambda s, t: on_step(s)) if on_step else None, knobs=knobs or EXACT)
+        latents = denoise_optimized(
+            self.runtime,
+            params,
+            emb,
+            guard,
+            on_step=(lambda s, t: on_step(s)) if on_step else None,
+            knobs=knobs or EXACT,
+        )
         if keep is not None:
             keep["latents"] = latents
         decode_started = time.perf_counter()
@@ -216,8 +249,14 @@ class Bench:
         return total, statistics.median(steps), peak
 
     def add_row(self, setting: str, path: str, seconds: float, peak: float, note: str = "", **extra) -> None:
-        row = {"setting": setting, "path": path, "time_s": round(seconds, 3), "peak_gib": round(peak, 2),
-               "note": note, **extra}
+        row = {
+            "setting": setting,
+            "path": path,
+            "time_s": round(seconds, 3),
+            "peak_gib": round(peak, 2),
+            "note": note,
+            **extra,
+        }
         self.rows.append(row)
         log(f"ROW {row}")
 

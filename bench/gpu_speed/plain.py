@@ -22,8 +22,9 @@ def plain_runs(bench: Bench) -> None:
         frames, t, peak = bench.timed(lambda: bench.plain_call(p))
         times.append(t)
     bench.plain_preview_frames = frames_to_uint8(frames)
-    bench.add_row("preview 640x480x17, 20 steps", "plain", statistics.median(times), peak,
-                  runs=[round(x, 3) for x in times])
+    bench.add_row(
+        "preview 640x480x17, 20 steps", "plain", statistics.median(times), peak, runs=[round(x, 3) for x in times]
+    )
     p = bench.params("standard", steps=20)
     _, t, peak = bench.timed(lambda: bench.plain_call(p))
     bench.add_row("832x480x81, 20 steps", "plain", t, peak)
@@ -31,6 +32,12 @@ def plain_runs(bench: Bench) -> None:
     total, step, peak = bench.stepped(lambda q, on_step: bench.plain_call(q, on_step), p)
     bench.plain_official_step = step
     est = total + (50 - OFFICIAL_PROBE_STEPS) * step
-    bench.add_row("official 1280x704x121, 50 steps", "plain", est, peak,
-                  note=f"extrapolated: {OFFICIAL_PROBE_STEPS}-step run {total:.2f}s + 47 x {step:.3f}s/step",
-                  probe_total_s=round(total, 3), step_s=round(step, 4))
+    bench.add_row(
+        "official 1280x704x121, 50 steps",
+        "plain",
+        est,
+        peak,
+        note=f"extrapolated: {OFFICIAL_PROBE_STEPS}-step run {total:.2f}s + 47 x {step:.3f}s/step",
+        probe_total_s=round(total, 3),
+        step_s=round(step, 4),
+    )

@@ -21,8 +21,11 @@ def attention_kernels(bench: Bench) -> str:
     q, k, v = (torch.randn(2, 24, 27280, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     flops = 4 * 2 * 24 * 27280 * 27280 * 128
     out = {}
-    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+    for name, backend in (
+        ("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+        ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
         try:
             with sdpa_kernel(backend):
                 for _ in range(2):
@@ -55,13 +58,11 @@ def setup_project(bench: Bench) -> None:
     set_attention_backend(bench.pipe.transformer, backend)
     bench.result["attention_backend"] = backend
     bench.result["attention_in_effect"] = attention_in_effect(bench.pipe.transformer)
-    bench.speed = SpeedOptions(compile="default", compile_dynamic=True, cfg_batch=True,
-                               cudnn_benchmark=bench.cuda)
+    bench.speed = SpeedOptions(compile="default", compile_dynamic=True, cfg_batch=True, cudnn_benchmark=bench.cuda)
     bench.result["speed_options"] = bench.speed.model_dump()
     bench.runtime = DenoiserRuntime(bench.pipe, bench.speed)
     started = time.perf_counter()
-    shapes = [(p.height, p.width, p.num_frames)
-              for p in (bench.params(n) for n in ("preview", "standard", "official"))]
+    shapes = [(p.height, p.width, p.num_frames) for p in (bench.params(n) for n in ("preview", "standard", "official"))]
     # Guided only: the bench never runs unguided (the service warms both).
     bench.runtime.warm_up(shapes, bench.profile.max_sequence_length, steps=2, guidance=(5.0,))
     bench.result["compile_and_warmup_s"] = round(time.perf_counter() - started, 1)

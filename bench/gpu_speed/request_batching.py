@@ -15,16 +15,25 @@ def batching(bench: Bench) -> None:
     for label, shape in {"640x480x17": "preview", "640x480x9": "preview9"}.items():
         base = bench.params("preview", steps=8)
         base = base.model_copy(update={"num_frames": bench.shape(shape)[2]})
-        emb = stages.encode_prompts(bench.pipe, base.prompt, base.negative_prompt, base.guidance_scale,
-                                    bench.profile.max_sequence_length)
+        emb = stages.encode_prompts(
+            bench.pipe, base.prompt, base.negative_prompt, base.guidance_scale, bench.profile.max_sequence_length
+        )
         res = {}
         for n in (1, 2, 4, 8):
             batcher = StepBatcher(bench.runtime, max_requests=8, max_tokens=10**9)
 
             def run():
-                futures = [batcher.submit(base.model_copy(update={"seed": SEED + i}), emb,
-                                          StepGuard(Deadline.after(3600), base.num_inference_steps), None,
-                                          FastKnobs(), lambda loop: None) for i in range(n)]
+                futures = [
+                    batcher.submit(
+                        base.model_copy(update={"seed": SEED + i}),
+                        emb,
+                        StepGuard(Deadline.after(3600), base.num_inference_steps),
+                        None,
+                        FastKnobs(),
+                        lambda loop: None,
+                    )
+                    for i in range(n)
+                ]
                 batcher.run()
                 return [f.result() for f in futures]
 

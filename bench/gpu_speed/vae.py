@@ -23,8 +23,9 @@ def vae(bench: Bench) -> None:
 
     out = {}
     p = bench.params("preview")
-    emb = stages.encode_prompts(bench.pipe, p.prompt, p.negative_prompt, p.guidance_scale,
-                                bench.profile.max_sequence_length)
+    emb = stages.encode_prompts(
+        bench.pipe, p.prompt, p.negative_prompt, p.guidance_scale, bench.profile.max_sequence_length
+    )
     lat = denoise_optimized(bench.runtime, p, emb, StepGuard(Deadline.after(3600), p.num_inference_steps))
     bf16 = frames_to_uint8(stages.decode_latents(bench.pipe, lat))
     vae_bf16 = bench.pipe.vae
@@ -38,8 +39,9 @@ def vae(bench: Bench) -> None:
     out["preview_bf16_vs_fp32_psnr_db"] = psnr(bf16, fp32)
     out["preview_fp32_decode_s"] = round(t32, 3)
     s = bench.params("standard")
-    lat832 = torch.randn(1, 48, (s.num_frames - 1) // 4 + 1, s.height // 16, s.width // 16,
-                         generator=torch.Generator().manual_seed(0))
+    lat832 = torch.randn(
+        1, 48, (s.num_frames - 1) // 4 + 1, s.height // 16, s.width // 16, generator=torch.Generator().manual_seed(0)
+    )
     layouts = {}
     for layout in ("contiguous", "channels_last"):
         set_vae_channels_last(bench.pipe.vae, layout == "channels_last")
@@ -50,11 +52,16 @@ def vae(bench: Bench) -> None:
                 opts = {"preset": "veryfast", "crf": "20", "threads": "1"} if mode.endswith("1thread") else None
                 m = mode.split("-")[0]
                 stages.decode_to_mp4(bench.pipe, z, fps, mode=m, tile_on_oom=False, codec_options=opts)  # autotune
-                v, t, peak = bench.timed(lambda: stages.decode_to_mp4(bench.pipe, z, fps, mode=m, tile_on_oom=False,
-                                                                      codec_options=opts))
-                res[f"{label} {mode}"] = {"total_s": round(t, 3), "decode_s": round(v.decode_s, 3),
-                                          "encode_tail_s": round(v.encode_s, 3), "peak_gib": round(peak, 2),
-                                          "mp4_bytes": len(v.mp4)}
+                v, t, peak = bench.timed(
+                    lambda: stages.decode_to_mp4(bench.pipe, z, fps, mode=m, tile_on_oom=False, codec_options=opts)
+                )
+                res[f"{label} {mode}"] = {
+                    "total_s": round(t, 3),
+                    "decode_s": round(v.decode_s, 3),
+                    "encode_tail_s": round(v.encode_s, 3),
+                    "peak_gib": round(peak, 2),
+                    "mp4_bytes": len(v.mp4),
+                }
         layouts[layout] = res
         log(f"VAE {layout}: {res}")
     out["decode"] = layouts

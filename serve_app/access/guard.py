@@ -106,7 +106,10 @@ class AccessGuard:
         except ServiceUnavailable as exc:
             log.warning(
                 "could not release job slot of %s for key %r: %s; it frees after %.0f s",
-                job_id, principal_id, exc.message, self.config.job_slot_lease_s,
+                job_id,
+                principal_id,
+                exc.message,
+                self.config.job_slot_lease_s,
             )
             return False
 
@@ -151,8 +154,7 @@ class AdminAccess:
     def check(self, authorization_header: str | None) -> None:
         """Return when the caller is an admin; 401 or 403 otherwise."""
         token = bearer_token(authorization_header)
-        if self.operator_key and token is not None and hmac.compare_digest(
-                token.encode(), self.operator_key.encode()):
+        if self.operator_key and token is not None and hmac.compare_digest(token.encode(), self.operator_key.encode()):
             return
         if self.guard is not None and self.guard.auth_enabled:
             self.guard.require_admin(self.guard.authenticate(authorization_header))
@@ -160,4 +162,3 @@ class AdminAccess:
         if not self.operator_key:
             raise Forbidden(f"admin routes are off: set ${self.key_env} or configure an admin API key")
         raise Unauthorized(f"admin routes need '{HEADER}: Bearer <admin key>'", param=HEADER)
-

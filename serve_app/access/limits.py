@@ -74,7 +74,11 @@ class JobLimiter(Protocol):
     backend: str
 
     def acquire(
-        self, key_id: str, job_id: str, limit: int, lease_s: float,
+        self,
+        key_id: str,
+        job_id: str,
+        limit: int,
+        lease_s: float,
         retry_after_s: float = DEFAULT_CONCURRENCY_RETRY_AFTER_S,
     ) -> int:
         """Hold a slot for the job (idempotent); return the key's unfinished jobs. Raises ConcurrencyLimited."""
@@ -148,7 +152,11 @@ class InProcessJobLimiter:
         return slots
 
     def acquire(
-        self, key_id: str, job_id: str, limit: int, lease_s: float,
+        self,
+        key_id: str,
+        job_id: str,
+        limit: int,
+        lease_s: float,
         retry_after_s: float = DEFAULT_CONCURRENCY_RETRY_AFTER_S,
     ) -> int:
         with self._lock:

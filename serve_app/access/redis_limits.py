@@ -51,7 +51,9 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 # KEYS: bucket
 # ARGV: rate_per_s, burst
 # -> {1, tokens left} taken, {0, seconds until one token} empty
-_HIT = _NOW + """
+_HIT = (
+    _NOW
+    + """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -79,6 +81,7 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', stri
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {allowed, string.format('%.17g', value)}
 """
+)
 
 # Drops expired leases, then keeps the zset alive as long as its longest lease.
 _PRUNE = """
@@ -94,39 +97,58 @@ end
 # KEYS: jobs zset
 # ARGV: job_id, limit, lease_s
 # -> {1, count} holds a slot (new, or already held: lease renewed), {0, count} at the limit
-_ACQUIRE = _NOW + _PRUNE + """
+_ACQUIRE = (
+    _NOW
+    + _PRUNE
+    + """
 local count = redis.call('ZCARD', KEYS[1])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   if count >= tonumber(ARGV[2]) then return {0, count} end
   count = count + 1
 end
 redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3])), ARGV[1])
-""" + _EXPIRE + """
+"""
+    + _EXPIRE
+    + """
 return {1, count}
 """
+)
 
 # KEYS: jobs zset
 # ARGV: job_id, lease_s
 # -> 1 renewed, 0 holds no slot (released, expired, or never acquired: not re-added, as
 #    that could go over the limit)
-_TOUCH = _NOW + _PRUNE + """
+_TOUCH = (
+    _NOW
+    + _PRUNE
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), ARGV[1])
-""" + _EXPIRE + """
+"""
+    + _EXPIRE
+    + """
 return 1
 """
+)
 
 # KEYS: jobs zset
 # ARGV: job_id
 # -> 1 released, 0 held no live slot (the same answer as the in-process backend)
-_RELEASE = _NOW + _PRUNE + """
+_RELEASE = (
+    _NOW
+    + _PRUNE
+    + """
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
+)
 
 # KEYS: jobs zset -> live slots (read-only: counts past `now` without pruning)
-_ACTIVE = _NOW + """
+_ACTIVE = (
+    _NOW
+    + """
 return redis.call('ZCOUNT', KEYS[1], string.format('(%.6f', now), '+inf')
 """
+)
 
 
 class RedisLimiter:
@@ -169,7 +191,11 @@ class RedisLimiter:
         raise rate_limited(key_id, kind, rate_per_s, burst, float(value))
 
     def acquire(
-        self, key_id: str, job_id: str, limit: int, lease_s: float,
+        self,
+        key_id: str,
+        job_id: str,
+        limit: int,
+        lease_s: float,
         retry_after_s: float = DEFAULT_CONCURRENCY_RETRY_AFTER_S,
     ) -> int:
         admitted, count = self._call(
@@ -180,9 +206,9 @@ class RedisLimiter:
         raise concurrency_limited(key_id, int(count), limit, retry_after_s)
 
     def touch(self, key_id: str, job_id: str, lease_s: float) -> bool:
-        return self._call(
-            lambda: self._touch(keys=[self._key("jobs", key_id)], args=[job_id, repr(float(lease_s))])
-        ) == 1
+        return (
+            self._call(lambda: self._touch(keys=[self._key("jobs", key_id)], args=[job_id, repr(float(lease_s))])) == 1
+        )
 
     def release(self, key_id: str, job_id: str) -> bool:
         return self._call(lambda: self._release(keys=[self._key("jobs", key_id)], args=[job_id])) == 1

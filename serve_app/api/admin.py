@@ -42,8 +42,7 @@ def _cache_admin(request: Request) -> CacheAdmin:
     return request.app.state.cache_admin
 
 
-@router.get("/v1/cache/stats", summary="Result cache: entries, bytes, fills, evictions (admin)",
-            dependencies=[ADMIN])
+@router.get("/v1/cache/stats", summary="Result cache: entries, bytes, fills, evictions (admin)", dependencies=[ADMIN])
 async def cache_stats(request: Request) -> dict:
     return await _cache_admin(request).stats()
 

@@ -26,8 +26,9 @@ MAX_FORM_FIELDS = 32
 
 def check_body_size(n_bytes: int | None, limit: int) -> None:
     if n_bytes is not None and n_bytes > limit:
-        raise RequestTooLarge(f"body has {n_bytes} bytes; at most {limit} are accepted", param="body",
-                              max_body_bytes=limit)
+        raise RequestTooLarge(
+            f"body has {n_bytes} bytes; at most {limit} are accepted", param="body", max_body_bytes=limit
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -41,8 +42,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestTooLarge(f"body exceeds {limit} bytes, the most accepted", param="body",
-                                  max_body_bytes=limit)
+            raise RequestTooLarge(f"body exceeds {limit} bytes, the most accepted", param="body", max_body_bytes=limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -60,8 +60,9 @@ async def _form_fields(request: Request, body: bytes, content_type: str) -> list
 
     # Parsed from the bytes already read (and bounded) rather than request.form(),
     # whose limit errors would surface as a bare 400 without our error shape.
-    parser = MultiPartParser(request.headers, replay(), max_files=1, max_fields=MAX_FORM_FIELDS,
-                             max_part_size=len(body) + 1)
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=len(body) + 1
+    )
     try:
         form = await parser.parse()
     except (MultiPartException, KeyError, ValueError) as exc:  # KeyError: no boundary
@@ -81,9 +82,7 @@ async def read_create_request(request: Request, max_body_bytes: int = MAX_BODY_B
         fields: dict = {}
         for key, value in await _form_fields(request, body, content_type):
             if not isinstance(value, str):
-                raise InvalidRequest(
-                    f"{key}: file uploads are not supported (text-to-video only)", param=key
-                )
+                raise InvalidRequest(f"{key}: file uploads are not supported (text-to-video only)", param=key)
             if key in fields:
                 raise InvalidRequest(f"{short(key)} is given more than once", param=key)
             fields[key] = value

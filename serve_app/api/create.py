@@ -129,7 +129,10 @@ class VideoCreator:
         self.check_webhook = check_webhook  # raises for a webhook_url that may not be called
 
     async def create_video(
-        self, request: CreateVideoRequest, prefer: Preference, idempotency_key: str | None = None,
+        self,
+        request: CreateVideoRequest,
+        prefer: Preference,
+        idempotency_key: str | None = None,
         principal: Principal | None = None,
     ) -> CreateOutcome:
         """POST /v1/videos in one pass: every step below runs once."""
@@ -146,9 +149,13 @@ class VideoCreator:
         #    cache, since a tier may force the cache on even for `cache: false`.
         cacheable = None
         if self._cache_on:
-            cacheable = cacheable_form(requested, seed_given=request.seed is not None,
-                                       model_identity=self.profile.identity, casefold=self.args.cache_casefold,
-                                       max_seed=self.catalog.limits.max_seed)
+            cacheable = cacheable_form(
+                requested,
+                seed_given=request.seed is not None,
+                model_identity=self.profile.identity,
+                casefold=self.args.cache_casefold,
+                max_seed=self.catalog.limits.max_seed,
+            )
         asked = cacheable if cacheable is not None and request.cache else requested
 
         # 3. Look up: a finished video exactly as asked beats any admission decision.
@@ -233,18 +240,27 @@ class VideoCreator:
         return Deadlines(sync_s=requested, job_s=requested)
 
     def _admit(
-        self, asked: GenerationParams, cacheable: GenerationParams | None, request: CreateVideoRequest,
+        self,
+        asked: GenerationParams,
+        cacheable: GenerationParams | None,
+        request: CreateVideoRequest,
         prefer: Preference,
     ) -> Decision:
         mode: Mode = "async" if prefer.respond_async else "wait" if prefer.wait_s is not None else "auto"
         deadlines = self._deadlines(request.deadline_s)
         if self.admission is None:
-            return as_asked(asked, self.eta.of_request(asked), mode=mode, sync_budget_s=self.args.sync_budget_s,
-                            deadlines=deadlines)
+            return as_asked(
+                asked, self.eta.of_request(asked), mode=mode, sync_budget_s=self.args.sync_budget_s, deadlines=deadlines
+            )
         try:
             decision = self.admission.decide(
-                asked, self.load.snapshot(), mode=mode, exact=request.quality == "exact",
-                sync_budget_s=self.args.sync_budget_s, deadline_s=deadlines, wait_s=prefer.wait_s,
+                asked,
+                self.load.snapshot(),
+                mode=mode,
+                exact=request.quality == "exact",
+                sync_budget_s=self.args.sync_budget_s,
+                deadline_s=deadlines,
+                wait_s=prefer.wait_s,
                 cacheable=cacheable,
             )
         except ServiceError as exc:
@@ -364,10 +380,22 @@ class VideoCreator:
         return exc
 
     def _new_job(
-        self, params: GenerationParams, request: CreateVideoRequest, deadline_s: float, idempotency_key: str | None,
+        self,
+        params: GenerationParams,
+        request: CreateVideoRequest,
+        deadline_s: float,
+        idempotency_key: str | None,
         principal: Principal | None = None,
     ) -> JobRecord:
         # Owner key: its job slot is freed when the job ends, and only it sees the job.
         key_id = principal.id if principal is not None and (principal.authenticated or principal.limited) else None
-        return JobRecord.new(new_video_id(), self.profile.model_id, params, time.time(), deadline_s,
-                             idempotency_key=idempotency_key, webhook_url=request.webhook_url, key_id=key_id)
+        return JobRecord.new(
+            new_video_id(),
+            self.profile.model_id,
+            params,
+            time.time(),
+            deadline_s,
+            idempotency_key=idempotency_key,
+            webhook_url=request.webhook_url,
+            key_id=key_id,
+        )

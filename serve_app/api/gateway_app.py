@@ -83,7 +83,11 @@ class GatewaySettings:
 
     @classmethod
     def load(
-        cls, args: ServiceArgs, env: Mapping[str, str] | None = None, *, profile: ModelProfile | None = None,
+        cls,
+        args: ServiceArgs,
+        env: Mapping[str, str] | None = None,
+        *,
+        profile: ModelProfile | None = None,
         replica_id: str | None = None,
     ) -> GatewaySettings:
         """`env` None reads os.environ; `profile` replaces the one `args` names (tests)."""
@@ -95,8 +99,13 @@ class GatewaySettings:
         tiers = load_tiers(args.admission.tiers_file)
         tiers.check(catalog.limits, profile.speed.optimized_loop)
         return cls(
-            args=args, profile=profile, catalog=catalog, tiers=tiers, webhooks=webhook_config(args, env),
-            admin_key=env.get(args.admin_key_env, ""), replica_id=replica_id or new_replica_id(),
+            args=args,
+            profile=profile,
+            catalog=catalog,
+            tiers=tiers,
+            webhooks=webhook_config(args, env),
+            admin_key=env.get(args.admin_key_env, ""),
+            replica_id=replica_id or new_replica_id(),
         )
 
 
@@ -180,7 +189,11 @@ def initial_replicas(options: StageOptions) -> int:
 
 
 def build_gateway(
-    settings: GatewaySettings, handles: GatewayHandles, stores: GatewayStores, *, admission: bool = True,
+    settings: GatewaySettings,
+    handles: GatewayHandles,
+    stores: GatewayStores,
+    *,
+    admission: bool = True,
     estimator: StageTimeEstimator | None = None,
 ) -> GatewayApp:
     """The gateway over `handles` and `stores`.
@@ -227,23 +240,47 @@ def build_gateway(
         lower_memory=lowest_tier(settings.tiers),
         eta=eta.of_job,  # queued events show the ETA admission decided on
     )
-    policy = Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) \
-        if admission else None
+    policy = (
+        Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
+    )
     views = VideoViews(stores.jobs, stores.artifacts, runner, eta)
     creator = VideoCreator(
-        args=args, profile=profile, catalog=settings.catalog, store=stores.jobs, runner=runner, views=views,
-        load=load, eta=eta, admission=policy, cache=handles.cache, cache_index=stores.cache_index, guard=guard,
+        args=args,
+        profile=profile,
+        catalog=settings.catalog,
+        store=stores.jobs,
+        runner=runner,
+        views=views,
+        load=load,
+        eta=eta,
+        admission=policy,
+        cache=handles.cache,
+        cache_index=stores.cache_index,
+        guard=guard,
         check_webhook=lambda url: check_destination(url, settings.webhooks),
     )
     report = ServiceReport(profile, settings.catalog, args.default_deadline_s, handles.probe, guard, policy, load)
     app = create_app(
-        creator=creator, views=views, report=report, cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
-        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard), guard=guard,
-        replica=settings.replica_id, max_body_bytes=args.access.max_body_bytes,
+        creator=creator,
+        views=views,
+        report=report,
+        cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
+        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard),
+        guard=guard,
+        replica=settings.replica_id,
+        max_body_bytes=args.access.max_body_bytes,
     )
     return GatewayApp(
-        app=app, creator=creator, views=views, report=report, runner=runner, load=load, admission=policy,
-        estimator=estimator, settings=settings, stores=stores,
+        app=app,
+        creator=creator,
+        views=views,
+        report=report,
+        runner=runner,
+        load=load,
+        admission=policy,
+        estimator=estimator,
+        settings=settings,
+        stores=stores,
     )
 
 

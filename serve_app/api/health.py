@@ -26,8 +26,14 @@ class ServiceReport:
     """What the service is and how it is doing, for operators and clients."""
 
     def __init__(
-        self, profile: ModelProfile, catalog: PresetCatalog, default_deadline_s: float, probe: StageProbe | None,
-        guard: AccessGuard | None, admission: Admission | None, load: LoadMonitor,
+        self,
+        profile: ModelProfile,
+        catalog: PresetCatalog,
+        default_deadline_s: float,
+        probe: StageProbe | None,
+        guard: AccessGuard | None,
+        admission: Admission | None,
+        load: LoadMonitor,
     ) -> None:
         self.profile = profile
         self.catalog = catalog

@@ -19,9 +19,7 @@ class CreateVideoRequest(BaseModel):
     preset: str | None = Field(
         None, max_length=100, description="Preset name (configs/presets.yaml); default 'preview'."
     )
-    size: str | None = Field(
-        None, max_length=32, description="WIDTHxHEIGHT, e.g. '640x480'; or give width and height."
-    )
+    size: str | None = Field(None, max_length=32, description="WIDTHxHEIGHT, e.g. '640x480'; or give width and height.")
     width: int | None = Field(None, description="Width in pixels, a multiple of 32.")
     height: int | None = Field(None, description="Height in pixels, a multiple of 32.")
     num_frames: int | None = Field(None, description="Frames, of the form 4k+1.")
@@ -40,12 +38,14 @@ class CreateVideoRequest(BaseModel):
         None, max_length=2048, description="POSTed the final video object (signed) when the job completes or fails."
     )
     cache: bool = Field(
-        True, description="false: never answer from the cache nor fill it; a missing seed is random. Under heavy "
-        "load a tier may force the cache on (the answer's `tier` says so)."
+        True,
+        description="false: never answer from the cache nor fill it; a missing seed is random. Under heavy "
+        "load a tier may force the cache on (the answer's `tier` says so).",
     )
     quality: Literal["auto", "exact"] = Field(
-        "auto", description="'auto': under load the service may lower steps and frames (quality tiers) rather "
-        "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429."
+        "auto",
+        description="'auto': under load the service may lower steps and frames (quality tiers) rather "
+        "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429.",
     )
 
     @field_validator("prompt", "negative_prompt", "model", "preset", "size", "seconds", "webhook_url")
@@ -123,15 +123,17 @@ class VideoObject(BaseModel):
     cached: bool = Field(False, description="Answered from the result cache (no generation ran).")
     cache_key: str | None = Field(None, description="The result-cache key of these settings (admin: DELETE it).")
     tier: str | None = Field(
-        None, description="Quality tier the service ran this request at (configs/tiers.yaml), 'exact' for "
-        "`quality: exact`; None for cached answers and with admission off."
+        None,
+        description="Quality tier the service ran this request at (configs/tiers.yaml), 'exact' for "
+        "`quality: exact`; None for cached answers and with admission off.",
     )
     fast: dict[str, Any] | None = Field(
         None, description="Quality-changing speed-ups its tier used (step cache, FP8); None: the exact path."
     )
     requested: dict[str, int] | None = Field(
-        None, description="Settings the request asked for that its tier lowered, e.g. {'num_frames': 17}; the "
-        "values used are in the fields above."
+        None,
+        description="Settings the request asked for that its tier lowered, e.g. {'num_frames': 17}; the "
+        "values used are in the fields above.",
     )
 
 

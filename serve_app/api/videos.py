@@ -55,7 +55,9 @@ def _sse(seq: int, event: dict) -> str:
 async def create_video(
     request: Request,
     prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
-    idempotency_key: str | None = Header(None, max_length=200, description="Retries with the same key return the same job."),
+    idempotency_key: str | None = Header(
+        None, max_length=200, description="Retries with the same key return the same job."
+    ),
     principal: Principal | None = CREATOR,
 ) -> JSONResponse:
     started = time.perf_counter()
@@ -95,7 +97,9 @@ async def get_video(request: Request, video_id: str, principal: Principal | None
     responses={200: {"content": {"video/mp4": {}, "image/jpeg": {}}}},
 )
 async def get_content(
-    request: Request, video_id: str, variant: str = Query("video", description="video or thumbnail"),
+    request: Request,
+    video_id: str,
+    variant: str = Query("video", description="video or thumbnail"),
     principal: Principal | None = READER,
 ):
     data, media_type = _views(request).content(video_id, variant, principal)
@@ -121,7 +125,9 @@ async def cancel_video(request: Request, video_id: str, principal: Principal | N
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def video_events(
-    request: Request, video_id: str, last_event_id: str | None = Header(None),
+    request: Request,
+    video_id: str,
+    last_event_id: str | None = Header(None),
     principal: Principal | None = READER,
 ) -> StreamingResponse:
     # ASCII digits, bounded: isdigit() takes '²' and int() refuses 4300+ digits (both were 500s).

@@ -91,14 +91,22 @@ class SQLiteCacheIndex:
     @staticmethod
     def _entry(row) -> CacheEntry:
         key, video, size, created, expires, access = row
-        return CacheEntry(key=key, video=json.loads(video), size_bytes=size, created_at=created,
-                          expires_at=expires, last_access=access)
+        return CacheEntry(
+            key=key,
+            video=json.loads(video),
+            size_bytes=size,
+            created_at=created,
+            expires_at=expires,
+            last_access=access,
+        )
 
     def get(self, key: str, now: float) -> CacheEntry | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries "
-                "WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+                "WHERE key = ? AND expires_at > ?",
+                (key, now),
+            ).fetchone()
             if row is None:
                 return None
             self._db.execute("UPDATE entries SET last_access = ? WHERE key = ?", (now, key))
@@ -108,22 +116,29 @@ class SQLiteCacheIndex:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                (entry.key, json.dumps(entry.video), entry.size_bytes, entry.created_at, entry.expires_at,
-                 entry.last_access),
+                (
+                    entry.key,
+                    json.dumps(entry.video),
+                    entry.size_bytes,
+                    entry.created_at,
+                    entry.expires_at,
+                    entry.last_access,
+                ),
             )
 
     def delete(self, key: str) -> CacheEntry | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries WHERE key = ?",
-                (key,)).fetchone()
+                "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries WHERE key = ?", (key,)
+            ).fetchone()
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
         return None if row is None else self._entry(row)
 
     def purge(self) -> list[CacheEntry]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries").fetchall()
+                "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries"
+            ).fetchall()
             self._db.execute("DELETE FROM entries")
         return [self._entry(r) for r in rows]
 
@@ -135,7 +150,8 @@ class SQLiteCacheIndex:
                 self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (now,))
                 (total,) = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM entries").fetchone()
                 for key, size in self._db.execute(
-                        "SELECT key, size_bytes FROM entries ORDER BY last_access ASC").fetchall():
+                    "SELECT key, size_bytes FROM entries ORDER BY last_access ASC"
+                ).fetchall():
                     if total <= max_bytes:
                         break
                     self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -152,7 +168,8 @@ class SQLiteCacheIndex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT job_id FROM inflight WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+                    "SELECT job_id FROM inflight WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
                 if row is None:
                     self._db.execute("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", (key, job_id, now + ttl_s))
                     holder = job_id
@@ -170,8 +187,7 @@ class SQLiteCacheIndex:
 
     def stats(self) -> dict:
         with self._lock:
-            entries, total = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM entries").fetchone()
+            entries, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM entries").fetchone()
         return {"entries": entries, "bytes": total}
 
     def close(self) -> None:
@@ -251,8 +267,9 @@ class RedisCacheIndex:
         sizes = dict(zip(keys, (int(s or 0) for s in self._r.hmget(self._k("size"), keys))))
         # Gone through their Redis TTL (or due by their own expiry, which the
         # TTL may not have reached yet): their LRU slots and files remain.
-        live = {k for k, raw in zip(keys, alive)
-                if raw is not None and CacheEntry.model_validate_json(raw).expires_at > now}
+        live = {
+            k for k, raw in zip(keys, alive) if raw is not None and CacheEntry.model_validate_json(raw).expires_at > now
+        }
         dropped = [k for k in keys if k not in live]
         total = sum(sizes[k] for k in live)
         for key in keys:

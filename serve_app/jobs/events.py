@@ -25,8 +25,11 @@ def progress_event(progress: StepProgress, percent: int, elapsed_s: float) -> di
     remaining_steps = progress.total_steps - progress.step
     eta = elapsed_s / progress.step * remaining_steps if progress.step else None
     event = {
-        "type": "progress", "status": "in_progress", "step": progress.step,
-        "total_steps": progress.total_steps, "progress": percent,
+        "type": "progress",
+        "status": "in_progress",
+        "step": progress.step,
+        "total_steps": progress.total_steps,
+        "progress": percent,
         "eta_s": None if eta is None else round(eta, 3),
     }
     preview = progress.preview

@@ -27,10 +27,19 @@ TERMINAL = ("completed", "failed")
 def video_settings(params: GenerationParams) -> dict[str, Any]:
     """The fields of a video object that say which settings it was (or will be) made with."""
     return dict(
-        size=params.size, seconds=f"{params.seconds:.2f}", preset=params.preset, prompt=params.prompt,
-        negative_prompt=params.negative_prompt, width=params.width, height=params.height,
-        num_frames=params.num_frames, fps=params.fps, num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale, seed=params.seed, fast=params.fast,
+        size=params.size,
+        seconds=f"{params.seconds:.2f}",
+        preset=params.preset,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        width=params.width,
+        height=params.height,
+        num_frames=params.num_frames,
+        fps=params.fps,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed,
+        fast=params.fast,
     )
 
 
@@ -50,10 +59,12 @@ class JobRecord(BaseModel):
     webhook_attempts: int = 0
     artifact_id: str | None = Field(None, description="Files live under this id (a cache entry's), not the job's.")
     cache_key: str | None = Field(None, description="Fill this cache entry on completion.")
-    oom_retries: int = Field(0, description="Runs started again at a lower tier after the denoiser ran out of "
-                             "GPU memory.")
-    key_id: str | None = Field(None, description="API key that created the job: its concurrent-job slot is freed "
-                               "when the job ends.")
+    oom_retries: int = Field(
+        0, description="Runs started again at a lower tier after the denoiser ran out of GPU memory."
+    )
+    key_id: str | None = Field(
+        None, description="API key that created the job: its concurrent-job slot is freed when the job ends."
+    )
     error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
     error_status: int | None = Field(None, description="Its HTTP status.")
 
@@ -62,8 +73,9 @@ class JobRecord(BaseModel):
         cls, job_id: str, model: str, params: GenerationParams, created_at: float, deadline_s: float, **bookkeeping
     ) -> JobRecord:
         """A queued job that runs `params`; `bookkeeping`: the other fields (owner key, webhook, ...)."""
-        video = VideoObject(id=job_id, status="queued", model=model, created_at=int(created_at),
-                            **video_settings(params))
+        video = VideoObject(
+            id=job_id, status="queued", model=model, created_at=int(created_at), **video_settings(params)
+        )
         return cls(video=video, params=params, deadline_s=deadline_s, created_at=created_at, **bookkeeping)
 
     def run_at_tier(self, tier: str, params: GenerationParams) -> None:

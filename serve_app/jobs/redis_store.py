@@ -200,9 +200,7 @@ class RedisJobStore:
         # Runs for unknown ids too: it sweeps any leftovers and costs one call.
         self._delete(keys=keys, args=[job_id])
 
-    def list(
-        self, after: str | None, limit: int, order: Literal["asc", "desc"]
-    ) -> tuple[list[JobRecord], bool]:
+    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
         check_list_args(limit, order)
         raws = self._list(keys=[self._key("jobs")], args=[after or "", limit + 1, order, self.prefix])
         if raws is None:

@@ -14,6 +14,7 @@ from serve_app.params import GenerationParams
 
 log = logging.getLogger("ray.serve")
 
+
 def count_next_attempt(store: JobStore, job_id: str, exc: ServiceError, max_attempts: int) -> JobRecord:
     """The job with one more attempt counted and saved; re-raises `exc` when none is
     left, or when the job was deleted or cancelled meanwhile."""
@@ -26,8 +27,9 @@ def count_next_attempt(store: JobStore, job_id: str, exc: ServiceError, max_atte
     current.attempts += 1
     current.video.progress = 0
     store.save(current)
-    log.warning("job %s: %s; run %d of %d", job_id, exc.message, current.attempts, max_attempts,
-                extra={"job_id": job_id})
+    log.warning(
+        "job %s: %s; run %d of %d", job_id, exc.message, current.attempts, max_attempts, extra={"job_id": job_id}
+    )
     return current
 
 

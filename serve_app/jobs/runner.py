@@ -97,8 +97,12 @@ class JobRunner:
         # Called on every job's end, in this order (listeners.py says when and how);
         # a listener appended here after construction runs too.
         self.listeners: list[JobListener] = standard_listeners(
-            store=store, artifacts=artifacts, estimator=estimator, finished=self._finished,
-            send_webhook=send_webhook, cache=cache,
+            store=store,
+            artifacts=artifacts,
+            estimator=estimator,
+            finished=self._finished,
+            send_webhook=send_webhook,
+            cache=cache,
         )
 
     @property
@@ -141,8 +145,11 @@ class JobRunner:
         if job.attempts > self.max_attempts:
             # Each run ended without a result (runners dying, handing back):
             # stop here rather than loop.
-            task = asyncio.get_running_loop().create_task(self._fail(job_id, StageFailed(
-                f"gave up after {self.max_attempts} attempts; every run was interrupted")))
+            task = asyncio.get_running_loop().create_task(
+                self._fail(
+                    job_id, StageFailed(f"gave up after {self.max_attempts} attempts; every run was interrupted")
+                )
+            )
         else:
             task = asyncio.get_running_loop().create_task(self._run(job))
         self._tasks[job_id] = task
@@ -189,8 +196,15 @@ class JobRunner:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
         started = time.perf_counter()
         estimate = self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
-        self._events.append(job_id, {"type": "queued", "queue_position": self.store.queue_position(job),
-                                     "eta_s": round(estimate, 3), "attempt": job.attempts})
+        self._events.append(
+            job_id,
+            {
+                "type": "queued",
+                "queue_position": self.store.queue_position(job),
+                "eta_s": round(estimate, 3),
+                "attempt": job.attempts,
+            },
+        )
 
         step_writes: list[asyncio.Task] = []
 
@@ -245,8 +259,7 @@ class JobRunner:
         params = job.params
         while True:
             try:
-                return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress,
-                                                     job_id=job_id)
+                return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress, job_id=job_id)
             except StageLost as exc:
                 error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
             except GpuOutOfMemory as exc:
@@ -329,15 +342,17 @@ class JobRunner:
             try:
                 await listener.before_record(job, None)
             except Exception:
-                log.exception("job %s: %s failed before its record", job.id, type(listener).__name__,
-                              extra={"job_id": job.id})
+                log.exception(
+                    "job %s: %s failed before its record", job.id, type(listener).__name__, extra={"job_id": job.id}
+                )
         gone = self._write_terminal(job)
         for listener in self.listeners:
             try:
                 await listener.after_record(job, result, gone)
             except Exception:
-                log.exception("job %s: %s failed after its record", job.id, type(listener).__name__,
-                              extra={"job_id": job.id})
+                log.exception(
+                    "job %s: %s failed after its record", job.id, type(listener).__name__, extra={"job_id": job.id}
+                )
 
     def _write_terminal(self, job: JobRecord) -> bool:
         """Save the terminal record and its event; True if the record is gone instead."""

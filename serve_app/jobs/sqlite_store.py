@@ -58,7 +58,6 @@ SCHEMA = (
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in TERMINAL)
 
 
-
 def _not_found(job_id: str) -> NotFound:
     return NotFound(f"no video with id {job_id!r}", param="video_id")
 
@@ -74,9 +73,7 @@ class SQLiteJobStore:
         self._lock = threading.Lock()
         # isolation_level=None: the sqlite3 module must not open transactions
         # behind our back; we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         with self._lock:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -158,9 +155,7 @@ class SQLiteJobStore:
             conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def list(
-        self, after: str | None, limit: int, order: Literal["asc", "desc"]
-    ) -> tuple[list[JobRecord], bool]:
+    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
         check_list_args(limit, order)
         cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         with self._lock, self._read() as conn:
@@ -229,9 +224,7 @@ class SQLiteJobStore:
             # Events of a deleted job would never be deleted: refuse them.
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise _not_found(job_id)
-            (seq,) = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
-            ).fetchone()
+            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()
             conn.execute("INSERT INTO events (job_id, seq, payload) VALUES (?, ?, ?)", (job_id, seq, payload))
         return seq
 

@@ -20,7 +20,7 @@ def open_job_store(url: str | None, data_dir: Path) -> JobStore:
     if url.startswith("sqlite://"):
         # Three slashes and an absolute path: a relative one would depend on
         # the working directory of whichever process opens the store.
-        path = url[len("sqlite://"):]
+        path = url[len("sqlite://") :]
         if not path.startswith("/"):
             raise ValueError(f"job store url {url!r} has no absolute path; allowed forms: {ALLOWED_FORMS}")
         return SQLiteJobStore(Path(path))
@@ -29,9 +29,7 @@ def open_job_store(url: str | None, data_dir: Path) -> JobStore:
         try:
             from serve_app.jobs.redis_store import RedisJobStore
         except ImportError as exc:
-            raise ImportError(
-                "a redis:// job store needs the redis client: pip install 'wan-serve[redis]'"
-            ) from exc
+            raise ImportError("a redis:// job store needs the redis client: pip install 'wan-serve[redis]'") from exc
         return RedisJobStore(url)
     # Only the scheme is quoted: the rest of a URL may hold a password.
     scheme = url.split("://", 1)[0] if "://" in url else url

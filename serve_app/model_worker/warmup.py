@@ -29,8 +29,9 @@ class WarmUp:
     that thread after a background step raised (to let go of its memory).
     """
 
-    def __init__(self, stage: str, submit: Callable[[Callable[[], None]], Future],
-                 after_failure: Callable[[], None]) -> None:
+    def __init__(
+        self, stage: str, submit: Callable[[Callable[[], None]], Future], after_failure: Callable[[], None]
+    ) -> None:
         self.stage = stage
         self._submit = submit
         self._after_failure = after_failure

@@ -44,8 +44,15 @@ class ModelWorker:
     reported by `describe` beside the warm-up times.
     """
 
-    def __init__(self, stage: str, pipe: Any, device: str, health: HealthOptions, faults: FaultInjection,
-                 startup: StartupPhases | None = None) -> None:
+    def __init__(
+        self,
+        stage: str,
+        pipe: Any,
+        device: str,
+        health: HealthOptions,
+        faults: FaultInjection,
+        startup: StartupPhases | None = None,
+    ) -> None:
         self.stage = stage
         self.pipe = pipe
         self.device = device
@@ -136,8 +143,12 @@ class ModelWorker:
             tried = False
             if failure.kind == "oom" and fallback is not None:
                 self._release_memory()
-                log.warning("%s ran out of GPU memory (%s); retrying once with %s", self.stage, failure.summary,
-                            getattr(fallback, "__name__", "the fallback"))
+                log.warning(
+                    "%s ran out of GPU memory (%s); retrying once with %s",
+                    self.stage,
+                    failure.summary,
+                    getattr(fallback, "__name__", "the fallback"),
+                )
                 tried = True
                 result, failure = self._attempt(fallback, args)
                 if failure is None:
@@ -155,7 +166,9 @@ class ModelWorker:
             also = " and so did its lower-memory fallback" if tried else ""
             raise GpuOutOfMemory(
                 f"{self.stage} ran out of GPU memory{also} ({failure.summary}); try a smaller size, fewer "
-                "frames or steps, or retry later", stage=self.stage, fallback_tried=tried,
+                "frames or steps, or retry later",
+                stage=self.stage,
+                fallback_tried=tried,
             )
         finally:
             if outcome == "cuda_error":

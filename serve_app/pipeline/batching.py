@@ -78,8 +78,16 @@ def uses_guidance(guidance_scale: float) -> bool:
     return guidance_scale > 1.0  # WanPipeline.do_classifier_free_guidance
 
 
-def start_job(pipe, params: GenerationParams, embeddings, guard: StepGuard, on_step: StepCallback | None = None,
-              knobs: FastKnobs = EXACT, dtype=None, on_latents=None) -> DenoiseJob:
+def start_job(
+    pipe,
+    params: GenerationParams,
+    embeddings,
+    guard: StepGuard,
+    on_step: StepCallback | None = None,
+    knobs: FastKnobs = EXACT,
+    dtype=None,
+    on_latents=None,
+) -> DenoiseJob:
     """A job at step 0: the pipeline's latents for this seed, its own scheduler."""
     import torch
 
@@ -87,8 +95,14 @@ def start_job(pipe, params: GenerationParams, embeddings, guard: StepGuard, on_s
     dtype = dtype or pipe.transformer.dtype
     generator = torch.Generator(device=device).manual_seed(params.seed)
     latents = pipe.prepare_latents(
-        1, pipe.transformer.config.in_channels, params.height, params.width, params.num_frames,
-        torch.float32, device, generator,
+        1,
+        pipe.transformer.config.in_channels,
+        params.height,
+        params.width,
+        params.num_frames,
+        torch.float32,
+        device,
+        generator,
     )
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(params.num_inference_steps, device=device)
@@ -114,12 +128,15 @@ def start_job(pipe, params: GenerationParams, embeddings, guard: StepGuard, on_s
 
 def _forward(runtime, transformer, hidden, timestep, context, name: str, cache_kwargs: dict):
     graphs = runtime.graphs if runtime is not None else None
-    if (graphs is not None and transformer is graphs.transformer and not transformer.is_cache_enabled
-            and graphs.wants(hidden.shape, transformer.config.patch_size)):
+    if (
+        graphs is not None
+        and transformer is graphs.transformer
+        and not transformer.is_cache_enabled
+        and graphs.wants(hidden.shape, transformer.config.patch_size)
+    ):
         return graphs(hidden, timestep, context)
     with transformer.cache_context(name, **cache_kwargs):
-        return transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=context,
-                           return_dict=False)[0]
+        return transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
 def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runtime=None) -> None:
@@ -156,7 +173,7 @@ def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runti
         rows = list(out.split(1))
         cond = rows[: len(jobs)]
         guided_index = [i for i, j in enumerate(jobs) if j.guided]
-        uncond = dict(zip(guided_index, rows[len(jobs):]))
+        uncond = dict(zip(guided_index, rows[len(jobs) :]))
 
     for i, job in enumerate(jobs):
         noise_pred = cond[i]
@@ -193,9 +210,16 @@ def _step_cache(transformer, knobs: FastKnobs):
     return cm()
 
 
-def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: StepGuard,
-                      on_step: StepCallback | None = None, knobs: FastKnobs = EXACT, on_latents=None,
-                      checkpoints=None):
+def denoise_optimized(
+    runtime,
+    params: GenerationParams,
+    embeddings,
+    guard: StepGuard,
+    on_step: StepCallback | None = None,
+    knobs: FastKnobs = EXACT,
+    on_latents=None,
+    checkpoints=None,
+):
     """One request through the project's loop; latents on the CPU, or raises why it stopped.
 
     `runtime` is a `DenoiserRuntime` (denoiser_runtime.py, which imports this
@@ -214,8 +238,9 @@ def denoise_optimized(runtime, params: GenerationParams, embeddings, guard: Step
     if knobs.step_cache_threshold is not None:
         checkpoints = None
     with torch.inference_mode():
-        job = start_job(runtime.pipe, params, embeddings, guard, on_step, knobs, dtype=runtime.dtype,
-                        on_latents=on_latents)
+        job = start_job(
+            runtime.pipe, params, embeddings, guard, on_step, knobs, dtype=runtime.dtype, on_latents=on_latents
+        )
         if checkpoints is not None and checkpoints.restore(job) and on_step is not None:
             on_step(job.step, len(job.timesteps))  # progress picks up where the lost run left it
         try:
@@ -256,8 +281,16 @@ class StepBatcher:
         self.forwards = 0  # for tests and stats: DiT step calls made
         self.max_batch_seen = 0
 
-    def submit(self, params: GenerationParams, embeddings, guard: StepGuard, on_step: StepCallback | None,
-               knobs: FastKnobs, start_loop: Callable[[Callable[[], None]], None], on_latents=None) -> Future:
+    def submit(
+        self,
+        params: GenerationParams,
+        embeddings,
+        guard: StepGuard,
+        on_step: StepCallback | None,
+        knobs: FastKnobs,
+        start_loop: Callable[[Callable[[], None]], None],
+        on_latents=None,
+    ) -> Future:
         job_args = (params, embeddings, guard, on_step, knobs, on_latents)
         future: Future = Future()
         with self._lock:
@@ -280,8 +313,16 @@ class StepBatcher:
             try:
                 self.runtime.transformer_for(knobs)  # fails early when the knob cannot be served
                 with torch.inference_mode():
-                    job = start_job(self.runtime.pipe, params, embeddings, guard, on_step, knobs,
-                                    dtype=self.runtime.dtype, on_latents=on_latents)
+                    job = start_job(
+                        self.runtime.pipe,
+                        params,
+                        embeddings,
+                        guard,
+                        on_step,
+                        knobs,
+                        dtype=self.runtime.dtype,
+                        on_latents=on_latents,
+                    )
             except BaseException as exc:  # noqa: BLE001 - handed to the job's future; its awaiter re-raises it
                 future.set_exception(exc)
                 continue

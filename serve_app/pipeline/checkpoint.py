@@ -31,8 +31,15 @@ log = logging.getLogger(__name__)
 
 # UniPCMultistepScheduler's state that changes as it steps (set_timesteps
 # rebuilds the rest from the step count, as start_job does for every job).
-SCHEDULER_STATE = ("model_outputs", "timestep_list", "lower_order_nums", "last_sample", "this_order",
-                   "_step_index", "_begin_index")
+SCHEDULER_STATE = (
+    "model_outputs",
+    "timestep_list",
+    "lower_order_nums",
+    "last_sample",
+    "this_order",
+    "_step_index",
+    "_begin_index",
+)
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 FORMAT = 1
 
@@ -109,8 +116,11 @@ class LoopCheckpoints:
             "request": self.request,
             "step": job.step,
             "latents": job.latents.detach().cpu(),
-            "scheduler": {name: _to(getattr(job.scheduler, name), "cpu")
-                          for name in SCHEDULER_STATE if hasattr(job.scheduler, name)},
+            "scheduler": {
+                name: _to(getattr(job.scheduler, name), "cpu")
+                for name in SCHEDULER_STATE
+                if hasattr(job.scheduler, name)
+            },
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)

@@ -91,8 +91,13 @@ class DenoiserRuntime:
             "fullgraph_error": self.fullgraph_error,
         }
 
-    def warm_up(self, shapes: list[tuple[int, int, int]], text_len: int, steps: int = 2,
-                guidance: tuple[float, ...] = (5.0, 1.0)) -> None:
+    def warm_up(
+        self,
+        shapes: list[tuple[int, int, int]],
+        text_len: int,
+        steps: int = 2,
+        guidance: tuple[float, ...] = (5.0, 1.0),
+    ) -> None:
         """Compile and run each (height, width, frames) bucket once, guided and unguided.
 
         With symbolic shapes the first bucket compiles the batch>1 graph and an
@@ -107,8 +112,16 @@ class DenoiserRuntime:
 
         def run(height, width, frames, knobs, scale):
             params = GenerationParams(
-                prompt="warm up", negative_prompt="", width=width, height=height, num_frames=frames,
-                num_inference_steps=steps, guidance_scale=scale, fps=8, seed=0, preset="warmup",
+                prompt="warm up",
+                negative_prompt="",
+                width=width,
+                height=height,
+                num_frames=frames,
+                num_inference_steps=steps,
+                guidance_scale=scale,
+                fps=8,
+                seed=0,
+                preset="warmup",
             )
             guard = StepGuard(Deadline.after(3600), steps)
             denoise_optimized(self, params, PromptEmbeddings(zeros, zeros if scale > 1 else None), guard, knobs=knobs)
@@ -125,8 +138,9 @@ class DenoiserRuntime:
                         # A graph break somewhere (an attention backend dynamo cannot
                         # trace, say): compile again allowing breaks, and say so.
                         self.fullgraph_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        log.warning("fullgraph compile failed (%s); recompiling with graph breaks allowed",
-                                    self.fullgraph_error)
+                        log.warning(
+                            "fullgraph compile failed (%s); recompiling with graph breaks allowed", self.fullgraph_error
+                        )
                         import torch
 
                         torch._dynamo.reset()
@@ -136,4 +150,10 @@ class DenoiserRuntime:
                                 compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
                         run(height, width, frames, knobs, scale)
             self.warmup_s[f"{width}x{height}x{frames}"] = time.perf_counter() - started
-            log.info("warmed DiT bucket %dx%dx%d in %.1fs", width, height, frames, self.warmup_s[f"{width}x{height}x{frames}"])
+            log.info(
+                "warmed DiT bucket %dx%dx%d in %.1fs",
+                width,
+                height,
+                frames,
+                self.warmup_s[f"{width}x{height}x{frames}"],
+            )

@@ -47,8 +47,7 @@ def resolve_device(profile: ModelProfile) -> str:
     return profile.device
 
 
-def load_pipeline(profile: ModelProfile, data_dir: Path, stage: Stage = "all",
-                  startup: StartupPhases | None = None):
+def load_pipeline(profile: ModelProfile, data_dir: Path, stage: Stage = "all", startup: StartupPhases | None = None):
     """A `WanPipeline` on the profile's device with the stage's components loaded
     (`startup`, if given, records how long the imports, build or load, and placement took)."""
     startup = startup or StartupPhases()
@@ -149,12 +148,11 @@ def set_attention_backend(transformer, backend: str) -> None:
         transformer.set_attention_backend(name)
     except (RuntimeError, ImportError, ValueError) as exc:
         extra = " (pip install 'wan-serve[xformers]')" if backend == "xformers" else ""
-        raise ModelLoadError(
-            f"attention_backend={backend!r} is not usable on this host{extra}: {exc}"
-        ) from exc
+        raise ModelLoadError(f"attention_backend={backend!r} is not usable on this host{extra}: {exc}") from exc
 
 
 # --- the 5B architecture with random weights -------------------------------------------
+
 
 @contextmanager
 def _default_dtype(dtype) -> Iterator[None]:
@@ -168,8 +166,7 @@ def _default_dtype(dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def build_random_5b(profile: ModelProfile, device: str, keep: tuple[str, ...],
-                    startup: StartupPhases | None = None):
+def build_random_5b(profile: ModelProfile, device: str, keep: tuple[str, ...], startup: StartupPhases | None = None):
     """Wan2.2-TI2V-5B's exact architecture, random weights, built on `device`.
 
     Built directly on the device in the target dtype: initialising 10.7 B

@@ -44,7 +44,6 @@ def use_compile_cache(directory) -> dict[str, str]:
     return {v: os.environ[v] for v in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
 
 
-
 def install_compiled(modules: list, fn=None, wrap=None, **compile_options) -> int:
     """`torch.compile(fn)` once (default: the modules' class forward), installed as each
     module's instance `forward`: one compiled function, parameters as graph inputs,
@@ -278,8 +277,13 @@ class GraphedForward:
         return self.max_tokens > 0 and f * (h // patch[1]) * (w // patch[2]) // patch[0] <= self.max_tokens
 
     def __call__(self, hidden_states, timestep, encoder_hidden_states):
-        key = (tuple(hidden_states.shape), tuple(timestep.shape), tuple(encoder_hidden_states.shape),
-               hidden_states.dtype, encoder_hidden_states.dtype)
+        key = (
+            tuple(hidden_states.shape),
+            tuple(timestep.shape),
+            tuple(encoder_hidden_states.shape),
+            hidden_states.dtype,
+            encoder_hidden_states.dtype,
+        )
         entry = self.graphs.get(key)
         if entry is None:
             entry = self._capture(hidden_states, timestep, encoder_hidden_states)

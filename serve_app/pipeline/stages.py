@@ -78,8 +78,14 @@ def encode_text(pipe, text: str, max_sequence_length: int):
     return embeds.cpu()
 
 
-def encode_prompts(pipe, prompt: str, negative_prompt: str, guidance_scale: float, max_sequence_length: int,
-                   encode: Callable[[str], object] | None = None) -> PromptEmbeddings:
+def encode_prompts(
+    pipe,
+    prompt: str,
+    negative_prompt: str,
+    guidance_scale: float,
+    max_sequence_length: int,
+    encode: Callable[[str], object] | None = None,
+) -> PromptEmbeddings:
     """The prompt's embeddings, and the negative prompt's when guidance is on.
 
     `encode(text)` replaces `encode_text` (the prompt encoder passes its
@@ -211,8 +217,9 @@ def iter_decoded_frames(pipe, latents):
         try:
             for i in range(x.shape[2]):
                 vae._conv_idx = [0]
-                out = vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                  first_chunk=i == 0)
+                out = vae.decoder(
+                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0
+                )
                 if vae.config.patch_size is not None:
                     out = unpatchify(out, patch_size=vae.config.patch_size)
                 yield _to_uint8(torch.clamp(out, min=-1.0, max=1.0))
@@ -232,8 +239,14 @@ class DecodedVideo:
     mode: str  # streaming | oneshot | tiled (tiled also after an out-of-memory retry)
 
 
-def decode_to_mp4(pipe, latents, fps: int, mode: str = "streaming", tile_on_oom: bool = True,
-                  codec_options: dict[str, str] | None = None) -> DecodedVideo:
+def decode_to_mp4(
+    pipe,
+    latents,
+    fps: int,
+    mode: str = "streaming",
+    tile_on_oom: bool = True,
+    codec_options: dict[str, str] | None = None,
+) -> DecodedVideo:
     """Latents -> mp4 and thumbnail, decoding and encoding overlapped in 'streaming' mode.
 
     'oneshot' is WanPipeline's decode then one encode; 'tiled' the same with
@@ -358,5 +371,6 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
     if writer.frames != num_frames:
         raise RuntimeError(f"streaming decode produced {writer.frames} frames, expected {num_frames}")
     thumbnail = make_thumbnail(state["thumbnail_frame"][None])
-    return DecodedVideo(mp4, thumbnail, num_frames, height, width, decoded - started,
-                        time.perf_counter() - decoded, "streaming")
+    return DecodedVideo(
+        mp4, thumbnail, num_frames, height, width, decoded - started, time.perf_counter() - decoded, "streaming"
+    )

@@ -78,8 +78,9 @@ class Decision:
     force_cache: bool = False  # the tier answers from/fills the cache even for `cache: false`
 
 
-def as_asked(params: GenerationParams, eta_s: float, *, mode: Mode, sync_budget_s: float,
-             deadlines: Deadlines) -> Decision:
+def as_asked(
+    params: GenerationParams, eta_s: float, *, mode: Mode, sync_budget_s: float, deadlines: Deadlines
+) -> Decision:
     """The decision of a service that runs without admission (the route tests): every
     request is taken exactly as asked, synchronously when the client waits for it or
     its ETA fits the sync budget; no tier, no load."""
@@ -112,16 +113,28 @@ class Admission:
         return eta.eta_s(eta.job_work(params, self.estimator), snap, self.config)
 
     def _option(
-        self, params: GenerationParams, cacheable: GenerationParams | None, tier: Tier | None,
-        snap: LoadSnapshot, load: float, deadlines: Deadlines,
+        self,
+        params: GenerationParams,
+        cacheable: GenerationParams | None,
+        tier: Tier | None,
+        snap: LoadSnapshot,
+        load: float,
+        deadlines: Deadlines,
     ) -> Decision:
         """What admitting the request at `tier` (None: exactly as asked) would give, synchronously.
         A tier that forces the cache runs the request's `cacheable` form, when there is one."""
         forced = tier is not None and tier.cache == "forced"
         base = cacheable if forced and cacheable is not None else params
         used = base if tier is None else apply_tier(base, tier)
-        return Decision(used, True, self.eta_s(used, snap), deadlines.of_run(True), load,
-                        EXACT_TIER if tier is None else tier.name, forced)
+        return Decision(
+            used,
+            True,
+            self.eta_s(used, snap),
+            deadlines.of_run(True),
+            load,
+            EXACT_TIER if tier is None else tier.name,
+            forced,
+        )
 
     def _retry_after(self, wait_s: float) -> float:
         return max(self.config.min_retry_after_s, wait_s)

@@ -88,9 +88,7 @@ def reported_unclaimed(contexts: Iterable[AutoscalingContext]) -> float:
     counts, once, not their sum.
     """
     figures = [
-        value
-        for ctx in contexts
-        for value in ((ctx.aggregated_metrics or {}).get(UNCLAIMED_JOBS) or {}).values()
+        value for ctx in contexts for value in ((ctx.aggregated_metrics or {}).get(UNCLAIMED_JOBS) or {}).values()
     ]
     return max(figures, default=0.0)
 
@@ -129,7 +127,8 @@ class QueueDepthPolicy:
             log.warning(
                 "%s scales on its own requests only: jobs no gateway has dispatched are not counted. "
                 "Deploy from a serve config with autoscaling_policy: {policy_function: %s} to count them.",
-                ctx.deployment_name, APPLICATION_POLICY,
+                ctx.deployment_name,
+                APPLICATION_POLICY,
             )
         return self.decide(ctx.total_num_requests, 0.0)
 
@@ -162,6 +161,6 @@ def unclaimed_jobs_report(store: Any, now: float, lease_s: float) -> dict[str, f
     """What a gateway replica reports to Ray: accepted jobs no gateway holds, in `store`."""
     try:
         return {UNCLAIMED_JOBS: float(len(store.claimable(now, lease_s, UNCLAIMED_LIMIT)))}
-    except Exception:  # noqa: BLE001 - a store hiccup: the policy still has the request counts
+    except Exception:
         log.warning("could not count unclaimed jobs for autoscaling", exc_info=True)
         return {}

@@ -73,8 +73,13 @@ def ahead_of(job: JobRecord, jobs: Iterable[JobRecord]) -> list[JobRecord]:
     For a job just admitted that is every unfinished job, so the ETA admission
     used and the one its job shows later agree while the load stands still."""
     mine = (job.created_at, job.id)
-    return [other for other in jobs if other.id != job.id and not other.terminal
-            and ((other.created_at, other.id) < mine or other.video.status == "in_progress")]
+    return [
+        other
+        for other in jobs
+        if other.id != job.id
+        and not other.terminal
+        and ((other.created_at, other.id) < mine or other.video.status == "in_progress")
+    ]
 
 
 def nvml_utilization() -> float | None:
@@ -108,8 +113,7 @@ def serve_replicas(app_name: str, deployment: str) -> ReplicaCount | None:
     if app is None or deployment not in app.deployments:
         return None
     states = {str(getattr(state, "value", state)): n for state, n in app.deployments[deployment].replica_states.items()}
-    return ReplicaCount(sum(states.get(s, 0) for s in SERVING_STATES),
-                        sum(states.get(s, 0) for s in STARTING_STATES))
+    return ReplicaCount(sum(states.get(s, 0) for s in SERVING_STATES), sum(states.get(s, 0) for s in STARTING_STATES))
 
 
 @dataclass
@@ -257,8 +261,15 @@ class LoadMonitor:
                 continue
             count += 1
             work += held.work
-        return LoadSnapshot(self.replicas, count, work.denoise_s, self.gpu_utilization, work.decode_s,
-                            self.encoder_replicas, min(self.starting, self.replicas))
+        return LoadSnapshot(
+            self.replicas,
+            count,
+            work.denoise_s,
+            self.gpu_utilization,
+            work.decode_s,
+            self.encoder_replicas,
+            min(self.starting, self.replicas),
+        )
 
 
 class QueueEta:
@@ -285,4 +296,3 @@ class QueueEta:
 
     def active_jobs(self) -> list[JobRecord]:
         return self.monitor.active_jobs()
-

@@ -50,4 +50,3 @@ def lowest_tier(table: TierTable) -> Callable[[GenerationParams], tuple[Generati
         return None if lowered == params else (lowered, tier.name)
 
     return lower
-

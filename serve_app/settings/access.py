@@ -42,21 +42,18 @@ class ApiKeyEntry(_Strict):
         description="Name of the key in logs, metrics and error messages (letters, digits, '_.-', at most 64; "
         f"not {ANONYMOUS_ID!r}). Never the secret."
     )
-    sha256: str = Field(
-        description="Hex SHA-256 of the secret (`python -m serve_app.access.keys hash -` prints it)."
-    )
+    sha256: str = Field(description="Hex SHA-256 of the secret (`python -m serve_app.access.keys hash -` prints it).")
     admin: bool = Field(False, description="The key may call admin routes (e.g. cache purge).")
     rate_per_s: float | None = Field(
         None, gt=0, description="This key's `rate_per_s` (creates); unset takes `access.rate_per_s`."
     )
     burst: int | None = Field(None, ge=1, description="This key's `burst` (creates); unset takes `access.burst`.")
     read_rate_per_s: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="This key's `read_rate_per_s` (0: reads unlimited); unset takes `access.read_rate_per_s`.",
     )
-    read_burst: int | None = Field(
-        None, ge=1, description="This key's `read_burst`; unset takes `access.read_burst`."
-    )
+    read_burst: int | None = Field(None, ge=1, description="This key's `read_burst`; unset takes `access.read_burst`.")
     max_concurrent_jobs: int | None = Field(
         None, ge=1, description="This key's `max_concurrent_jobs`; unset takes `access.max_concurrent_jobs`."
     )
@@ -91,12 +88,14 @@ class AccessConfig(_Strict):
     """Who may call the gateway and how much: API keys, rate limits, job caps, body size."""
 
     api_keys: list[ApiKeyEntry] = Field(
-        default_factory=list, description="API keys (id + sha256 of the secret, optional per-key limits, admin). "
-        "Any key here or in `api_keys_env` turns auth on; with none, auth is off."
+        default_factory=list,
+        description="API keys (id + sha256 of the secret, optional per-key limits, admin). "
+        "Any key here or in `api_keys_env` turns auth on; with none, auth is off.",
     )
     api_keys_env: str = Field(
-        DEFAULT_KEYS_ENV, description="Environment variable with more keys as 'id:secret,id2:secret2' "
-        "(append ':admin' to an entry for an admin key); hashed at start, the secrets are not kept. '' reads none."
+        DEFAULT_KEYS_ENV,
+        description="Environment variable with more keys as 'id:secret,id2:secret2' "
+        "(append ':admin' to an entry for an admin key); hashed at start, the secrets are not kept. '' reads none.",
     )
     rate_per_s: float = Field(
         1.0, gt=0, description="Token bucket per key for creates (POST /v1/videos): tokens added per second."
@@ -105,37 +104,45 @@ class AccessConfig(_Strict):
         10, ge=1, description="Token bucket per key for creates: size (creates allowed at once after a quiet spell)."
     )
     read_rate_per_s: float = Field(
-        10.0, ge=0, description="A separate, lighter bucket per key for every other route (polls, lists, "
-        "downloads, cancels): tokens per second; 0 leaves reads unlimited."
+        10.0,
+        ge=0,
+        description="A separate, lighter bucket per key for every other route (polls, lists, "
+        "downloads, cancels): tokens per second; 0 leaves reads unlimited.",
     )
     read_burst: int = Field(50, ge=1, description="Size of the per-key read bucket.")
     max_concurrent_jobs: int = Field(
         4, ge=1, description="Unfinished (queued or running) jobs one key may have; one more gets a 429."
     )
     concurrency_retry_after_s: float = Field(
-        5.0, gt=0, description="Retry-After of a 429 for too many concurrent jobs when the caller has no "
-        "better estimate of when a job of that key finishes."
+        5.0,
+        gt=0,
+        description="Retry-After of a 429 for too many concurrent jobs when the caller has no "
+        "better estimate of when a job of that key finishes.",
     )
     job_slot_lease_s: float = Field(
-        1800.0, gt=0, description="A job counts against its key's cap for this long after its last acquire "
+        1800.0,
+        gt=0,
+        description="A job counts against its key's cap for this long after its last acquire "
         "or touch, unless released first. A backstop for releases that never came (a lost gateway); jobs "
-        "normally release when they finish, on whichever gateway that is."
+        "normally release when they finish, on whichever gateway that is.",
     )
     limit_anonymous: bool = Field(
-        False, description="With auth off, apply the limits above to keyless traffic: all callers together "
+        False,
+        description="With auth off, apply the limits above to keyless traffic: all callers together "
         "are one client, 'anonymous'. Off by default: a keyless service (local runs, the web page, "
-        "benchmarks) is protected by admission control, not by a per-client cap it cannot attribute."
+        "benchmarks) is protected by admission control, not by a per-client cap it cannot attribute.",
     )
     store: str = Field(
-        "", description="Where limiter state lives: '' (in each gateway process: limits are per replica) or "
-        "'redis://host:port/db' / 'rediss://...' (shared by all gateway replicas, so limits hold across them)."
+        "",
+        description="Where limiter state lives: '' (in each gateway process: limits are per replica) or "
+        "'redis://host:port/db' / 'rediss://...' (shared by all gateway replicas, so limits hold across them).",
     )
-    store_prefix: str = Field(
-        "wanserve:access", min_length=1, description="Prefix of the limiter's Redis keys."
-    )
+    store_prefix: str = Field("wanserve:access", min_length=1, description="Prefix of the limiter's Redis keys.")
     max_body_bytes: int = Field(
-        64 * 1024, ge=1024, description="Largest request body, bytes (larger: 413). Prompt length is "
-        "`limits.max_prompt_chars` of the presets file."
+        64 * 1024,
+        ge=1024,
+        description="Largest request body, bytes (larger: 413). Prompt length is "
+        "`limits.max_prompt_chars` of the presets file.",
     )
 
     @model_validator(mode="after")

@@ -82,17 +82,22 @@ class ModelProfile(StrictModel):
     )
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec, description="Widths for source 'tiny'.")
     speed: SpeedOptions = Field(
-        default_factory=SpeedOptions, description="How replicas run the DiT and VAE fast: regional compile, "
+        default_factory=SpeedOptions,
+        description="How replicas run the DiT and VAE fast: regional compile, "
         "warmed shape buckets, CUDA graphs, decode mode, FP8 copy, cross-request batching, and the fast-tier "
         "knobs (serve_app/pipeline/optimize.py).",
     )
     prior_step_s_per_ktoken: float = Field(
-        0.035, gt=0, description="Estimate before any job is measured: seconds per denoising step per 1,000 "
-        "latent tokens per guidance pass (H100-class for the 5B)."
+        0.035,
+        gt=0,
+        description="Estimate before any job is measured: seconds per denoising step per 1,000 "
+        "latent tokens per guidance pass (H100-class for the 5B).",
     )
     prior_decode_s_per_mpixel: float = Field(
-        0.1, gt=0, description="Estimate before any job is measured: seconds of VAE decode + mp4 encode per "
-        "million output pixels (frames x height x width)."
+        0.1,
+        gt=0,
+        description="Estimate before any job is measured: seconds of VAE decode + mp4 encode per "
+        "million output pixels (frames x height x width).",
     )
 
     @field_validator("attention_backend")

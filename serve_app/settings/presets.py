@@ -35,9 +35,7 @@ class PresetCatalog(StrictModel):
     @model_validator(mode="after")
     def _default_exists(self) -> PresetCatalog:
         if self.default_preset not in self.presets:
-            raise ValueError(
-                f"default_preset={self.default_preset!r} is not one of {sorted(self.presets)}"
-            )
+            raise ValueError(f"default_preset={self.default_preset!r} is not one of {sorted(self.presets)}")
         return self
 
 

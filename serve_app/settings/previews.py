@@ -18,9 +18,9 @@ class PreviewOptions(StrictModel):
         0.5, ge=0, description="Least seconds between two previews of one job (the last step's always goes)."
     )
     max_per_job: int = Field(
-        20, ge=2, description="Most previews per job: the step stride grows to keep under it. Bounds what "
-        "previews add to a job's event log (each is at most ~8 kB)."
+        20,
+        ge=2,
+        description="Most previews per job: the step stride grows to keep under it. Bounds what "
+        "previews add to a job's event log (each is at most ~8 kB).",
     )
-    frames: int = Field(
-        4, ge=1, le=8, description="Latent frames shown side by side (first to last, evenly spaced)."
-    )
+    frames: int = Field(4, ge=1, le=8, description="Latent frames shown side by side (first to last, evenly spaced).")

@@ -26,13 +26,17 @@ class FastKnobs(StrictModel):
     """
 
     step_cache_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="First-Block-Cache threshold (diffusers FirstBlockCacheConfig): a step "
+        None,
+        ge=0.0,
+        le=1.0,
+        description="First-Block-Cache threshold (diffusers FirstBlockCacheConfig): a step "
         "reuses the last full step's residual when the first block's output changed by less than this relative "
-        "amount. None turns the cache off; higher skips more steps at more quality cost. The right value depends on the "
-        "weights: on the random-weight 5B nothing was skipped up to 0.3 and almost everything at 0.5.",
+        "amount. None turns the cache off; higher skips more steps at more quality cost. The right value depends "
+        "on the weights: on the random-weight 5B nothing was skipped up to 0.3 and almost everything at 0.5.",
     )
     fp8: bool = Field(
-        False, description="Run the DiT's block linears in FP8 (torchao dynamic activation + weight, per-row "
+        False,
+        description="Run the DiT's block linears in FP8 (torchao dynamic activation + weight, per-row "
         "scales). Needs a replica whose profile has speed.fp8_weights: true and a card with FP8 (H100/H200).",
     )
 
@@ -49,12 +53,15 @@ class BatchingOptions(StrictModel):
     """Cross-request batching in the denoiser: same-shape requests share one forward."""
 
     enabled: bool = Field(
-        False, description="Batch concurrent same-shape requests along the batch axis, step-aligned; a request "
+        False,
+        description="Batch concurrent same-shape requests along the batch axis, step-aligned; a request "
         "joins at the next step boundary. Needs stages.denoiser.max_ongoing_requests > 1.",
     )
     max_requests: int = Field(4, ge=1, le=64, description="Most requests in one forward.")
     max_tokens: int = Field(
-        4096, ge=1, description="Only requests with at most this many latent tokens are batched: above it one "
+        4096,
+        ge=1,
+        description="Only requests with at most this many latent tokens are batched: above it one "
         "request already fills the GPU and batching only delays the first request.",
     )
 
@@ -63,60 +70,75 @@ class SpeedOptions(StrictModel):
     """How a replica runs the DiT and the VAE (exact unless a request's FastKnobs say otherwise)."""
 
     optimized_loop: bool = Field(
-        True, description="Run the project's denoising loop (no host syncs per step, guidance batched, "
+        True,
+        description="Run the project's denoising loop (no host syncs per step, guidance batched, "
         "cross-request batching possible) instead of WanPipeline.__call__. Same result within bf16 rounding.",
     )
     compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = Field(
-        "off", description="Regional torch.compile of the DiT blocks (one compiled function shared by all blocks).",
+        "off",
+        description="Regional torch.compile of the DiT blocks (one compiled function shared by all blocks).",
     )
     compile_dynamic: bool = Field(
-        True, description="Compile with symbolic shapes: one graph serves every resolution and batch size > 1, "
+        True,
+        description="Compile with symbolic shapes: one graph serves every resolution and batch size > 1, "
         "so a new size costs no recompile.",
     )
     cfg_batch: bool = Field(
-        True, description="Run classifier-free guidance as one batch-2 forward instead of two batch-1 forwards.",
+        True,
+        description="Run classifier-free guidance as one batch-2 forward instead of two batch-1 forwards.",
     )
     cuda_graph_max_tokens: int = Field(
-        0, ge=0, description="Replay the whole DiT forward as a CUDA graph for buckets of at most this many "
+        0,
+        ge=0,
+        description="Replay the whole DiT forward as a CUDA graph for buckets of at most this many "
         "latent tokens (captured at warm-up); 0 turns graphs off. Pays only where launches dominate.",
     )
     warmup_presets: list[str] = Field(
-        default_factory=list, description="Presets whose shapes are compiled and run once at replica start, so no "
+        default_factory=list,
+        description="Presets whose shapes are compiled and run once at replica start, so no "
         "request pays compilation or first-run costs.",
     )
     warmup_in_background: bool = Field(
-        False, description="Warm only the first of warmup_presets before the replica reports ready; the others "
+        False,
+        description="Warm only the first of warmup_presets before the replica reports ready; the others "
         "warm afterwards on the model thread, one step at a time between requests (a request arriving then "
         "waits for one step at most: one preset's decode, or 2 DiT steps at its shape). Restarts and scale-ups "
         "serve sooner; the first request of a not-yet-warm shape pays its first-run costs.",
     )
     cudnn_benchmark: bool = Field(
-        False, description="Let cuDNN time its convolution algorithms per shape (VAE decode); warmed per preset.",
+        False,
+        description="Let cuDNN time its convolution algorithms per shape (VAE decode); warmed per preset.",
     )
     decode: Literal["streaming", "oneshot", "tiled"] = Field(
-        "streaming", description="'streaming': decode latent frame by latent frame and hand frames to the mp4 "
+        "streaming",
+        description="'streaming': decode latent frame by latent frame and hand frames to the mp4 "
         "encoder as they come (overlapped); 'oneshot': WanPipeline's decode; 'tiled': vae.enable_tiling().",
     )
     tile_on_oom: bool = Field(True, description="Retry a decode that runs out of GPU memory with tiling.")
     vae_channels_last: bool = Field(
-        False, description="Store the VAE's Conv3d weights channels-last (NDHWC), so cuDNN runs its "
+        False,
+        description="Store the VAE's Conv3d weights channels-last (NDHWC), so cuDNN runs its "
         "channels-last kernels; same math, other kernels.",
     )
     text_encoder_compile: bool = Field(
-        False, description="Regional torch.compile of the text encoder's blocks (UMT5; the prompt encoder). "
+        False,
+        description="Regional torch.compile of the text encoder's blocks (UMT5; the prompt encoder). "
         "Prompts are padded to one length, so one static graph; compiled at the replica's warm-up encode.",
     )
     vae_fused_norms: bool = Field(
-        False, description="Compile the VAE decoder's RMS norms, each fused with the SiLU after it in residual "
+        False,
+        description="Compile the VAE decoder's RMS norms, each fused with the SiLU after it in residual "
         "blocks, into one kernel (eager runs ~8 passes over every activation per norm). Same math in fp32, other "
         "rounding; compiled at the first decode of a shape, so warm the presets.",
     )
     fp8_weights: bool = Field(
-        False, description="Hold an FP8 copy of the DiT (about +5 GB) so requests with fast knob fp8 can use it.",
+        False,
+        description="Hold an FP8 copy of the DiT (about +5 GB) so requests with fast knob fp8 can use it.",
     )
     batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Cross-request batching.")
     fast: FastKnobs = Field(
-        default_factory=FastKnobs, description="The knobs a fast degradation tier should use on this model "
+        default_factory=FastKnobs,
+        description="The knobs a fast degradation tier should use on this model "
         "(reference values; requests get them only when a tier passes them).",
     )
 

@@ -18,11 +18,12 @@ class AutoscalingOptions(StrictModel):
     """Ray Serve autoscaling of one deployment (a subset of its autoscaling_config, validated here)."""
 
     policy: Literal["queue_depth", "ongoing_requests"] = Field(
-        "ongoing_requests", description="'queue_depth': serve_app.policy.autoscaling.QueueDepthPolicy (denoise "
+        "ongoing_requests",
+        description="'queue_depth': serve_app.policy.autoscaling.QueueDepthPolicy (denoise "
         "jobs waiting: this deployment's queued + running requests, plus accepted jobs no gateway has dispatched "
         "yet, which the gateways report; that part needs the app's autoscaling_policy in the serve config, see "
         "docs/operations.md); 'ongoing_requests': Ray's default policy on this deployment's own queued + running "
-        "requests."
+        "requests.",
     )
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
@@ -36,12 +37,14 @@ class AutoscalingOptions(StrictModel):
         None, ge=0, description="How long before the last replica goes (min_replicas 0); default downscale_delay_s."
     )
     look_back_period_s: float = Field(
-        10.0, gt=0, description="Window the request counts are averaged over (Ray reports every 10 s by default; "
-        "set RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S lower for faster reaction)."
+        10.0,
+        gt=0,
+        description="Window the request counts are averaged over (Ray reports every 10 s by default; "
+        "set RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S lower for faster reaction).",
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "AutoscalingOptions":
+    def _ordered(self) -> AutoscalingOptions:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
         if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
@@ -63,9 +66,7 @@ class AutoscalingOptions(StrictModel):
 class StageOptions(StrictModel):
     """Ray Serve options of one deployment."""
 
-    num_replicas: int | None = Field(
-        1, ge=1, description="Fixed replica count; ignored when `autoscaling` is set."
-    )
+    num_replicas: int | None = Field(1, ge=1, description="Fixed replica count; ignored when `autoscaling` is set.")
     autoscaling: AutoscalingOptions | None = Field(None, description="Autoscale instead of a fixed count.")
     max_ongoing_requests: int = Field(
         4, ge=1, description="Requests one replica runs at once; the rest queue at the router."
@@ -73,18 +74,24 @@ class StageOptions(StrictModel):
     num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per replica (e.g. 0.5 packs two on a card).")
     graceful_shutdown_timeout_s: float | None = Field(
-        None, ge=0, description="How long a stopping replica may finish running requests (scale-down, redeploy, "
+        None,
+        ge=0,
+        description="How long a stopping replica may finish running requests (scale-down, redeploy, "
         "shutdown). Default: for the model stages max_deadline_s + 30 s, so scale-down never kills a running "
-        "job; 20 s for the gateway and cache (a gateway hands its jobs back to the store)."
+        "job; 20 s for the gateway and cache (a gateway hands its jobs back to the store).",
     )
     resources: dict[str, float] = Field(
-        default_factory=dict, description="Ray custom resources per replica, e.g. {head: 1} to pin a deployment "
-        "to nodes that offer the resource `head`."
+        default_factory=dict,
+        description="Ray custom resources per replica, e.g. {head: 1} to pin a deployment "
+        "to nodes that offer the resource `head`.",
     )
     gpu_memory_fraction: float | None = Field(
-        None, gt=0, le=1, description="Share of its card's memory a replica's torch allocator may use "
+        None,
+        gt=0,
+        le=1,
+        description="Share of its card's memory a replica's torch allocator may use "
         "(torch.cuda.set_per_process_memory_fraction); default num_gpus, so neighbours on a shared card "
-        "cannot run each other out of memory."
+        "cannot run each other out of memory.",
     )
 
     @property
@@ -102,8 +109,11 @@ class StageOptions(StrictModel):
         grace = self.graceful_shutdown_timeout_s
         opts: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
-                                  **({"resources": dict(self.resources)} if self.resources else {})},
+            "ray_actor_options": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus,
+                **({"resources": dict(self.resources)} if self.resources else {}),
+            },
             "graceful_shutdown_timeout_s": default_grace_s if grace is None else grace,
         }
         if self.autoscaling is not None:

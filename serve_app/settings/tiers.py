@@ -32,8 +32,9 @@ class Tier(StrictModel):
         "as_requested", description="'forced': answer from (and fill) the result cache even for `cache: false`."
     )
     fast: dict[str, Any] | None = Field(
-        None, description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
-        "docs/performance.md). Needs a model profile with speed.optimized_loop."
+        None,
+        description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
+        "docs/performance.md). Needs a model profile with speed.optimized_loop.",
     )
 
     @property
@@ -64,8 +65,10 @@ class TierTable(StrictModel):
             if tier.fast:
                 FastKnobs.model_validate(tier.fast)
                 if not optimized_loop:
-                    raise ValueError(f"tier {tier.name!r} sets fast={tier.fast}, but the model profile's "
-                                     "speed.optimized_loop is off: use a tiers file without fast knobs")
+                    raise ValueError(
+                        f"tier {tier.name!r} sets fast={tier.fast}, but the model profile's "
+                        "speed.optimized_loop is off: use a tiers file without fast knobs"
+                    )
             frames = tier.max_frames
             if frames is not None and (frames < limits.min_frames or (frames - 1) % limits.frames_modulus):
                 raise ValueError(

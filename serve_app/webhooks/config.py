@@ -14,9 +14,7 @@ from serve_app.webhooks.signing import SECRET_PREFIX, secret_bytes
 class WebhookConfig(StrictModel):
     """Where webhooks may go, how they are signed, and how hard delivery tries."""
 
-    enabled: bool = Field(
-        True, description="Accept webhook URLs at all. When false, every webhook URL is rejected."
-    )
+    enabled: bool = Field(True, description="Accept webhook URLs at all. When false, every webhook URL is rejected.")
     # repr=False: configs get logged; the secret must not be.
     secret: str = Field(
         "",
@@ -32,9 +30,7 @@ class WebhookConfig(StrictModel):
         "names that resolve to those non-public addresses. Empty: no destination is allowed.",
     )
     max_attempts: int = Field(5, ge=1, le=100, description="Delivery attempts per webhook, first one included.")
-    backoff_initial_s: float = Field(
-        1.0, ge=0, description="Delay before the 2nd attempt; doubles after each failure."
-    )
+    backoff_initial_s: float = Field(1.0, ge=0, description="Delay before the 2nd attempt; doubles after each failure.")
     backoff_max_s: float = Field(60.0, ge=0, description="Cap on the delay between two attempts.")
     timeout_s: float = Field(
         10.0, gt=0, description="Wall-clock limit of one attempt (connect, send, response headers)."

@@ -159,7 +159,11 @@ async def deliver(
                     last_error += " (redirects are not followed)"
             logger.warning(
                 "webhook %s to %s attempt %d/%d failed: %s",
-                msg_id, safe_url, attempts, config.max_attempts, last_error,
+                msg_id,
+                safe_url,
+                attempts,
+                config.max_attempts,
+                last_error,
             )
     finally:
         if own_client:

@@ -57,12 +57,7 @@ def _is_public(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return False
     return ip.is_global and not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
     )
 
 
@@ -118,9 +113,7 @@ def check_destination(url: str, config: WebhookConfig, resolver: Resolver | None
     safe = redact_url(parsed) if parsed.host else "<no host>"
     allowed_schemes = ("https", "http") if config.allow_http else ("https",)
     if parsed.scheme not in allowed_schemes:
-        raise WebhookRejected(
-            f"webhook_url={safe!r} has scheme {parsed.scheme!r}; allowed: {list(allowed_schemes)}"
-        )
+        raise WebhookRejected(f"webhook_url={safe!r} has scheme {parsed.scheme!r}; allowed: {list(allowed_schemes)}")
     if parsed.userinfo:
         raise WebhookRejected("webhook_url must not contain credentials (user:password@)")
     if not parsed.host:
@@ -136,9 +129,7 @@ def check_destination(url: str, config: WebhookConfig, resolver: Resolver | None
         # allowlisted as an IP (or network) to be reachable directly.
         forms = [literal, *_embedded_ipv4(literal)]
         if not any(_in_networks(f, rules.networks) for f in forms):
-            raise WebhookRejected(
-                f"webhook_url={safe!r}: address {host!r} is not in allowed_hosts", host=host
-            )
+            raise WebhookRejected(f"webhook_url={safe!r}: address {host!r} is not in allowed_hosts", host=host)
         _check_address(literal, rules, safe)
         return None
 

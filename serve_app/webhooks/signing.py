@@ -1,8 +1,8 @@
 """Standard Webhooks signatures (https://www.standardwebhooks.com): signing and verifying.
 
-    webhook-id:        msg_<hex>                 (same across retries; receivers dedupe on it)
-    webhook-timestamp: <epoch seconds>           (fresh per attempt; receivers reject stale ones)
-    webhook-signature: v1,<base64 HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")>
+webhook-id:        msg_<hex>                 (same across retries; receivers dedupe on it)
+webhook-timestamp: <epoch seconds>           (fresh per attempt; receivers reject stale ones)
+webhook-signature: v1,<base64 HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")>
 """
 
 from __future__ import annotations

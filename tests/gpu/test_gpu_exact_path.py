@@ -45,8 +45,18 @@ def setup(tmp_path_factory):
 def _params(**kw):
     from serve_app.params import GenerationParams
 
-    base = dict(prompt="p", negative_prompt="", width=640, height=480, num_frames=9, num_inference_steps=6,
-                guidance_scale=5.0, fps=24, seed=42, preset="test")
+    base = dict(
+        prompt="p",
+        negative_prompt="",
+        width=640,
+        height=480,
+        num_frames=9,
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        fps=24,
+        seed=42,
+        preset="test",
+    )
     base.update(kw)
     return GenerationParams(**base)
 
@@ -65,8 +75,13 @@ def test_optimized_exact_path_matches_plain_wan_pipeline(setup):
     params = _params()
 
     def plain(p):
-        return denoise(pipe, p, emb, StepGuard(Deadline.after(600), p.num_inference_steps),
-                       max_sequence_length=profile.max_sequence_length)
+        return denoise(
+            pipe,
+            p,
+            emb,
+            StepGuard(Deadline.after(600), p.num_inference_steps),
+            max_sequence_length=profile.max_sequence_length,
+        )
 
     reference = plain(params)
     other_seed = plain(_params(seed=43))

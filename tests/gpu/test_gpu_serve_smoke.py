@@ -64,9 +64,17 @@ def test_shipped_gpu_config_makes_a_video_per_preset(gpu_app, preset):
     url, server = gpu_app
     with httpx.Client(base_url=url, timeout=600) as client:
         _wait_until_serving(client, server)
-        answer = client.post("/v1/videos", json={"prompt": f"smoke test {preset}", "preset": preset,
-                                                 "num_inference_steps": 4, "quality": "exact", "cache": False},
-                             headers={"Prefer": "wait=600"})
+        answer = client.post(
+            "/v1/videos",
+            json={
+                "prompt": f"smoke test {preset}",
+                "preset": preset,
+                "num_inference_steps": 4,
+                "quality": "exact",
+                "cache": False,
+            },
+            headers={"Prefer": "wait=600"},
+        )
         assert answer.status_code == 200, answer.text
         video = answer.json()
         assert video["status"] == "completed" and video["preset"] == preset

@@ -118,8 +118,9 @@ def test_oom_mid_vae_decode_leaves_the_feature_cache_unless_cleared(capped):
     vae.clear_cache()
     assert torch.cuda.memory_allocated() == baseline
 
-    worker = make_worker(FakePipe(vae=vae, scheduler=object()), device="cuda:0",
-                         health={"memory_tolerance_mib": 0, "memory_strikes": 1})
+    worker = make_worker(
+        FakePipe(vae=vae, scheduler=object()), device="cuda:0", health={"memory_tolerance_mib": 0, "memory_strikes": 1}
+    )
 
     async def scenario():
         worker.check_health()  # the baseline

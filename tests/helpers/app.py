@@ -63,12 +63,15 @@ def start_cluster_and_app(data_dir) -> str:
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,
-        runtime_env={"env_vars": {
-            "WAN_SERVE_WEBHOOK_SECRET": WEBHOOK_SECRET, "WAN_SERVE_ADMIN_KEY": ADMIN_KEY,
-            # Autoscaling reacts within a second or two instead of Ray's default 10 s reports.
-            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-            "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-        }},
+        runtime_env={
+            "env_vars": {
+                "WAN_SERVE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "WAN_SERVE_ADMIN_KEY": ADMIN_KEY,
+                # Autoscaling reacts within a second or two instead of Ray's default 10 s reports.
+                "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+                "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+            }
+        },
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy(app_args(data_dir))

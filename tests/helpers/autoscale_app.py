@@ -27,10 +27,19 @@ def autoscale_app_args(data_dir, store_path: Path):
         dispatch_interval_s=3600.0,
         stages={
             "gateway": {"num_replicas": 2, "max_ongoing_requests": 64},
-            "denoiser": {"max_ongoing_requests": 1, "autoscaling": {
-                "policy": "queue_depth", "min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 1,
-                "upscale_delay_s": 0, "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1,
-                "look_back_period_s": 1}},
+            "denoiser": {
+                "max_ongoing_requests": 1,
+                "autoscaling": {
+                    "policy": "queue_depth",
+                    "min_replicas": 0,
+                    "max_replicas": 2,
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 0,
+                    "downscale_delay_s": 1,
+                    "downscale_to_zero_delay_s": 1,
+                    "look_back_period_s": 1,
+                },
+            },
         },
     )
 

@@ -27,6 +27,13 @@ class FakeGenerator:
             self.mid_run()
         frames = np.full((params.num_frames, params.height, params.width, 3), 128, dtype=np.uint8)
         mp4 = encode_mp4(frames, params.fps)
-        video = EncodedVideo(mp4=mp4, num_frames=params.num_frames, width=params.width,
-                             height=params.height, fps=params.fps, decode_s=0.01, encode_s=0.02)
+        video = EncodedVideo(
+            mp4=mp4,
+            num_frames=params.num_frames,
+            width=params.width,
+            height=params.height,
+            fps=params.fps,
+            decode_s=0.01,
+            encode_s=0.02,
+        )
         return GraphResult(video=video, prompt_encode_s=0.1, denoise_s=0.5, total_s=0.6)

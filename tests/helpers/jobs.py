@@ -12,8 +12,16 @@ def job_id(n: int) -> str:
 
 def make_job(n: int, created_at: float = 1.0, status: str = "queued", **changes) -> JobRecord:
     params = GenerationParams(
-        prompt=f"a boat {n}", negative_prompt="", width=64, height=64, num_frames=5,
-        num_inference_steps=2, guidance_scale=1.0, fps=8, seed=n, preset="preview",
+        prompt=f"a boat {n}",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        fps=8,
+        seed=n,
+        preset="preview",
     )
     job = JobRecord.new(job_id(n), "wan2.2-ti2v-tiny", params, created_at, 30.0, **changes)
     job.video.status = status

@@ -46,8 +46,19 @@ def oom(message: str = "CUDA out of memory. Tried to allocate 9.00 GiB"):
     return torch.cuda.OutOfMemoryError(message)
 
 
-def make_worker(pipe: Any = None, *, stage: str = "video_encoder", device: str = "cpu",
-                health: dict | None = None, faults: dict | None = None) -> ModelWorker:
+def make_worker(
+    pipe: Any = None,
+    *,
+    stage: str = "video_encoder",
+    device: str = "cpu",
+    health: dict | None = None,
+    faults: dict | None = None,
+) -> ModelWorker:
     """A worker for `stage` on `device`; `health` and `faults` as the `args.health` and `args.faults` blocks."""
-    return ModelWorker(stage, FakePipe() if pipe is None else pipe, device,
-                       HealthOptions(**(health or {})), FaultInjection(**(faults or {})))
+    return ModelWorker(
+        stage,
+        FakePipe() if pipe is None else pipe,
+        device,
+        HealthOptions(**(health or {})),
+        FaultInjection(**(faults or {})),
+    )

@@ -97,12 +97,17 @@ class RedisServer:
         self._proc = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
                 *persistence,
-                "--dir", str(self.dir),
-                "--logfile", str(log),
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(log),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -117,8 +122,10 @@ class RedisServer:
             if exited or time.monotonic() > deadline:
                 self.stop()
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-                raise RuntimeError(f"redis-server exited or did not answer on port {self.port} "
-                                   f"within {START_TIMEOUT_S} s; log tail:\n{tail}")
+                raise RuntimeError(
+                    f"redis-server exited or did not answer on port {self.port} "
+                    f"within {START_TIMEOUT_S} s; log tail:\n{tail}"
+                )
             time.sleep(POLL_INTERVAL_S)
         return self.url
 

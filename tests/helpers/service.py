@@ -25,8 +25,15 @@ from tests.helpers.fakes import FakeGenerator
 from tests.helpers.jobs import make_job
 
 # 25 steps x 17 frames: the "full" tier keeps it, "reduced" caps it to 20 x 13, "minimal" to 15 x 9.
-REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 17, "fps": 8,
-           "num_inference_steps": 25, "seed": 11}
+REQUEST = {
+    "prompt": "a red boat",
+    "width": 64,
+    "height": 64,
+    "num_frames": 17,
+    "fps": 8,
+    "num_inference_steps": 25,
+    "seed": 11,
+}
 
 # Timing knobs of a gateway under test: nothing is taken over or swept while a test runs.
 TEST_TIMINGS = {"job_lease_s": 30, "dispatch_interval_s": 60, "artifact_ttl_s": 3600}
@@ -38,9 +45,16 @@ def fast_estimator() -> StageTimeEstimator:
 
 
 def gateway_over(
-    data_dir: Path, generator: Any, *, args: ServiceArgs | None = None, cache: Any = None,
-    access: AccessGuard | None = None, admission: bool = False, estimator: StageTimeEstimator | None = None,
-    profile: ModelProfile | None = None, replica_id: str = "test",
+    data_dir: Path,
+    generator: Any,
+    *,
+    args: ServiceArgs | None = None,
+    cache: Any = None,
+    access: AccessGuard | None = None,
+    admission: bool = False,
+    estimator: StageTimeEstimator | None = None,
+    profile: ModelProfile | None = None,
+    replica_id: str = "test",
 ) -> GatewayApp:
     """A gateway whose stages are `generator`; without a result cache, admission or access
     control unless asked for. `args` default: ServiceArgs with TEST_TIMINGS."""
@@ -61,14 +75,24 @@ class Service:
     """A gateway with the result cache and admission on: at most `max_queue_per_replica`
     (default 4) unfinished jobs on its one denoiser replica."""
 
-    def __init__(self, tmp_path, profile=None, estimator=None, access: AccessGuard | None = None,
-                 **admission) -> None:
-        self.args = ServiceArgs(data_dir=str(tmp_path), admission={"max_queue_per_replica": 4, **admission},
-                                **{**TEST_TIMINGS, "job_lease_s": 3600})
+    def __init__(self, tmp_path, profile=None, estimator=None, access: AccessGuard | None = None, **admission) -> None:
+        self.args = ServiceArgs(
+            data_dir=str(tmp_path),
+            admission={"max_queue_per_replica": 4, **admission},
+            **{**TEST_TIMINGS, "job_lease_s": 3600},
+        )
         self.generator = FakeGenerator()
         self.cache = ResultCache.func_or_class(self.args.model_dump())
-        self.gateway = gateway_over(tmp_path, self.generator, args=self.args, cache=self.cache, access=access,
-                                    admission=True, estimator=estimator, profile=profile)
+        self.gateway = gateway_over(
+            tmp_path,
+            self.generator,
+            args=self.args,
+            cache=self.cache,
+            access=access,
+            admission=True,
+            estimator=estimator,
+            profile=profile,
+        )
         self.store = self.gateway.stores.jobs
         self.estimator = self.gateway.estimator
         self.load = self.gateway.load
@@ -79,8 +103,9 @@ class Service:
         """`jobs` unfinished jobs held by a live runner elsewhere."""
         for n in range(jobs):
             job = make_job(1000 + n, owner="elsewhere", heartbeat_at=9e18)
-            self.store.create(job.model_copy(update={"params": job.params.model_copy(
-                update={"num_inference_steps": steps})}))
+            self.store.create(
+                job.model_copy(update={"params": job.params.model_copy(update={"num_inference_steps": steps})})
+            )
 
 
 def api_client(gateway: GatewayApp) -> TestClient:

@@ -14,13 +14,17 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 from tests.helpers.autoscale_app import (
-    AUTOSCALE_APP, app_status, autoscale_app_args, deploy_from_config, replicas,
+    AUTOSCALE_APP,
+    app_status,
+    autoscale_app_args,
+    deploy_from_config,
+    replicas,
 )
 from tests.helpers.jobs import job_id, make_job
 from tests.helpers.load_app import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

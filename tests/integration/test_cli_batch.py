@@ -51,7 +51,9 @@ def test_generate_downloads_a_playable_mp4(serve_url, tmp_path, capsys, video_cl
     assert (info.frames, info.width, info.height, info.fps) == (9, 64, 64, 8.0)
     captured = capsys.readouterr()
     video_id = captured.out.split()[1]
-    assert captured.out.startswith(f"{out}: video_") and "completed 64x64 9 frames @8 fps, 3 steps, seed 5" in captured.out
+    assert (
+        captured.out.startswith(f"{out}: video_") and "completed 64x64 9 frames @8 fps, 3 steps, seed 5" in captured.out
+    )
     assert "denoising" in captured.err  # the bar followed the SSE steps
 
     # status, list and download of the same video.
@@ -74,8 +76,25 @@ def test_generate_errors_map_to_exit_codes(serve_url, tmp_path, capsys):
     # Accepted, then failed (its deadline passes mid-denoising; this app runs
     # without admission, which would refuse it up front): exit 1 with the job's error.
     out = tmp_path / "never.mp4"
-    code = cli.main(["generate", f"too slow {_tag()}", "--size", "640x480", "--frames", "17", "--steps", "100",
-                     "--deadline", "0.5", "-o", str(out), "--quiet", "--url", serve_url])
+    code = cli.main(
+        [
+            "generate",
+            f"too slow {_tag()}",
+            "--size",
+            "640x480",
+            "--frames",
+            "17",
+            "--steps",
+            "100",
+            "--deadline",
+            "0.5",
+            "-o",
+            str(out),
+            "--quiet",
+            "--url",
+            serve_url,
+        ]
+    )
     assert code == 1 and not out.exists()
     assert "failed: deadline_exceeded" in capsys.readouterr().err
     # Unknown id: exit 2, not found.

@@ -83,8 +83,9 @@ def test_invalid_request_is_422_naming_the_field(client):
 
 def test_deadline_mid_loop_stops_denoising(client, denoiser_stats):
     # Prefer: wait makes it synchronous whatever the estimate says.
-    resp = client.post("/v1/videos", json={"prompt": "a slow sunrise", "deadline_s": 1.5, **SLOW},
-                       headers={"Prefer": "wait=60"})
+    resp = client.post(
+        "/v1/videos", json={"prompt": "a slow sunrise", "deadline_s": 1.5, **SLOW}, headers={"Prefer": "wait=60"}
+    )
     assert resp.status_code == 504, resp.text
     error = resp.json()["error"]
     assert error["code"] == "deadline_exceeded"
@@ -93,7 +94,10 @@ def test_deadline_mid_loop_stops_denoising(client, denoiser_stats):
     # The denoiser's own record: it stopped at the step it reported, not later.
     last = denoiser_stats()["last_run"]
     assert {k: last[k] for k in ("outcome", "steps_done", "total_steps")} == {
-        "outcome": "deadline_exceeded", "steps_done": error["step"], "total_steps": 100}
+        "outcome": "deadline_exceeded",
+        "steps_done": error["step"],
+        "total_steps": 100,
+    }
     assert last["resumed_from_step"] == 0  # a first run (checkpoints on, nothing to resume)
     failed = client.get(f"/v1/videos/{error['video_id']}").json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "deadline_exceeded"
@@ -104,8 +108,12 @@ def test_client_disconnect_stops_denoising(serve_url, denoiser_stats):
     before = denoiser_stats()["outcomes"].get("cancelled", 0)
     with pytest.raises(httpx.ReadTimeout):
         # The client gives up after 1 s and closes the connection.
-        httpx.post(f"{serve_url}/v1/videos", json={"prompt": "a long walk", "deadline_s": 100, **SLOW},
-                   headers={"Prefer": "wait=100"}, timeout=1.0)
+        httpx.post(
+            f"{serve_url}/v1/videos",
+            json={"prompt": "a long walk", "deadline_s": 100, **SLOW},
+            headers={"Prefer": "wait=100"},
+            timeout=1.0,
+        )
 
     def cancelled() -> bool:
         return denoiser_stats()["outcomes"].get("cancelled", 0) == before + 1

@@ -23,8 +23,10 @@ def test_metrics_after_a_few_jobs(client):
     def checks(text: str) -> dict[str, bool]:
         return {
             "jobs completed": total(text, "wan_jobs_total", 'status="completed"') >= 2,
-            **{f"stage {stage}": total(text, "wan_stage_seconds_count", f'stage="{stage}"') >= 2
-               for stage in ("prompt_encode", "denoise", "decode", "encode", "total")},
+            **{
+                f"stage {stage}": total(text, "wan_stage_seconds_count", f'stage="{stage}"') >= 2
+                for stage in ("prompt_encode", "denoise", "decode", "encode", "total")
+            },
             "denoise time": total(text, "wan_stage_seconds_sum", 'stage="denoise"') > 0,
             "steps": total(text, "wan_step_seconds_count") >= 2 * SMALL["num_inference_steps"],
             "queue wait": total(text, "wan_queue_wait_seconds_count") >= 2,

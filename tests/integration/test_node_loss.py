@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_lost_worker_node_mid_job_the_job_finishes_on_the_head(data_dir):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    done = subprocess.run([sys.executable, "-m", "tests.helpers.node_loss", str(data_dir)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.node_loss", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and lines, f"scenario failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     outcome = json.loads(lines[-1])

@@ -67,12 +67,31 @@ serve.run(build_app(app_args(data_dir)), name=APP_NAME, route_prefix="/")
 """
 
 ITEMS = [
-    {"id": "kite", "prompt": "a red kite over a beach", "size": "64x64", "num_frames": 9,
-     "num_inference_steps": 3, "fps": 8, "seed": 1},
-    {"id": "boat", "prompt": "a paper boat on a pond", "size": "96x64", "num_frames": 5,
-     "num_inference_steps": 2, "fps": 8},
-    {"id": "tower", "prompt": "a clock tower at noon", "size": "64x96", "num_frames": 13,
-     "num_inference_steps": 2, "fps": 12},
+    {
+        "id": "kite",
+        "prompt": "a red kite over a beach",
+        "size": "64x64",
+        "num_frames": 9,
+        "num_inference_steps": 3,
+        "fps": 8,
+        "seed": 1,
+    },
+    {
+        "id": "boat",
+        "prompt": "a paper boat on a pond",
+        "size": "96x64",
+        "num_frames": 5,
+        "num_inference_steps": 2,
+        "fps": 8,
+    },
+    {
+        "id": "tower",
+        "prompt": "a clock tower at noon",
+        "size": "64x96",
+        "num_frames": 13,
+        "num_inference_steps": 2,
+        "fps": 12,
+    },
 ]
 
 
@@ -119,12 +138,25 @@ def jobs_cluster(tmp_path_factory):
     }
     # Every port named: another cluster on this machine (the session's) holds Ray's defaults.
     command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-        f"--object-manager-port={objects}", f"--node-manager-port={nodes}", f"--ray-client-server-port={client}",
-        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--object-manager-port={objects}",
+        f"--node-manager-port={nodes}",
+        f"--ray-client-server-port={client}",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     log_path = temp_dir / "ray-start.log"
     with open(log_path, "wb") as log:
@@ -145,7 +177,11 @@ def jobs_cluster(tmp_path_factory):
                 time.sleep(0.5)  # polling a process we do not control; no event to wait on
         deployed = subprocess.run(
             [sys.executable, "-c", DEPLOY, f"127.0.0.1:{gcs}", str(http), str(data_dir)],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S,
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=DEPLOY_TIMEOUT_S,
         )
         if deployed.returncode != 0:
             pytest.fail(f"deploying the app failed:\n{(deployed.stdout + deployed.stderr)[-4000:]}")
@@ -167,12 +203,26 @@ def test_batch_as_a_ray_job_makes_every_video(jobs_cluster, tmp_path):
     out = tmp_path / "results"  # absolute: the job runs in a copy of the working dir
 
     submit = [
-        str(BIN / "ray"), "job", "submit", "--address", jobs_cluster.dashboard_url, "--working-dir", ".", "--",
-        "python", "-m", "serve_app.batch", str(prompts), "--out", str(out),
-        "--url", jobs_cluster.app_url, "--concurrency", "2",
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        jobs_cluster.dashboard_url,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "serve_app.batch",
+        str(prompts),
+        "--out",
+        str(out),
+        "--url",
+        jobs_cluster.app_url,
+        "--concurrency",
+        "2",
     ]
-    done = subprocess.run(submit, cwd=REPO, env=jobs_cluster.env, capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT_S)
+    done = subprocess.run(submit, cwd=REPO, env=jobs_cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     log = done.stdout + done.stderr
     # The CLI follows the job to its end and exits 1 unless it succeeded.
     assert done.returncode == 0, log[-4000:]
@@ -192,8 +242,9 @@ def test_batch_as_a_ray_job_makes_every_video(jobs_cluster, tmp_path):
         assert (sidecar["width"], sidecar["height"], sidecar["num_frames"]) == (width, height, item["num_frames"])
 
     # What `--working-dir .` uploaded: the code, without the virtualenv, .git or data (.rayignore).
-    packages = [p for p in jobs_cluster.temp_dir.glob("session_latest/runtime_resources/working_dir_files/*")
-                if p.is_dir()]
+    packages = [
+        p for p in jobs_cluster.temp_dir.glob("session_latest/runtime_resources/working_dir_files/*") if p.is_dir()
+    ]
     assert len(packages) == 1, packages
     names = {p.name for p in packages[0].iterdir()}
     assert {"serve_app", "deployments", "configs"} <= names, names

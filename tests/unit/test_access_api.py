@@ -26,12 +26,18 @@ def bearer(secret: str) -> dict[str, str]:
 
 @pytest.fixture
 def svc(tmp_path):
-    guard = AccessGuard(AccessConfig(api_keys=[
-        {"id": "alice", "sha256": hash_secret(ALICE)},
-        {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
-        {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
-        {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
-    ], api_keys_env=""), {})
+    guard = AccessGuard(
+        AccessConfig(
+            api_keys=[
+                {"id": "alice", "sha256": hash_secret(ALICE)},
+                {"id": "bob", "sha256": hash_secret(BOB), "burst": 2, "max_concurrent_jobs": 1},
+                {"id": "root", "sha256": hash_secret(ROOT), "admin": True},
+                {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
+            ],
+            api_keys_env="",
+        ),
+        {},
+    )
     service = Service(tmp_path, access=guard)  # wired as the gateway is: a job's end frees its key's slot
     yield service
     service.store.close()
@@ -71,8 +77,10 @@ def test_a_key_sees_its_own_videos_only(client):
 
 
 def test_create_rate_is_a_token_bucket_per_key(client):
-    codes = [client.post("/v1/videos", json={**REQUEST, "seed": n, "cache": False}, headers=bearer(BOB)).status_code
-             for n in range(3)]
+    codes = [
+        client.post("/v1/videos", json={**REQUEST, "seed": n, "cache": False}, headers=bearer(BOB)).status_code
+        for n in range(3)
+    ]
     assert codes == [200, 200, 429]
     response = client.post("/v1/videos", json=REQUEST, headers=bearer(BOB))
     assert response.json()["error"]["code"] == "rate_limited" and int(response.headers["Retry-After"]) >= 1
@@ -96,12 +104,15 @@ class HeldGenerator(FakeGenerator):
 def test_concurrent_job_cap_is_freed_when_the_job_ends(client, svc):
     held = HeldGenerator()
     svc.runner.generator = held
-    first = client.post("/v1/videos", json={**REQUEST, "cache": False}, headers={**bearer(CAROL), "Prefer": "respond-async"})
+    first = client.post(
+        "/v1/videos", json={**REQUEST, "cache": False}, headers={**bearer(CAROL), "Prefer": "respond-async"}
+    )
     assert first.status_code == 202
     assert svc.gateway.guard.active_jobs("carol") == 1
     # Carol may hold one unfinished job: a second is refused, and leaves nothing behind.
-    second = client.post("/v1/videos", json={**REQUEST, "seed": 2, "cache": False},
-                         headers={**bearer(CAROL), "Prefer": "respond-async"})
+    second = client.post(
+        "/v1/videos", json={**REQUEST, "seed": 2, "cache": False}, headers={**bearer(CAROL), "Prefer": "respond-async"}
+    )
     assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_concurrent_jobs"
     assert [v["id"] for v in client.get("/v1/videos", headers=bearer(CAROL)).json()["data"]] == [first.json()["id"]]
     held.release.set()
@@ -121,8 +132,9 @@ def test_admin_routes_need_an_admin_key(client):
 
 
 def test_oversized_body_is_413(client):
-    response = client.post("/v1/videos", content=b"{" + b" " * 70_000 + b"}", headers={
-        **bearer(ALICE), "content-type": "application/json"})
+    response = client.post(
+        "/v1/videos", content=b"{" + b" " * 70_000 + b"}", headers={**bearer(ALICE), "content-type": "application/json"}
+    )
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 

@@ -42,8 +42,9 @@ def test_guard_applies_per_key_limits_and_anonymous_ones():
 
 
 def test_reads_have_their_own_bucket_and_zero_turns_it_off():
-    guard = AccessGuard(AccessConfig(burst=1, read_burst=2, read_rate_per_s=0.001, limit_anonymous=True), {},
-                        clock=FakeClock())
+    guard = AccessGuard(
+        AccessConfig(burst=1, read_burst=2, read_rate_per_s=0.001, limit_anonymous=True), {}, clock=FakeClock()
+    )
     anon = guard.authenticate(None)
     guard.check_rate(anon, "create")
     guard.check_rate(anon, "read")

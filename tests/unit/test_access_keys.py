@@ -63,7 +63,10 @@ def test_auth_is_off_without_keys_and_everyone_is_anonymous():
     for header in (None, "", "Bearer whatever", "garbage"):
         principal = keys.authenticate(header)
         assert (principal.id, principal.authenticated, principal.admin, principal.limited) == (
-            "anonymous", False, False, True
+            "anonymous",
+            False,
+            False,
+            True,
         )
     # The default: a keyless service is not limited per client.
     assert not ApiKeys(AccessConfig(), {}).authenticate(None).limited

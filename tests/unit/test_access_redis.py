@@ -99,8 +99,7 @@ def test_redis_job_lease_expires_by_server_time(redis_server, prefix):
 
 
 def test_limits_hold_across_two_replicas_sharing_redis(redis_server, prefix):
-    config = keyed_config(store=redis_server.url, store_prefix=prefix, max_concurrent_jobs=3, burst=5,
-                          rate_per_s=0.001)
+    config = keyed_config(store=redis_server.url, store_prefix=prefix, max_concurrent_jobs=3, burst=5, rate_per_s=0.001)
     replica_a, replica_b = AccessGuard(config, {}), AccessGuard(config, {})
     try:
         ops_a = replica_a.authenticate(f"Bearer {ADMIN}")

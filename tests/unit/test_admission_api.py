@@ -161,9 +161,12 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
     svc.runner.submit = submitted.append  # accepted jobs stay queued: the load only grows
     slow = SlowClaims(svc.cache, requests=30)
     svc.creator.cache = slow
-    requests = [CreateVideoRequest(**{**REQUEST, "deadline_s": deadline,
-                                      "prompt": "the same boat" if n % 3 == 0 else f"boat {n}"})
-                for n in range(30)]
+    requests = [
+        CreateVideoRequest(
+            **{**REQUEST, "deadline_s": deadline, "prompt": "the same boat" if n % 3 == 0 else f"boat {n}"}
+        )
+        for n in range(30)
+    ]
 
     async def burst():
         prefer = Preference(respond_async=True)
@@ -179,12 +182,13 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
     assert len(jobs) == fit and sorted(submitted) == sorted(j.id for j in jobs)
     assert all(o.status_code == 202 and o.video.id in submitted for o in accepted)
     # The identical requests that were accepted share one job, and hold one place between them.
-    same = {o.video.id for o, r in zip(outcomes, requests)
-            if r.prompt == "the same boat" and not isinstance(o, Exception)}
+    same = {
+        o.video.id for o, r in zip(outcomes, requests) if r.prompt == "the same boat" and not isinstance(o, Exception)
+    }
     assert len(same) == 1
     assert refused and all(
-        e.status_code == 429 and e.code == "over_capacity" and int(e.headers()["Retry-After"]) >= 1
-        for e in refused)
+        e.status_code == 429 and e.code == "over_capacity" and int(e.headers()["Retry-After"]) >= 1 for e in refused
+    )
     assert len(accepted) + len(refused) == 30
     assert svc.load.reserved == 0  # every path released its reservation
     svc.store.close()
@@ -222,8 +226,9 @@ def test_reservations_end_on_every_path(tmp_path):
             await asyncio.Event().wait()
 
         svc.cache.claim = stuck
-        task = asyncio.ensure_future(service.create_video(CreateVideoRequest(**{**REQUEST, "seed": 12}),
-                                                          Preference(respond_async=True)))
+        task = asyncio.ensure_future(
+            service.create_video(CreateVideoRequest(**{**REQUEST, "seed": 12}), Preference(respond_async=True))
+        )
         await gate.wait()
         assert svc.load.reserved == 1
         task.cancel()

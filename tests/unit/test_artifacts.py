@@ -265,8 +265,15 @@ def test_open_s3_url_takes_endpoint_from_env_or_keyword(monkeypatch, moto_endpoi
 
 @pytest.mark.parametrize(
     "url",
-    ["http://host/x", "gs://bucket/x", "/abs/dir", "relative/dir", "file://relative/dir", "s3:///no-bucket",
-     "s3://bucket/x?versioned=1"],
+    [
+        "http://host/x",
+        "gs://bucket/x",
+        "/abs/dir",
+        "relative/dir",
+        "file://relative/dir",
+        "s3:///no-bucket",
+        "s3://bucket/x?versioned=1",
+    ],
 )
 def test_open_rejects_other_urls(tmp_path, url):
     with pytest.raises(ValueError) as info:

@@ -38,17 +38,41 @@ QUEUE_DEPTH = {"policy_function": QUEUE_DEPTH_POLICY, "policy_kwargs": {"jobs_pe
 
 
 def context(
-    name: str, requests: float = 0.0, *, unclaimed: dict | None = None, policy: dict | None = None,
-    replicas: int = 1, min_replicas: int = 0, max_replicas: int = 4,
+    name: str,
+    requests: float = 0.0,
+    *,
+    unclaimed: dict | None = None,
+    policy: dict | None = None,
+    replicas: int = 1,
+    min_replicas: int = 0,
+    max_replicas: int = 4,
 ) -> AutoscalingContext:
-    config = AutoscalingConfig(min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=1,
-                               upscale_delay_s=0, downscale_delay_s=0, **({"policy": policy} if policy else {}))
+    config = AutoscalingConfig(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_ongoing_requests=1,
+        upscale_delay_s=0,
+        downscale_delay_s=0,
+        **({"policy": policy} if policy else {}),
+    )
     return AutoscalingContext(
-        deployment_id=name, deployment_name=name, app_name="video", current_num_replicas=replicas,
-        target_num_replicas=replicas, running_replicas=[], total_num_requests=requests,
-        total_queued_requests=0.0, aggregated_metrics={UNCLAIMED_JOBS: unclaimed} if unclaimed else {},
-        raw_metrics={}, capacity_adjusted_min_replicas=min_replicas, capacity_adjusted_max_replicas=max_replicas,
-        policy_state={}, last_scale_up_time=None, last_scale_down_time=None, current_time=0.0, config=config,
+        deployment_id=name,
+        deployment_name=name,
+        app_name="video",
+        current_num_replicas=replicas,
+        target_num_replicas=replicas,
+        running_replicas=[],
+        total_num_requests=requests,
+        total_queued_requests=0.0,
+        aggregated_metrics={UNCLAIMED_JOBS: unclaimed} if unclaimed else {},
+        raw_metrics={},
+        capacity_adjusted_min_replicas=min_replicas,
+        capacity_adjusted_max_replicas=max_replicas,
+        policy_state={},
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=0.0,
+        config=config,
     )
 
 
@@ -152,8 +176,15 @@ def test_a_store_error_reports_nothing_rather_than_zero():
 
 
 def queue_depth_args(**gateway) -> ServiceArgs:
-    return ServiceArgs(stages={"gateway": gateway, "denoiser": {"max_ongoing_requests": 1, "autoscaling": {
-        "policy": "queue_depth", "min_replicas": 0, "max_replicas": 2, "look_back_period_s": 3}}})
+    return ServiceArgs(
+        stages={
+            "gateway": gateway,
+            "denoiser": {
+                "max_ongoing_requests": 1,
+                "autoscaling": {"policy": "queue_depth", "min_replicas": 0, "max_replicas": 2, "look_back_period_s": 3},
+            },
+        }
+    )
 
 
 def test_a_fixed_count_gateway_gets_bounds_that_pin_it_when_the_denoiser_scales_on_queue_depth():

@@ -42,7 +42,10 @@ def test_load_items_reports_bad_lines_by_number_and_skips_blank_ones(tmp_path):
     path.write_text('{"id": "a", "prompt": "one"}\n\n{oops\n{"id": "a", "prompt": "two"}\n{"prompt": "three"}\n')
     items, bad = load_items(path)
     assert [(i.line, i.id) for i in items] == [(1, "a"), (5, "5")]
-    assert [(b.line, b.message.split(":")[0]) for b in bad] == [(3, "not valid JSON"), (4, "id='a' repeats the id of line 1")]
+    assert [(b.line, b.message.split(":")[0]) for b in bad] == [
+        (3, "not valid JSON"),
+        (4, "id='a' repeats the id of line 1"),
+    ]
 
 
 def test_item_key_ignores_formatting_but_not_content_or_id():
@@ -77,8 +80,16 @@ def test_refused_item_is_recorded_failed_and_the_batch_goes_on(tmp_path, monkeyp
         keys.append(request.headers["idempotency-key"])
         body = json.loads(request.content)
         if body["prompt"] == "bad":
-            return httpx.Response(422, json={"error": {"code": "invalid_request", "param": "num_frames",
-                                                       "message": "num_frames=16 is not of the form 4k+1"}})
+            return httpx.Response(
+                422,
+                json={
+                    "error": {
+                        "code": "invalid_request",
+                        "param": "num_frames",
+                        "message": "num_frames=16 is not of the form 4k+1",
+                    }
+                },
+            )
         raise httpx.ConnectError("connection refused")
 
     transport = httpx.MockTransport(handler)
@@ -122,9 +133,19 @@ def test_busy_answers_are_waited_out_with_retry_after(tmp_path, monkeypatch):
     def handler(request):
         calls.append(request.headers["idempotency-key"])
         if len(calls) < 3:
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"error": {
-                "code": "over_capacity", "message": "busy", "type": "rate_limit_error", "param": None,
-                "retry_after_s": 1}})
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "1"},
+                json={
+                    "error": {
+                        "code": "over_capacity",
+                        "message": "busy",
+                        "type": "rate_limit_error",
+                        "param": None,
+                        "retry_after_s": 1,
+                    }
+                },
+            )
         return httpx.Response(400, json={"error": {"code": "stop_here", "message": "seen thrice", "param": None}})
 
     sleeps = []
@@ -144,8 +165,9 @@ def test_busy_answers_are_waited_out_with_retry_after(tmp_path, monkeypatch):
 
     def always_busy(request):
         calls.append(1)
-        return httpx.Response(429, json={"error": {"code": "over_capacity", "message": "busy", "param": None,
-                                                   "retry_after_s": 1}})
+        return httpx.Response(
+            429, json={"error": {"code": "over_capacity", "message": "busy", "param": None, "retry_after_s": 1}}
+        )
 
     runner.client = VideoClient("http://unused", transport=httpx.MockTransport(always_busy))
     result = runner.run_item(parse_line(1, '{"id": "b", "prompt": "a kite"}'))

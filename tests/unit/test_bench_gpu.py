@@ -24,8 +24,9 @@ def test_help_lists_the_options_and_loads_no_torch():
         "except SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
         "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         cwd=PROJECT_ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=PROJECT_ROOT
+    ).stdout
     for option in ("--profile", "--data-dir", "--budget-s", "--attention", "--skip", "--smoke", "--fbc", "--fp8"):
         assert option in out
     # The budget and the section list must be readable before a model (and torch) is loaded.

@@ -24,8 +24,14 @@ def index(request, tmp_path):
 
 
 def entry(key: str, size: int = 100, now: float = NOW, ttl: float = 3600) -> CacheEntry:
-    return CacheEntry(key=key, video={"id": f"video_{'0' * 32}"}, size_bytes=size,
-                      created_at=now, expires_at=now + ttl, last_access=now)
+    return CacheEntry(
+        key=key,
+        video={"id": f"video_{'0' * 32}"},
+        size_bytes=size,
+        created_at=now,
+        expires_at=now + ttl,
+        last_access=now,
+    )
 
 
 def key(n: int) -> str:

@@ -9,8 +9,15 @@ from serve_app.config import load_presets
 from serve_app.params import resolve_generation
 
 MODEL = "wan2.2-ti2v-tiny@seed0"
-BASE = {"prompt": "Happy birthday", "width": 64, "height": 64, "num_frames": 9,
-        "num_inference_steps": 4, "fps": 8, "seed": 7}
+BASE = {
+    "prompt": "Happy birthday",
+    "width": 64,
+    "height": 64,
+    "num_frames": 9,
+    "num_inference_steps": 4,
+    "fps": 8,
+    "seed": 7,
+}
 
 
 def key_of(request: dict, model: str = MODEL, casefold: bool = False) -> str:
@@ -18,38 +25,47 @@ def key_of(request: dict, model: str = MODEL, casefold: bool = False) -> str:
     return cache_key(model, params.model_dump())
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("  Happy   birthday \n", "Happy birthday"),
-    ("Happy\tbirthday", "Happy birthday"),
-    ("ｈａｐｐｙ", "happy"),  # full-width letters, NFKC
-    ("ﬁne", "fine"),  # ligature, NFKC
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("  Happy   birthday \n", "Happy birthday"),
+        ("Happy\tbirthday", "Happy birthday"),
+        ("ｈａｐｐｙ", "happy"),  # full-width letters, NFKC
+        ("ﬁne", "fine"),  # ligature, NFKC
+    ],
+)
 def test_normalize_prompt(text, expected):
     assert normalize_prompt(text) == expected
 
 
-@pytest.mark.parametrize("variant", [
-    {"prompt": "  Happy   birthday "},
-    {"guidance_scale": 5},  # the preset's 5.0, written as an int
-    {"preset": "standard", "guidance_scale": 5.0, "negative_prompt": ""},  # other preset, same pixels
-    {"deadline_s": 12.0},
-    {"webhook_url": "https://example.com/hook"},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"prompt": "  Happy   birthday "},
+        {"guidance_scale": 5},  # the preset's 5.0, written as an int
+        {"preset": "standard", "guidance_scale": 5.0, "negative_prompt": ""},  # other preset, same pixels
+        {"deadline_s": 12.0},
+        {"webhook_url": "https://example.com/hook"},
+    ],
+)
 def test_same_pixels_share_a_key(variant):
     assert key_of({**BASE, **variant}) == key_of(BASE)
 
 
-@pytest.mark.parametrize("variant", [
-    {"prompt": "Happy birthday!"},
-    {"negative_prompt": "blurry"},
-    {"width": 96},
-    {"height": 96},
-    {"num_frames": 13},
-    {"num_inference_steps": 5},
-    {"guidance_scale": 4.5},
-    {"fps": 12},
-    {"seed": 8},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"prompt": "Happy birthday!"},
+        {"negative_prompt": "blurry"},
+        {"width": 96},
+        {"height": 96},
+        {"num_frames": 13},
+        {"num_inference_steps": 5},
+        {"guidance_scale": 4.5},
+        {"fps": 12},
+        {"seed": 8},
+    ],
+)
 def test_every_pixel_setting_is_in_the_key(variant):
     assert key_of({**BASE, **variant}) != key_of(BASE)
 
@@ -86,6 +102,14 @@ def test_without_cache_a_missing_seed_is_random_and_the_prompt_untouched():
 
 
 def test_derived_seed_is_in_range():
-    values = {"prompt": "x", "negative_prompt": "", "width": 64, "height": 64, "num_frames": 9, "fps": 8,
-              "num_inference_steps": 2, "guidance_scale": 5.0}
+    values = {
+        "prompt": "x",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "num_frames": 9,
+        "fps": 8,
+        "num_inference_steps": 2,
+        "guidance_scale": 5.0,
+    }
     assert 0 <= derived_seed(MODEL, values, 100) <= 100

@@ -36,19 +36,45 @@ def test_generate_sends_only_given_options_follows_events_and_downloads(service,
         if request.method == "POST":
             return httpx.Response(202, json=video())
         if request.url.path.endswith("/events"):
-            return httpx.Response(200, content=sse(1, {"type": "queued", "queue_position": 0, "attempt": 1})
-                                  + sse(2, {"type": "progress", "step": 1, "total_steps": 3, "eta_s": 0.2})
-                                  + sse(3, {"type": "completed", "video": done}))
+            return httpx.Response(
+                200,
+                content=sse(1, {"type": "queued", "queue_position": 0, "attempt": 1})
+                + sse(2, {"type": "progress", "step": 1, "total_steps": 3, "eta_s": 0.2})
+                + sse(3, {"type": "completed", "video": done}),
+            )
         return httpx.Response(200, content=b"mp4 bytes")
 
     service["handler"] = handler
     out = tmp_path / "out.mp4"
-    code = cli.main(["generate", "a red kite", "--size", "64x64", "--frames", "9", "--steps", "3", "--seed", "7",
-                     "-o", str(out), "--url", "http://svc", "--api-key", "k"])
+    code = cli.main(
+        [
+            "generate",
+            "a red kite",
+            "--size",
+            "64x64",
+            "--frames",
+            "9",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "-o",
+            str(out),
+            "--url",
+            "http://svc",
+            "--api-key",
+            "k",
+        ]
+    )
     assert code == 0 and out.read_bytes() == b"mp4 bytes"
     post = service["requests"][0]
-    assert json.loads(post.content) == {"prompt": "a red kite", "size": "64x64", "num_frames": 9,
-                                        "num_inference_steps": 3, "seed": 7}
+    assert json.loads(post.content) == {
+        "prompt": "a red kite",
+        "size": "64x64",
+        "num_frames": 9,
+        "num_inference_steps": 3,
+        "seed": 7,
+    }
     assert post.headers["authorization"] == "Bearer k" and post.headers["prefer"] == "respond-async"
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{out}: video_abc completed 64x64 9 frames")
@@ -57,23 +83,30 @@ def test_generate_sends_only_given_options_follows_events_and_downloads(service,
 
 def test_generate_of_a_failed_job_exits_1_with_the_reason(service, capsys):
     failed = video(status="failed", error={"code": "deadline_exceeded", "message": "stopped after step 2 of 3"})
-    service["handler"] = lambda r: (httpx.Response(202, json=video()) if r.method == "POST"
-                                    else httpx.Response(200, content=sse(1, {"type": "failed", "video": failed})))
+    service["handler"] = lambda r: (
+        httpx.Response(202, json=video())
+        if r.method == "POST"
+        else httpx.Response(200, content=sse(1, {"type": "failed", "video": failed}))
+    )
     assert cli.main(["generate", "x", "--quiet", "--url", "http://svc"]) == 1
     assert "video_abc failed: deadline_exceeded: stopped after step 2 of 3" in capsys.readouterr().err
 
 
 def test_service_errors_exit_2_with_the_service_message(service, capsys):
     service["handler"] = lambda r: httpx.Response(
-        422, json={"error": {"code": "invalid_request", "param": "num_frames", "message": "num_frames=16 is not 4k+1"}})
+        422, json={"error": {"code": "invalid_request", "param": "num_frames", "message": "num_frames=16 is not 4k+1"}}
+    )
     assert cli.main(["generate", "x", "--frames", "16", "--url", "http://svc"]) == 2
     assert "invalid_request: num_frames=16 is not 4k+1 (param: num_frames)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("status, code", [(429, "over_capacity"), (503, "service_unavailable")])
 def test_a_busy_service_exits_75_with_when_to_retry(service, capsys, status, code):
-    service["handler"] = lambda r: httpx.Response(status, headers={"Retry-After": "12"}, json={"error": {
-        "code": code, "message": "cannot finish within 30 s now", "param": None, "retry_after_s": 12}})
+    service["handler"] = lambda r: httpx.Response(
+        status,
+        headers={"Retry-After": "12"},
+        json={"error": {"code": code, "message": "cannot finish within 30 s now", "param": None, "retry_after_s": 12}},
+    )
     assert cli.main(["generate", "x", "--url", "http://svc"]) == cli.EXIT_BUSY == 75
     err = capsys.readouterr().err
     assert code in err and "retry in 12 s" in err
@@ -101,8 +134,12 @@ def test_usage_errors_exit_2(argv):
 
 def test_serve_uses_the_serve_script_of_this_environment():
     command = cli.serve_command("serve_config.yaml")
-    assert command[1:] == ["run", "serve_config.yaml"] or command[1:] == ["-m", "ray.serve.scripts", "run",
-                                                                         "serve_config.yaml"]
+    assert command[1:] == ["run", "serve_config.yaml"] or command[1:] == [
+        "-m",
+        "ray.serve.scripts",
+        "run",
+        "serve_config.yaml",
+    ]
     # The script next to this interpreter really is Ray Serve's CLI.
     help_text = subprocess.run([*command[:-2], "run", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "CONFIG_OR_IMPORT_PATH" in help_text

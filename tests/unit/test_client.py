@@ -63,7 +63,7 @@ def test_parse_sse_empty_data_line_and_id_with_nul():
 def test_events_over_the_wire_split_across_chunks_and_crlf():
     body = (
         sse(1, {"type": "queued", "queue_position": 0, "eta_s": 1.0, "attempt": 1})
-        + b"id: 2\r\nevent: progress\r\ndata: {\"type\": \"progress\",\r\ndata: \"step\": 1, \"total_steps\": 3}\r\n\r\n"
+        + b'id: 2\r\nevent: progress\r\ndata: {"type": "progress",\r\ndata: "step": 1, "total_steps": 3}\r\n\r\n'
         + sse(3, {"type": "completed", "video": video(status="completed", progress=100)})
     )
     chunks = [body[i : i + 7] for i in range(0, len(body), 7)]  # lines split mid-way
@@ -104,8 +104,17 @@ def test_events_sends_last_event_id_and_maps_errors_before_the_stream():
 
     def handler(request):
         seen.update(request.headers)
-        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no video with id 'x'",
-                                                   "type": "invalid_request_error", "param": "video_id"}})
+        return httpx.Response(
+            404,
+            json={
+                "error": {
+                    "code": "not_found",
+                    "message": "no video with id 'x'",
+                    "type": "invalid_request_error",
+                    "param": "video_id",
+                }
+            },
+        )
 
     with client_for(handler) as client, pytest.raises(ClientError) as info:
         list(client.events("x", last_event_id="5"))
@@ -117,8 +126,15 @@ def test_events_sends_last_event_id_and_maps_errors_before_the_stream():
 
 
 def test_error_body_maps_to_client_error_with_details():
-    body = {"error": {"code": "invalid_request", "type": "invalid_request_error", "param": "num_frames",
-                      "message": "num_frames=16 is not of the form 4k+1; nearest allowed: 13 or 17", "extra": 1}}
+    body = {
+        "error": {
+            "code": "invalid_request",
+            "type": "invalid_request_error",
+            "param": "num_frames",
+            "message": "num_frames=16 is not of the form 4k+1; nearest allowed: 13 or 17",
+            "extra": 1,
+        }
+    }
 
     with client_for(lambda request: httpx.Response(422, json=body)) as client, pytest.raises(ClientError) as info:
         client.create("a kite", num_frames=16)
@@ -132,11 +148,18 @@ def test_error_body_maps_to_client_error_with_details():
 @pytest.mark.parametrize(
     "response, code, message",
     [
-        (httpx.Response(503, text="Service Unavailable: app is starting"), "http_error", "Service Unavailable: app is starting"),
+        (
+            httpx.Response(503, text="Service Unavailable: app is starting"),
+            "http_error",
+            "Service Unavailable: app is starting",
+        ),
         (httpx.Response(404, json={"detail": "Not Found"}), "http_error", "Not Found"),
         (httpx.Response(500, content=b""), "http_error", "Internal Server Error"),
-        (httpx.Response(409, json={"error": {"code": "conflict", "message": "already completed"}}), "conflict",
-         "already completed"),
+        (
+            httpx.Response(409, json={"error": {"code": "conflict", "message": "already completed"}}),
+            "conflict",
+            "already completed",
+        ),
     ],
 )
 def test_non_standard_error_bodies_still_give_readable_errors(response, code, message):
@@ -213,8 +236,16 @@ def test_list_get_cancel_delete_paths_and_params():
     def handler(request):
         seen.append((request.method, request.url.path, dict(request.url.params), request.url.raw_path))
         if request.url.path == "/v1/videos":
-            return httpx.Response(200, json={"object": "list", "data": [video()], "first_id": "video_abc",
-                                             "last_id": "video_abc", "has_more": False})
+            return httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [video()],
+                    "first_id": "video_abc",
+                    "last_id": "video_abc",
+                    "has_more": False,
+                },
+            )
         if request.method == "DELETE":
             return httpx.Response(200, json={"id": "video_abc", "object": "video.deleted", "deleted": True})
         return httpx.Response(200, json=video(status="failed" if "cancel" in request.url.path else "queued"))
@@ -227,9 +258,11 @@ def test_list_get_cancel_delete_paths_and_params():
         assert client.delete("video_abc").deleted is True
         client.get("../presets")  # quoted: cannot leave /v1/videos/
     assert seen[0][:3] == ("GET", "/v1/videos", {"limit": "5", "after": "video_0", "order": "asc"})
-    assert [s[:3] for s in seen[1:4]] == [("GET", "/v1/videos/video_abc", {}),
-                                          ("POST", "/v1/videos/video_abc/cancel", {}),
-                                          ("DELETE", "/v1/videos/video_abc", {})]
+    assert [s[:3] for s in seen[1:4]] == [
+        ("GET", "/v1/videos/video_abc", {}),
+        ("POST", "/v1/videos/video_abc/cancel", {}),
+        ("DELETE", "/v1/videos/video_abc", {}),
+    ]
     assert seen[4][1] == "/v1/videos/../presets" and seen[4][3] == b"/v1/videos/..%2Fpresets"
 
 
@@ -258,10 +291,16 @@ def test_wait_resumes_a_dropped_stream_from_the_last_event(monkeypatch):
             streams.append(request.headers.get("last-event-id"))
             if len(streams) == 1:
                 # The gateway went away after two events, without a terminal one.
-                return httpx.Response(200, content=sse(1, {"type": "queued", "queue_position": 0})
-                                      + sse(2, {"type": "progress", "step": 1, "total_steps": 3}))
-            return httpx.Response(200, content=sse(3, {"type": "progress", "step": 2, "total_steps": 3})
-                                  + sse(4, {"type": "completed", "video": video(status="completed", progress=100)}))
+                return httpx.Response(
+                    200,
+                    content=sse(1, {"type": "queued", "queue_position": 0})
+                    + sse(2, {"type": "progress", "step": 1, "total_steps": 3}),
+                )
+            return httpx.Response(
+                200,
+                content=sse(3, {"type": "progress", "step": 2, "total_steps": 3})
+                + sse(4, {"type": "completed", "video": video(status="completed", progress=100)}),
+            )
         return httpx.Response(200, json=video(status="in_progress", progress=33))
 
     seen = []
@@ -269,8 +308,12 @@ def test_wait_resumes_a_dropped_stream_from_the_last_event(monkeypatch):
         final = client.wait("video_abc", on_event=seen.append)
     assert final.status == "completed" and final.progress == 100
     assert streams == [None, "2"]
-    assert [(e["type"], e.get("step")) for e in seen] == [("queued", None), ("progress", 1), ("progress", 2),
-                                                          ("completed", None)]
+    assert [(e["type"], e.get("step")) for e in seen] == [
+        ("queued", None),
+        ("progress", 1),
+        ("progress", 2),
+        ("completed", None),
+    ]
 
 
 def test_wait_returns_the_final_object_when_the_stream_ends_after_completion():
@@ -290,8 +333,9 @@ def test_wait_rides_out_a_restart_but_not_a_missing_job(monkeypatch):
 
     def handler(request):
         if request.url.path.endswith("/events"):
-            return next(answers, None) or httpx.Response(200, content=sse(9, {"type": "completed",
-                                                                             "video": video(status="completed")}))
+            return next(answers, None) or httpx.Response(
+                200, content=sse(9, {"type": "completed", "video": video(status="completed")})
+            )
         return httpx.Response(503, text="restarting")
 
     with client_for(handler) as client:

@@ -125,8 +125,9 @@ def test_queue_depth_policy_is_wired_as_a_ray_custom_policy():
 
     from serve_app.policy.autoscaling import QueueDepthPolicy
 
-    auto = AutoscalingOptions(policy="queue_depth", min_replicas=0, max_replicas=3, target_ongoing_requests=2,
-                              downscale_to_zero_delay_s=30)
+    auto = AutoscalingOptions(
+        policy="queue_depth", min_replicas=0, max_replicas=3, target_ongoing_requests=2, downscale_to_zero_delay_s=30
+    )
     ray_config = AutoscalingConfig(**StageOptions(autoscaling=auto).to_deployment_options()["autoscaling_config"])
     policy = ray_config.policy.get_policy()
     assert policy is QueueDepthPolicy

@@ -31,8 +31,16 @@ def embeddings(tiny_profile, data_dir):
 
 
 PARAMS = GenerationParams(
-    prompt="a boat", negative_prompt="", width=64, height=64, num_frames=5,
-    num_inference_steps=STEPS, guidance_scale=1.0, fps=8, seed=0, preset="test",
+    prompt="a boat",
+    negative_prompt="",
+    width=64,
+    height=64,
+    num_frames=5,
+    num_inference_steps=STEPS,
+    guidance_scale=1.0,
+    fps=8,
+    seed=0,
+    preset="test",
 )
 
 

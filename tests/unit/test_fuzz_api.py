@@ -48,8 +48,15 @@ class InstantGenerator:
     """Finishes every job at once with the same tiny mp4: fuzzing is about the API, not pixels."""
 
     async def generate(self, params, deadline, on_progress=None, job_id=None) -> GraphResult:
-        video = EncodedVideo(mp4=TINY_MP4, num_frames=params.num_frames, width=params.width,
-                             height=params.height, fps=params.fps, decode_s=0.0, encode_s=0.0)
+        video = EncodedVideo(
+            mp4=TINY_MP4,
+            num_frames=params.num_frames,
+            width=params.width,
+            height=params.height,
+            fps=params.fps,
+            decode_s=0.0,
+            encode_s=0.0,
+        )
         return GraphResult(video=video, prompt_encode_s=0.0, denoise_s=0.0, total_s=0.0)
 
 
@@ -103,8 +110,12 @@ def test_schemathesis_finds_no_5xx_and_only_shaped_4xx(app_and_ids):
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(
-                max_examples=examples, derandomize=True, database=None, deadline=None,
-                suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+                max_examples=examples,
+                derandomize=True,
+                database=None,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate],
             )
             def check(case):
                 if "video_id" in (case.path_parameters or {}) and known and next(rotation) % KNOWN_ID_EVERY == 0:
@@ -130,7 +141,9 @@ def test_schemathesis_finds_no_5xx_and_only_shaped_4xx(app_and_ids):
 
     total = sum(seen.values())
     elapsed = time.perf_counter() - started
-    print(f"\nschemathesis: {total} requests over {len(seen)} operation/mode pairs in {elapsed:.1f}s; "
-          f"statuses {dict(sorted(statuses.items()))}; no negative cases for {unbreakable}")
+    print(
+        f"\nschemathesis: {total} requests over {len(seen)} operation/mode pairs in {elapsed:.1f}s; "
+        f"statuses {dict(sorted(statuses.items()))}; no negative cases for {unbreakable}"
+    )
     assert total >= MIN_REQUESTS, seen
     assert statuses[200] and any(400 <= s < 500 for s in statuses), statuses  # both sides were reached

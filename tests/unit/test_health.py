@@ -225,7 +225,8 @@ def test_the_same_call_number_may_fail_in_different_stages():
 
 def test_injector_raises_the_real_error_types_at_the_planned_calls():
     config = FaultInjection(
-        oom_on_calls={"video_encoder": [1]}, cuda_error_on_calls={"video_encoder": [2]},
+        oom_on_calls={"video_encoder": [1]},
+        cuda_error_on_calls={"video_encoder": [2]},
         fail_on_calls={"video_encoder": [3], "denoiser": [4]},
     )
     injector = FaultInjector(config, "video_encoder")
@@ -248,5 +249,7 @@ def test_health_and_faults_import_neither_ray_nor_torch(module):
     import sys
 
     code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    )
     assert "torch" not in loaded and "ray" not in loaded

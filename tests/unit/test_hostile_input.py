@@ -208,9 +208,20 @@ def test_prefer_garbage_is_a_422_naming_the_header(client):
 @pytest.mark.parametrize(
     "video_id",
     [
-        "../../etc/passwd", "video_../../../etc", "video_" + "0" * 31 + "/", "video_" + "0" * 31 + "\x00",
-        "video_" + "0" * 32 + "\n", "VIDEO_" + "0" * 32, "video_" + "A" * 32, "video_" + "\u0660" * 32,
-        "video_" + "0" * 30 + "%2F", "video_" + "0" * 31 + "\\", "", ".", "..", "video_" + "0" * 33,
+        "../../etc/passwd",
+        "video_../../../etc",
+        "video_" + "0" * 31 + "/",
+        "video_" + "0" * 31 + "\x00",
+        "video_" + "0" * 32 + "\n",
+        "VIDEO_" + "0" * 32,
+        "video_" + "A" * 32,
+        "video_" + "\u0660" * 32,
+        "video_" + "0" * 30 + "%2F",
+        "video_" + "0" * 31 + "\\",
+        "",
+        ".",
+        "..",
+        "video_" + "0" * 33,
     ],
 )
 def test_only_our_id_shape_is_accepted(video_id, tmp_path):
@@ -243,8 +254,11 @@ def test_not_found_echo_of_a_long_id_is_cut():
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1/videos/..%2F..%2Fetc%2Fpasswd", "/v1/videos/%2e%2e%2f%2e%2e%2fetc", "/v1/videos/video_%00",
-        "/v1/videos/..%5C..%5Cwindows/content", "/v1/videos/%252e%252e%252f/content",
+        "/v1/videos/..%2F..%2Fetc%2Fpasswd",
+        "/v1/videos/%2e%2e%2f%2e%2e%2fetc",
+        "/v1/videos/video_%00",
+        "/v1/videos/..%5C..%5Cwindows/content",
+        "/v1/videos/%252e%252e%252f/content",
         "/v1/videos/" + "a" * 5000 + "/content",
     ],
 )
@@ -258,7 +272,7 @@ def test_content_of_a_real_video_with_a_traversal_variant_is_refused(client):
     assert client.get(f"/v1/videos/{video_id}/content").status_code == 200
 
 
-# --------------------------------------------------------------------------- webhooks (what test_webhook_*.py leave out)
+# ----------------------------------------------------------------- webhooks (what test_webhook_*.py leave out)
 
 PERMISSIVE = WebhookConfig(secret="s", allowed_hosts=["*.1", "*.example.com"], allow_http=True)
 
@@ -355,5 +369,9 @@ def test_an_unexpected_route_error_is_a_bare_500(client, gateway, monkeypatch):
     monkeypatch.setattr(gateway.report, "describe", explode)
     response = client.get("/v1/presets")
     error = error_of(response, 500)
-    assert error == {"code": "internal_error", "message": "internal error; see the service log",
-                     "type": "server_error", "param": None}
+    assert error == {
+        "code": "internal_error",
+        "message": "internal error; see the service log",
+        "type": "server_error",
+        "param": None,
+    }

@@ -12,8 +12,14 @@ from tests.helpers.jobs import make_job
 
 def test_a_progress_event_extrapolates_the_steps_so_far():
     event = progress_event(StepProgress(step=2, total_steps=10), percent=20, elapsed_s=1.0)
-    assert event == {"type": "progress", "status": "in_progress", "step": 2, "total_steps": 10,
-                     "progress": 20, "eta_s": 4.0}
+    assert event == {
+        "type": "progress",
+        "status": "in_progress",
+        "step": 2,
+        "total_steps": 10,
+        "progress": 20,
+        "eta_s": 4.0,
+    }
 
 
 def test_a_progress_event_carries_only_a_bounded_image_preview():

@@ -30,8 +30,9 @@ from tests.helpers.jobs import make_job, with_status
 
 
 def _result(thumbnail: bytes = b"jpg") -> GraphResult:
-    video = EncodedVideo(mp4=b"mp4", num_frames=5, width=64, height=64, fps=8, decode_s=0.25, encode_s=0.5,
-                         thumbnail=thumbnail)
+    video = EncodedVideo(
+        mp4=b"mp4", num_frames=5, width=64, height=64, fps=8, decode_s=0.25, encode_s=0.5, thumbnail=thumbnail
+    )
     return GraphResult(video=video, prompt_encode_s=0.125, denoise_s=2.0, total_s=3.0)
 
 
@@ -104,8 +105,7 @@ def test_job_metrics_count_each_end_and_a_completed_job_s_stage_times(monkeypatc
     asyncio.run(recorder.after_record(_completed(1), _result(), gone=False))
     asyncio.run(recorder.after_record(_failed(2), None, gone=False))
     assert ended == [("completed", ""), ("failed", "stage_failed")]
-    assert stages == [("prompt_encode", 0.125), ("denoise", 2.0), ("decode", 0.25), ("encode", 0.5),
-                      ("total", 3.0)]
+    assert stages == [("prompt_encode", 0.125), ("denoise", 2.0), ("decode", 0.25), ("encode", 0.5), ("total", 3.0)]
 
 
 def test_stage_time_learning_observes_completed_runs_only():
@@ -140,8 +140,11 @@ def test_the_cache_is_filled_with_a_completed_video_and_released_otherwise():
     asyncio.run(filler.after_record(failed, None, gone=False))
     asyncio.run(filler.after_record(deleted, _result(), gone=True))
     asyncio.run(filler.after_record(_completed(4), _result(), gone=False))  # no key: nothing to do
-    assert cache.calls == [("fill", "k1", "completed", done.id), ("release", "k2", failed.id),
-                           ("release", "k3", deleted.id)]
+    assert cache.calls == [
+        ("fill", "k1", "completed", done.id),
+        ("release", "k2", failed.id),
+        ("release", "k3", deleted.id),
+    ]
 
 
 def test_a_webhook_is_sent_in_the_background_and_its_outcome_recorded(store):
@@ -204,9 +207,17 @@ class _Spy(JobListener):
 
 
 def _runner(store, tmp_path, generator) -> JobRunner:
-    return JobRunner(store=store, artifacts=LocalArtifactStore(tmp_path / "videos"), generator=generator,
-                     estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=10, dispatch_interval_s=60,
-                     artifact_ttl_s=100, clock=lambda: 1000.0)
+    return JobRunner(
+        store=store,
+        artifacts=LocalArtifactStore(tmp_path / "videos"),
+        generator=generator,
+        estimator=StageTimeEstimator(0.01, 0.01),
+        owner="r1",
+        lease_s=10,
+        dispatch_interval_s=60,
+        artifact_ttl_s=100,
+        clock=lambda: 1000.0,
+    )
 
 
 def _run_one(runner: JobRunner, store, job) -> None:

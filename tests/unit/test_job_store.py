@@ -36,21 +36,36 @@ def store(request, tmp_path):
 
 def test_create_get_save_round_trip(store):
     job = make_job(
-        1, created_at=1_700_000_000.123456, owner="runner-a", heartbeat_at=1_700_000_001.5, attempts=2,
-        idempotency_key="key-1", webhook_url="https://example.invalid/hook", webhook_state="pending",
+        1,
+        created_at=1_700_000_000.123456,
+        owner="runner-a",
+        heartbeat_at=1_700_000_001.5,
+        attempts=2,
+        idempotency_key="key-1",
+        webhook_url="https://example.invalid/hook",
+        webhook_state="pending",
     )
     assert store.create(job) == (job, True)
     assert store.get(job.id) == job
 
-    done = job.model_copy(update={
-        "video": job.video.model_copy(update={
-            "status": "failed", "progress": 50, "completed_at": 1_700_000_009,
-            "error": VideoError(code="deadline_exceeded", message="late"),
-            "timings": VideoTimings(denoise_s=1.25, total_s=2.5),
-        }),
-        "owner": None, "heartbeat_at": None, "cancel_requested": True, "webhook_attempts": 3,
-        "webhook_state": "failed",
-    })
+    done = job.model_copy(
+        update={
+            "video": job.video.model_copy(
+                update={
+                    "status": "failed",
+                    "progress": 50,
+                    "completed_at": 1_700_000_009,
+                    "error": VideoError(code="deadline_exceeded", message="late"),
+                    "timings": VideoTimings(denoise_s=1.25, total_s=2.5),
+                }
+            ),
+            "owner": None,
+            "heartbeat_at": None,
+            "cancel_requested": True,
+            "webhook_attempts": 3,
+            "webhook_state": "failed",
+        }
+    )
     store.save(done)
     assert store.get(job.id) == done
 

@@ -23,6 +23,7 @@ LEAF_MODULES = ("serve_app.settings", "serve_app.errors", "serve_app.paths", "se
 def _is_leaf(module: str) -> bool:
     return any(module == leaf or module.startswith(leaf + ".") for leaf in LEAF_MODULES)
 
+
 # Cycles tolerated for now, each with why it is not broken yet. Every entry is
 # a frozenset of the modules on the cycle. Empty: keep it that way.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {}

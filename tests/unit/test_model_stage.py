@@ -19,8 +19,19 @@ from serve_app import metrics
 
 # /healthz's per-stage description, in the order it has always been shown.
 DESCRIBE_KEYS = [
-    "model", "device", "dtype", "attention_backend", "load_s", "startup_phases", "gpu_memory_fraction",
-    "health", "oom", "compile_cache", "warmup_s", "compile_cache_hits", "warmup_pending",
+    "model",
+    "device",
+    "dtype",
+    "attention_backend",
+    "load_s",
+    "startup_phases",
+    "gpu_memory_fraction",
+    "health",
+    "oom",
+    "compile_cache",
+    "warmup_s",
+    "compile_cache_hits",
+    "warmup_pending",
 ]
 
 

@@ -86,8 +86,11 @@ def test_fallback_that_also_runs_out_is_a_503_naming_both():
     def tiled():
         raise oom("CUDA out of memory. Tried to allocate 1.00 GiB")
 
-    with pytest.raises(GpuOutOfMemory, match=r"and so did its lower-memory fallback \(CUDA out of memory. "
-                       r"Tried to allocate 1.00 GiB\)") as info:
+    with pytest.raises(
+        GpuOutOfMemory,
+        match=r"and so did its lower-memory fallback \(CUDA out of memory. "
+        r"Tried to allocate 1.00 GiB\)",
+    ) as info:
         run(worker.run(lambda: (_ for _ in ()).throw(oom()), fallback=tiled))
     assert info.value.details["fallback_tried"] is True
     assert worker.oom_counts == {"failed": 1}
@@ -112,7 +115,7 @@ def test_unexpected_errors_reach_clients_as_one_line_without_traceback():
     def buggy():
         tensor = Held()
         held.append(weakref.ref(tensor))
-        raise RuntimeError("line one\nTraceback (most recent call last):\n  File \"/srv/secret.py\"")
+        raise RuntimeError('line one\nTraceback (most recent call last):\n  File "/srv/secret.py"')
 
     with pytest.raises(StageFailed) as info:
         run(worker.run(buggy))
@@ -140,8 +143,7 @@ def test_service_errors_pass_through_and_release_their_frames():
 
 
 def test_fault_injection_numbers_calls_and_fallbacks():
-    worker = make_worker(faults={"oom_on_calls": {"video_encoder": [1, 4, 5]},
-                                 "fail_on_calls": {"video_encoder": [6]}})
+    worker = make_worker(faults={"oom_on_calls": {"video_encoder": [1, 4, 5]}, "fail_on_calls": {"video_encoder": [6]}})
     ran = []
 
     def work(tag):
@@ -165,8 +167,9 @@ def test_faults_for_another_stage_do_nothing_here():
 
 
 def test_consecutive_cuda_errors_fail_the_health_check():
-    worker = make_worker(health={"max_consecutive_cuda_errors": 2},
-                         faults={"cuda_error_on_calls": {"video_encoder": [1, 2]}})
+    worker = make_worker(
+        health={"max_consecutive_cuda_errors": 2}, faults={"cuda_error_on_calls": {"video_encoder": [1, 2]}}
+    )
 
     async def scenario():
         for _ in range(2):
@@ -290,10 +293,13 @@ def test_background_warm_up_lets_a_request_run_between_its_steps():
             if hold:
                 first_background_step.set()
                 assert release.wait(10)
+
         return run_step
 
-    worker.warm_up([("ready", step("ready")), ("later 1", step("later 1", hold=True)),
-                    ("later 2", step("later 2"))], before_ready=1)
+    worker.warm_up(
+        [("ready", step("ready")), ("later 1", step("later 1", hold=True)), ("later 2", step("later 2"))],
+        before_ready=1,
+    )
     assert first_background_step.wait(10)
     assert order == ["ready", "later 1"]  # "ready" ran in the caller's thread, before warm_up returned
     assert worker.describe()["warmup_pending"] == ["later 1", "later 2"]
@@ -338,7 +344,8 @@ def test_shutdown_waits_for_what_is_queued():
 
 def test_importing_the_worker_loads_neither_ray_nor_torch():
     code = "import sys, serve_app.model_worker; print(' '.join(sorted(sys.modules)))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                text=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    )
     assert "serve_app.model_worker.worker" in loaded  # a guard against checking nothing
     assert "torch" not in loaded and "ray" not in loaded

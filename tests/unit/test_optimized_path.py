@@ -41,15 +41,30 @@ def pipes(tiny_profile, data_dir):
 
 
 def _params(**overrides) -> GenerationParams:
-    base = dict(prompt="a red fox running through snow", negative_prompt="blurry", width=96, height=64,
-                num_frames=9, num_inference_steps=5, guidance_scale=5.0, fps=8, seed=1234, preset="test")
+    base = dict(
+        prompt="a red fox running through snow",
+        negative_prompt="blurry",
+        width=96,
+        height=64,
+        num_frames=9,
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        fps=8,
+        seed=1234,
+        preset="test",
+    )
     base.update(overrides)
     return GenerationParams(**base)
 
 
 def _embeddings(pipes, params, profile):
-    return stages.encode_prompts(pipes["prompt_encoder"], params.prompt, params.negative_prompt,
-                                 params.guidance_scale, profile.max_sequence_length)
+    return stages.encode_prompts(
+        pipes["prompt_encoder"],
+        params.prompt,
+        params.negative_prompt,
+        params.guidance_scale,
+        profile.max_sequence_length,
+    )
 
 
 def _guard(params):
@@ -57,13 +72,15 @@ def _guard(params):
 
 
 def _plain(pipes, params, emb, profile):
-    return stages.denoise(pipes["denoiser"], params, emb, _guard(params),
-                          max_sequence_length=profile.max_sequence_length).numpy()
+    return stages.denoise(
+        pipes["denoiser"], params, emb, _guard(params), max_sequence_length=profile.max_sequence_length
+    ).numpy()
 
 
 @pytest.mark.parametrize("cfg_batch", [True, False], ids=["cfg-batch", "two-passes"])
 @pytest.mark.parametrize(
-    "overrides", [{}, {"guidance_scale": 1.0, "negative_prompt": ""}, {"num_frames": 13, "width": 64, "seed": 7}],
+    "overrides",
+    [{}, {"guidance_scale": 1.0, "negative_prompt": ""}, {"num_frames": 13, "width": 64, "seed": 7}],
     ids=["guidance", "no-guidance", "13-frames"],
 )
 def test_optimized_loop_equals_plain_wan_pipeline(pipes, tiny_profile, cfg_batch, overrides):
@@ -129,8 +146,9 @@ def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipe
 
     steps = []
     again = LoopCheckpoints(tmp_path, "video_job1", "request-a", every_s=3600)
-    resumed = denoise_optimized(runtime, params, emb, _guard(params), on_step=lambda s, t: steps.append(s),
-                                checkpoints=again).numpy()
+    resumed = denoise_optimized(
+        runtime, params, emb, _guard(params), on_step=lambda s, t: steps.append(s), checkpoints=again
+    ).numpy()
     assert again.resumed_from == 3 and steps == [3, 4, 5, 6]  # progress picks up at the saved step
     np.testing.assert_array_equal(resumed, whole)  # the same math, in the same order: bit for bit
     assert not (tmp_path / "video_job1.pt").exists()  # a finished loop leaves no checkpoint
@@ -138,18 +156,24 @@ def test_a_loop_resumed_from_its_checkpoint_gives_the_uninterrupted_latents(pipe
 
 def test_a_checkpoint_of_other_settings_or_a_torn_file_is_ignored(pipes, tiny_profile, tmp_path):
     runtime, params, emb, whole = _killed_run(
-        pipes, tiny_profile, steps=4, die_at=3,
-        checkpoints=_DeadReplicaCheckpoints(tmp_path, "video_job2", "request-a", every_s=0))
+        pipes,
+        tiny_profile,
+        steps=4,
+        die_at=3,
+        checkpoints=_DeadReplicaCheckpoints(tmp_path, "video_job2", "request-a", every_s=0),
+    )
     assert (tmp_path / "video_job2.pt").is_file()
     # A rerun with other settings (the lower tier after an OOM, say) starts over.
     other = LoopCheckpoints(tmp_path, "video_job2", "request-b", every_s=3600)
-    np.testing.assert_array_equal(denoise_optimized(runtime, params, emb, _guard(params), checkpoints=other).numpy(),
-                                  whole)
+    np.testing.assert_array_equal(
+        denoise_optimized(runtime, params, emb, _guard(params), checkpoints=other).numpy(), whole
+    )
     assert other.resumed_from == 0
     (tmp_path / "video_job3.pt").write_bytes(b"half a checkpoint")
     torn = LoopCheckpoints(tmp_path, "video_job3", "request-a", every_s=3600)
-    np.testing.assert_array_equal(denoise_optimized(runtime, params, emb, _guard(params), checkpoints=torn).numpy(),
-                                  whole)
+    np.testing.assert_array_equal(
+        denoise_optimized(runtime, params, emb, _guard(params), checkpoints=torn).numpy(), whole
+    )
     assert torn.resumed_from == 0
 
 
@@ -218,8 +242,14 @@ def test_batched_requests_equal_each_alone_and_a_request_joins_mid_loop(pipes, t
             futures[3] = batcher.submit(cases[3], embs[3], _guard(cases[3]), None, FastKnobs(), start_loop)
 
     gate = threading.Event()
-    futures[0] = batcher.submit(cases[0], embs[0], _guard(cases[0]), join_late, FastKnobs(),
-                                lambda run: start_loop(lambda: (gate.wait(), run())))
+    futures[0] = batcher.submit(
+        cases[0],
+        embs[0],
+        _guard(cases[0]),
+        join_late,
+        FastKnobs(),
+        lambda run: start_loop(lambda: (gate.wait(), run())),
+    )
     futures[1] = batcher.submit(cases[1], embs[1], _guard(cases[1]), None, FastKnobs(), start_loop)
     futures[2] = batcher.submit(cases[2], embs[2], _guard(cases[2]), None, FastKnobs(), start_loop)
     gate.set()  # the first three were queued before the loop's first step
@@ -243,8 +273,7 @@ def test_step_cache_knob_changes_the_answer_and_is_removed_after(pipes, tiny_pro
     runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
     exact = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
     # threshold 1.0: every step after the first reuses the cached residual.
-    cached = denoise_optimized(runtime, params, emb, _guard(params),
-                               knobs=FastKnobs(step_cache_threshold=1.0)).numpy()
+    cached = denoise_optimized(runtime, params, emb, _guard(params), knobs=FastKnobs(step_cache_threshold=1.0)).numpy()
     assert np.abs(cached - exact).max() > 1e-3
     assert not pipes["denoiser"].transformer.is_cache_enabled
     again = denoise_optimized(runtime, params, emb, _guard(params)).numpy()
@@ -255,8 +284,9 @@ def test_fp8_without_a_copy_is_a_clear_error(pipes, tiny_profile):
     params = _params()
     runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
     with pytest.raises(RuntimeError, match="holds no FP8 DiT"):
-        denoise_optimized(runtime, params, _embeddings(pipes, params, tiny_profile), _guard(params),
-                          knobs=FastKnobs(fp8=True))
+        denoise_optimized(
+            runtime, params, _embeddings(pipes, params, tiny_profile), _guard(params), knobs=FastKnobs(fp8=True)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +324,9 @@ def test_decode_to_mp4_equals_one_shot_encode(pipes, latents, mode, one_torch_th
 
     frames = frames_to_uint8(stages.decode_latents(pipes["video_encoder"], latents))
     # One x264 thread: threaded x264 gives different files for the same frames (video.py).
-    ours = stages.decode_to_mp4(pipes["video_encoder"], latents, fps=8, mode=mode,
-                                codec_options=REPRODUCIBLE_CODEC_OPTIONS)
+    ours = stages.decode_to_mp4(
+        pipes["video_encoder"], latents, fps=8, mode=mode, codec_options=REPRODUCIBLE_CODEC_OPTIONS
+    )
     assert ours.mode == mode
     assert (ours.num_frames, ours.height, ours.width) == frames.shape[:3]
     oneshot = encode_mp4(frames, 8, REPRODUCIBLE_CODEC_OPTIONS)
@@ -339,8 +370,10 @@ def test_compiled_text_encoder_equals_eager(tiny_profile, data_dir):
         compiled = stages.encode_prompts(pipe, "a red fox", "blurry", 5.0, tiny_profile.max_sequence_length)
     finally:
         torch._dynamo.reset()
-    for ours, theirs in ((compiled.prompt_embeds, eager.prompt_embeds),
-                         (compiled.negative_prompt_embeds, eager.negative_prompt_embeds)):
+    for ours, theirs in (
+        (compiled.prompt_embeds, eager.prompt_embeds),
+        (compiled.negative_prompt_embeds, eager.negative_prompt_embeds),
+    ):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=COMPILE_ATOL)
     assert eager.prompt_embeds.abs().max() > 0.1
 
@@ -354,8 +387,9 @@ def test_previews_see_the_jobs_x0_estimate_every_step(pipes, tiny_profile):
         seen.append((step, total, tuple(x0.shape)))
 
     runtime = DenoiserRuntime(pipes["denoiser"], SpeedOptions())
-    latents = denoise_optimized(runtime, params, _embeddings(pipes, params, tiny_profile), _guard(params),
-                                on_latents=on_latents)
+    latents = denoise_optimized(
+        runtime, params, _embeddings(pipes, params, tiny_profile), _guard(params), on_latents=on_latents
+    )
     assert [s for s, _, _ in seen] == list(range(1, params.num_inference_steps + 1))
     assert all(shape == tuple(latents.shape) for _, _, shape in seen)
 

@@ -36,12 +36,20 @@ def test_presets_file_has_the_documented_limits():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("height", 32), ("height", 1312), ("width", 0), ("width", 1344),
-        ("num_frames", 1), ("num_frames", 125),
-        ("num_inference_steps", 0), ("num_inference_steps", 101),
-        ("guidance_scale", -0.5), ("guidance_scale", 20.5),
-        ("fps", 0), ("fps", 61),
-        ("seed", -1), ("seed", 2**32),
+        ("height", 32),
+        ("height", 1312),
+        ("width", 0),
+        ("width", 1344),
+        ("num_frames", 1),
+        ("num_frames", 125),
+        ("num_inference_steps", 0),
+        ("num_inference_steps", 101),
+        ("guidance_scale", -0.5),
+        ("guidance_scale", 20.5),
+        ("fps", 0),
+        ("fps", 61),
+        ("seed", -1),
+        ("seed", 2**32),
     ],
 )
 def test_out_of_range_names_field_value_and_range(field, value):
@@ -123,10 +131,18 @@ def test_unknown_preset():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("height", 64), ("width", 1280), ("num_frames", 5), ("num_frames", 121),
-        ("num_inference_steps", 1), ("num_inference_steps", 100),
-        ("guidance_scale", 0.0), ("guidance_scale", 20.0),
-        ("fps", 1), ("fps", 60), ("seed", 0), ("seed", 2**32 - 1),
+        ("height", 64),
+        ("width", 1280),
+        ("num_frames", 5),
+        ("num_frames", 121),
+        ("num_inference_steps", 1),
+        ("num_inference_steps", 100),
+        ("guidance_scale", 0.0),
+        ("guidance_scale", 20.0),
+        ("fps", 1),
+        ("fps", 60),
+        ("seed", 0),
+        ("seed", 2**32 - 1),
     ],
 )
 def test_bounds_are_inclusive_and_kept_exactly(field, value):
@@ -158,8 +174,14 @@ def test_default_preset_when_none_named():
 
 def test_overrides_apply_on_top_of_preset():
     overrides = dict(
-        width=96, height=160, num_frames=9, num_inference_steps=3,
-        guidance_scale=1.5, fps=8, negative_prompt="blur", seed=42,
+        width=96,
+        height=160,
+        num_frames=9,
+        num_inference_steps=3,
+        guidance_scale=1.5,
+        fps=8,
+        negative_prompt="blur",
+        seed=42,
     )
     params = resolve_generation({"prompt": "p", "preset": "official", **overrides}, CATALOG)
     assert params.model_dump() == {"prompt": "p", "preset": "official", "fast": None, **overrides}

@@ -10,8 +10,8 @@ from serve_app.config import AdmissionConfig, ServiceArgs
 from serve_app.errors import OverCapacity, ServiceUnavailable
 from serve_app.estimates import StageTimeEstimator
 from serve_app.params import GenerationParams
-from serve_app.policy.admission import EXACT_TIER, Admission
 from serve_app.policy import eta
+from serve_app.policy.admission import EXACT_TIER, Admission
 from serve_app.policy.load import LoadMonitor, LoadSnapshot, work_ahead
 from serve_app.policy.tiers import Tier, TierTable, apply_tier, changes
 from tests.helpers.jobs import make_job, with_status
@@ -20,8 +20,18 @@ TIERS = ServiceArgs().tier_table()
 
 
 def params(steps: int = 25, frames: int = 17, **kw) -> GenerationParams:
-    base = dict(prompt="a boat", negative_prompt="", width=64, height=64, num_frames=frames,
-                num_inference_steps=steps, guidance_scale=5.0, fps=8, seed=1, preset="preview")
+    base = dict(
+        prompt="a boat",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        fps=8,
+        seed=1,
+        preset="preview",
+    )
     return GenerationParams(**{**base, **kw})
 
 
@@ -39,10 +49,24 @@ def admission(**config) -> Admission:
     return Admission(AdmissionConfig(**config), TIERS, LinearEstimator(), denoiser_max_replicas=2)
 
 
-def snap(active: int = 0, work: float = 0.0, replicas: int = 1, gpu: float | None = None, decode: float = 0.0,
-         encoders: int = 1, starting: int = 0) -> LoadSnapshot:
-    return LoadSnapshot(replicas=replicas, active_jobs=active, denoise_ahead_s=work, gpu_utilization=gpu,
-                        decode_ahead_s=decode, encoder_replicas=encoders, starting=starting)
+def snap(
+    active: int = 0,
+    work: float = 0.0,
+    replicas: int = 1,
+    gpu: float | None = None,
+    decode: float = 0.0,
+    encoders: int = 1,
+    starting: int = 0,
+) -> LoadSnapshot:
+    return LoadSnapshot(
+        replicas=replicas,
+        active_jobs=active,
+        denoise_ahead_s=work,
+        gpu_utilization=gpu,
+        decode_ahead_s=decode,
+        encoder_replicas=encoders,
+        starting=starting,
+    )
 
 
 class StagedEstimator(StageTimeEstimator):
@@ -58,8 +82,18 @@ class StagedEstimator(StageTimeEstimator):
 # --- tiers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("load, tier", [(0.0, "full"), (0.49, "full"), (0.5, "reduced"), (0.79, "reduced"),
-                                        (0.8, "minimal"), (1.0, "minimal"), (3.0, "minimal")])
+@pytest.mark.parametrize(
+    "load, tier",
+    [
+        (0.0, "full"),
+        (0.49, "full"),
+        (0.5, "reduced"),
+        (0.79, "reduced"),
+        (0.8, "minimal"),
+        (1.0, "minimal"),
+        (3.0, "minimal"),
+    ],
+)
 def test_tier_switches_at_the_configured_loads(load, tier):
     assert TIERS.tiers[TIERS.for_load(load)].name == tier
 
@@ -70,7 +104,9 @@ def test_tier_caps_lower_and_never_raise():
     low = params(10, 9)
     assert apply_tier(low, reduced) is low
     assert changes(params(25, 17), params(20, 13)) == {
-        "num_inference_steps": {"requested": 25, "used": 20}, "num_frames": {"requested": 17, "used": 13}}
+        "num_inference_steps": {"requested": 25, "used": 20},
+        "num_frames": {"requested": 17, "used": 13},
+    }
 
 
 def test_tier_table_must_cover_every_load_in_order():
@@ -132,8 +168,14 @@ def test_load_monitor_keeps_the_last_replica_count_when_a_poll_fails():
             raise value
         return value
 
-    monitor = LoadMonitor(active_jobs=lambda: [make_job(1)], estimator=LinearEstimator(), replicas=replicas,
-                          gpu_utilization=lambda: 0.25, refresh_s=1.0, initial_replicas=1)
+    monitor = LoadMonitor(
+        active_jobs=lambda: [make_job(1)],
+        estimator=LinearEstimator(),
+        replicas=replicas,
+        gpu_utilization=lambda: 0.25,
+        refresh_s=1.0,
+        initial_replicas=1,
+    )
     assert monitor.snapshot().replicas == 1
     monitor.refresh()
     assert monitor.snapshot() == LoadSnapshot(2, 1, pytest.approx(0.1), 0.25, 0.0, 1, 0)
@@ -144,8 +186,14 @@ def test_load_monitor_keeps_the_last_replica_count_when_a_poll_fails():
 
 def test_reservations_count_until_the_job_is_stored_and_identical_requests_share_one():
     stored: list = []
-    monitor = LoadMonitor(active_jobs=lambda: list(stored), estimator=StagedEstimator(), replicas=lambda: 1,
-                          gpu_utilization=None, refresh_s=1.0, initial_replicas=1)
+    monitor = LoadMonitor(
+        active_jobs=lambda: list(stored),
+        estimator=StagedEstimator(),
+        replicas=lambda: 1,
+        gpu_utilization=None,
+        refresh_s=1.0,
+        initial_replicas=1,
+    )
     first, second, other = make_job(1, created_at=1.0), make_job(2, created_at=2.0), make_job(3, created_at=3.0)
     first.cache_key = "k"
     one = monitor.reserve("k", first)
@@ -175,22 +223,24 @@ def test_idle_service_answers_synchronously_as_asked():
 
 def test_load_picks_a_lower_tier_and_says_what_changed():
     # 2 of 4 slots busy: 50% load -> "reduced" (20 steps, 13 frames).
-    decision = admission().decide(params(25, 17), snap(active=2, work=1.0), mode="auto", exact=False,
-                                  sync_budget_s=15, deadline_s=600)
+    decision = admission().decide(
+        params(25, 17), snap(active=2, work=1.0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600
+    )
     assert decision.tier == "reduced"
     assert decision.params == params(20, 13)
     assert decision.params != params(25, 17)
     assert decision.eta_s == pytest.approx(1.0 + 20 * 13 / 100)
     # 4 of 5 slots: 80% -> "minimal", which also forces the cache on.
-    heavy = admission(max_queue_per_replica=5).decide(params(25, 17), snap(active=4, work=1.0), mode="auto",
-                                                      exact=False,
-                               sync_budget_s=15, deadline_s=600)
+    heavy = admission(max_queue_per_replica=5).decide(
+        params(25, 17), snap(active=4, work=1.0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600
+    )
     assert (heavy.tier, heavy.params, heavy.force_cache) == ("minimal", params(15, 9), True)
 
 
 def test_exact_quality_is_never_degraded():
-    decision = admission().decide(params(25, 17), snap(active=3, work=1.0), mode="auto", exact=True,
-                                  sync_budget_s=15, deadline_s=600)
+    decision = admission().decide(
+        params(25, 17), snap(active=3, work=1.0), mode="auto", exact=True, sync_budget_s=15, deadline_s=600
+    )
     assert decision.tier == EXACT_TIER and decision.params == params(25, 17)
 
 
@@ -198,16 +248,22 @@ def test_a_waiting_client_gets_a_lower_tier_that_fits_its_deadline():
     # Idle (tier full) but 20 s of work queued: 25x17 (4.25 s) misses a 23 s wait;
     # reduced (2.6 s) fits it.
     decision = admission(max_queue_per_replica=100).decide(
-        params(25, 17), snap(active=1, work=20.0), mode="wait", exact=False, sync_budget_s=15, deadline_s=30,
-        wait_s=23)
+        params(25, 17), snap(active=1, work=20.0), mode="wait", exact=False, sync_budget_s=15, deadline_s=30, wait_s=23
+    )
     assert decision.sync and decision.tier == "reduced"
 
 
 def test_nothing_fits_is_429_with_retry_after_never_a_doomed_sync_request():
     with pytest.raises(OverCapacity) as err:
         admission(max_queue_per_replica=100).decide(
-            params(25, 17), snap(active=1, work=40.0), mode="wait", exact=False, sync_budget_s=15, deadline_s=30,
-            wait_s=30)
+            params(25, 17),
+            snap(active=1, work=40.0),
+            mode="wait",
+            exact=False,
+            sync_budget_s=15,
+            deadline_s=30,
+            wait_s=30,
+        )
     # Best tier: minimal, 40 + 1.35 s estimated against 30 s: retry in ~12 s.
     assert err.value.status_code == 429 and err.value.code == "over_capacity"
     assert err.value.headers() == {"Retry-After": str(math.ceil(40 + 1.35 - 30))}
@@ -217,21 +273,28 @@ def test_nothing_fits_is_429_with_retry_after_never_a_doomed_sync_request():
 def test_exact_request_that_cannot_wait_is_refused():
     with pytest.raises(OverCapacity, match="exactly as asked"):
         admission(max_queue_per_replica=100).decide(
-            params(25, 17), snap(active=1, work=28.0), mode="wait", exact=True, sync_budget_s=15, deadline_s=30,
-            wait_s=30)
+            params(25, 17),
+            snap(active=1, work=28.0),
+            mode="wait",
+            exact=True,
+            sync_budget_s=15,
+            deadline_s=30,
+            wait_s=30,
+        )
 
 
 def test_auto_mode_queues_a_long_request_as_a_job_at_the_loads_tier():
     decision = admission(max_queue_per_replica=100).decide(
-        params(25, 17), snap(active=1, work=40.0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600)
+        params(25, 17), snap(active=1, work=40.0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600
+    )
     assert not decision.sync and decision.tier == "full"
 
 
 def test_full_queue_is_refused_whatever_the_request():
     with pytest.raises(OverCapacity, match="queue is full") as err:
         admission(max_queue_per_replica=2).decide(
-            params(), snap(active=4, work=8.0, replicas=2), mode="async", exact=False, sync_budget_s=15,
-            deadline_s=600)
+            params(), snap(active=4, work=8.0, replicas=2), mode="async", exact=False, sync_budget_s=15, deadline_s=600
+        )
     # 8 s of work over 4 jobs and 2 replicas: one slot frees in ~1 s.
     assert err.value.retry_after_s == 1
 
@@ -245,12 +308,15 @@ def test_cold_start_is_counted_and_no_replica_at_all_is_503():
         none.decide(params(), snap(replicas=0), mode="auto", exact=False, sync_budget_s=15, deadline_s=600)
 
 
-@pytest.mark.parametrize("work, serving, starting, wait", [
-    (30.0, 1, 1, 30.0),  # done before the second replica has started: it does not help
-    (100.0, 1, 1, 80.0),  # 60 s on one replica, then the remaining 40 s split over two
-    (10.0, 0, 1, 70.0),  # nothing serves yet: the start, then the work
-    (40.0, 2, 0, 20.0),
-])
+@pytest.mark.parametrize(
+    "work, serving, starting, wait",
+    [
+        (30.0, 1, 1, 30.0),  # done before the second replica has started: it does not help
+        (100.0, 1, 1, 80.0),  # 60 s on one replica, then the remaining 40 s split over two
+        (10.0, 0, 1, 70.0),  # nothing serves yet: the start, then the work
+        (40.0, 2, 0, 20.0),
+    ],
+)
 def test_a_starting_replica_takes_work_only_after_its_cold_start(work, serving, starting, wait):
     assert eta.lane_wait_s(work, serving, starting, start_s=60.0) == pytest.approx(wait)
 
@@ -263,17 +329,29 @@ def test_a_scale_up_in_progress_does_not_admit_what_one_replica_cannot_finish():
     with pytest.raises(OverCapacity):
         a.decide(params(steps=25, frames=17), ahead, mode="auto", exact=True, sync_budget_s=15, deadline_s=20)
     # Had the second replica been serving, the same request would fit (8 s wait + 4.25 s).
-    fits = a.decide(params(steps=25, frames=17), snap(active=8, work=16.0, replicas=2), mode="auto", exact=True,
-                    sync_budget_s=15, deadline_s=20)
+    fits = a.decide(
+        params(steps=25, frames=17),
+        snap(active=8, work=16.0, replicas=2),
+        mode="auto",
+        exact=True,
+        sync_budget_s=15,
+        deadline_s=20,
+    )
     assert fits.eta_s == pytest.approx(8 + 4.25)
 
 
 def test_load_monitor_reads_serving_and_starting_replicas():
     from serve_app.policy.load import ReplicaCount
 
-    monitor = LoadMonitor(active_jobs=lambda: [], estimator=LinearEstimator(), replicas=lambda: ReplicaCount(1, 1),
-                          gpu_utilization=None, refresh_s=1.0, initial_replicas=1,
-                          encoder_replicas=lambda: ReplicaCount(1, 1))
+    monitor = LoadMonitor(
+        active_jobs=lambda: [],
+        estimator=LinearEstimator(),
+        replicas=lambda: ReplicaCount(1, 1),
+        gpu_utilization=None,
+        refresh_s=1.0,
+        initial_replicas=1,
+        encoder_replicas=lambda: ReplicaCount(1, 1),
+    )
     monitor.refresh()
     view = monitor.snapshot()
     assert (view.replicas, view.starting, view.encoder_replicas) == (2, 1, 1)
@@ -281,16 +359,24 @@ def test_load_monitor_reads_serving_and_starting_replicas():
 
 def test_admission_off_accepts_everything_as_asked():
     a = admission(enabled=False, max_queue_per_replica=1)
-    decision = a.decide(params(25, 17), snap(active=50, work=500.0), mode="wait", exact=False, sync_budget_s=15,
-                        deadline_s=30, wait_s=30)
+    decision = a.decide(
+        params(25, 17),
+        snap(active=50, work=500.0),
+        mode="wait",
+        exact=False,
+        sync_budget_s=15,
+        deadline_s=30,
+        wait_s=30,
+    )
     assert decision.sync and decision.params == params(25, 17) and decision.tier == EXACT_TIER
 
 
 def test_a_short_wait_that_no_tier_meets_still_gets_its_job_if_the_deadline_fits():
     # RFC 7240: wait=N asks for an answer within N s, not a refusal: the job runs
     # at the load's tier (full here), and the client gets a 202 after 0.5 s.
-    decision = admission().decide(params(25, 17), snap(), mode="wait", exact=False, sync_budget_s=15,
-                                  deadline_s=30, wait_s=0.5)
+    decision = admission().decide(
+        params(25, 17), snap(), mode="wait", exact=False, sync_budget_s=15, deadline_s=30, wait_s=0.5
+    )
     assert decision.sync and decision.tier == "full" and decision.params == params(25, 17)
 
 
@@ -309,7 +395,8 @@ def test_a_tier_can_turn_on_fast_knobs_and_they_change_the_cache_key():
         table.check(ServiceArgs().preset_catalog().limits, optimized_loop=False)
     with pytest.raises(ValueError):
         TierTable(tiers=[Tier(name="x", max_load=1.0, fast={"step_cache": 2})]).check(
-            ServiceArgs().preset_catalog().limits)
+            ServiceArgs().preset_catalog().limits
+        )
 
 
 def test_the_graph_passes_a_tiers_fast_knobs_to_the_denoiser():
@@ -345,6 +432,6 @@ def test_the_graph_passes_a_tiers_fast_knobs_to_the_denoiser():
 
     graph = StageGraph(Stage(encode=Call("encode", Call("embeddings"))), Stage(denoise=Call("denoise")), Stage())
     fast = params().model_copy(update={"fast": {"step_cache_threshold": 0.3}})
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="stop here"):
         asyncio.run(graph.generate(fast, Deadline.after(5)))
     assert seen["denoise"][3] == {"step_cache_threshold": 0.3}

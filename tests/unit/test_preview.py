@@ -59,8 +59,12 @@ def low_frequency_latent(seed: int, frames: int = 3, side: int = 8) -> np.ndarra
     corners = rng.standard_normal((C, frames, 2, 2)).astype(np.float32)
     t = np.linspace(0.0, 1.0, side, dtype=np.float32)
     wy, wx = t[:, None], t[None, :]
-    z = (corners[..., 0, 0, None, None] * (1 - wy) * (1 - wx) + corners[..., 0, 1, None, None] * (1 - wy) * wx
-         + corners[..., 1, 0, None, None] * wy * (1 - wx) + corners[..., 1, 1, None, None] * wy * wx)
+    z = (
+        corners[..., 0, 0, None, None] * (1 - wy) * (1 - wx)
+        + corners[..., 0, 1, None, None] * (1 - wy) * wx
+        + corners[..., 1, 0, None, None] * wy * (1 - wx)
+        + corners[..., 1, 1, None, None] * wy * wx
+    )
     # Rescaled to unit variance per channel, like the denoiser's normalised latents.
     return (z / z.std(axis=(1, 2, 3), keepdims=True))[None]
 
@@ -230,15 +234,27 @@ def test_preview_hook_leaves_the_denoising_result_unchanged_and_sees_x0(tiny_pro
 
     pipe = load_pipeline(tiny_profile, data_dir, "denoiser")
     dim = pipe.transformer.config.text_dim
-    embeds = stages.PromptEmbeddings(torch.randn(1, tiny_profile.max_sequence_length, dim,
-                                                 generator=torch.Generator().manual_seed(0)), None)
-    params = GenerationParams(prompt="p", negative_prompt="", width=96, height=64, num_frames=9,
-                              num_inference_steps=4, guidance_scale=1.0, fps=8, seed=3, preset="test")
+    embeds = stages.PromptEmbeddings(
+        torch.randn(1, tiny_profile.max_sequence_length, dim, generator=torch.Generator().manual_seed(0)), None
+    )
+    params = GenerationParams(
+        prompt="p",
+        negative_prompt="",
+        width=96,
+        height=64,
+        num_frames=9,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        fps=8,
+        seed=3,
+        preset="test",
+    )
 
     def run(on_latents=None):
         guard = StepGuard(Deadline.after(600), params.num_inference_steps)
-        return stages.denoise(pipe, params, embeds, guard, max_sequence_length=tiny_profile.max_sequence_length,
-                              on_latents=on_latents)
+        return stages.denoise(
+            pipe, params, embeds, guard, max_sequence_length=tiny_profile.max_sequence_length, on_latents=on_latents
+        )
 
     seen = []
 
@@ -273,21 +289,50 @@ def test_runner_puts_previews_in_progress_events_only_when_small(tmp_path):
             on_progress(StepProgress(3, 3, preview=huge))
             raise RuntimeError("stop after the steps")
 
-    params = GenerationParams(prompt="p", negative_prompt="", width=64, height=64, num_frames=5,
-                              num_inference_steps=3, guidance_scale=5.0, fps=8, seed=1, preset="preview")
+    params = GenerationParams(
+        prompt="p",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        fps=8,
+        seed=1,
+        preset="preview",
+    )
     video = VideoObject(
-        id=f"video_{1:032x}", status="queued", model="m", created_at=1, size="64x64", seconds="0.62",
-        preset="preview", prompt="p", negative_prompt="", width=64, height=64,
-        num_frames=5, fps=8, num_inference_steps=3, guidance_scale=5.0, seed=1,
+        id=f"video_{1:032x}",
+        status="queued",
+        model="m",
+        created_at=1,
+        size="64x64",
+        seconds="0.62",
+        preset="preview",
+        prompt="p",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        fps=8,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        seed=1,
     )
     store = SQLiteJobStore(tmp_path / "jobs.db")
     try:
         job = JobRecord(video=video, params=params, deadline_s=30, created_at=1.0)
         store.create(job)
         runner = JobRunner(
-            store=store, artifacts=LocalArtifactStore(tmp_path / "videos"), generator=Steps(),
-            estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=10, dispatch_interval_s=60,
-            artifact_ttl_s=100, clock=lambda: 1000.0,
+            store=store,
+            artifacts=LocalArtifactStore(tmp_path / "videos"),
+            generator=Steps(),
+            estimator=StageTimeEstimator(0.01, 0.01),
+            owner="r1",
+            lease_s=10,
+            dispatch_interval_s=60,
+            artifact_ttl_s=100,
+            clock=lambda: 1000.0,
         )
 
         async def scenario():

@@ -13,8 +13,15 @@ from tests.helpers.fakes import FakeGenerator
 from tests.helpers.service import api_client, gateway_over
 
 # Small enough that the fake's mp4 is made in milliseconds.
-REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8,
-           "num_inference_steps": 4, "seed": 11}
+REQUEST = {
+    "prompt": "a red boat",
+    "width": 64,
+    "height": 64,
+    "num_frames": 5,
+    "fps": 8,
+    "num_inference_steps": 4,
+    "seed": 11,
+}
 
 
 @pytest.fixture
@@ -64,7 +71,13 @@ def test_create_video(client, generator):
     assert video["preset"] == "preview"
     assert video["guidance_scale"] == 5.0  # from the preset
     assert video["error"] is None and video["completed_at"] >= video["created_at"]
-    assert video["timings"] == {"prompt_encode_s": 0.1, "denoise_s": 0.5, "decode_s": 0.01, "encode_s": 0.02, "total_s": 0.6}
+    assert video["timings"] == {
+        "prompt_encode_s": 0.1,
+        "denoise_s": 0.5,
+        "decode_s": 0.01,
+        "encode_s": 0.02,
+        "total_s": 0.6,
+    }
     params, deadline = generator.calls[0]
     assert params.seed == 11
     assert 0 < deadline.remaining() <= ServiceArgs().default_deadline_s
@@ -139,8 +152,9 @@ def test_missing_prompt(client):
 
 
 def test_wrong_type_message_quotes_the_value(client):
-    error = assert_error(client.post("/v1/videos", json={**REQUEST, "num_frames": "abc"}),
-                         422, "invalid_request", "num_frames")
+    error = assert_error(
+        client.post("/v1/videos", json={**REQUEST, "num_frames": "abc"}), 422, "invalid_request", "num_frames"
+    )
     assert "'abc'" in error["message"]
 
 
@@ -180,8 +194,7 @@ def test_deadline_exceeded_is_504_and_recorded(client, generator):
     assert video["error"] == {"code": "deadline_exceeded", "message": "stopped after step 3 of 4"}
 
     # No content for a failed video: 409, not 404 and not an empty file.
-    conflict = assert_error(client.get(f"/v1/videos/{error['video_id']}/content"),
-                            409, "video_not_ready", "video_id")
+    conflict = assert_error(client.get(f"/v1/videos/{error['video_id']}/content"), 409, "video_not_ready", "video_id")
     assert conflict["status"] == "failed"
 
 

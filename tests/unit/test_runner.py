@@ -15,15 +15,39 @@ from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.params import GenerationParams
 from tests.helpers.fakes import FakeGenerator
 
-PARAMS = GenerationParams(prompt="p", negative_prompt="", width=64, height=64, num_frames=5,
-                          num_inference_steps=2, guidance_scale=5.0, fps=8, seed=1, preset="preview")
+PARAMS = GenerationParams(
+    prompt="p",
+    negative_prompt="",
+    width=64,
+    height=64,
+    num_frames=5,
+    num_inference_steps=2,
+    guidance_scale=5.0,
+    fps=8,
+    seed=1,
+    preset="preview",
+)
 
 
 def _job(n: int, status: str, expires_at: int | None) -> JobRecord:
     video = VideoObject(
-        id=f"video_{n:032x}", status=status, model="m", created_at=n, size="64x64", seconds="0.62",
-        expires_at=expires_at, preset="preview", prompt="p", negative_prompt="", width=64, height=64,
-        num_frames=5, fps=8, num_inference_steps=2, guidance_scale=5.0, seed=1,
+        id=f"video_{n:032x}",
+        status=status,
+        model="m",
+        created_at=n,
+        size="64x64",
+        seconds="0.62",
+        expires_at=expires_at,
+        preset="preview",
+        prompt="p",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        fps=8,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        seed=1,
     )
     return JobRecord(video=video, params=PARAMS, deadline_s=30, created_at=float(n))
 
@@ -38,9 +62,15 @@ def parts(tmp_path):
 
 def _runner(store, artifacts, now: float, generator=None) -> JobRunner:
     return JobRunner(
-        store=store, artifacts=artifacts, generator=generator,
-        estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=10, dispatch_interval_s=60,
-        artifact_ttl_s=100, clock=lambda: now,
+        store=store,
+        artifacts=artifacts,
+        generator=generator,
+        estimator=StageTimeEstimator(0.01, 0.01),
+        owner="r1",
+        lease_s=10,
+        dispatch_interval_s=60,
+        artifact_ttl_s=100,
+        clock=lambda: now,
     )
 
 
@@ -207,8 +237,9 @@ class _DenoiserOutOfMemory:
 
 
 def _minimal(params: GenerationParams):
-    lowered = params.model_copy(update={"num_frames": min(params.num_frames, 9),
-                                        "num_inference_steps": min(params.num_inference_steps, 2)})
+    lowered = params.model_copy(
+        update={"num_frames": min(params.num_frames, 9), "num_inference_steps": min(params.num_inference_steps, 2)}
+    )
     return None if lowered == params else (lowered, "minimal")
 
 
@@ -289,9 +320,15 @@ def test_heartbeats_outlive_a_store_error_and_still_see_cancels(tmp_path, caplog
     async def scenario():
         generator = _Forever()
         runner = JobRunner(
-            store=store, artifacts=artifacts, generator=generator,
-            estimator=StageTimeEstimator(0.01, 0.01), owner="r1", lease_s=0.03, dispatch_interval_s=60,
-            artifact_ttl_s=100, clock=lambda: 1000.0,
+            store=store,
+            artifacts=artifacts,
+            generator=generator,
+            estimator=StageTimeEstimator(0.01, 0.01),
+            owner="r1",
+            lease_s=0.03,
+            dispatch_interval_s=60,
+            artifact_ttl_s=100,
+            clock=lambda: 1000.0,
         )
         job = _job(4, "queued", None)
         store.create(job)
@@ -313,5 +350,4 @@ def test_heartbeats_outlive_a_store_error_and_still_see_cancels(tmp_path, caplog
     finally:
         store.close()
     assert job.status == "failed" and job.video.error.code == "cancelled"
-    assert any("heartbeat failed" in r.getMessage() and getattr(r, "job_id", None) == job.id
-               for r in caplog.records)
+    assert any("heartbeat failed" in r.getMessage() and getattr(r, "job_id", None) == job.id for r in caplog.records)

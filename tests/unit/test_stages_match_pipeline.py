@@ -46,12 +46,16 @@ def _params(**overrides) -> GenerationParams:
 
 def _staged_frames(pipes, params, profile):
     embeddings = stages.encode_prompts(
-        pipes["prompt_encoder"], params.prompt, params.negative_prompt, params.guidance_scale,
+        pipes["prompt_encoder"],
+        params.prompt,
+        params.negative_prompt,
+        params.guidance_scale,
         profile.max_sequence_length,
     )
     guard = StepGuard(Deadline.after(600), params.num_inference_steps)
-    latents = stages.denoise(pipes["denoiser"], params, embeddings, guard,
-                             max_sequence_length=profile.max_sequence_length)
+    latents = stages.denoise(
+        pipes["denoiser"], params, embeddings, guard, max_sequence_length=profile.max_sequence_length
+    )
     assert guard.steps_done == params.num_inference_steps
     return stages.decode_latents(pipes["video_encoder"], latents)
 

@@ -48,10 +48,15 @@ def forbidden_imports(source: str, package: str) -> list[str]:
                 module = node.module or ""
             # `from tests import unit` imports the package tests.unit itself.
             modules = [module] + [f"{module}.{alias.name}" for alias in node.names]
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module"
-                   or getattr(node.func, "id", None) == "import_module")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) == "import_module"
+            )
+        ):
             modules = [node.args[0].value]
         offenders = [m for m in modules if _is_test_package(m)]
         if offenders:
@@ -70,30 +75,36 @@ def test_no_test_module_imports_another_test_module():
     )
 
 
-@pytest.mark.parametrize("source, package", [
-    ("from tests.unit.test_job_store import make_job", "tests.unit"),
-    ("import tests.integration.test_metrics", "tests.integration"),
-    ("import tests.gpu.test_gpu_share as share", "tests.unit"),
-    ("from tests.browser import test_web_page", "tests.unit"),
-    ("from tests import unit", "tests.helpers"),
-    ("from .test_routes import FakeGenerator", "tests.unit"),
-    ("from ..integration.test_load import JOB", "tests.unit"),
-    ("from . import test_routes", "tests.unit"),
-    ("def f():\n    from tests.unit.test_routes import FakeGenerator\n", "tests.unit"),
-    ("import importlib\nimportlib.import_module('tests.unit.test_client')", "tests.unit"),
-])
+@pytest.mark.parametrize(
+    "source, package",
+    [
+        ("from tests.unit.test_job_store import make_job", "tests.unit"),
+        ("import tests.integration.test_metrics", "tests.integration"),
+        ("import tests.gpu.test_gpu_share as share", "tests.unit"),
+        ("from tests.browser import test_web_page", "tests.unit"),
+        ("from tests import unit", "tests.helpers"),
+        ("from .test_routes import FakeGenerator", "tests.unit"),
+        ("from ..integration.test_load import JOB", "tests.unit"),
+        ("from . import test_routes", "tests.unit"),
+        ("def f():\n    from tests.unit.test_routes import FakeGenerator\n", "tests.unit"),
+        ("import importlib\nimportlib.import_module('tests.unit.test_client')", "tests.unit"),
+    ],
+)
 def test_the_check_catches_each_way_of_importing_a_test_module(source, package):
     assert forbidden_imports(source, package)
 
 
-@pytest.mark.parametrize("source, package", [
-    ("from tests.helpers.jobs import make_job", "tests.unit"),
-    ("import tests.helpers.app", "tests.integration"),
-    ("from tests import helpers", "tests.unit"),
-    ("from tests.conftest import data_dir", "tests.unit"),
-    ("from .conftest import x", "tests"),
-    ("import tests.unittest_like", "tests.unit"),
-    ("NAME = 'tests.unit.test_routes'", "tests.unit"),
-])
+@pytest.mark.parametrize(
+    "source, package",
+    [
+        ("from tests.helpers.jobs import make_job", "tests.unit"),
+        ("import tests.helpers.app", "tests.integration"),
+        ("from tests import helpers", "tests.unit"),
+        ("from tests.conftest import data_dir", "tests.unit"),
+        ("from .conftest import x", "tests"),
+        ("import tests.unittest_like", "tests.unit"),
+        ("NAME = 'tests.unit.test_routes'", "tests.unit"),
+    ],
+)
 def test_the_check_allows_helpers_and_plain_strings(source, package):
     assert forbidden_imports(source, package) == []

@@ -69,9 +69,7 @@ def test_rejects_hosts_not_in_allowlist(url):
     ["https://a.example.com/hook", "https://deep.sub.a.example.com/hook", "https://A.Example.COM./hook"],
 )
 def test_wildcard_accepts_subdomains_resolving_to_public_addresses(url):
-    resolve = resolver_for(
-        {"a.example.com": [PUBLIC_IP], "deep.sub.a.example.com": [PUBLIC_IP, "2606:2800:220:1::1"]}
-    )
+    resolve = resolver_for({"a.example.com": [PUBLIC_IP], "deep.sub.a.example.com": [PUBLIC_IP, "2606:2800:220:1::1"]})
     assert PUBLIC_IP in check_destination(url, WILDCARD, resolver=resolve)
     assert resolve.calls[0][1] == 443
 

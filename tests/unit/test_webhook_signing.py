@@ -18,7 +18,7 @@ def _headers(secret: str, body: bytes, ts: int = T0, msg_id: str = "msg_abc") ->
 
 def test_signature_is_hmac_sha256_of_id_timestamp_body():
     body = b'{"a":1}'
-    expected = base64.b64encode(hmac.new(b"k", b"msg_1.123.{\"a\":1}", hashlib.sha256).digest()).decode()
+    expected = base64.b64encode(hmac.new(b"k", b'msg_1.123.{"a":1}', hashlib.sha256).digest()).decode()
     assert sign("k", "msg_1", 123, body) == f"v1,{expected}"
 
 
