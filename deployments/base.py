@@ -198,9 +198,9 @@ class ModelStage:
         self.health.beat(step)
 
     def step_done(self, step: int, total: int) -> None:
-        """The denoising loop's per-step hook (model thread): progress, then any injected step delay."""
+        """The denoising loop's per-step hook (model thread): progress, then any injected step delay or gate."""
         self.health.beat(step)
-        self.faults.after_step()
+        self.faults.after_step(step, total)
 
     @property
     def idle(self) -> bool:
