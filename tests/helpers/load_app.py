@@ -76,6 +76,29 @@ def denoiser_replicas() -> int:
     return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
 
 
+# /healthz answers in a row that must agree before the gateways count as settled:
+# ~1 s of answers, so both gateway replicas answer and each re-reads Serve's status.
+SETTLED_ANSWERS = 10
+
+
+def wait_settled(http, timeout_s: float = 60) -> None:
+    """Until the gateways' admission sees one denoiser replica, serving, and no work ahead:
+    the load app as a test that starts from scratch expects it.
+
+    Serve's status can show a scale-down done while a gateway, which polls it
+    every refresh_s, still counts the replica that went: a burst sent then
+    would be admitted against twice the capacity. A replica still starting
+    adds its cold start to every estimate (no answer within the sync budget)."""
+    give_up = time.monotonic() + timeout_s
+    in_a_row = 0
+    while in_a_row < SETTLED_ANSWERS:
+        load = http.get("/healthz").json()["load"]
+        settled = (load["denoiser_replicas"], load["unfinished_jobs"], load["work_ahead_s"]) == (1, 0, 0)
+        in_a_row = in_a_row + 1 if settled else 0
+        assert time.monotonic() < give_up, f"the gateways never settled on one idle denoiser replica: {load}"
+        time.sleep(0.1)
+
+
 def wait_for(predicate, timeout_s: float, what: str):
     give_up = time.monotonic() + timeout_s
     while True:
