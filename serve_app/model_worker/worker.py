@@ -107,9 +107,9 @@ class ModelWorker:
             metrics.report_gpu(self.device, self.last_peak_bytes)
 
     def step_done(self, step: int, total: int) -> None:
-        """The denoising loop's per-step hook (model thread): progress, then any injected step delay."""
+        """The denoising loop's per-step hook (model thread): progress, then any injected step delay or gate."""
         self.health.beat(step)
-        self.faults.after_step()
+        self.faults.after_step(step, total)
 
     @property
     def idle(self) -> bool:

@@ -12,6 +12,10 @@ from serve_app.settings.base import StageName, StrictModel
 
 CallPlan = dict[StageName, list[PositiveInt]]
 
+# The Ray namespace of `step_gate` actors: the test that creates one and the
+# denoiser replicas (Serve's own namespace) both look it up there.
+STEP_GATE_NAMESPACE = "wan_serve_faults"
+
 
 class FaultInjection(StrictModel):
     """Test-only: failures injected into the model stages (all off by default)."""
@@ -32,6 +36,15 @@ class FaultInjection(StrictModel):
         0.0, ge=0, le=600, description="Test-only. Seconds the denoiser sleeps after each step, so CPU tests get "
         "jobs long enough to kill, cancel or queue behind. Keep it below health.stall_s."
     )
+    step_gate: str = Field(
+        "", description=f"Test-only. Name of a Ray actor (namespace '{STEP_GATE_NAMESPACE}') the denoiser waits on "
+        "after each step, calling its wait(stage, step, total), so a test holds jobs mid-flight and lets them go "
+        "when it chooses (tests/helpers/gate.py); '' = off."
+    )
+    step_gate_timeout_s: float = Field(
+        120.0, gt=0, le=600, description="Test-only. Longest wait at step_gate per step; then the step goes on "
+        "(with a warning), so a gate a test left closed cannot hold a replica for ever. Keep it below health.stall_s."
+    )
 
     @model_validator(mode="after")
     def _one_fault_per_call(self) -> "FaultInjection":
@@ -50,4 +63,5 @@ class FaultInjection(StrictModel):
 
     @property
     def active(self) -> bool:
-        return bool(self.oom_on_calls or self.cuda_error_on_calls or self.fail_on_calls or self.step_delay_s)
+        return bool(self.oom_on_calls or self.cuda_error_on_calls or self.fail_on_calls or self.step_delay_s
+                    or self.step_gate)

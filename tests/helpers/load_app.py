@@ -3,8 +3,9 @@
 Two gateway replicas sharing a Redis job store, cache index and limiter
 (its own redis-server, with an append-only file so a restart keeps the
 jobs), API keys, a denoiser autoscaled on queue depth (1-2 replicas),
-admission with a small queue, and a step delay so jobs last long enough to
-queue behind, or to be killed in the middle of.
+admission with a small queue, and a step gate (tests/helpers/gate.py):
+tests hold jobs mid-flight with it, to queue behind them or to kill them in
+the middle, rather than counting on a step delay to make jobs last long enough.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import time
 
 LOAD_APP = "load"
+LOAD_GATE = "load-step-gate"  # the load app's faults.step_gate
 ALICE = "wan_alice-secret-0123456789abcdef"  # generous limits
 BOB = "wan_bob-secret-0123456789abcdef00"  # 3 creates, then 429
 CAROL = "wan_carol-secret-0123456789abcdef"  # one unfinished job at a time
-# 8 steps x 0.25 s: a job holds the denoiser about 2 s.
+# Fast (~0.1 s) unless the gate holds it.
 JOB = {"width": 64, "height": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 8, "cache": False}
-STEP_DELAY_S = 0.25
 CHECKPOINT_EVERY_S = 0.4
 QUEUE_PER_REPLICA = 3
 
@@ -47,8 +48,9 @@ def load_app_args(data_dir, redis_url: str):
             "store": redis_url,
         },
         admission={"enabled": True, "max_queue_per_replica": QUEUE_PER_REPLICA, "refresh_s": 0.2},
-        faults={"step_delay_s": STEP_DELAY_S},
-        # A few checkpoints per job, so a killed denoiser's job resumes mid-loop.
+        faults={"step_gate": LOAD_GATE},
+        # Checkpoints on a cadence, so a killed denoiser's job resumes mid-loop (a
+        # job that the gate holds for longer than this saves at its next step boundary).
         checkpoint_every_s=CHECKPOINT_EVERY_S,
         stages={
             "gateway": {"num_replicas": 2, "max_ongoing_requests": 64},
@@ -72,6 +74,29 @@ def denoiser_replicas() -> int:
 
     states = serve.status().applications[LOAD_APP].deployments["Denoiser"].replica_states
     return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+
+# /healthz answers in a row that must agree before the gateways count as settled:
+# ~1 s of answers, so both gateway replicas answer and each re-reads Serve's status.
+SETTLED_ANSWERS = 10
+
+
+def wait_settled(http, timeout_s: float = 60) -> None:
+    """Until the gateways' admission sees one denoiser replica, serving, and no work ahead:
+    the load app as a test that starts from scratch expects it.
+
+    Serve's status can show a scale-down done while a gateway, which polls it
+    every refresh_s, still counts the replica that went: a burst sent then
+    would be admitted against twice the capacity. A replica still starting
+    adds its cold start to every estimate (no answer within the sync budget)."""
+    give_up = time.monotonic() + timeout_s
+    in_a_row = 0
+    while in_a_row < SETTLED_ANSWERS:
+        load = http.get("/healthz").json()["load"]
+        settled = (load["denoiser_replicas"], load["unfinished_jobs"], load["work_ahead_s"]) == (1, 0, 0)
+        in_a_row = in_a_row + 1 if settled else 0
+        assert time.monotonic() < give_up, f"the gateways never settled on one idle denoiser replica: {load}"
+        time.sleep(0.1)
 
 
 def wait_for(predicate, timeout_s: float, what: str):

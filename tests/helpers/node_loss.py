@@ -8,7 +8,9 @@ Run as its own process by tests/integration/test_node_loss.py: a
 Placement: every deployment but the denoiser is pinned to the head (custom
 resource `head`). The denoiser needs one CPU; a placeholder actor holds the
 head's only CPU while the app deploys, so the denoiser lands on the worker.
-The placeholder then goes, leaving the head room for a replacement.
+The placeholder then goes, leaving the head room for a replacement. The job
+is held mid-denoising at a step gate (tests/helpers/gate.py, on the head) while
+the worker goes, then let go.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 
 import httpx
 
-STEP_DELAY_S = 0.3
+GATE = "node-loss-step-gate"
 JOB = {"prompt": "across a lost node", "width": 64, "height": 64, "num_frames": 9, "fps": 8,
        "num_inference_steps": 10, "cache": False}
 
@@ -38,6 +40,7 @@ def main(data_dir: str) -> dict:
 
     from serve_app.app import build_app
     from tests.helpers.app import app_args, free_port
+    from tests.helpers.gate import Gate
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 100}})
     worker = cluster.add_node(num_cpus=1)
@@ -52,11 +55,12 @@ def main(data_dir: str) -> dict:
 
         placeholder = Placeholder.remote()
         ray.get(placeholder.ready.remote())
+        gate = Gate(GATE, resources={"head": 1})  # on the head: it outlives the worker
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
         on_head = {"resources": {"head": 1}}
         args = app_args(
-            data_dir, faults={"step_delay_s": STEP_DELAY_S}, job_max_attempts=3,
+            data_dir, faults={"step_gate": GATE}, job_max_attempts=3,
             stages={"gateway": on_head, "result_cache": on_head, "prompt_encoder": on_head,
                     "video_encoder": on_head, "denoiser": {"num_cpus": 1, "max_ongoing_requests": 1}},
         )
@@ -64,13 +68,11 @@ def main(data_dir: str) -> dict:
         first = denoiser_nodes("video")
         ray.kill(placeholder)  # the head now has a CPU for a replacement denoiser
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            video_id = http.post("/v1/videos", json=JOB, headers={"Prefer": "respond-async"}).json()["id"]
-            give_up = time.monotonic() + 60
-            while http.get(f"/v1/videos/{video_id}").json()["progress"] == 0:
-                assert time.monotonic() < give_up, "the job never started denoising"
-                time.sleep(0.1)
-            cluster.remove_node(worker)  # the worker node is gone, mid-job
-            lost_at = time.monotonic()
+            with gate.closed():  # opened once the worker is gone: the rerun on the head goes through
+                video_id = http.post("/v1/videos", json=JOB, headers={"Prefer": "respond-async"}).json()["id"]
+                gate.wait_held(1, timeout_s=60)  # the job is mid-denoising, on the worker
+                cluster.remove_node(worker)  # the worker node is gone, mid-job
+                lost_at = time.monotonic()
             give_up = time.monotonic() + 180
             while (video := http.get(f"/v1/videos/{video_id}").json())["status"] not in ("completed", "failed"):
                 assert time.monotonic() < give_up, "the job never ended"

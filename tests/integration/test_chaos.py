@@ -1,5 +1,7 @@
 """Failures on purpose (issue 7), against the load app (tests/helpers/load_app.py):
-replicas killed mid-job, Redis restarted under live traffic."""
+replicas killed mid-job, Redis restarted under live traffic. Jobs are held
+mid-flight at the load app's step gate (tests/helpers/gate.py) while the
+failure happens, then let go."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import time
 import pytest
 
 from bench.serve_process import kill_replicas
-from tests.helpers.load_app import ALICE, JOB, LOAD_APP, bearer, denoiser_replicas, wait_done, wait_for
+from tests.helpers.load_app import (
+    ALICE, CHECKPOINT_EVERY_S, JOB, LOAD_APP, bearer, denoiser_replicas, wait_done, wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +52,15 @@ def denoising(http, video_id: str) -> bool:
     return video["status"] == "in_progress" and 0 < video["progress"] < 90
 
 
-def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http):
+def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http, gate):
     ids = []
     for n in range(KILLS):
         wait_for(lambda: denoiser_replicas() >= 1, 60, "a live denoiser replica")
-        video_id = submit(http, f"chaos {n}")
-        wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")
-        assert kill_denoisers() >= 1
+        with gate.closed():  # opened after the kill: the rerun goes through
+            video_id = submit(http, f"chaos {n}")
+            gate.wait_held(1)
+            wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")
+            assert kill_denoisers() >= 1
         ids.append(video_id)
         # Each job is killed once: the next kill waits until this one's rerun is
         # done. Without the wait, a rerun still going when the next kill comes is
@@ -75,17 +81,28 @@ def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http):
         assert content.status_code == 200 and content.content[4:8] == b"ftyp"
 
 
-def test_a_killed_denoisers_job_resumes_at_its_last_checkpoint(http):
+def test_a_killed_denoisers_job_resumes_at_its_last_checkpoint(http, gate, data_dir):
     """The load app checkpoints every CHECKPOINT_EVERY_S: the rerun starts where the lost run saved, not at 0."""
     wait_for(lambda: denoiser_replicas() >= 1, 60, "a live denoiser replica")
-    video_id = submit(http, "resume after a kill")
 
     def past_half() -> bool:
         video = http.get(f"/v1/videos/{video_id}", headers=bearer(ALICE)).json()
         return video["status"] == "in_progress" and 50 <= video["progress"] < 90
 
-    wait_for(past_half, 60, "the job to be past half its steps")
-    assert kill_denoisers() >= 1
+    with gate.closed():
+        video_id = submit(http, "resume after a kill")
+        gate.wait_held(1, step=1)
+        gate.release(3)
+        gate.wait_held(1, step=4)
+        # A checkpoint is saved at a step boundary once CHECKPOINT_EVERY_S has passed
+        # since the last save (or the start): held at step 4 that long, the job saves
+        # step 4 as soon as it goes on, before step 5 (where it is held again, and killed).
+        time.sleep(CHECKPOINT_EVERY_S)
+        gate.release(1)
+        gate.wait_held(1, step=5)
+        assert (data_dir / "checkpoints" / f"{video_id}.pt").exists()
+        wait_for(past_half, 60, "the job to be past half its steps")
+        assert kill_denoisers() >= 1
     (video,) = wait_done(http, [video_id], ALICE, timeout_s=120)
     assert video["status"] == "completed"
     events = events_of(http, video_id)
@@ -93,25 +110,27 @@ def test_a_killed_denoisers_job_resumes_at_its_last_checkpoint(http):
     retry = types.index("retry")
     before = [e["step"] for e in events[:retry] if e["type"] == "progress"]
     after = [e["step"] for e in events[retry:] if e["type"] == "progress"]
-    # Saved at least once before the kill (steps take STEP_DELAY_S), so the
-    # rerun's first report is a step the lost run had reached, not step 1.
+    # Saved at step 4 before the kill (held past CHECKPOINT_EVERY_S there), so
+    # the rerun's first report is a step the lost run had reached, not step 1.
     assert max(before) >= 4 and 2 <= after[0] <= max(before), (before, after)
     assert after[-1] == JOB["num_inference_steps"]
 
 
-def test_redis_restart_is_a_503_meanwhile_and_then_the_service_recovers(http, load_redis):
-    running = submit(http, "through a redis restart")
-    wait_for(lambda: denoising(http, running), 60, "the job to be mid-denoising")
-    load_redis.stop()
-    try:
-        during = http.post("/v1/videos", json={"prompt": "while redis is down", **JOB}, headers=bearer(ALICE))
-        assert during.status_code == 503, during.text
-        error = during.json()["error"]
-        assert error["code"] == "service_unavailable" and int(during.headers["Retry-After"]) >= 1
-        assert "Traceback" not in during.text and "redis://" not in during.text
-        time.sleep(1.0)
-    finally:
-        load_redis.start()
+def test_redis_restart_is_a_503_meanwhile_and_then_the_service_recovers(http, gate, load_redis):
+    with gate.closed():  # the job stays mid-denoising through the restart
+        running = submit(http, "through a redis restart")
+        gate.wait_held(1)
+        wait_for(lambda: denoising(http, running), 60, "the job to be mid-denoising")
+        load_redis.stop()
+        try:
+            during = http.post("/v1/videos", json={"prompt": "while redis is down", **JOB}, headers=bearer(ALICE))
+            assert during.status_code == 503, during.text
+            error = during.json()["error"]
+            assert error["code"] == "service_unavailable" and int(during.headers["Retry-After"]) >= 1
+            assert "Traceback" not in during.text and "redis://" not in during.text
+            time.sleep(1.0)
+        finally:
+            load_redis.start()
     # The job that was running when Redis went away still ends, completed.
     (video,) = wait_done(http, [running], ALICE, timeout_s=120)
     assert video["status"] == "completed", video

@@ -188,6 +188,7 @@ def test_webhook_is_signed_and_retried(client):
         wait_for_condition(lambda: len(_Receiver.received) >= 2, timeout=30)
     finally:
         server.shutdown()
+        server.server_close()  # shutdown() only stops the loop; the listening socket stays open
     (h1, b1), (h2, b2) = _Receiver.received[:2]
     assert h1["webhook-id"] == h2["webhook-id"]  # a retry is the same message
     assert verify(WEBHOOK_SECRET, h2, b2)
