@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from serve_app import metrics
 from serve_app.config import ServiceArgs
@@ -47,7 +48,8 @@ class ModelStage:
         # The cap goes on before the weights load, so they count against it too.
         with startup.phase("gpu_init"):
             self.memory_fraction = cap_gpu_memory(
-                getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile))
+                getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile)
+            )
         self.pipe = load_pipeline(self.profile, self.args.data_path, self.stage, startup)
         self.device = str(self.pipe._execution_device)
         self.load_s = time.perf_counter() - started

@@ -76,12 +76,20 @@ class FaultInjector:
             try:
                 self._gate = ray.get_actor(name, namespace=STEP_GATE_NAMESPACE)
             except ValueError as exc:
-                raise InjectedFault(f"step gate {name!r} is not a live actor in namespace "
-                                    f"{STEP_GATE_NAMESPACE!r}; create it before the app") from exc
+                raise InjectedFault(
+                    f"step gate {name!r} is not a live actor in namespace "
+                    f"{STEP_GATE_NAMESPACE!r}; create it before the app"
+                ) from exc
         waiting = self._gate.wait.remote(self.stage, step, total)
         try:
             ray.get(waiting, timeout=self.config.step_gate_timeout_s)
         except GetTimeoutError:
-            log.warning("%s: step gate %r held step %d of %d over %gs; going on", self.stage, name, step, total,
-                        self.config.step_gate_timeout_s)
+            log.warning(
+                "%s: step gate %r held step %d of %d over %gs; going on",
+                self.stage,
+                name,
+                step,
+                total,
+                self.config.step_gate_timeout_s,
+            )
             ray.cancel(waiting)

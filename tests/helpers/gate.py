@@ -93,8 +93,9 @@ class Gate:
 
     def __init__(self, name: str, **actor_options: Any) -> None:
         self.name = name
-        self.actor = StepGate.options(name=name, namespace=STEP_GATE_NAMESPACE, get_if_exists=True,
-                                      **actor_options).remote()
+        self.actor = StepGate.options(
+            name=name, namespace=STEP_GATE_NAMESPACE, get_if_exists=True, **actor_options
+        ).remote()
         ray.get(self.actor.held.remote())  # up before any replica looks it up
 
     def close(self) -> None:
@@ -125,11 +126,12 @@ class Gate:
                 return held
             assert time.monotonic() < give_up, (
                 f"timed out waiting for {count} step(s) held{'' if step is None else f' at step {step}'} "
-                f"at gate {self.name!r}; held: {held}")
+                f"at gate {self.name!r}; held: {held}"
+            )
             time.sleep(POLL_INTERVAL_S)
 
     @contextmanager
-    def closed(self) -> Iterator["Gate"]:
+    def closed(self) -> Iterator[Gate]:
         """The gate closed for the `with` block, and open again after it (also when the block fails)."""
         self.close()
         try:

@@ -39,8 +39,15 @@ def load_app_args(data_dir, redis_url: str):
         job_max_attempts=4,
         access={
             "api_keys": [
-                {"id": "alice", "sha256": hash_secret(ALICE), "burst": 200, "rate_per_s": 50,
-                 "read_rate_per_s": 1000, "read_burst": 2000, "max_concurrent_jobs": 50},
+                {
+                    "id": "alice",
+                    "sha256": hash_secret(ALICE),
+                    "burst": 200,
+                    "rate_per_s": 50,
+                    "read_rate_per_s": 1000,
+                    "read_burst": 2000,
+                    "max_concurrent_jobs": 50,
+                },
                 {"id": "bob", "sha256": hash_secret(BOB), "burst": 3, "rate_per_s": 0.001},
                 {"id": "carol", "sha256": hash_secret(CAROL), "max_concurrent_jobs": 1},
             ],
@@ -54,9 +61,18 @@ def load_app_args(data_dir, redis_url: str):
         checkpoint_every_s=CHECKPOINT_EVERY_S,
         stages={
             "gateway": {"num_replicas": 2, "max_ongoing_requests": 64},
-            "denoiser": {"max_ongoing_requests": 1, "autoscaling": {
-                "policy": "queue_depth", "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-                "upscale_delay_s": 0, "downscale_delay_s": 2, "look_back_period_s": 1}},
+            "denoiser": {
+                "max_ongoing_requests": 1,
+                "autoscaling": {
+                    "policy": "queue_depth",
+                    "min_replicas": 1,
+                    "max_replicas": 2,
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 0,
+                    "downscale_delay_s": 2,
+                    "look_back_period_s": 1,
+                },
+            },
         },
     )
 

@@ -22,15 +22,25 @@ import time
 import httpx
 
 GATE = "node-loss-step-gate"
-JOB = {"prompt": "across a lost node", "width": 64, "height": 64, "num_frames": 9, "fps": 8,
-       "num_inference_steps": 10, "cache": False}
+JOB = {
+    "prompt": "across a lost node",
+    "width": 64,
+    "height": 64,
+    "num_frames": 9,
+    "fps": 8,
+    "num_inference_steps": 10,
+    "cache": False,
+}
 
 
 def denoiser_nodes(app: str) -> list[str]:
     from ray.util.state import list_actors
 
-    return [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#Denoiser#")]
+    return [
+        a.node_id
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#Denoiser#")
+    ]
 
 
 def main(data_dir: str) -> dict:
@@ -60,9 +70,16 @@ def main(data_dir: str) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
         on_head = {"resources": {"head": 1}}
         args = app_args(
-            data_dir, faults={"step_gate": GATE}, job_max_attempts=3,
-            stages={"gateway": on_head, "result_cache": on_head, "prompt_encoder": on_head,
-                    "video_encoder": on_head, "denoiser": {"num_cpus": 1, "max_ongoing_requests": 1}},
+            data_dir,
+            faults={"step_gate": GATE},
+            job_max_attempts=3,
+            stages={
+                "gateway": on_head,
+                "result_cache": on_head,
+                "prompt_encoder": on_head,
+                "video_encoder": on_head,
+                "denoiser": {"num_cpus": 1, "max_ongoing_requests": 1},
+            },
         )
         serve.run(build_app(args), name="video", route_prefix="/")
         first = denoiser_nodes("video")
@@ -80,9 +97,14 @@ def main(data_dir: str) -> dict:
             events = http.get(f"/v1/videos/{video_id}/events")
             types = [json.loads(line[6:])["type"] for line in events.text.splitlines() if line.startswith("data: ")]
         return {
-            "head": head_id, "worker": worker.node_id, "denoiser_nodes_before": first,
-            "denoiser_nodes_after": denoiser_nodes("video"), "status": video["status"],
-            "error": video.get("error"), "events": types, "recovered_in_s": round(time.monotonic() - lost_at, 1),
+            "head": head_id,
+            "worker": worker.node_id,
+            "denoiser_nodes_before": first,
+            "denoiser_nodes_after": denoiser_nodes("video"),
+            "status": video["status"],
+            "error": video.get("error"),
+            "events": types,
+            "recovered_in_s": round(time.monotonic() - lost_at, 1),
         }
     finally:
         serve.shutdown()

@@ -12,7 +12,14 @@ import pytest
 
 from bench.serve_process import kill_replicas
 from tests.helpers.load_app import (
-    ALICE, CHECKPOINT_EVERY_S, JOB, LOAD_APP, bearer, denoiser_replicas, wait_done, wait_for,
+    ALICE,
+    CHECKPOINT_EVERY_S,
+    JOB,
+    LOAD_APP,
+    bearer,
+    denoiser_replicas,
+    wait_done,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -29,7 +36,7 @@ def events_of(http, video_id: str) -> list[dict]:
     """The job's event log (SSE), ending with its terminal event."""
     with http.stream("GET", f"/v1/videos/{video_id}/events", headers=bearer(ALICE)) as response:
         assert response.status_code == 200
-        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+        return [json.loads(line[len("data: ") :]) for line in response.iter_lines() if line.startswith("data: ")]
 
 
 def submit(http, prompt: str, patience_s: float = 60) -> str:
@@ -37,8 +44,11 @@ def submit(http, prompt: str, patience_s: float = 60) -> str:
     killed jobs rerunning can cause) is waited out for its Retry-After, then sent again."""
     give_up = time.monotonic() + patience_s
     while True:
-        response = http.post("/v1/videos", json={"prompt": prompt, **JOB, "quality": "exact"},
-                             headers={**bearer(ALICE), "Prefer": "respond-async"})
+        response = http.post(
+            "/v1/videos",
+            json={"prompt": prompt, **JOB, "quality": "exact"},
+            headers={**bearer(ALICE), "Prefer": "respond-async"},
+        )
         if response.status_code != 429 or time.monotonic() > give_up:
             break
         assert response.json()["error"]["code"] == "over_capacity", response.text
@@ -59,7 +69,7 @@ def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http, ga
         with gate.closed():  # opened after the kill: the rerun goes through
             video_id = submit(http, f"chaos {n}")
             gate.wait_held(1)
-            wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")
+            wait_for(lambda: denoising(http, video_id), 60, f"job {n} to be mid-denoising")  # noqa: B023 - waited here
             assert kill_denoisers() >= 1
         ids.append(video_id)
         # Each job is killed once: the next kill waits until this one's rerun is
@@ -70,7 +80,8 @@ def test_denoiser_killed_mid_job_ten_times_loses_and_duplicates_nothing(http, ga
         wait_done(http, [video_id], ALICE, timeout_s=120)
     videos = wait_done(http, ids, ALICE, timeout_s=240)
     assert [v["status"] for v in videos] == ["completed"] * KILLS, [
-        (v["id"], v["status"], v.get("error")) for v in videos if v["status"] != "completed"]
+        (v["id"], v["status"], v.get("error")) for v in videos if v["status"] != "completed"
+    ]
     for video_id in ids:
         events = events_of(http, video_id)
         types = [e["type"] for e in events]

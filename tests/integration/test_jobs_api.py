@@ -165,7 +165,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
     received: list[tuple[dict, bytes]] = []
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["content-length"]))
         type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
         self.send_response(500 if len(type(self).received) == 1 else 204)
@@ -215,8 +215,13 @@ def test_prefer_wait_zero_answers_202_and_sync_answers_200(client):
 def test_multipart_body_like_the_sdk_sends(client):
     resp = client.post(
         "/v1/videos",
-        files={"prompt": (None, "multipart prompt"), "size": (None, "64x64"), "num_frames": (None, "5"),
-               "num_inference_steps": (None, "2"), "fps": (None, "8")},
+        files={
+            "prompt": (None, "multipart prompt"),
+            "size": (None, "64x64"),
+            "num_frames": (None, "5"),
+            "num_inference_steps": (None, "2"),
+            "fps": (None, "8"),
+        },
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["num_frames"] == 5

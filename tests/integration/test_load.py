@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 from tests.helpers.load_app import (
-    ALICE, BOB, CAROL, JOB, QUEUE_PER_REPLICA, bearer, denoiser_replicas, wait_done, wait_for, wait_settled,
+    ALICE,
+    BOB,
+    CAROL,
+    JOB,
+    QUEUE_PER_REPLICA,
+    bearer,
+    denoiser_replicas,
+    wait_done,
+    wait_for,
+    wait_settled,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def burst(http, gate, prompt: str) -> list:
@@ -27,8 +36,11 @@ def burst(http, gate, prompt: str) -> list:
     wait_settled(http)
     with gate.closed():
         return [
-            http.post("/v1/videos", json={"prompt": f"{prompt} {n}", **JOB, "num_frames": 17, "num_inference_steps": 8},
-                      headers={**bearer(ALICE), "Prefer": "respond-async"})
+            http.post(
+                "/v1/videos",
+                json={"prompt": f"{prompt} {n}", **JOB, "num_frames": 17, "num_inference_steps": 8},
+                headers={**bearer(ALICE), "Prefer": "respond-async"},
+            )
             for n in range(QUEUE_PER_REPLICA + 2)
         ]
 
@@ -69,9 +81,19 @@ def test_queue_scales_the_denoiser_up_and_back_down_without_killing_a_job(http, 
     # (sync or async, tier) and their jobs' deadlines stay clear of it.
     with gate.closed():
         ids = [
-            http.post("/v1/videos", json={"prompt": f"scale {n}", **JOB, "width": 128, "height": 128,
-                                          "num_inference_steps": 24, "quality": "exact", "deadline_s": 120},
-                      headers={**bearer(ALICE), "Prefer": "respond-async"}).json()["id"]
+            http.post(
+                "/v1/videos",
+                json={
+                    "prompt": f"scale {n}",
+                    **JOB,
+                    "width": 128,
+                    "height": 128,
+                    "num_inference_steps": 24,
+                    "quality": "exact",
+                    "deadline_s": 120,
+                },
+                headers={**bearer(ALICE), "Prefer": "respond-async"},
+            ).json()["id"]
             for n in range(QUEUE_PER_REPLICA)
         ]
         gate.wait_held(1)
@@ -105,17 +127,20 @@ def test_rate_limit_holds_across_both_gateway_replicas(http):
 def test_concurrent_job_cap_holds_across_both_gateway_replicas(http, gate):
     wait_settled(http)
     with gate.closed():  # Carol's first job stays unfinished while she tries for more
-        first = http.post("/v1/videos", json={"prompt": "cap 0", **JOB},
-                          headers={**bearer(CAROL), "Prefer": "respond-async"})
+        first = http.post(
+            "/v1/videos", json={"prompt": "cap 0", **JOB}, headers={**bearer(CAROL), "Prefer": "respond-async"}
+        )
         assert first.status_code == 202
         for n in range(1, 5):
-            response = http.post("/v1/videos", json={"prompt": f"cap {n}", **JOB},
-                                 headers={**bearer(CAROL), "Prefer": "respond-async"})
+            response = http.post(
+                "/v1/videos", json={"prompt": f"cap {n}", **JOB}, headers={**bearer(CAROL), "Prefer": "respond-async"}
+            )
             assert response.status_code == 429, response.text
             assert response.json()["error"]["code"] == "too_many_concurrent_jobs"
     wait_done(http, [first.json()["id"]], CAROL)
-    again = http.post("/v1/videos", json={"prompt": "cap again", **JOB},
-                      headers={**bearer(CAROL), "Prefer": "respond-async"})
+    again = http.post(
+        "/v1/videos", json={"prompt": "cap again", **JOB}, headers={**bearer(CAROL), "Prefer": "respond-async"}
+    )
     assert again.status_code == 202
     wait_done(http, [again.json()["id"]], CAROL)
 
@@ -132,8 +157,11 @@ def test_tiers_and_refusals_show_in_the_metrics(http, gate):
     def seen() -> bool:
         text = scrape()
         lowered = sum(total(text, "wan_admissions_total", f'tier="{t}"') for t in ("reduced", "minimal"))
-        return (lowered >= 1 and total(text, "wan_admissions_total", 'outcome="rejected"') >= 1
-                and any(0 < v <= 1 for _, v in samples(text, "wan_load")))
+        return (
+            lowered >= 1
+            and total(text, "wan_admissions_total", 'outcome="rejected"') >= 1
+            and any(0 < v <= 1 for _, v in samples(text, "wan_load"))
+        )
 
     # Ray exports every few seconds.
     wait_for_condition(seen, timeout=60, retry_interval_ms=1000)
