@@ -64,7 +64,7 @@ class ModelStage:
         return await self._worker.run(fn, *args, fallback=fallback)
 
     def step_done(self, step: int, total: int) -> None:
-        """The denoising loop's per-step hook (model thread): progress, then any injected step delay."""
+        """The denoising loop's per-step hook (model thread): progress, then any injected step delay or step gate."""
         self._worker.step_done(step, total)
 
     def warm_up(self, steps: list[WarmUpStep], before_ready: int) -> None:

@@ -160,7 +160,7 @@ class Denoiser(ModelStage):
             if preview or step == total or now - last_sent[0] >= interval:
                 last_sent[0] = now
                 loop.call_soon_threadsafe(progress.put_nowait, StepProgress(step, total, preview))
-            self.step_done(step, total)  # health-check progress, then any injected step delay (tests)
+            self.step_done(step, total)  # health-check progress, then any injected step delay or gate (tests)
 
         def run():
             # Recorded here, on the model thread, so the step count is the one

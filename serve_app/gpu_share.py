@@ -5,7 +5,7 @@ the process from allocating all of it and running its neighbours out of
 memory. `cap_gpu_memory` makes the booking real for PyTorch's caching
 allocator (`torch.cuda.set_per_process_memory_fraction`): an allocation past
 the share raises `torch.cuda.OutOfMemoryError` in this replica, which
-recovers from it (deployments/base.py), instead of in a neighbour.
+recovers from it (serve_app/model_worker), instead of in a neighbour.
 """
 
 from __future__ import annotations
