@@ -53,7 +53,11 @@ def child(stage: str, args_json: str) -> None:
     built = time.perf_counter()
     replica.wait_warm(600)
     warm = time.perf_counter()
+    import asyncio
+
     import torch._dynamo.utils as dynamo_utils
+
+    described = asyncio.run(replica.describe())  # what /healthz shows of this replica
 
     print(
         "PROBE "
@@ -62,8 +66,8 @@ def child(stage: str, args_json: str) -> None:
                 "import_deployment_s": round(imported - started, 3),
                 "constructor_s": round(built - imported, 3),
                 "background_warm_up_s": round(warm - built, 3),
-                "startup_phases": replica.startup.seconds,
-                "warmup_s": replica.warmup_s,
+                "startup_phases": described["startup_phases"],
+                "warmup_s": described["warmup_s"],
                 "compile_times": dynamo_utils.compile_times(repr="str", aggregate=True),
             }
         ),
