@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 from typing import Any
 
 from serve_app.config import PresetCatalog
@@ -107,6 +108,16 @@ def check_generation(values: dict[str, Any], limits: GenerationLimits) -> None:
         if len(text) > limits.max_prompt_chars:
             raise InvalidRequest(
                 f"{field} has {len(text)} characters; at most {limits.max_prompt_chars} are allowed",
+                param=field,
+            )
+        # A cacheable request runs its NFKC form (serve_app.cache.keys), and NFKC can grow
+        # text 18x (U+FDFA is 18 characters): the limit holds for that form too. Checked
+        # second, so normalisation never works on more than the limit as sent.
+        normalised = len(unicodedata.normalize("NFKC", text))
+        if normalised > limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"{field} has {normalised} characters after Unicode NFKC normalisation ({len(text)} as sent); "
+                f"at most {limits.max_prompt_chars} are allowed",
                 param=field,
             )
     if not values["prompt"].strip():

@@ -142,7 +142,12 @@ class JobRunner:
         job = self.store.claim(job_id, self.owner, self.clock(), self.lease_s)
         if job is None:
             return False
-        if job.attempts > self.max_attempts:
+        if job.cancel_requested:
+            # Cancelled while nobody ran it (its runner died or handed it back): the flag
+            # is otherwise seen at the first step or heartbeat, after the stages have
+            # started on it again. End it here, as a cancel mid-run would.
+            task = asyncio.get_running_loop().create_task(self._fail(job_id, RequestCancelled("cancelled by request")))
+        elif job.attempts > self.max_attempts:
             # Each run ended without a result (runners dying, handing back):
             # stop here rather than loop.
             task = asyncio.get_running_loop().create_task(

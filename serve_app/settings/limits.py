@@ -29,5 +29,7 @@ class GenerationLimits(StrictModel):
     max_guidance: float = Field(20.0, description="Highest guidance scale.")
     min_fps: int = Field(1, ge=1, description="Lowest frames per second of the mp4.")
     max_fps: int = Field(60, ge=1, description="Highest frames per second of the mp4.")
-    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt, characters.")
+    max_prompt_chars: int = Field(
+        2000, ge=1, description="Longest prompt or negative prompt, characters, as sent and after Unicode NFKC."
+    )
     max_seed: int = Field(2**32 - 1, description="Largest seed.")

@@ -147,6 +147,14 @@ def test_prompt_length_is_bounded_and_not_echoed(client):
     assert "p" * 100 not in error["message"]
 
 
+def test_prompt_length_counts_the_nfkc_form(client):
+    # U+FDFA is one character sent and 18 once normalised: 112 of them are 2016.
+    limit = load_presets().limits.max_prompt_chars
+    error = error_of(client.post("/v1/videos", json={**REQUEST, "prompt": "\ufdfa" * 112}), 422, "prompt")
+    assert "2016 characters after Unicode NFKC normalisation" in error["message"]
+    assert f"at most {limit} are allowed" in error["message"]
+
+
 @pytest.mark.parametrize("field, size", [("model", 201), ("preset", 101), ("size", 33), ("webhook_url", 2049)])
 def test_string_fields_are_bounded_and_echoes_are_cut(client, field, size):
     error = error_of(client.post("/v1/videos", json={**REQUEST, field: "z" * size}), 422, field)

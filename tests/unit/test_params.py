@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
 
@@ -119,6 +120,19 @@ def test_over_long_text(field):
     assert "2001" in err.message and "2000" in err.message
     # The limit itself is allowed.
     assert getattr(resolve_generation({**VALID, field: "x" * 2000}, CATALOG), field) == "x" * 2000
+
+
+# U+FDFA (one character) is 18 under NFKC, which a cacheable request runs: 112 of them
+# are 2016 characters of prompt, 111 are 1998. Refused with or without the cache.
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("cache_model", [None, "m@r1"])
+def test_length_is_checked_after_nfkc(field, cache_model):
+    with pytest.raises(InvalidRequest) as info:
+        resolve_generation({**VALID, field: "\ufdfa" * 112}, CATALOG, cache_model=cache_model)
+    assert info.value.param == field
+    assert "2016" in info.value.message and "NFKC" in info.value.message and "2000" in info.value.message
+    params = resolve_generation({**VALID, field: "\ufdfa" * 111}, CATALOG, cache_model=cache_model)
+    assert len(unicodedata.normalize("NFKC", getattr(params, field))) == 1998
 
 
 def test_unknown_preset():

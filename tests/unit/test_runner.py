@@ -8,6 +8,7 @@ import pytest
 
 from serve_app.api.protocol import VideoObject
 from serve_app.artifacts import LocalArtifactStore
+from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.model import JobRecord
 from serve_app.jobs.runner import JobRunner
@@ -351,3 +352,36 @@ def test_heartbeats_outlive_a_store_error_and_still_see_cancels(tmp_path, caplog
         store.close()
     assert job.status == "failed" and job.video.error.code == "cancelled"
     assert any("heartbeat failed" in r.getMessage() and getattr(r, "job_id", None) == job.id for r in caplog.records)
+
+
+@pytest.mark.parametrize("delete", [False, True])
+def test_a_cancelled_orphan_is_not_run_again_when_claimed(parts, delete):
+    """A job cancelled while nobody ran it (its runner died, or handed it back) ends at the
+    claim: no stage call, cancelled (or deleted, as asked), and its job slot is freed."""
+    store, artifacts = parts
+    generator = FakeGenerator()
+    finished: list[str] = []
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000, generator=generator)
+        runner.on_finished = lambda job: finished.append(job.id)
+        job = _job(5, "in_progress", None)
+        job.owner, job.heartbeat_at, job.attempts = "dead", 900.0, 1  # lease long stale
+        job.cancel_requested, job.delete_requested = True, delete
+        store.create(job)
+        assert job.id in store.claimable(1000, 10, limit=16)
+        assert runner.submit(job.id)  # what the dispatcher does with each claimable id
+        await asyncio.wait_for(asyncio.gather(*runner._tasks.values()), timeout=10)
+        return job.id
+
+    job_id = asyncio.run(scenario())
+    assert generator.calls == []
+    assert finished == [job_id]
+    if delete:
+        assert store.claimable(1000, 10, limit=16) == []
+        with pytest.raises(NotFound):
+            store.get(job_id)
+        return
+    job = store.get(job_id)
+    assert job.status == "failed" and job.video.error.code == "cancelled" and job.owner is None
+    assert [event["type"] for _, event in store.events_after(job_id, 0)] == ["failed"]
