@@ -2,8 +2,8 @@
 
 Every store call is synchronous and most run on a gateway's event loop, so a
 Redis that accepts connections but never answers (a partition, a failover in
-progress) would hold the loop for as long as the client waits: forever on
-redis-py < 6, 5 s per call on later ones. With these timeouts such a call fails
+progress) would hold the loop for as long as the client waits: 5 s per call on the
+redis-py 8.1 default, without limit on older releases that set no timeout. With these timeouts such a call fails
 within about a second, as `redis.TimeoutError`, which each store turns into its
 "unreachable" 503 with Retry-After (redis_errors.py; the access limiter does
 the same in its own `_call`), and the loop is free again for /healthz and
