@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
@@ -20,6 +21,15 @@ from serve_app.webhooks.errors import WebhookRejected, WebhookUnresolved
 from serve_app.webhooks.signing import signature_headers
 
 logger = logging.getLogger("ray.serve")
+
+
+def message_id(payload: Any) -> str:
+    """'msg_<hex>': for a video object, derived from its id and status, so every sending of
+    one job's outcome (a retry, a gateway's second try after a restart, the same answer
+    sent twice) carries one id a receiver can deduplicate on; otherwise a fresh one."""
+    if isinstance(payload, dict) and isinstance(payload.get("id"), str) and isinstance(payload.get("status"), str):
+        return "msg_" + hashlib.sha256(f"{payload['id']}.{payload['status']}".encode()).hexdigest()[:32]
+    return f"msg_{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -80,11 +90,10 @@ async def deliver(
     followed, they could lead to internal addresses), a timeout or a
     connection error is a failed attempt, retried up to `max_attempts`. A
     destination that `check_destination` rejects stops delivery at once; it is
-    checked before every attempt. `msg_id` (default: a fresh 'msg_<hex>')
-    stays the same across attempts so receivers can deduplicate; pass a
-    stable one (e.g. derived from the job id) if delivery may be restarted.
+    checked before every attempt. `msg_id` (default: `message_id(payload)`)
+    stays the same across attempts so receivers can deduplicate.
     """
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    msg_id = msg_id or message_id(payload)
     try:
         safe_url = redact_url(url)
     except Exception:  # noqa: BLE001 - a bad URL is reported by check_destination below

@@ -44,6 +44,20 @@ def test_delivered_on_200_with_verifiable_signature():
     assert not verify("other-secret", req.headers, req.body, now=T0)
 
 
+def test_each_sending_of_one_jobs_outcome_carries_the_same_webhook_id():
+    # Issue 15 item 10: a fresh id per call left receivers nothing to deduplicate a
+    # second sending of the same outcome on (a gateway retrying after a restart).
+    async def scenario():
+        async with receiver(statuses(200, 200, 200)) as rec:
+            for payload in (PAYLOAD, dict(PAYLOAD), {**PAYLOAD, "status": "failed"}):
+                await deliver(rec.url, payload, local_config(), sleep=RecordingSleep(), now=Clock())
+        return rec
+
+    first, again, other_status = (r.headers["webhook-id"] for r in asyncio.run(scenario()).seen)
+    assert first == again and first.startswith("msg_")
+    assert other_status != first  # a different outcome of the job is a different message
+
+
 def test_fails_twice_then_delivers_with_same_id_fresh_signatures_and_backoff():
     async def scenario():
         sleep, clock = RecordingSleep(), Clock()
