@@ -47,6 +47,10 @@ class JobListener:
     async def after_record(self, job: JobRecord, result: GraphResult | None, gone: bool) -> None:
         return None
 
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown: finish background work started for ended jobs, for at most `timeout_s`."""
+        return None
+
 
 class ResultFiles(JobListener):
     """The video's files: stored before the record says "completed" (so a completed
@@ -130,6 +134,13 @@ class WebhookDelivery(JobListener):
         task = asyncio.get_running_loop().create_task(self._deliver(job.id))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        # A delivery cut off by shutdown would leave its job "pending" with nothing sending
+        # it; waiting lets one mid-backoff finish (its id is stable, so a receiver that
+        # already got it drops the repeat). What is still running at the timeout is cut.
+        if self._deliveries:
+            await asyncio.wait(list(self._deliveries), timeout=timeout_s)
 
     async def _deliver(self, job_id: str) -> None:
         try:

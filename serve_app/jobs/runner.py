@@ -51,6 +51,11 @@ REMOTE_WAIT_POLL_S = 0.1
 __all__ = ["JobRunner", "MAX_PREVIEW_CHARS", "REMOTE_WAIT_POLL_S"]
 
 
+# How long shutdown waits for work listeners started for ended jobs (webhook deliveries
+# with their retries): inside Serve's graceful shutdown, short of a receiver's outage.
+LISTENER_DRAIN_S = 10.0
+
+
 class JobRunner:
     def __init__(
         self,
@@ -132,6 +137,8 @@ class JobRunner:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
+        for listener in self.listeners:
+            await listener.drain(LISTENER_DRAIN_S)
 
     # --- submitting and waiting -------------------------------------------------------
 

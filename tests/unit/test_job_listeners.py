@@ -170,6 +170,28 @@ def test_a_webhook_is_sent_in_the_background_and_its_outcome_recorded(store):
     assert (stored.webhook_state, stored.webhook_attempts) == ("delivered", 2)
 
 
+def test_shutdown_waits_for_a_delivery_in_flight(store):
+    # Issue 15 item 10: a delivery still retrying when its gateway shut down was dropped,
+    # leaving the job "pending" with nothing sending it.
+    release = asyncio.Event()
+
+    async def send(job):
+        await release.wait()
+        return SimpleNamespace(delivered=True, attempts=3)
+
+    delivery = WebhookDelivery(store, send)
+    job = _completed(1, webhook_url="https://example.com/hook", webhook_state="pending")
+    store.create(job)
+
+    async def scenario():
+        await delivery.after_record(job, _result(), gone=False)
+        asyncio.get_running_loop().call_later(0.05, release.set)  # the receiver answers late
+        await delivery.drain(timeout_s=5)
+
+    asyncio.run(scenario())
+    assert (store.get(job.id).webhook_state, store.get(job.id).webhook_attempts) == ("delivered", 3)
+
+
 def test_a_webhook_for_a_job_deleted_meanwhile_is_dropped_quietly(store):
     async def send(job):
         store.delete(job.id)

@@ -10,8 +10,9 @@ from serve_app.api.protocol import VideoObject
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
+from serve_app.jobs.listeners import JobListener
 from serve_app.jobs.model import JobRecord
-from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.runner import LISTENER_DRAIN_S, JobRunner
 from serve_app.jobs.sqlite_store import SQLiteJobStore
 from serve_app.params import GenerationParams
 from tests.helpers.fakes import FakeGenerator
@@ -116,6 +117,24 @@ def test_shutdown_hands_running_jobs_back(parts):
     assert released.owner is None and released.status == "queued" and not released.terminal
     # Another runner takes it at once, without waiting for the lease to go stale.
     assert store.claim(released.id, "r2", now=1000.5, lease_s=10) is not None
+
+
+def test_shutdown_drains_every_listener(parts):
+    # A webhook still being delivered at shutdown is waited for (listeners.WebhookDelivery.drain).
+    store, artifacts = parts
+    drained = []
+
+    class Recording(JobListener):
+        async def drain(self, timeout_s):
+            drained.append(timeout_s)
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000)
+        runner.listeners.append(Recording())
+        await runner.shutdown()
+
+    asyncio.run(scenario())
+    assert drained == [LISTENER_DRAIN_S]
 
 
 def test_a_job_interrupted_too_often_fails_instead_of_looping(parts):
