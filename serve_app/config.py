@@ -123,9 +123,7 @@ class ServiceArgs(StrictModel):
     job_store: str = Field(
         "",
         description="Where jobs are kept: '' (SQLite file in data_dir), 'sqlite:///path.db', or "
-        "'redis://host:port/db' (shared by several gateway replicas or nodes). Redis calls time out after "
-        "1 s (connect and read; a 503 with Retry-After); '?socket_timeout=3&socket_connect_timeout=2' on the "
-        "URL sets others.",
+        "'redis://host:port/db' (shared by several gateway replicas or nodes).",
     )
     artifact_store: str = Field(
         "",
@@ -148,8 +146,8 @@ class ServiceArgs(StrictModel):
     cache_enabled: bool = Field(True, description="Serve repeated requests from the result cache.")
     cache_store: str = Field(
         "",
-        description="Cache index: '' (SQLite file in data_dir) or 'redis://host:port/db' (timeouts as for "
-        "job_store). Cached files go to the artifact store.",
+        description="Cache index: '' (SQLite file in data_dir) or 'redis://host:port/db'. Cached files go "
+        "to the artifact store.",
     )
     cache_ttl_s: float = Field(86400.0, gt=0, description="Seconds a cached video is served (one day).")
     cache_max_bytes: int = Field(

@@ -19,7 +19,6 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
 
 
@@ -209,7 +208,9 @@ class RedisCacheIndex:
     (SET EX); an LRU sorted set and a size hash bound the total."""
 
     def __init__(self, url: str, prefix: str = "wanserve:cache") -> None:
-        self._r = open_redis(url)
+        import redis
+
+        self._r = redis.Redis.from_url(url, decode_responses=True)
         self._p = prefix
         self._release = self._r.register_script(_RELEASE_IF_OURS)
 

@@ -37,13 +37,10 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-# Unused here, imported all the same: without the optional client this module fails
-# to import, which stores.py turns into an install hint.
-import redis  # noqa: F401
+import redis
 
 from serve_app.errors import NotFound
 from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
-from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
 
 # KEYS: job, jobs, queued, active[, idem]
@@ -141,7 +138,7 @@ def _not_found(job_id: str) -> NotFound:
 class RedisJobStore:
     def __init__(self, url: str, prefix: str = "wanserve") -> None:
         self.prefix = prefix
-        self._redis = open_redis(url)
+        self._redis = redis.Redis.from_url(url, decode_responses=True)
         self._create = self._redis.register_script(_CREATE)
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)

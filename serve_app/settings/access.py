@@ -135,9 +135,7 @@ class AccessConfig(_Strict):
     store: str = Field(
         "",
         description="Where limiter state lives: '' (in each gateway process: limits are per replica) or "
-        "'redis://host:port/db' / 'rediss://...' (shared by all gateway replicas, so limits hold across them). "
-        "Redis calls time out after 1 s (a 503); '?socket_timeout=3&socket_connect_timeout=2' on the URL "
-        "sets others.",
+        "'redis://host:port/db' / 'rediss://...' (shared by all gateway replicas, so limits hold across them).",
     )
     store_prefix: str = Field("wanserve:access", min_length=1, description="Prefix of the limiter's Redis keys.")
     max_body_bytes: int = Field(
