@@ -83,7 +83,64 @@ def compile_blocks(transformer, mode: str, dynamic: bool, fullgraph: bool = True
     # Each distinct (batch==1, dtype, FP8 subclass) combination is a graph;
     # the default limit of 8 is close once an FP8 copy shares the function.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    return install_compiled(blocks, mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph)
+    kernel = hoist_sdpa_kernel(transformer)
+    return install_compiled(
+        blocks,
+        wrap=None if kernel is None else _entering(kernel),
+        mode=None if mode == "default" else mode,
+        dynamic=dynamic,
+        fullgraph=fullgraph,
+    )
+
+
+# diffusers' `_native_{cudnn,flash,efficient,math}` backends enter
+# `sdpa_kernel(...)` inside every attention call. Traced by dynamo, that context
+# manager puts calls to torch._C's SDPA switches into the graph, and AOTAutograd's
+# cache refuses such graphs (counter `autograd_cache_bypass`): each restart redid
+# AOTAutograd for the DiT (~7 s of an H100 replica's warm-up with warm caches).
+# Entered around the compiled block instead, the switches hold while the graph is
+# traced, SDPA's dispatcher picks the same kernel into the graph, and it caches.
+_SDPA_KERNEL_OF_BACKEND = {
+    "_native_cudnn": "CUDNN_ATTENTION",
+    "_native_flash": "FLASH_ATTENTION",
+    "_native_efficient": "EFFICIENT_ATTENTION",
+    "_native_math": "MATH",
+}
+HOISTED_ATTENTION = "_serve_hoisted_attention"
+
+
+def hoist_sdpa_kernel(transformer):
+    """If the DiT's attention is one of diffusers' pinned-kernel SDPA backends, point its
+    processors at plain native SDPA and return that kernel (a `torch.nn.attention.SDPBackend`)
+    for the caller to enter around the compiled code; else None. `uncompile_blocks` undoes it."""
+    from torch.nn.attention import SDPBackend
+
+    backend = attention_in_effect(transformer)
+    if backend not in _SDPA_KERNEL_OF_BACKEND:
+        return None
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    for processor in _attention_processors(transformer):
+        processor._attention_backend = AttentionBackendName.NATIVE
+    setattr(transformer, HOISTED_ATTENTION, backend)
+    return getattr(SDPBackend, _SDPA_KERNEL_OF_BACKEND[backend])
+
+
+def _entering(kernel):
+    """Wrap a compiled function so that it runs inside `sdpa_kernel(kernel)`."""
+    import functools
+
+    from torch.nn.attention import sdpa_kernel
+
+    def wrap(compiled):
+        @functools.wraps(compiled)
+        def run(*args, **kwargs):
+            with sdpa_kernel(kernel):
+                return compiled(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 def compile_text_encoder(text_encoder) -> int:
@@ -101,10 +158,17 @@ def compile_text_encoder(text_encoder) -> int:
 
 
 def uncompile_blocks(transformer) -> None:
-    """Back to the class's eager forward (the instance attribute goes)."""
+    """Back to the class's eager forward (the instance attribute goes), and the attention
+    backend that `hoist_sdpa_kernel` moved out of the processors back into them."""
     for module in transformer.modules():
         if "forward" in vars(module) and hasattr(vars(module)["forward"], "__func__"):
             del module.forward
+    hoisted = vars(transformer).pop(HOISTED_ATTENTION, None)
+    if hoisted is not None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        for processor in _attention_processors(transformer):
+            processor._attention_backend = AttentionBackendName(hoisted)
 
 
 # --- attention ---------------------------------------------------------------------------
@@ -117,15 +181,22 @@ def attention_in_effect(transformer) -> str:
     means its default, native SDPA, where PyTorch picks flash, cuDNN or
     memory-efficient kernels per call.
     """
+    hoisted = getattr(transformer, HOISTED_ATTENTION, None)
+    if hoisted is not None:
+        return hoisted  # the same kernel, entered around the compiled blocks
     names = set()
-    for module in transformer.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None:
-            backend = getattr(processor, "_attention_backend", None)
-            names.add(getattr(backend, "value", backend) or "native")
+    for processor in _attention_processors(transformer):
+        backend = getattr(processor, "_attention_backend", None)
+        names.add(getattr(backend, "value", backend) or "native")
     if not names:
         return "unknown"
     return ",".join(sorted(names))
+
+
+def _attention_processors(transformer) -> list:
+    """The processors that dispatch through diffusers' attention backends."""
+    processors = (getattr(m, "processor", None) for m in transformer.modules())
+    return [p for p in processors if p is not None and hasattr(p, "_attention_backend")]
 
 
 # --- FP8 ----------------------------------------------------------------------------------

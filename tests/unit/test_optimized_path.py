@@ -196,9 +196,12 @@ def test_compiled_blocks_equal_eager_and_share_one_graph(pipes, tiny_profile, da
     import torch
     from torch._dynamo.utils import counters
 
-    from serve_app.pipeline.optimize import uncompile_blocks
+    from serve_app.pipeline.optimize import attention_in_effect, uncompile_blocks
 
     pipe = load_pipeline(tiny_profile, data_dir, "denoiser")  # its own copy: compile patches the blocks
+    # A pinned-kernel backend, as GPU profiles have (sdpa-cudnn is `_native_cudnn`);
+    # MATH is the one of them a CPU runs.
+    pipe.transformer.set_attention_backend("_native_math")
     torch._dynamo.reset()
     counters.clear()
     runtime = DenoiserRuntime(pipe, SpeedOptions(compile="default", compile_dynamic=True))
@@ -210,9 +213,14 @@ def test_compiled_blocks_equal_eager_and_share_one_graph(pipes, tiny_profile, da
             np.testing.assert_allclose(ours, _plain(pipes, params, emb, tiny_profile), rtol=0, atol=COMPILE_ATOL)
         # Every block and both shapes ran one compiled graph: no recompiles per block or size.
         assert counters["stats"]["unique_graphs"] == 1
+        # ... and that graph is one AOTAutograd's cache keeps, so a restart skips AOTAutograd.
+        assert counters["aot_autograd"]["autograd_cache_bypass"] == 0
+        assert counters["aot_autograd"]["autograd_cache_miss"] + counters["aot_autograd"]["autograd_cache_hit"] >= 1
+        assert runtime.describe()["attention_backend"] == "_native_math"
     finally:
         uncompile_blocks(pipe.transformer)
         torch._dynamo.reset()
+    assert attention_in_effect(pipe.transformer) == "_native_math"  # back in the processors
 
 
 def test_batched_requests_equal_each_alone_and_a_request_joins_mid_loop(pipes, tiny_profile):
