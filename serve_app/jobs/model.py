@@ -80,6 +80,9 @@ class JobRecord(BaseModel):
     revision: int = Field(
         0, description="Bumped by the store on every write: compare_and_save refuses a copy read before another write."
     )
+    attached: bool = Field(
+        False, description="Another request was answered with this job (single flight): not only its creator knows it."
+    )
 
     @classmethod
     def new(
@@ -159,6 +162,26 @@ def mark_delete(job: JobRecord) -> bool:
     return True
 
 
+def joinable(job: JobRecord) -> bool:
+    """Whether another request may be answered with this job: it is on its way to a video."""
+    return not (job.terminal or job.cancel_requested or job.delete_requested)
+
+
+def mark_attached(job: JobRecord) -> bool:
+    if not joinable(job) or job.attached:
+        return False
+    job.attached = True
+    return True
+
+
+def mark_abandoned(job: JobRecord) -> bool:
+    """Cancel a job whose creator hung up, unless someone else may still want it: a retry
+    with its idempotency key would find it, or other requests were answered with it."""
+    if job.idempotency_key is not None or job.attached:
+        return False
+    return mark_cancel(job)
+
+
 def check_list_args(limit: int, order: str) -> None:
     """What both stores refuse in `list` (the API checks the range for clients first)."""
     if order not in ("asc", "desc"):
@@ -207,6 +230,15 @@ class JobStore(Protocol):
         """Set `cancel_requested` and `delete_requested` on a non-terminal job (its runner
         deletes it when its loop stops), atomically as `request_cancel`. A terminal record
         is returned unchanged: the caller deletes it."""
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        """Mark the job `attached` (another request answered with it) if it is `joinable`,
+        atomically; the record, or None if it is not joinable or gone."""
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        """Set `cancel_requested` if nobody but its hung-up creator knows the job (no
+        idempotency key, not attached) and it is not terminal; True if this call set it.
+        Atomic with `attach`: a job is either joined or cancelled, never both."""
 
     def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
         """Jobs ordered by (created_at, id); `after` is an id from the previous

@@ -26,8 +26,9 @@ the one that was read; on a mismatch they read again and re-decide. This is
 WATCH/MULTI's optimistic scheme in one round trip, without pinning a pooled
 connection for the WATCH, and keeps Python as the only JSON encoder (Lua's
 cjson would re-encode floats with 14 digits, losing sub-second created_at).
-save(), compare_and_save() and the flag updates (request_cancel, request_delete)
-write the same way, so each is one step however many clients write the job.
+save(), compare_and_save() and the flag updates (request_cancel, request_delete,
+attach, cancel_abandoned) write the same way, so each is one step however many
+clients write the job.
 register_script re-loads scripts after a Redis restart (NOSCRIPT) by itself.
 
 The scripts also touch keys they build from the prefix rather than receive in
@@ -48,6 +49,9 @@ from serve_app.jobs.model import (
     JobRecord,
     check_list_args,
     claimable_by_anyone,
+    joinable,
+    mark_abandoned,
+    mark_attached,
     mark_cancel,
     mark_delete,
     refuse_reopening,
@@ -242,6 +246,19 @@ class RedisJobStore:
 
     def request_delete(self, job_id: str) -> JobRecord:
         return self._modify(job_id, mark_delete)[0]
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        try:
+            job, _ = self._modify(job_id, mark_attached)
+        except NotFound:
+            return None
+        return job if joinable(job) else None
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        try:
+            return self._modify(job_id, mark_abandoned)[1]
+        except NotFound:
+            return False
 
     def _compare_and_set(self, old_raw: str, new: JobRecord) -> bool:
         """Write `new` if the stored record is still `old_raw`; False if it changed or is gone."""

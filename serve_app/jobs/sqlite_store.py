@@ -9,10 +9,10 @@ as free and both claim it. Inside one process the connection is shared and
 guarded by a lock, since a sqlite3 connection must not run two statements at
 once.
 
-Flag updates (request_cancel, request_delete) and compare_and_save read and write in
-one `BEGIN IMMEDIATE` transaction too: the write lock held from the read on makes
-each one step for every process, which is all one UPDATE would give (and keeps
-pydantic the only JSON encoder).
+Flag updates (request_cancel, request_delete, attach, cancel_abandoned) and
+compare_and_save read and write in one `BEGIN IMMEDIATE` transaction too: the
+write lock held from the read on makes each one step for every process, which
+is all one UPDATE would give (and keeps pydantic the only JSON encoder).
 
 The whole `JobRecord` is stored as JSON; `created_at`, `status`, `owner`,
 `heartbeat_at` and `idempotency_key` are copied into columns only so that
@@ -36,6 +36,9 @@ from serve_app.jobs.model import (
     JobRecord,
     check_list_args,
     claimable_by_anyone,
+    joinable,
+    mark_abandoned,
+    mark_attached,
     mark_cancel,
     mark_delete,
     refuse_reopening,
@@ -204,6 +207,19 @@ class SQLiteJobStore:
 
     def request_delete(self, job_id: str) -> JobRecord:
         return self._modify(job_id, mark_delete)[0]
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        try:
+            job, _ = self._modify(job_id, mark_attached)
+        except NotFound:
+            return None
+        return job if joinable(job) else None
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        try:
+            return self._modify(job_id, mark_abandoned)[1]
+        except NotFound:
+            return False
 
     def delete(self, job_id: str) -> None:
         # The idempotency key lives in the job's row, so it goes with it.

@@ -126,6 +126,31 @@ def test_cancel_and_delete_set_their_flags_only(replicas):
             request(job_id(404))
 
 
+def test_a_hung_up_creator_cancels_only_a_job_nobody_else_knows(replicas):
+    a, b = replicas
+    a.create(make_job(1))
+    a.create(make_job(2, idempotency_key="retry-me"))
+    a.create(make_job(3))
+
+    assert b.cancel_abandoned(job_id(1)) is True
+    assert a.get(job_id(1)).cancel_requested
+    assert b.cancel_abandoned(job_id(1)) is False  # already cancelled
+    assert a.attach(job_id(1)) is None  # nobody joins a cancelled job
+
+    assert b.cancel_abandoned(job_id(2)) is False  # its retry would find it
+    assert not a.get(job_id(2)).cancel_requested
+
+    attached = a.attach(job_id(3))
+    assert attached is not None and attached.attached
+    assert a.attach(job_id(3)) == attached  # a second joiner writes nothing
+    assert b.cancel_abandoned(job_id(3)) is False
+    assert not a.get(job_id(3)).cancel_requested
+
+    assert a.attach(job_id(404)) is None and b.cancel_abandoned(job_id(404)) is False
+    a.create(with_status(make_job(4), "completed"))
+    assert a.attach(job_id(4)) is None and b.cancel_abandoned(job_id(4)) is False
+
+
 def test_no_update_is_lost_when_both_replicas_write_at_once(replicas):
     """Read-change-compare_and_save loops from threads on both clients, released together:
     every increment lands, which a plain read-then-save would not guarantee."""
