@@ -10,6 +10,7 @@ answers 202 at once (`Prefer: respond-async`, or the estimate is too long).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -31,6 +32,8 @@ from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
 from serve_app.policy.load import LoadMonitor, QueueEta
+
+log = logging.getLogger("ray.serve")
 
 # How long past a synchronous request's deadline the gateway waits for the
 # job's own deadline error (which names the step reached) before answering.
@@ -281,7 +284,11 @@ class VideoCreator:
         # With auth on, a job is visible to its own key only, so requests
         # of another key do not attach to it: theirs runs (or, once the
         # first finishes, is a cache hit).
-        return running if running is not None and running.key_id == draft.key_id else None
+        if running is None or running.key_id != draft.key_id:
+            return None
+        # Marked before this request learns the id, so its creator hanging up leaves it
+        # running; None if it was cancelled or ended meanwhile: this request runs its own.
+        return self.store.attach(running.id)
 
     async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision) -> None:
         """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
@@ -353,11 +360,12 @@ class VideoCreator:
         try:
             done = await self.runner.wait(job.id, wait_s)
         except asyncio.CancelledError:
-            # The client went away: nobody will ever learn this job's id, so
-            # its work would be wasted. Stop it at the next step (unless other
-            # identical requests share it).
+            # The client went away. If nobody else can learn this job's id, its work would
+            # be wasted: stop it at the next step. But a retry with the request's
+            # Idempotency-Key finds this job, and identical requests attached to it wait
+            # for it: then it runs on. The store decides atomically with `attach`.
             if owned:
-                self.runner.cancel(job.id)
+                self._cancel_abandoned(job.id)
             raise
         if done.video.status == "completed":
             return CreateOutcome(done.video, 200, headers)
@@ -365,6 +373,13 @@ class VideoCreator:
             raise self._error_of(done)
         # Still running past the wait (the estimate was wrong): it stays a job.
         return CreateOutcome(self.views.public(done), 202, headers)
+
+    def _cancel_abandoned(self, job_id: str) -> None:
+        try:
+            if self.store.cancel_abandoned(job_id):
+                self.runner.cancel(job_id)  # at once when it runs here; otherwise its runner sees the flag
+        except Exception:  # the request is being cancelled: a store error must not replace that
+            log.warning("job %s: no cancel after a hang-up", job_id, extra={"job_id": job_id}, exc_info=True)
 
     @staticmethod
     def _error_of(job: JobRecord) -> ServiceError:

@@ -103,24 +103,24 @@ class VideoViews:
         return (path if path is not None else self.artifacts.get(files, variant)), media_type(variant)
 
     def cancel(self, video_id: str, principal: Principal | None = None) -> VideoObject:
-        job = self._job_for(video_id, principal)
+        self._job_for(video_id, principal)
+        # The flag alone, set in the store in one step: a whole record saved from a copy
+        # would undo what its runner (on any replica) wrote meanwhile, and be undone by it.
+        job = self.store.request_cancel(video_id)
         if job.terminal:
             raise Conflict(f"video {video_id!r} is already {job.video.status}; nothing to cancel", param="video_id")
-        job.cancel_requested = True
-        self.store.save(job)
         self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
-        return self.public(self.store.get(video_id))
+        return self.public(job)
 
     def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
-        job = self._job_for(video_id, principal)
-        if job.terminal:
-            if job.artifact_id is None:  # a cached answer's files belong to the cache
-                self.artifacts.delete(video_id)
-            self.store.delete(video_id)
+        self._job_for(video_id, principal)
+        job = self.store.request_delete(video_id)  # flags only, as in cancel; a finished job is left as it is
+        if not job.terminal:
+            self.runner.cancel(video_id)  # its runner deletes the record when the loop has stopped
             return VideoDeleted(id=video_id)
-        job.cancel_requested = job.delete_requested = True
-        self.store.save(job)
-        self.runner.cancel(video_id)  # its runner deletes the record when the loop has stopped
+        if job.artifact_id is None:  # a cached answer's files belong to the cache
+            self.artifacts.delete(video_id)
+        self.store.delete(video_id)
         return VideoDeleted(id=video_id)
 
     async def events(

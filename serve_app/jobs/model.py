@@ -5,6 +5,15 @@ The store keeps whole `JobRecord`s. Anything a client sees lives in `video`
 job (`owner`) and since when it last proved alive (`heartbeat_at`), so that a
 job whose runner died is picked up by another.
 
+Several writers share each record: the runner holding the job, any gateway
+replica a client cancels or deletes on, a replica taking over after a stale
+lease. So no write replaces a record from a stale copy: a client's cancel or
+delete sets its flag in one atomic store step (`request_cancel`,
+`request_delete`); a runner writes with `compare_and_save`, which refuses a
+record written since it was read (`revision` tells), then reads and decides
+again (serve_app/jobs/writes.py); and no store lets a non-terminal write
+replace a terminal record (`refuse_reopening`).
+
 The video object repeats the settings in `params` (the answer shows what
 ran); `video_settings` is the one place that writes them from `params`, so the
 two cannot drift apart.
@@ -17,6 +26,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from serve_app.api.protocol import VideoObject
+from serve_app.errors import Conflict
 from serve_app.params import GenerationParams
 from serve_app.policy.tiers import changes
 
@@ -67,6 +77,12 @@ class JobRecord(BaseModel):
     )
     error_body: dict | None = Field(None, description="The failing ServiceError's JSON, for synchronous answers.")
     error_status: int | None = Field(None, description="Its HTTP status.")
+    revision: int = Field(
+        0, description="Bumped by the store on every write: compare_and_save refuses a copy read before another write."
+    )
+    attached: bool = Field(
+        False, description="Another request was answered with this job (single flight): not only its creator knows it."
+    )
 
     @classmethod
     def new(
@@ -114,6 +130,58 @@ def claimable_by_anyone(job: JobRecord, now: float, lease_s: float) -> bool:
     return not job.terminal and (job.owner is None or lease_expired(job.heartbeat_at, now, lease_s))
 
 
+class RecordFinished(Conflict):
+    """A write would turn a terminal record back into a running one (a stale copy: the job
+    would run again, or a client would see its finished video go back to in_progress)."""
+
+
+def refuse_reopening(job: JobRecord, stored_status: str) -> None:
+    """Every store's writes call this with the stored record's status."""
+    if stored_status in TERMINAL and not job.terminal:
+        raise RecordFinished(
+            f"video {job.id!r} is already {stored_status}; a write of status {job.status!r} was refused",
+            param="video_id",
+        )
+
+
+# The atomic flag updates. Each store runs one of these on the record as stored, inside
+# one atomic step, and writes the record only when it returns True (see JobStore below).
+
+
+def mark_cancel(job: JobRecord) -> bool:
+    if job.terminal or job.cancel_requested:
+        return False
+    job.cancel_requested = True
+    return True
+
+
+def mark_delete(job: JobRecord) -> bool:
+    if job.terminal or job.delete_requested:
+        return False
+    job.cancel_requested = job.delete_requested = True
+    return True
+
+
+def joinable(job: JobRecord) -> bool:
+    """Whether another request may be answered with this job: it is on its way to a video."""
+    return not (job.terminal or job.cancel_requested or job.delete_requested)
+
+
+def mark_attached(job: JobRecord) -> bool:
+    if not joinable(job) or job.attached:
+        return False
+    job.attached = True
+    return True
+
+
+def mark_abandoned(job: JobRecord) -> bool:
+    """Cancel a job whose creator hung up, unless someone else may still want it: a retry
+    with its idempotency key would find it, or other requests were answered with it."""
+    if job.idempotency_key is not None or job.attached:
+        return False
+    return mark_cancel(job)
+
+
 def check_list_args(limit: int, order: str) -> None:
     """What both stores refuse in `list` (the API checks the range for clients first)."""
     if order not in ("asc", "desc"):
@@ -128,6 +196,10 @@ class JobStore(Protocol):
 
     Every method is synchronous and quick (local file or a nearby Redis);
     callers on an event loop call them directly.
+
+    Every write stores the record with `revision` one above the stored one (and sets
+    it on the caller's `job` too), and refuses (RecordFinished) to replace a terminal
+    record with a non-terminal one.
     """
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
@@ -138,10 +210,35 @@ class JobStore(Protocol):
         """The job, or raise serve_app.errors.NotFound."""
 
     def save(self, job: JobRecord) -> None:
-        """Overwrite the stored job (last writer wins)."""
+        """Overwrite the stored job (last writer wins), unless that would make a terminal
+        record non-terminal. Only for writers no other writer races (tests, a terminal
+        record's webhook state): runners use `compare_and_save`, clients' routes the flags."""
 
     def delete(self, job_id: str) -> None:
         """Remove the job, its idempotency key and its events; unknown ids are ignored."""
+
+    def compare_and_save(self, job: JobRecord) -> bool:
+        """Write `job` only if the stored record's revision is still `job.revision`: nothing
+        wrote it since `job` was read. False if something did (read again, decide again);
+        NotFound if it is gone; RecordFinished as in `save`."""
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Set `cancel_requested` on a non-terminal job, in one atomic step that changes
+        nothing else. Returns the record as stored after; NotFound if there is none."""
+
+    def request_delete(self, job_id: str) -> JobRecord:
+        """Set `cancel_requested` and `delete_requested` on a non-terminal job (its runner
+        deletes it when its loop stops), atomically as `request_cancel`. A terminal record
+        is returned unchanged: the caller deletes it."""
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        """Mark the job `attached` (another request answered with it) if it is `joinable`,
+        atomically; the record, or None if it is not joinable or gone."""
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        """Set `cancel_requested` if nobody but its hung-up creator knows the job (no
+        idempotency key, not attached) and it is not terminal; True if this call set it.
+        Atomic with `attach`: a job is either joined or cancelled, never both."""
 
     def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
         """Jobs ordered by (created_at, id); `after` is an id from the previous

@@ -26,6 +26,9 @@ the one that was read; on a mismatch they read again and re-decide. This is
 WATCH/MULTI's optimistic scheme in one round trip, without pinning a pooled
 connection for the WATCH, and keeps Python as the only JSON encoder (Lua's
 cjson would re-encode floats with 14 digits, losing sub-second created_at).
+save(), compare_and_save() and the flag updates (request_cancel, request_delete,
+attach, cancel_abandoned) write the same way, so each is one step however many
+clients write the job.
 register_script re-loads scripts after a Redis restart (NOSCRIPT) by itself.
 
 The scripts also touch keys they build from the prefix rather than receive in
@@ -35,12 +38,24 @@ KEYS; that is fine on one Redis (or a Sentinel primary), not on Redis Cluster.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Literal
 
 import redis
 
 from serve_app.errors import NotFound
-from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
+from serve_app.jobs.model import (
+    TERMINAL,
+    JobRecord,
+    check_list_args,
+    claimable_by_anyone,
+    joinable,
+    mark_abandoned,
+    mark_attached,
+    mark_cancel,
+    mark_delete,
+    refuse_reopening,
+)
 from serve_app.redis_errors import unavailable_as_503
 
 # KEYS: job, jobs, queued, active[, idem]
@@ -185,8 +200,65 @@ class RedisJobStore:
     def save(self, job: JobRecord) -> None:
         # Written only over an existing record: a runner finishing a job that
         # was deleted meanwhile must not bring it back.
-        if self._put(keys=self._index_keys(job.id), args=self._index_args(job)) == -1:
+        while True:
+            found = self._read(job.id)
+            if found is None:
+                raise _not_found(job.id)
+            stored, raw = found
+            refuse_reopening(job, stored.status)
+            written = job.model_copy(update={"revision": stored.revision + 1})
+            if self._compare_and_set(raw, written):
+                job.revision = written.revision
+                return
+
+    def compare_and_save(self, job: JobRecord) -> bool:
+        found = self._read(job.id)
+        if found is None:
             raise _not_found(job.id)
+        stored, raw = found
+        if stored.revision != job.revision:
+            return False
+        refuse_reopening(job, stored.status)
+        written = job.model_copy(update={"revision": job.revision + 1})
+        # Through the one write script every record write takes (its indexes stay whole);
+        # it compares the stored JSON with what was just read, so nothing slips in between.
+        if not self._compare_and_set(raw, written):
+            return False
+        job.revision = written.revision
+        return True
+
+    def _modify(self, job_id: str, change: Callable[[JobRecord], bool]) -> tuple[JobRecord, bool]:
+        """Run `change` on the stored record and write it if it returns True, as one step
+        (retried on a concurrent write). Returns (the record as stored after, whether written)."""
+        while True:
+            found = self._read(job_id)
+            if found is None:
+                raise _not_found(job_id)
+            job, raw = found
+            if not change(job):
+                return job, False
+            job.revision += 1
+            if self._compare_and_set(raw, job):
+                return job, True
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        return self._modify(job_id, mark_cancel)[0]
+
+    def request_delete(self, job_id: str) -> JobRecord:
+        return self._modify(job_id, mark_delete)[0]
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        try:
+            job, _ = self._modify(job_id, mark_attached)
+        except NotFound:
+            return None
+        return job if joinable(job) else None
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        try:
+            return self._modify(job_id, mark_abandoned)[1]
+        except NotFound:
+            return False
 
     def _compare_and_set(self, old_raw: str, new: JobRecord) -> bool:
         """Write `new` if the stored record is still `old_raw`; False if it changed or is gone."""
@@ -216,7 +288,9 @@ class RedisJobStore:
             job, raw = found
             if not claimable_by_anyone(job, now, lease_s):
                 return None
-            claimed = job.model_copy(update={"owner": owner, "heartbeat_at": now, "attempts": job.attempts + 1})
+            claimed = job.model_copy(
+                update={"owner": owner, "heartbeat_at": now, "attempts": job.attempts + 1, "revision": job.revision + 1}
+            )
             if self._compare_and_set(raw, claimed):
                 return claimed
             # Someone wrote the job between our read and our write: decide again on what is there now.
@@ -227,7 +301,7 @@ class RedisJobStore:
             if found is None or found[0].owner != owner:
                 return False
             job, raw = found
-            if self._compare_and_set(raw, job.model_copy(update={"heartbeat_at": now})):
+            if self._compare_and_set(raw, job.model_copy(update={"heartbeat_at": now, "revision": job.revision + 1})):
                 return True
 
     def claimable(self, now: float, lease_s: float, limit: int) -> list[str]:

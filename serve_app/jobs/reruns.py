@@ -7,29 +7,52 @@ denoiser ran out of GPU memory); these say what the job record must then hold.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from serve_app.errors import NotFound, ServiceError
+from serve_app.errors import ServiceError
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.writes import update_owned
 from serve_app.params import GenerationParams
 
 log = logging.getLogger("ray.serve")
 
 
-def count_next_attempt(store: JobStore, job_id: str, exc: ServiceError, max_attempts: int) -> JobRecord:
+def count_next_attempt(store: JobStore, job_id: str, owner: str, exc: ServiceError, max_attempts: int) -> JobRecord:
     """The job with one more attempt counted and saved; re-raises `exc` when none is
-    left, or when the job was deleted or cancelled meanwhile."""
-    try:
-        current = store.get(job_id)
-    except NotFound:
-        raise exc from None
-    if current.attempts >= max_attempts or current.cancel_requested:
+    left, or when the job was deleted, cancelled or taken over meanwhile."""
+
+    def next_attempt(job: JobRecord) -> bool:
+        if job.attempts >= max_attempts or job.cancel_requested:
+            return False
+        job.attempts += 1
+        job.video.progress = 0
+        return True
+
+    current, written = update_owned(store, job_id, owner, next_attempt)
+    if current is None or not written:
         raise exc
-    current.attempts += 1
-    current.video.progress = 0
-    store.save(current)
     log.warning(
         "job %s: %s; run %d of %d", job_id, exc.message, current.attempts, max_attempts, extra={"job_id": job_id}
     )
+    return current
+
+
+async def lower_tier(
+    store: JobStore, cache: Any, job: JobRecord, owner: str, params: GenerationParams, tier: str, exc: ServiceError
+) -> JobRecord:
+    """The job rewritten to run `params` at `tier`, and saved; re-raises `exc` when the job
+    was deleted or taken over meanwhile."""
+    if job.cache_key is not None and cache is not None:
+        # These pixels are not the cached key's: never fill it with them.
+        await cache.release(job.cache_key, job.id)
+
+    def rewrite(current: JobRecord) -> bool:
+        rewrite_for_tier(current, params, tier)
+        return True
+
+    current, written = update_owned(store, job.id, owner, rewrite)
+    if current is None or not written:
+        raise exc
     return current
 
 

@@ -10,8 +10,9 @@ The store is the source of truth and the only channel between replicas:
 status, progress and the per-job event log (what SSE and WebSocket clients
 read) all go through it, so any replica can answer for any job.
 
-This module holds claims, leases, heartbeats, the run and the job's terminal
-record. Beside it: what follows from a job ending (files, metrics, the cache,
+This module holds claims, leases, heartbeats and the run. Beside it: how the
+runner writes its job's record without undoing other replicas' writes in
+`writes.py`, what follows from a job ending (files, metrics, the cache,
 webhooks) in `listeners.py`, the event log in `events.py`, rerun bookkeeping
 in `reruns.py`, freeing expired files in `expiry.py`.
 """
@@ -25,16 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 from serve_app import metrics
-from serve_app.api.protocol import VideoError, VideoTimings
 from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
-from serve_app.errors import GpuOutOfMemory, NotFound, RequestCancelled, ServiceError, StageFailed, StageLost
+from serve_app.errors import GpuOutOfMemory, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
 from serve_app.jobs.model import JobRecord, JobStore
-from serve_app.jobs.reruns import count_next_attempt, rewrite_for_tier
+from serve_app.jobs.reruns import count_next_attempt, lower_tier
+from serve_app.jobs.writes import completed, end_job, failed, hand_back, update_owned
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
 from serve_app.policy.eta import job_work
@@ -273,128 +274,67 @@ class JobRunner:
             try:
                 return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress, job_id=job_id)
             except StageLost as exc:
-                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
+                error, current = exc, count_next_attempt(self.store, job_id, self.owner, exc, self.max_attempts)
             except GpuOutOfMemory as exc:
                 if exc.details.get("stage") != "denoiser" or self.lower_memory is None:
                     raise
-                error, current = exc, count_next_attempt(self.store, job_id, exc, self.max_attempts)
+                error, current = exc, count_next_attempt(self.store, job_id, self.owner, exc, self.max_attempts)
                 lowered = self.lower_memory(current.params) if current.oom_retries == 0 else None
                 if lowered is None:
                     raise
-                await self._lower_tier(current, *lowered)
+                current = await lower_tier(self.store, self.cache, current, self.owner, *lowered, exc)
             params = current.params
             metrics.job_retried(error.code)
             self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
 
-    async def _lower_tier(self, job: JobRecord, params: GenerationParams, tier: str) -> None:
-        if job.cache_key is not None and self.cache is not None:
-            # These pixels are not the cached key's: never fill it with them.
-            await self.cache.release(job.cache_key, job.id)
-        rewrite_for_tier(job, params, tier)
-        self.store.save(job)
-
     async def _on_step(self, job_id: str, progress: StepProgress, started: float) -> None:
-        try:
-            job = self.store.get(job_id)
-        except NotFound:
+        percent = min(int(100 * progress.step / progress.total_steps), 99)  # 100 only once the mp4 is stored
+
+        def advance(job: JobRecord) -> bool:
+            if job.cancel_requested:
+                return False
+            job.video.status, job.video.progress = "in_progress", percent
+            job.heartbeat_at = self.clock()
+            return True
+
+        job, written = update_owned(self.store, job_id, self.owner, advance)
+        if job is None:
+            return  # deleted meanwhile; its runner stops at the next heartbeat
+        if not written:
+            if job.owner != self.owner or job.terminal:
+                self._lost(job_id)  # taken over (and perhaps finished) by another replica
+            elif job.cancel_requested:
+                self.cancel(job_id)
             return
-        if job.terminal:
-            return
-        if job.cancel_requested and self.cancel(job_id):
-            return
-        percent = int(100 * progress.step / progress.total_steps)
-        job.video.status = "in_progress"
-        job.video.progress = min(percent, 99)  # 100 only once the mp4 is stored
-        job.heartbeat_at = self.clock()
-        try:
-            self.store.save(job)
-        except NotFound:
-            return  # deleted meanwhile; its runner stops at the next check
         if progress.step == 1:
             metrics.queue_wait(max(0.0, self.clock() - job.created_at))
-        self._events.append(job_id, progress_event(progress, job.video.progress, time.perf_counter() - started))
+        self._events.append(job_id, progress_event(progress, percent, time.perf_counter() - started))
 
     async def _complete(self, job_id: str, result) -> None:
-        try:
-            job = self.store.get(job_id)
-        except NotFound:
-            return  # deleted while it ran: nothing to keep
-        now = self.clock()
-        job.video.status, job.video.progress = "completed", 100
-        job.video.completed_at = int(now)
-        job.video.expires_at = int(now + self.artifact_ttl_s)
-        job.video.timings = VideoTimings(
-            prompt_encode_s=round(result.prompt_encode_s, 4),
-            denoise_s=round(result.denoise_s, 4),
-            decode_s=round(result.video.decode_s, 4),
-            encode_s=round(result.video.encode_s, 4),
-            total_s=round(result.total_s, 4),
-        )
-        await self._finish(job, result)
+        await self._finish(job_id, completed(result, self.clock(), self.artifact_ttl_s), result)
 
     async def _fail(self, job_id: str, exc: ServiceError) -> None:
-        try:
-            job = self.store.get(job_id)
-        except NotFound:
-            return
-        job.video.status = "failed"
-        job.video.error = VideoError(code=exc.code, message=exc.message)
-        job.error_body, job.error_status = exc.to_dict(), exc.status_code
-        job.video.completed_at = int(self.clock())
-        await self._finish(job, None)
+        await self._finish(job_id, failed(exc, self.clock()), None)
 
-    async def _finish(self, job: JobRecord, result: Any) -> None:
-        """Write the job's terminal record (or delete it, as its client asked), with the
-        listeners before and after. `result`: the graph's, or None for a failed job."""
-        for listener in self.listeners:
-            if result is not None:
-                # Unguarded: an error means the result was not kept, and `_run` fails the job.
-                await listener.before_record(job, result)
-                continue
-            try:
-                await listener.before_record(job, None)
-            except Exception:
-                log.exception(
-                    "job %s: %s failed before its record", job.id, type(listener).__name__, extra={"job_id": job.id}
-                )
-        gone = self._write_terminal(job)
-        for listener in self.listeners:
-            try:
-                await listener.after_record(job, result, gone)
-            except Exception:
-                log.exception(
-                    "job %s: %s failed after its record", job.id, type(listener).__name__, extra={"job_id": job.id}
-                )
-
-    def _write_terminal(self, job: JobRecord) -> bool:
-        """Save the terminal record and its event; True if the record is gone instead."""
-        job.owner = None
-        if job.delete_requested:
-            self.store.delete(job.id)
-            self._events.notify()
-            return True
-        if job.webhook_url:
-            job.webhook_state = "pending"  # in the store before any delivery starts
-        try:
-            self.store.save(job)
-        except NotFound:
-            return True  # deleted meanwhile
-        self._events.append(job.id, {"type": job.video.status, "video": job.video.model_dump()})
-        return False
+    async def _finish(self, job_id: str, finish: Callable[[JobRecord], None], result: Any) -> None:
+        if not await end_job(self.store, self.owner, self.listeners, self._events, job_id, finish, result):
+            self._warn_lost(job_id)  # its new runner writes the outcome and calls the listeners
 
     def _release(self, job_id: str) -> None:
         """Give a job back (shutdown): another replica claims it without waiting for the lease."""
-        try:
-            job = self.store.get(job_id)
-        except NotFound:
-            return
-        if not job.terminal and job.owner == self.owner:
-            job.owner, job.heartbeat_at = None, None
-            job.video.status, job.video.progress = "queued", 0
-            try:
-                self.store.save(job)
-            except NotFound:
-                pass
+        update_owned(self.store, job_id, self.owner, hand_back)
+
+    def _lost(self, job_id: str) -> None:
+        """Stop running a job another runner holds now, writing nothing."""
+        self._warn_lost(job_id)
+        self._cancel_reason[job_id] = "shutdown"
+        task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    @staticmethod
+    def _warn_lost(job_id: str) -> None:
+        log.warning("job %s: lease lost to another runner; stopping here", job_id, extra={"job_id": job_id})
 
     async def wait_for_change(self, timeout: float) -> None:
         """Until this replica writes an event, or `timeout` seconds."""
@@ -414,11 +354,7 @@ class JobRunner:
                 log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
                 continue
             if not alive:
-                log.warning("job %s: lease lost to another runner; stopping here", job_id, extra={"job_id": job_id})
-                self._cancel_reason[job_id] = "shutdown"
-                task = self._tasks.get(job_id)
-                if task is not None:
-                    task.cancel()
+                self._lost(job_id)
                 return
             if cancel_requested:
                 self.cancel(job_id)

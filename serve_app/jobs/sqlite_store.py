@@ -9,6 +9,11 @@ as free and both claim it. Inside one process the connection is shared and
 guarded by a lock, since a sqlite3 connection must not run two statements at
 once.
 
+Flag updates (request_cancel, request_delete, attach, cancel_abandoned) and
+compare_and_save read and write in one `BEGIN IMMEDIATE` transaction too: the
+write lock held from the read on makes each one step for every process, which
+is all one UPDATE would give (and keeps pydantic the only JSON encoder).
+
 The whole `JobRecord` is stored as JSON; `created_at`, `status`, `owner`,
 `heartbeat_at` and `idempotency_key` are copied into columns only so that
 queries can filter and order on them, and every write rewrites them from the
@@ -20,13 +25,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from serve_app.errors import NotFound
-from serve_app.jobs.model import TERMINAL, JobRecord, check_list_args, claimable_by_anyone
+from serve_app.jobs.model import (
+    TERMINAL,
+    JobRecord,
+    check_list_args,
+    claimable_by_anyone,
+    joinable,
+    mark_abandoned,
+    mark_attached,
+    mark_cancel,
+    mark_delete,
+    refuse_reopening,
+)
 
 # How long a statement waits for another process's write lock before it
 # fails with "database is locked". Writes are single-row and quick, so a
@@ -116,6 +132,34 @@ class SQLiteJobStore:
         )
         return cursor.rowcount
 
+    def _stored(self, conn: sqlite3.Connection, job_id: str) -> tuple[int, str]:
+        """(revision, status) of the stored record; NotFound if there is none."""
+        row = conn.execute(
+            "SELECT COALESCE(json_extract(record, '$.revision'), 0), status FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return row[0], row[1]
+
+    def _write_next_revision(self, conn: sqlite3.Connection, job: JobRecord, stored: tuple[int, str]) -> int:
+        revision, status = stored
+        refuse_reopening(job, status)
+        self._update(conn, job.model_copy(update={"revision": revision + 1}))
+        return revision + 1
+
+    def _modify(self, job_id: str, change: Callable[[JobRecord], bool]) -> tuple[JobRecord, bool]:
+        """Run `change` on the stored record and write it if it returns True, as one step.
+        Returns (the record as stored after, whether it was written)."""
+        with self._lock, self._write() as conn:
+            job = self._load(conn, job_id)
+            if job is None:
+                raise _not_found(job_id)
+            if not change(job):
+                return job, False
+            job.revision += 1
+            self._update(conn, job)
+        return job, True
+
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         with self._lock, self._write() as conn:
             if job.idempotency_key is not None:
@@ -146,8 +190,36 @@ class SQLiteJobStore:
         # An UPDATE, not an upsert: a runner finishing a job that was deleted
         # meanwhile must not bring it back.
         with self._lock, self._write() as conn:
-            if not self._update(conn, job):
-                raise _not_found(job.id)
+            revision = self._write_next_revision(conn, job, self._stored(conn, job.id))
+        job.revision = revision
+
+    def compare_and_save(self, job: JobRecord) -> bool:
+        with self._lock, self._write() as conn:
+            stored = self._stored(conn, job.id)
+            if stored[0] != job.revision:
+                return False
+            revision = self._write_next_revision(conn, job, stored)
+        job.revision = revision
+        return True
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        return self._modify(job_id, mark_cancel)[0]
+
+    def request_delete(self, job_id: str) -> JobRecord:
+        return self._modify(job_id, mark_delete)[0]
+
+    def attach(self, job_id: str) -> JobRecord | None:
+        try:
+            job, _ = self._modify(job_id, mark_attached)
+        except NotFound:
+            return None
+        return job if joinable(job) else None
+
+    def cancel_abandoned(self, job_id: str) -> bool:
+        try:
+            return self._modify(job_id, mark_abandoned)[1]
+        except NotFound:
+            return False
 
     def delete(self, job_id: str) -> None:
         # The idempotency key lives in the job's row, so it goes with it.
@@ -178,7 +250,9 @@ class SQLiteJobStore:
             job = self._load(conn, job_id)
             if job is None or not claimable_by_anyone(job, now, lease_s):
                 return None
-            job = job.model_copy(update={"owner": owner, "heartbeat_at": now, "attempts": job.attempts + 1})
+            job = job.model_copy(
+                update={"owner": owner, "heartbeat_at": now, "attempts": job.attempts + 1, "revision": job.revision + 1}
+            )
             self._update(conn, job)
         return job
 
@@ -187,7 +261,7 @@ class SQLiteJobStore:
             job = self._load(conn, job_id)
             if job is None or job.owner != owner:
                 return False
-            self._update(conn, job.model_copy(update={"heartbeat_at": now}))
+            self._update(conn, job.model_copy(update={"heartbeat_at": now, "revision": job.revision + 1}))
         return True
 
     def claimable(self, now: float, lease_s: float, limit: int) -> list[str]:

@@ -20,22 +20,26 @@ def store(tmp_path):
 
 
 def test_an_attempt_is_counted_and_saved_until_none_is_left(store):
-    job = make_job(1, attempts=1)
+    job = make_job(1, attempts=1, owner="r1")
     job.video.progress = 40
     store.create(job)
-    current = count_next_attempt(store, job.id, LOST, max_attempts=2)
+    current = count_next_attempt(store, job.id, "r1", LOST, max_attempts=2)
     assert (current.attempts, current.video.progress) == (2, 0)
     assert store.get(current.id).attempts == 2
     with pytest.raises(StageLost):
-        count_next_attempt(store, current.id, LOST, max_attempts=2)
+        count_next_attempt(store, current.id, "r1", LOST, max_attempts=2)
 
 
-def test_no_rerun_for_a_cancelled_or_deleted_job(store):
-    store.create(make_job(1, cancel_requested=True))
+def test_no_rerun_for_a_cancelled_deleted_or_taken_over_job(store):
+    store.create(make_job(1, cancel_requested=True, owner="r1"))
     with pytest.raises(StageLost):
-        count_next_attempt(store, make_job(1).id, LOST, max_attempts=3)
+        count_next_attempt(store, make_job(1).id, "r1", LOST, max_attempts=3)
     with pytest.raises(StageLost):
-        count_next_attempt(store, make_job(2).id, LOST, max_attempts=3)  # never stored: deleted
+        count_next_attempt(store, make_job(2).id, "r1", LOST, max_attempts=3)  # never stored: deleted
+    store.create(make_job(3, owner="r2"))  # another runner took it over after this one's lease lapsed
+    with pytest.raises(StageLost):
+        count_next_attempt(store, make_job(3).id, "r1", LOST, max_attempts=3)
+    assert store.get(make_job(3).id).attempts == 0
 
 
 def test_a_job_rewritten_for_a_lower_tier_describes_its_video_and_what_was_asked():
