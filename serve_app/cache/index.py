@@ -6,6 +6,11 @@ Both backends bound the total size (least recently used go first) and
 expire entries after their TTL; what they drop is returned so the caller
 deletes the files. They also hold the single-flight claims: which job is
 generating a key right now.
+
+Files are tracked apart from entries: a key is tracked before its files are
+written and untracked once they are deleted, so files that a crash or a
+failed delete left without an entry are found (`orphaned_files`) and
+collected, never leaked.
 """
 
 from __future__ import annotations
@@ -60,6 +65,16 @@ class CacheIndex(Protocol):
 
     def release_inflight(self, key: str, job_id: str) -> None: ...
 
+    def track_files(self, key: str, now: float) -> None:
+        """Note that `key`'s files are about to be written (before the first byte)."""
+
+    def untrack_files(self, keys: list[str]) -> None:
+        """Their files are deleted."""
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        """Tracked keys without an entry, tracked before `tracked_before` (fills in progress
+        are younger): their files are nobody's."""
+
     def stats(self) -> dict: ...
 
     def close(self) -> None: ...
@@ -85,6 +100,9 @@ class SQLiteCacheIndex:
                 created_at REAL NOT NULL, expires_at REAL NOT NULL, last_access REAL NOT NULL);
             CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
             CREATE TABLE IF NOT EXISTS inflight(key TEXT PRIMARY KEY, job_id TEXT NOT NULL, expires_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS files(key TEXT PRIMARY KEY, tracked_at REAL NOT NULL);
+            -- Entries filled before files were tracked: theirs are tracked from now on.
+            INSERT OR IGNORE INTO files SELECT key, created_at FROM entries;
             """
         )
 
@@ -184,6 +202,22 @@ class SQLiteCacheIndex:
     def release_inflight(self, key: str, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM inflight WHERE key = ? AND job_id = ?", (key, job_id))
+
+    def track_files(self, key: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (key, now))
+
+    def untrack_files(self, keys: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM files WHERE key = ?", [(k,) for k in keys])
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM files WHERE tracked_at < ? AND key NOT IN (SELECT key FROM entries)",
+                (tracked_before,),
+            ).fetchall()
+        return [k for (k,) in rows]
 
     def stats(self) -> dict:
         with self._lock:
@@ -293,6 +327,23 @@ class RedisCacheIndex:
 
     def release_inflight(self, key: str, job_id: str) -> None:
         self._release(keys=[self._k("inflight", key)], args=[job_id])
+
+    def track_files(self, key: str, now: float) -> None:
+        self._r.hset(self._k("files"), key, now)
+
+    def untrack_files(self, keys: list[str]) -> None:
+        if keys:
+            self._r.hdel(self._k("files"), *keys)
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        tracked = [k for k, at in self._r.hgetall(self._k("files")).items() if float(at) < tracked_before]
+        if not tracked:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for key in tracked:
+            pipe.exists(self._k("entry", key))
+        # An entry gone through its Redis TTL counts as gone: its files are nobody's.
+        return [k for k, alive in zip(tracked, pipe.execute()) if not alive]
 
     def stats(self) -> dict:
         sizes = [int(v) for v in self._r.hvals(self._k("size"))]
