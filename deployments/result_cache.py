@@ -7,8 +7,10 @@ job's files to the entry's own id in the artifact store, and a hit copies the
 entry's files to the new video's id (serve_app/api/create.py): evicting or
 purging an entry never breaks a video answered from it.
 
-Files that a crash or a failed delete left without an entry are collected
-(`collect_orphans`, also run by fills every GC_INTERVAL_S).
+An entry goes when the video that filled it is deleted (`forget_source`): its
+pixels are not served on. Files that a crash or a failed delete left without
+an entry are collected (`collect_orphans`, also run by fills every
+GC_INTERVAL_S).
 """
 
 from __future__ import annotations
@@ -125,6 +127,14 @@ class ResultCache:
         """Delete files that no entry points at (tracked longer than ORPHAN_GRACE_S before
         `now`); how many keys' files went."""
         return self._collect_orphans(time.time() if now is None else now)
+
+    async def forget_source(self, key: str, source_id: str) -> bool:
+        """Drop the entry of `key` if video `source_id` filled it: that video was deleted,
+        and what its owner deleted is not served on from the cache."""
+        entry = self.index.delete_if_source(key, source_id)
+        if entry is not None:
+            self._drop([key])
+        return entry is not None
 
     async def delete(self, key: str) -> bool:
         entry = self.index.delete(key)

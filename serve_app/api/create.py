@@ -147,6 +147,7 @@ class VideoCreator:
 
         # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
         #    cache, since a tier may force the cache on even for `cache: false`.
+        scope = self._cache_scope(principal)
         cacheable = None
         if self._cache_on:
             cacheable = cacheable_form(
@@ -161,7 +162,7 @@ class VideoCreator:
         # 3. Look up: a finished video exactly as asked beats any admission decision.
         looked_up = None
         if asked is cacheable:
-            looked_up = self._key(asked)
+            looked_up = self._key(asked, scope)
             answer = self._from_cache(
                 looked_up, lambda: self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
             )
@@ -176,12 +177,17 @@ class VideoCreator:
         if cacheable is not None and (request.cache or decision.force_cache):
             # A lower tier, or a cache the tier forced, is another entry, which may be there.
             already = looked_up is not None and decision.params is asked
-            key = looked_up if already else self._key(decision.params)
+            key = looked_up if already else self._key(decision.params, scope)
             if not already:
                 answer = self._from_cache(key, lambda: draft)
                 if answer is not None:
                     return answer
-            draft.cache_key = draft.video.cache_key = key
+            draft.video.cache_key = key
+            if request.cache:
+                # Only what the client let into the cache fills it (and claims its key): a
+                # tier that forced the cache on for `cache: false` may answer from it, never
+                # put that client's video in it.
+                draft.cache_key = key
 
         # 5. Claim. Nothing has awaited since the decision: reserving now makes admission and
         #    job creation one step for every create on this event loop. The reservation ends
@@ -220,8 +226,16 @@ class VideoCreator:
     def _cache_on(self) -> bool:
         return self.cache is not None and self.cache_index is not None and self.args.cache_enabled
 
-    def _key(self, params: GenerationParams) -> str:
-        return cache_key(self.profile.identity, params.model_dump())
+    def _cache_scope(self, principal: Principal | None) -> str | None:
+        """Whose entries a request may hit and fill: with API keys on, its key's own, unless the
+        deployment shares them (`cache_scope: shared`). A shared cache tells a key, by a
+        `cached: true` answered at once, that another tenant has asked for a prompt."""
+        if principal is None or not principal.authenticated or self.args.cache_scope == "shared":
+            return None
+        return principal.id
+
+    def _key(self, params: GenerationParams, scope: str | None) -> str:
+        return cache_key(self.profile.identity, params.model_dump(), scope=scope)
 
     def _from_cache(self, key: str, draft: Callable[[], JobRecord]) -> CreateOutcome | None:
         """The answer from the entry of `key`, or None on a miss. A hit becomes the video

@@ -65,6 +65,10 @@ class CacheIndex(Protocol):
 
     def release_inflight(self, key: str, job_id: str) -> None: ...
 
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        """Drop the entry of `key` only if video `source_id` filled it (a later fill by
+        another video is not that video's); returns the dropped entry."""
+
     def track_files(self, key: str, now: float) -> None:
         """Note that `key`'s files are about to be written (before the first byte)."""
 
@@ -203,6 +207,25 @@ class SQLiteCacheIndex:
         with self._lock:
             self._db.execute("DELETE FROM inflight WHERE key = ? AND job_id = ?", (key, job_id))
 
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                entry = None if row is None else self._entry(row)
+                if entry is not None and entry.video.get("id") == source_id:
+                    self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                else:
+                    entry = None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return entry
+
     def track_files(self, key: str, now: float) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (key, now))
@@ -236,6 +259,20 @@ return 0
 """
 
 
+# Drops an entry only if the given video filled it, in one step (a fill between a
+# read and a delete must not be dropped for another video's deletion).
+_DELETE_IF_SOURCE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local video = cjson.decode(raw)['video']
+if type(video) ~= 'table' or video['id'] ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return raw
+"""
+
+
 @unavailable_as_503("cache index")
 class RedisCacheIndex:
     """Shared by several gateway nodes. Entries expire through Redis TTLs
@@ -247,6 +284,7 @@ class RedisCacheIndex:
         self._r = redis.Redis.from_url(url, decode_responses=True)
         self._p = prefix
         self._release = self._r.register_script(_RELEASE_IF_OURS)
+        self._delete_if_source = self._r.register_script(_DELETE_IF_SOURCE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._p, *parts))
@@ -327,6 +365,12 @@ class RedisCacheIndex:
 
     def release_inflight(self, key: str, job_id: str) -> None:
         self._release(keys=[self._k("inflight", key)], args=[job_id])
+
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        raw = self._delete_if_source(
+            keys=[self._k("entry", key), self._k("lru"), self._k("size")], args=[source_id, key]
+        )
+        return None if raw is None else CacheEntry.model_validate_json(raw)
 
     def track_files(self, key: str, now: float) -> None:
         self._r.hset(self._k("files"), key, now)

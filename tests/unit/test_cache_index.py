@@ -95,6 +95,20 @@ def test_single_flight_claims(index):
     assert index.claim_inflight(key(1), "video_c", ttl_s=60, now=now) == "video_c"
 
 
+def test_delete_if_source_drops_only_the_entry_that_video_filled(index):
+    """Issue 15 item 11: deleting a video purges the entry it filled, not a later fill's."""
+    other = f"video_{'1' * 32}"
+    index.put(entry(key(1), source=SOURCE))
+    index.put(entry(key(2), source=other))
+    assert index.delete_if_source(key(2), SOURCE) is None  # refilled by another video since
+    assert index.delete_if_source(key(3), SOURCE) is None  # no entry at all
+    dropped = index.delete_if_source(key(1), SOURCE)
+    assert dropped is not None and dropped.key == key(1)
+    assert index.get(key(1), NOW) is None and index.get(key(2), NOW) is not None
+    assert index.stats() == {"entries": 1, "bytes": 100}  # LRU and sizes forget it too
+    assert index.evict(NOW, max_bytes=10**9) == []
+
+
 def test_orphaned_files_are_tracked_keys_without_an_entry(index):
     """Issue 15 item 9: files a crash or a failed delete left behind are found."""
     now = time.time()
