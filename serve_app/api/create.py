@@ -252,7 +252,7 @@ class VideoCreator:
         metrics.cache_lookup(hit is not None)
         if hit is None or job is None:
             return None
-        return self._answer_from_cache(job, key, hit)
+        return self._answer_from_cache(job, key)
 
     def _copy_files(self, hit: CacheEntry, video_id: str) -> bool:
         """The entry's files under `video_id` (a hard link, or a copy inside the bucket): the
@@ -366,7 +366,7 @@ class VideoCreator:
         N answers, one id). Waits like a request of its own would."""
         return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
 
-    def _answer_from_cache(self, draft: JobRecord, key: str, hit: CacheEntry) -> CreateOutcome:
+    def _answer_from_cache(self, draft: JobRecord, key: str) -> CreateOutcome:
         """A new, completed video object; its files (copied already) are its own, kept as
         long as any video's (`artifact_ttl_s`) and deleted with it."""
         now = time.time()
