@@ -3,12 +3,19 @@
 In front of the graph: it owns the cache index's writes (fills, evictions,
 purges) and the single-flight claims. Gateways read the index directly for
 lookups, so a hit costs one index read and no extra hop. A fill copies the
-job's files to the entry's own id in the artifact store, so deleting the job
-never breaks the entry.
+job's files to the entry's own id in the artifact store, and a hit copies the
+entry's files to the new video's id (serve_app/api/create.py): evicting or
+purging an entry never breaks a video answered from it.
+
+An entry goes when the video that filled it is deleted (`forget_source`): its
+pixels are not served on. Files that a crash or a failed delete left without
+an entry are collected (`collect_orphans`, also run by fills every
+GC_INTERVAL_S).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -19,6 +26,14 @@ from serve_app.artifacts import open_artifact_store
 from serve_app.cache.index import CacheEntry, artifact_id_for, open_cache_index
 from serve_app.config import ServiceArgs
 from serve_app.errors import NotFound
+
+log = logging.getLogger("ray.serve")
+
+# A fill writes its files within this long after tracking them: younger tracked
+# keys without an entry are fills in progress, not orphans.
+ORPHAN_GRACE_S = 600.0
+# How often fills look for orphaned files (and the first fill after a start does).
+GC_INTERVAL_S = 600.0
 
 
 @serve.deployment
@@ -32,8 +47,9 @@ class ResultCache:
         self.counts: Counter[str] = Counter()
         self._metrics = {
             name: metrics.Counter(f"wan_cache_{name}_total", description=f"Result cache {name}.")
-            for name in ("fills", "evictions")
+            for name in ("fills", "evictions", "orphans")
         }
+        self._next_gc = 0.0
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
@@ -50,6 +66,9 @@ class ResultCache:
         """Store a completed job's result under `key`; releases its claim."""
         try:
             target = artifact_id_for(key)
+            now = time.time()
+            # Before the first byte: files a crash leaves from here on are found by the GC.
+            self.index.track_files(key, now)
             size = 0
             for variant in ("video", "thumbnail"):
                 try:
@@ -60,7 +79,6 @@ class ResultCache:
                 size += len(data)
             if size == 0:
                 return False  # the job's files are gone (deleted meanwhile): nothing to serve
-            now = time.time()
             self.index.put(
                 CacheEntry(
                     key=key,
@@ -73,15 +91,50 @@ class ResultCache:
             )
             self._count("fills")
             self._drop(self.index.evict(now, self.args.cache_max_bytes), "evictions")
+            self._collect_orphans_if_due(now)
             return True
         finally:
             self.index.release_inflight(key, video["id"])
 
     def _drop(self, keys: list[str], counter: str | None = None) -> None:
         for key in keys:
-            self.artifacts.delete(artifact_id_for(key))
+            try:
+                self.artifacts.delete(artifact_id_for(key))
+            except Exception:
+                # Still tracked: the GC deletes them later. The rest are dropped now.
+                log.warning("cache files of %s not deleted; left to the orphan GC", key[:16], exc_info=True)
+                continue
+            self.index.untrack_files([key])
         if counter:
             self._count(counter, len(keys))
+
+    def _collect_orphans(self, now: float) -> int:
+        self._next_gc = now + GC_INTERVAL_S
+        orphans = self.index.orphaned_files(now - ORPHAN_GRACE_S)
+        self._drop(orphans, "orphans")
+        return len(orphans)
+
+    def _collect_orphans_if_due(self, now: float) -> None:
+        if now < self._next_gc:
+            return
+        try:
+            self._collect_orphans(now)
+        except Exception:
+            # The fill itself succeeded; the next one tries again.
+            log.warning("orphaned cache files not collected", exc_info=True)
+
+    async def collect_orphans(self, now: float | None = None) -> int:
+        """Delete files that no entry points at (tracked longer than ORPHAN_GRACE_S before
+        `now`); how many keys' files went."""
+        return self._collect_orphans(time.time() if now is None else now)
+
+    async def forget_source(self, key: str, source_id: str) -> bool:
+        """Drop the entry of `key` if video `source_id` filled it: that video was deleted,
+        and what its owner deleted is not served on from the cache."""
+        entry = self.index.delete_if_source(key, source_id)
+        if entry is not None:
+            self._drop([key])
+        return entry is not None
 
     async def delete(self, key: str) -> bool:
         entry = self.index.delete(key)
@@ -97,4 +150,4 @@ class ResultCache:
     async def stats(self) -> dict:
         # Hits and misses are counted where lookups happen (gateways, metrics
         # wan_cache_{hits,misses}_total); fills and evictions happen here.
-        return {**self.index.stats(), **{k: self.counts[k] for k in ("fills", "evictions")}}
+        return {**self.index.stats(), **{k: self.counts[k] for k in ("fills", "evictions", "orphans")}}

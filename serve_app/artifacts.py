@@ -11,7 +11,9 @@ of a path or key, so "../x" can never name a file outside the store.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import unquote, urlsplit
@@ -20,7 +22,7 @@ from serve_app.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.ids import check_video_id
 
 Variant = Literal["video", "thumbnail"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 FILE_NAMES: dict[str, str] = {"video": "video.mp4", "thumbnail": "thumbnail.jpg"}
 MEDIA_TYPES: dict[str, str] = {"video": "video/mp4", "thumbnail": "image/jpeg"}
 
@@ -60,6 +62,12 @@ class ArtifactStore(Protocol):
 
     def delete(self, video_id: str) -> None:
         """Remove every variant; deleting what is not there is not an error."""
+        ...
+
+    def copy(self, source_id: str, target_id: str) -> tuple[str, ...]:
+        """Give `target_id` its own copy of every variant `source_id` has, inside the store
+        (no bytes through this process); returns the variants copied. Deleting either id
+        afterwards leaves the other's files whole."""
         ...
 
 
@@ -121,6 +129,39 @@ class LocalArtifactStore:
             pass
         except OSError:
             pass  # not empty: the record store may keep video.json beside us
+
+    def copy(self, source_id: str, target_id: str) -> tuple[str, ...]:
+        copied = []
+        for variant in VARIANTS:
+            source, target = self._path(source_id, variant), self._path(target_id, variant)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                _link_or_copy(source, tmp)
+                os.replace(tmp, target)
+            except FileNotFoundError:
+                tmp.unlink(missing_ok=True)
+                continue  # the source has no such variant (or was deleted meanwhile)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            copied.append(variant)
+        if not copied:
+            self.delete(target_id)  # the folder made above, now empty
+        return tuple(copied)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link: no bytes move, and the file lives until its last name is deleted
+    (a later `put` to the source replaces its name with a new file, so the copy keeps
+    the old bytes). A real copy where links fail: another file system, one without
+    hard links, or a file at its link limit (ext4 allows 65,000 names per file)."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 class S3ArtifactStore:
@@ -232,6 +273,23 @@ class S3ArtifactStore:
                 f"in bucket {self.bucket!r}: {[(e.get('Key'), e.get('Code')) for e in errors]}",
                 param="video_id",
             )
+
+    def copy(self, source_id: str, target_id: str) -> tuple[str, ...]:
+        copied = []
+        for variant in VARIANTS:
+            source, target = self.key(source_id, variant), self.key(target_id, variant)
+            try:
+                # Server-side (CopyObject): the bytes stay in the bucket. One request up to
+                # 5 GB, far above any video here; metadata (the Content-Type) is copied.
+                self.client.copy_object(
+                    Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source}
+                )
+            except self.client.exceptions.ClientError as exc:
+                if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                    continue  # the source has no such variant (or was deleted meanwhile)
+                raise
+            copied.append(variant)
+        return tuple(copied)
 
     def presigned_url(self, video_id: str, variant: Variant, expires_s: int = 3600) -> str:
         """A GET URL that works without credentials until it expires.

@@ -14,7 +14,7 @@ so it must not import any of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -160,6 +160,12 @@ class ServiceArgs(StrictModel):
     )
     cache_inflight_ttl_s: float = Field(
         900.0, gt=0, description="How long a single-flight claim holds if its job never reports back."
+    )
+    cache_scope: Literal["per_key", "shared"] = Field(
+        "per_key",
+        description="With API keys on, whose cache entries a request may hit: 'per_key' (each key its own) "
+        "or 'shared' (every key's, for more hits; a key then learns, from an instant `cached: true`, that "
+        "another tenant generated a prompt it guessed). Without keys there is one scope either way.",
     )
     embedding_cache_size: int = Field(
         64,

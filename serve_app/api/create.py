@@ -23,7 +23,7 @@ from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import Principal
 from serve_app.api.protocol import CreateVideoRequest, VideoObject
 from serve_app.api.views import VideoViews
-from serve_app.cache.index import CacheEntry, CacheIndex, artifact_id_for
+from serve_app.cache.index import CacheEntry, CacheIndex
 from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
@@ -150,6 +150,7 @@ class VideoCreator:
 
         # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
         #    cache, since a tier may force the cache on even for `cache: false`.
+        scope = self._cache_scope(principal)
         cacheable = None
         if self._cache_on:
             cacheable = cacheable_form(
@@ -164,11 +165,12 @@ class VideoCreator:
         # 3. Look up: a finished video exactly as asked beats any admission decision.
         looked_up = None
         if asked is cacheable:
-            looked_up = self._key(asked)
-            hit = self._lookup(looked_up)
-            if hit is not None:
-                draft = self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
-                return self._answer_from_cache(draft, looked_up, hit)
+            looked_up = self._key(asked, scope)
+            answer = self._from_cache(
+                looked_up, lambda: self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
+            )
+            if answer is not None:
+                return answer
 
         # 4. Admit, once: sync or a job, the tier and what it runs, the deadline, the cache.
         decision = self._admit(asked, cacheable, request, prefer)
@@ -178,12 +180,17 @@ class VideoCreator:
         if cacheable is not None and (request.cache or decision.force_cache):
             # A lower tier, or a cache the tier forced, is another entry, which may be there.
             already = looked_up is not None and decision.params is asked
-            key = looked_up if already else self._key(decision.params)
+            key = looked_up if already else self._key(decision.params, scope)
             if not already:
-                hit = self._lookup(key)
-                if hit is not None:
-                    return self._answer_from_cache(draft, key, hit)
-            draft.cache_key = draft.video.cache_key = key
+                answer = self._from_cache(key, lambda: draft)
+                if answer is not None:
+                    return answer
+            draft.video.cache_key = key
+            if request.cache:
+                # Only what the client let into the cache fills it (and claims its key): a
+                # tier that forced the cache on for `cache: false` may answer from it, never
+                # put that client's video in it.
+                draft.cache_key = key
 
         # 5. Claim. Nothing has awaited since the decision: reserving now makes admission and
         #    job creation one step for every create on this event loop. The reservation ends
@@ -222,15 +229,42 @@ class VideoCreator:
     def _cache_on(self) -> bool:
         return self.cache is not None and self.cache_index is not None and self.args.cache_enabled
 
-    def _key(self, params: GenerationParams) -> str:
-        return cache_key(self.profile.identity, params.model_dump())
+    def _cache_scope(self, principal: Principal | None) -> str | None:
+        """Whose entries a request may hit and fill: with API keys on, its key's own, unless the
+        deployment shares them (`cache_scope: shared`). A shared cache tells a key, by a
+        `cached: true` answered at once, that another tenant has asked for a prompt."""
+        if principal is None or not principal.authenticated or self.args.cache_scope == "shared":
+            return None
+        return principal.id
 
-    def _lookup(self, key: str) -> CacheEntry | None:
+    def _key(self, params: GenerationParams, scope: str | None) -> str:
+        return cache_key(self.profile.identity, params.model_dump(), scope=scope)
+
+    def _from_cache(self, key: str, draft: Callable[[], JobRecord]) -> CreateOutcome | None:
+        """The answer from the entry of `key`, or None on a miss. A hit becomes the video
+        `draft()` with its own copy of the entry's files; an entry whose files are gone
+        (evicted or purged since the read) is a miss."""
         # Read straight from the index (a local file or Redis): a hop to the
         # ResultCache replica would cost more than the rest of a hit.
         hit = self.cache_index.get(key, time.time())
+        job = None
+        if hit is not None:
+            job = draft()
+            if not self._copy_files(hit, job.id):
+                hit = None
         metrics.cache_lookup(hit is not None)
-        return hit
+        if hit is None or job is None:
+            return None
+        return self._answer_from_cache(job, key)
+
+    def _copy_files(self, hit: CacheEntry, video_id: str) -> bool:
+        """The entry's files under `video_id` (a hard link, or a copy inside the bucket): the
+        video's own, so evicting or purging the entry leaves them whole until `expires_at`."""
+        artifacts = self.views.artifacts
+        if "video" in artifacts.copy(hit.artifact_id, video_id):
+            return True
+        artifacts.delete(video_id)  # a thumbnail alone is no answer
+        return False
 
     def _deadlines(self, requested: float | None) -> Deadlines:
         if requested is None:
@@ -339,17 +373,19 @@ class VideoCreator:
         N answers, one id). Waits like a request of its own would."""
         return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
 
-    def _answer_from_cache(self, draft: JobRecord, key: str, hit: CacheEntry) -> CreateOutcome:
-        """A new, completed video object whose files are the cache entry's."""
+    def _answer_from_cache(self, draft: JobRecord, key: str) -> CreateOutcome:
+        """A new, completed video object; its files (copied already) are its own, kept as
+        long as any video's (`artifact_ttl_s`) and deleted with it."""
         now = time.time()
         draft.cache_key = draft.video.cache_key = key
-        draft.artifact_id = artifact_id_for(key)
         video = draft.video
         video.status, video.progress, video.cached = "completed", 100, True
-        video.completed_at, video.expires_at = int(now), int(hit.expires_at)
+        video.completed_at, video.expires_at = int(now), int(now + self.args.artifact_ttl_s)
         job, created = self.store.create(draft)
         if job.id == draft.id:
             self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
+        else:
+            self.views.artifacts.delete(draft.id)  # an idempotent retry found its video: the copy is nobody's
         if created:
             metrics.admitted("cached", job.video.tier or "none")
         return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})

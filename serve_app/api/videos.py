@@ -111,7 +111,7 @@ async def get_content(
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, summary="Stop (if running) and delete")
 async def delete_video(request: Request, video_id: str, principal: Principal | None = READER) -> VideoDeleted:
-    return _views(request).delete(video_id, principal)
+    return await _views(request).delete_with_cache_entry(video_id, principal)
 
 
 @router.post("/v1/videos/{video_id}/cancel", response_model=VideoObject, summary="Stop a queued or running job")

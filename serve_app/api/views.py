@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from serve_app.access.keys import Principal
 from serve_app.api.protocol import VideoDeleted, VideoList, VideoObject
@@ -24,11 +24,14 @@ EVENT_POLL_S = 0.25
 
 
 class VideoViews:
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, eta: QueueEta) -> None:
+    def __init__(
+        self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, eta: QueueEta, cache: Any = None
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.runner = runner  # cancels jobs it runs, and wakes event readers when it writes
         self.eta = eta
+        self.cache = cache  # the ResultCache client (forget_source), or None
 
     def public(self, job: JobRecord, active: list[JobRecord] | None = None) -> VideoObject:
         """The video object with live queue position and ETA while not finished."""
@@ -122,6 +125,19 @@ class VideoViews:
             self.artifacts.delete(video_id)
         self.store.delete(video_id)
         return VideoDeleted(id=video_id)
+
+    async def delete_with_cache_entry(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
+        """DELETE /v1/videos/{id}: `delete`, then the cache entry the video filled, if it did:
+        what a client deleted is not served on to anyone as a cached answer. Videos answered
+        from that entry keep their own copies.
+
+        After the record is gone, so a fill racing the delete is caught either here (the
+        entry is there already) or by the fill itself (it finds the record gone)."""
+        job = self._job_for(video_id, principal)
+        deleted = self.delete(video_id, principal)
+        if self.cache is not None and job.cache_key is not None and not job.video.cached:
+            await self.cache.forget_source(job.cache_key, job.id)
+        return deleted
 
     async def events(
         self, video_id: str, after_seq: int = 0, principal: Principal | None = None

@@ -6,6 +6,11 @@ Both backends bound the total size (least recently used go first) and
 expire entries after their TTL; what they drop is returned so the caller
 deletes the files. They also hold the single-flight claims: which job is
 generating a key right now.
+
+Files are tracked apart from entries: a key is tracked before its files are
+written and untracked once they are deleted, so files that a crash or a
+failed delete left without an entry are found (`orphaned_files`) and
+collected, never leaked.
 """
 
 from __future__ import annotations
@@ -60,6 +65,20 @@ class CacheIndex(Protocol):
 
     def release_inflight(self, key: str, job_id: str) -> None: ...
 
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        """Drop the entry of `key` only if video `source_id` filled it (a later fill by
+        another video is not that video's); returns the dropped entry."""
+
+    def track_files(self, key: str, now: float) -> None:
+        """Note that `key`'s files are about to be written (before the first byte)."""
+
+    def untrack_files(self, keys: list[str]) -> None:
+        """Their files are deleted."""
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        """Tracked keys without an entry, tracked before `tracked_before` (fills in progress
+        are younger): their files are nobody's."""
+
     def stats(self) -> dict: ...
 
     def close(self) -> None: ...
@@ -85,6 +104,9 @@ class SQLiteCacheIndex:
                 created_at REAL NOT NULL, expires_at REAL NOT NULL, last_access REAL NOT NULL);
             CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
             CREATE TABLE IF NOT EXISTS inflight(key TEXT PRIMARY KEY, job_id TEXT NOT NULL, expires_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS files(key TEXT PRIMARY KEY, tracked_at REAL NOT NULL);
+            -- Entries filled before files were tracked: theirs are tracked from now on.
+            INSERT OR IGNORE INTO files SELECT key, created_at FROM entries;
             """
         )
 
@@ -185,6 +207,41 @@ class SQLiteCacheIndex:
         with self._lock:
             self._db.execute("DELETE FROM inflight WHERE key = ? AND job_id = ?", (key, job_id))
 
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT key, video, size_bytes, created_at, expires_at, last_access FROM entries WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                entry = None if row is None else self._entry(row)
+                if entry is not None and entry.video.get("id") == source_id:
+                    self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                else:
+                    entry = None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return entry
+
+    def track_files(self, key: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (key, now))
+
+    def untrack_files(self, keys: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM files WHERE key = ?", [(k,) for k in keys])
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM files WHERE tracked_at < ? AND key NOT IN (SELECT key FROM entries)",
+                (tracked_before,),
+            ).fetchall()
+        return [k for (k,) in rows]
+
     def stats(self) -> dict:
         with self._lock:
             entries, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM entries").fetchone()
@@ -202,6 +259,20 @@ return 0
 """
 
 
+# Drops an entry only if the given video filled it, in one step (a fill between a
+# read and a delete must not be dropped for another video's deletion).
+_DELETE_IF_SOURCE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local video = cjson.decode(raw)['video']
+if type(video) ~= 'table' or video['id'] ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return raw
+"""
+
+
 @unavailable_as_503("cache index")
 class RedisCacheIndex:
     """Shared by several gateway nodes. Entries expire through Redis TTLs
@@ -213,6 +284,7 @@ class RedisCacheIndex:
         self._r = redis.Redis.from_url(url, decode_responses=True)
         self._p = prefix
         self._release = self._r.register_script(_RELEASE_IF_OURS)
+        self._delete_if_source = self._r.register_script(_DELETE_IF_SOURCE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._p, *parts))
@@ -293,6 +365,29 @@ class RedisCacheIndex:
 
     def release_inflight(self, key: str, job_id: str) -> None:
         self._release(keys=[self._k("inflight", key)], args=[job_id])
+
+    def delete_if_source(self, key: str, source_id: str) -> CacheEntry | None:
+        raw = self._delete_if_source(
+            keys=[self._k("entry", key), self._k("lru"), self._k("size")], args=[source_id, key]
+        )
+        return None if raw is None else CacheEntry.model_validate_json(raw)
+
+    def track_files(self, key: str, now: float) -> None:
+        self._r.hset(self._k("files"), key, now)
+
+    def untrack_files(self, keys: list[str]) -> None:
+        if keys:
+            self._r.hdel(self._k("files"), *keys)
+
+    def orphaned_files(self, tracked_before: float) -> list[str]:
+        tracked = [k for k, at in self._r.hgetall(self._k("files")).items() if float(at) < tracked_before]
+        if not tracked:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for key in tracked:
+            pipe.exists(self._k("entry", key))
+        # An entry gone through its Redis TTL counts as gone: its files are nobody's.
+        return [k for k, alive in zip(tracked, pipe.execute()) if not alive]
 
     def stats(self) -> dict:
         sizes = [int(v) for v in self._r.hvals(self._k("size"))]

@@ -7,9 +7,11 @@ The key is SHA-256 over canonical JSON of:
   negative_prompt   normalised the same way
   width, height, num_frames, fps, num_inference_steps, guidance_scale, seed
   fast       a tier's quality-changing speed-ups (step cache, FP8), when any
+  scope      whose entries these are: the API key's id with keys on and
+             `cache_scope: per_key` (the default), absent when shared
 Everything else (preset name, deadline, webhook, ids) does not change pixels
 and is left out. Requests that give no seed get one derived from the key of
-everything else, so the same request gives the same video, and a request that
+everything else but the scope, so the same request gives the same video, and a request that
 names that seed shares the entry. The generation runs on the normalised
 prompt, so two prompts that share a key really make the same frames.
 """
@@ -51,6 +53,10 @@ def derived_seed(model_identity: str, values: dict[str, Any], max_seed: int) -> 
     return int(digest[:16], 16) % (max_seed + 1)
 
 
-def cache_key(model_identity: str, values: dict[str, Any]) -> str:
-    """The entry's key (hex), over normalised values that include the seed."""
-    return _digest({**_payload(model_identity, values), "seed": int(values["seed"])})
+def cache_key(model_identity: str, values: dict[str, Any], scope: str | None = None) -> str:
+    """The entry's key (hex), over normalised values that include the seed. `scope` (an API
+    key's id) gives the same request another key per scope; None keeps the shared key."""
+    payload = {**_payload(model_identity, values), "seed": int(values["seed"])}
+    if scope is not None:
+        payload["scope"] = scope
+    return _digest(payload)

@@ -159,8 +159,9 @@ class ResultCacheFill(JobListener):
     """Fills the job's result-cache entry with a completed video, or releases its
     in-flight claim (failed, or deleted) so the next identical request runs."""
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, store: JobStore | None = None) -> None:
         self.cache = cache  # ResultCache client
+        self.store = store  # to see whether the video was deleted while its entry was filled
 
     async def after_record(self, job: JobRecord, result: GraphResult | None, gone: bool) -> None:
         if not job.cache_key:
@@ -168,8 +169,19 @@ class ResultCacheFill(JobListener):
         if result is None or gone:
             # On failure the claim would otherwise block identical requests until its TTL.
             await self.cache.release(job.cache_key, job.id)
-        else:
-            await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
+            return
+        filled = await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
+        if filled and self.store is not None and _deleted(self.store, job.id):
+            # Deleted during the fill, after the delete's own purge looked: the entry
+            # must not outlive its video (VideoViews.delete_with_cache_entry).
+            await self.cache.forget_source(job.cache_key, job.id)
+
+
+def _deleted(store: JobStore, job_id: str) -> bool:
+    try:
+        return store.get(job_id).delete_requested
+    except NotFound:
+        return True
 
 
 def standard_listeners(
@@ -190,5 +202,5 @@ def standard_listeners(
     if send_webhook is not None:
         listeners.append(WebhookDelivery(store, send_webhook))
     if cache is not None:
-        listeners.append(ResultCacheFill(cache))
+        listeners.append(ResultCacheFill(cache, store))
     return listeners

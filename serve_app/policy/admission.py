@@ -75,7 +75,7 @@ class Decision:
     deadline_s: float  # seconds one run of it may take
     load: float | None  # 0-1; None where the service runs without admission
     tier: str | None  # name reported to the client; None without admission
-    force_cache: bool = False  # the tier answers from/fills the cache even for `cache: false`
+    force_cache: bool = False  # the tier answers from the cache even for `cache: false` (never fills it then)
 
 
 def as_asked(

@@ -29,7 +29,9 @@ class Tier(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="Cap on denoising steps; null keeps the request's.")
     max_frames: int | None = Field(None, ge=1, description="Cap on frames (4k+1); null keeps the request's.")
     cache: CacheMode = Field(
-        "as_requested", description="'forced': answer from (and fill) the result cache even for `cache: false`."
+        "as_requested",
+        description="'forced': answer from the result cache even for `cache: false` (such a request's own "
+        "video never fills it; only requests that allow the cache do).",
     )
     fast: dict[str, Any] | None = Field(
         None,

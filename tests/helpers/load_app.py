@@ -35,6 +35,9 @@ def load_app_args(data_dir, redis_url: str):
         data_dir,
         job_store=redis_url,
         cache_store=redis_url,
+        # One tenant's keys: the rate-limit test has Bob repeat a request Alice's cached
+        # (cache entries are each key's own by default).
+        cache_scope="shared",
         # Each run of a job whose replica is killed is a new attempt: room for a few.
         job_max_attempts=4,
         access={

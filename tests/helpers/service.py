@@ -75,11 +75,20 @@ class Service:
     """A gateway with the result cache and admission on: at most `max_queue_per_replica`
     (default 4) unfinished jobs on its one denoiser replica."""
 
-    def __init__(self, tmp_path, profile=None, estimator=None, access: AccessGuard | None = None, **admission) -> None:
+    def __init__(
+        self,
+        tmp_path,
+        profile=None,
+        estimator=None,
+        access: AccessGuard | None = None,
+        service_args: dict | None = None,
+        **admission,
+    ) -> None:
+        """`service_args`: other ServiceArgs fields (cache settings, stores); `admission`: AdmissionConfig's."""
         self.args = ServiceArgs(
             data_dir=str(tmp_path),
             admission={"max_queue_per_replica": 4, **admission},
-            **{**TEST_TIMINGS, "job_lease_s": 3600},
+            **{**TEST_TIMINGS, "job_lease_s": 3600, **(service_args or {})},
         )
         self.generator = FakeGenerator()
         self.cache = ResultCache.func_or_class(self.args.model_dump())

@@ -92,17 +92,8 @@ def test_sync_request_that_cannot_make_its_deadline_is_refused_at_once(tmp_path)
     svc.store.close()
 
 
-def test_minimal_tier_forces_the_cache_even_for_cache_false(tmp_path):
-    svc = Service(tmp_path, max_queue_per_replica=5)
-    svc.busy(4)  # 80%: minimal, cache forced
-    request = {k: v for k, v in REQUEST.items() if k != "seed"} | {"cache": False}
-    with api_client(svc.gateway) as client:
-        first = client.post("/v1/videos", json=request).json()
-        assert first["tier"] == "minimal" and not first["cached"] and first["status"] == "completed"
-        second = client.post("/v1/videos", json=request).json()
-    assert second["cached"] and second["seed"] == first["seed"]
-    assert len(svc.generator.calls) == 1
-    svc.store.close()
+# A tier that forces the cache on for `cache: false`: tests/unit/test_cache_isolation.py
+# (it answers from the cache, and never fills it with such a request's video).
 
 
 # --- admission is atomic with job creation ----------------------------------------------

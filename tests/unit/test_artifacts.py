@@ -128,6 +128,51 @@ def test_delete_removes_every_variant_and_is_idempotent(store):
     assert all(VIDEO_ID not in name for name in stored_names(store))
 
 
+def test_copy_outlives_its_source_and_survives_a_replaced_source(store):
+    """Issue 15 item 9: a cache hit's files are its own copy of the entry's."""
+    for variant, data in CONTENT.items():
+        store.put(VIDEO_ID, variant, data)
+    assert store.copy(VIDEO_ID, OTHER_ID) == ("video", "thumbnail")
+    store.put(VIDEO_ID, "video", b"refilled")  # a later fill of the entry replaces its file
+    assert store.get(OTHER_ID, "video") == CONTENT["video"]
+    store.delete(VIDEO_ID)  # the entry evicted
+    assert store.get(OTHER_ID, "video") == CONTENT["video"]
+    assert store.get(OTHER_ID, "thumbnail") == CONTENT["thumbnail"]
+
+
+def test_copy_takes_what_the_source_has(store):
+    store.put(VIDEO_ID, "video", CONTENT["video"])
+    assert store.copy(VIDEO_ID, OTHER_ID) == ("video",)
+    assert not store.exists(OTHER_ID, "thumbnail")
+    third = "video_" + "2" * 32
+    assert store.copy("video_" + "1" * 32, third) == ()  # no source at all
+    assert all(third not in name for name in stored_names(store))
+
+
+def test_local_copy_is_a_hard_link(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    store.put(VIDEO_ID, "video", CONTENT["video"])
+    store.copy(VIDEO_ID, OTHER_ID)
+    source, copy = store.local_path(VIDEO_ID, "video"), store.local_path(OTHER_ID, "video")
+    assert source.stat().st_ino == copy.stat().st_ino and source.stat().st_nlink == 2
+    assert not [p for p in (tmp_path / OTHER_ID).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_local_copy_falls_back_to_copying_where_links_fail(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_links(source, target):
+        raise OSError(errno.EMLINK, "too many links")  # a file at its link limit, or another file system
+
+    store = LocalArtifactStore(tmp_path)
+    store.put(VIDEO_ID, "video", CONTENT["video"])
+    monkeypatch.setattr(os, "link", no_links)
+    assert store.copy(VIDEO_ID, OTHER_ID) == ("video",)
+    copy = store.local_path(OTHER_ID, "video")
+    assert copy.read_bytes() == CONTENT["video"] and copy.stat().st_nlink == 1
+
+
 def test_local_delete_keeps_files_it_does_not_own(tmp_path):
     # The record store may keep video.json in the same folder.
     store = LocalArtifactStore(tmp_path)

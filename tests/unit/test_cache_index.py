@@ -23,10 +23,13 @@ def index(request, tmp_path):
     idx.close()
 
 
-def entry(key: str, size: int = 100, now: float = NOW, ttl: float = 3600) -> CacheEntry:
+SOURCE = f"video_{'0' * 32}"
+
+
+def entry(key: str, size: int = 100, now: float = NOW, ttl: float = 3600, source: str = SOURCE) -> CacheEntry:
     return CacheEntry(
         key=key,
-        video={"id": f"video_{'0' * 32}"},
+        video={"id": source},
         size_bytes=size,
         created_at=now,
         expires_at=now + ttl,
@@ -90,6 +93,47 @@ def test_single_flight_claims(index):
     assert index.claim_inflight(key(1), "video_c", ttl_s=60, now=now) == "video_a"
     index.release_inflight(key(1), "video_a")
     assert index.claim_inflight(key(1), "video_c", ttl_s=60, now=now) == "video_c"
+
+
+def test_delete_if_source_drops_only_the_entry_that_video_filled(index):
+    """Issue 15 item 11: deleting a video purges the entry it filled, not a later fill's."""
+    other = f"video_{'1' * 32}"
+    index.put(entry(key(1), source=SOURCE))
+    index.put(entry(key(2), source=other))
+    assert index.delete_if_source(key(2), SOURCE) is None  # refilled by another video since
+    assert index.delete_if_source(key(3), SOURCE) is None  # no entry at all
+    dropped = index.delete_if_source(key(1), SOURCE)
+    assert dropped is not None and dropped.key == key(1)
+    assert index.get(key(1), NOW) is None and index.get(key(2), NOW) is not None
+    assert index.stats() == {"entries": 1, "bytes": 100}  # LRU and sizes forget it too
+    assert index.evict(NOW, max_bytes=10**9) == []
+
+
+def test_orphaned_files_are_tracked_keys_without_an_entry(index):
+    """Issue 15 item 9: files a crash or a failed delete left behind are found."""
+    now = time.time()
+    index.track_files(key(1), now - 100)  # filled: not an orphan
+    index.put(entry(key(1), now=now))
+    index.track_files(key(2), now - 100)  # files written, no entry (a fill that crashed)
+    index.track_files(key(3), now - 100)  # an entry dropped whose files were never deleted
+    index.put(entry(key(3), now=now))
+    index.delete(key(3))
+    index.track_files(key(4), now)  # a fill in progress: too young to judge
+    assert sorted(index.orphaned_files(now - 10)) == [key(2), key(3)]
+    index.untrack_files([key(2), key(3)])
+    assert index.orphaned_files(now - 10) == []
+    index.delete(key(1))
+    assert index.orphaned_files(now - 10) == [key(1)]
+
+
+def test_sqlite_tracks_the_files_of_entries_made_before_tracking(tmp_path):
+    idx = SQLiteCacheIndex(tmp_path / "c.db")
+    idx.put(entry(key(1), now=NOW - 100))
+    idx._db.execute("DELETE FROM files")  # as an index from before file tracking
+    idx.close()
+    reopened = SQLiteCacheIndex(tmp_path / "c.db")
+    reopened.delete(key(1))
+    assert reopened.orphaned_files(NOW) == [key(1)]
 
 
 def test_sqlite_claims_run_out(tmp_path):
