@@ -14,10 +14,13 @@ import re
 import unicodedata
 from typing import Any
 
+from pydantic import field_validator
+
 from serve_app.config import PresetCatalog
 from serve_app.errors import InvalidRequest
 from serve_app.settings.base import StrictModel
 from serve_app.settings.limits import GenerationLimits
+from serve_app.settings.speed import FastKnobs
 
 
 class GenerationParams(StrictModel):
@@ -33,9 +36,15 @@ class GenerationParams(StrictModel):
     fps: int
     seed: int
     preset: str
-    # Quality-changing speed-ups a degradation tier turned on (FastKnobs fields of
-    # serve_app/settings/speed.py, e.g. {"step_cache_threshold": 0.3}); None: the exact path.
-    fast: dict[str, Any] | None = None
+    # Quality-changing speed-ups a degradation tier turned on; None: the exact path.
+    fast: FastKnobs | None = None
+
+    @field_validator("fast")
+    @classmethod
+    def _exact_is_none(cls, v: FastKnobs | None) -> FastKnobs | None:
+        # One spelling of "the exact path": knobs that change nothing are None, so they
+        # neither split the cache key nor time the exact path apart (estimates.py).
+        return None if v is not None and v.exact else v
 
     @property
     def size(self) -> str:

@@ -6,7 +6,9 @@ The key is SHA-256 over canonical JSON of:
              trimmed; case-folded too when `cache_casefold` is on
   negative_prompt   normalised the same way
   width, height, num_frames, fps, num_inference_steps, guidance_scale, seed
-  fast       a tier's quality-changing speed-ups (step cache, FP8), when any
+  fast       a tier's quality-changing speed-ups (step cache, FP8), when any: only
+             the knobs that differ from FastKnobs' defaults, so `{fp8: false}`
+             spelled out or left out is one key, and a threshold of 1 is 1.0
 Everything else (preset name, deadline, webhook, ids) does not change pixels
 and is left out. Requests that give no seed get one derived from the key of
 everything else, so the same request gives the same video, and a request that
@@ -21,6 +23,8 @@ import json
 import re
 import unicodedata
 from typing import Any
+
+from serve_app.settings.speed import FastKnobs
 
 PIXEL_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "guidance_scale")
 _WHITESPACE = re.compile(r"\s+")
@@ -40,8 +44,11 @@ def _payload(model_identity: str, values: dict[str, Any]) -> dict[str, Any]:
     payload = {field: values[field] for field in PIXEL_FIELDS}
     payload["guidance_scale"] = float(payload["guidance_scale"])  # 5 and 5.0 are one key
     payload.update(model=model_identity, prompt=values["prompt"], negative_prompt=values["negative_prompt"])
-    if values.get("fast"):
-        payload["fast"] = values["fast"]  # a step cache or FP8 changes the pixels
+    fast = values.get("fast")
+    if fast is not None:  # a step cache or FP8 changes the pixels
+        knobs = FastKnobs.model_validate(fast)  # a dict of model_dump() or the model itself
+        if not knobs.exact:
+            payload["fast"] = knobs.model_dump(exclude_defaults=True)
     return payload
 
 
