@@ -27,6 +27,7 @@ from serve_app.cache.index import CacheEntry, CacheIndex, artifact_id_for
 from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
+from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
@@ -112,7 +113,7 @@ class VideoCreator:
         load: LoadMonitor,
         eta: QueueEta,
         admission: Admission | None = None,
-        cache: Any = None,
+        cache: CacheClaims | None = None,
         cache_index: CacheIndex | None = None,
         guard: AccessGuard | None = None,
         check_webhook: Callable[[str], Any] | None = None,
