@@ -24,7 +24,7 @@ from serve_app.access.keys import Principal
 from serve_app.api.protocol import CreateVideoRequest, VideoObject
 from serve_app.api.views import VideoViews
 from serve_app.cache.index import CacheEntry, CacheIndex, artifact_id_for
-from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.cache.keys import cache_key, cacheable_form
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.handles import CacheClaims
@@ -71,21 +71,6 @@ class Preference:
                 if wait_s < 0:
                     raise InvalidRequest(f"Prefer: {token!r} must not be negative", param="Prefer")
         return cls(respond_async, wait_s)
-
-
-def cacheable_form(
-    params: GenerationParams, *, seed_given: bool, model_identity: str, casefold: bool, max_seed: int
-) -> GenerationParams:
-    """`params` as the result cache keys and runs them: prompts normalised as the key does it,
-    and, for a request that named no seed, the seed derived from the key of everything else.
-    The same as `resolve_generation(..., cache_model=model_identity)`, from settings resolved
-    once: a tier may force the cache on after the request was resolved without it."""
-    prompt = normalize_prompt(params.prompt, casefold)
-    negative_prompt = normalize_prompt(params.negative_prompt, casefold)
-    update = {"prompt": prompt, "negative_prompt": negative_prompt}
-    if not seed_given:
-        update["seed"] = derived_seed(model_identity, {**params.model_dump(), **update}, max_seed)
-    return params.model_copy(update=update)
 
 
 def tier_header(video: VideoObject) -> str:

@@ -13,7 +13,8 @@ Everything else (preset name, deadline, webhook, ids) does not change pixels
 and is left out. Requests that give no seed get one derived from the key of
 everything else, so the same request gives the same video, and a request that
 names that seed shares the entry. The generation runs on the normalised
-prompt, so two prompts that share a key really make the same frames.
+prompt, so two prompts that share a key really make the same frames:
+`cacheable_form` is the request as the cache keys and runs it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import unicodedata
 from typing import Any
 
+from serve_app.params import GenerationParams
 from serve_app.settings.speed import FastKnobs
 
 PIXEL_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "guidance_scale")
@@ -61,3 +63,19 @@ def derived_seed(model_identity: str, values: dict[str, Any], max_seed: int) -> 
 def cache_key(model_identity: str, values: dict[str, Any]) -> str:
     """The entry's key (hex), over normalised values that include the seed."""
     return _digest({**_payload(model_identity, values), "seed": int(values["seed"])})
+
+
+def cacheable_form(
+    params: GenerationParams, *, seed_given: bool, model_identity: str, casefold: bool, max_seed: int
+) -> GenerationParams:
+    """`params` (resolved and checked, serve_app/params.py) as the result cache keys and runs
+    them: prompts normalised as the key does it, and, for a request that named no seed, the
+    seed derived from the key of everything else in place of its random one. Made from
+    settings resolved once, whenever there is a cache: a tier may force the cache on after
+    the request was resolved without it."""
+    prompt = normalize_prompt(params.prompt, casefold)
+    negative_prompt = normalize_prompt(params.negative_prompt, casefold)
+    update: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative_prompt}
+    if not seed_given:
+        update["seed"] = derived_seed(model_identity, {**params.model_dump(), **update}, max_seed)
+    return params.model_copy(update=update)

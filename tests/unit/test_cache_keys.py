@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.cache.keys import cache_key, cacheable_form, derived_seed, normalize_prompt
 from serve_app.config import load_presets
 from serve_app.params import resolve_generation
 
@@ -20,9 +20,20 @@ BASE = {
 }
 
 
+def cacheable(request: dict, model: str = MODEL, casefold: bool = False):
+    """The request resolved, then in the form the cache keys and runs (as a create does it)."""
+    catalog = load_presets()
+    return cacheable_form(
+        resolve_generation(request, catalog),
+        seed_given=request.get("seed") is not None,
+        model_identity=model,
+        casefold=casefold,
+        max_seed=catalog.limits.max_seed,
+    )
+
+
 def key_of(request: dict, model: str = MODEL, casefold: bool = False) -> str:
-    params = resolve_generation(request, load_presets(), cache_model=model, casefold=casefold)
-    return cache_key(model, params.model_dump())
+    return cache_key(model, cacheable(request, model, casefold).model_dump())
 
 
 @pytest.mark.parametrize(
@@ -78,15 +89,15 @@ def test_case_folding_is_a_switch():
     upper = {**BASE, "prompt": "HAPPY BIRTHDAY"}
     assert key_of(upper) != key_of(BASE)
     assert key_of(upper, casefold=True) == key_of(BASE, casefold=True)
-    params = resolve_generation(upper, load_presets(), cache_model=MODEL, casefold=True)
+    params = cacheable(upper, casefold=True)
     assert params.prompt == "happy birthday"  # generated as keyed
 
 
 def test_missing_seed_is_derived_from_the_request():
     unseeded = {k: v for k, v in BASE.items() if k != "seed"}
-    a = resolve_generation(unseeded, load_presets(), cache_model=MODEL)
-    b = resolve_generation({**unseeded, "prompt": " Happy  birthday"}, load_presets(), cache_model=MODEL)
-    c = resolve_generation({**unseeded, "prompt": "Happy new year"}, load_presets(), cache_model=MODEL)
+    a = cacheable(unseeded)
+    b = cacheable({**unseeded, "prompt": " Happy  birthday"})
+    c = cacheable({**unseeded, "prompt": "Happy new year"})
     assert a.seed == b.seed != c.seed
     # Naming the derived seed explicitly is the same request.
     assert key_of({**unseeded, "seed": a.seed}) == cache_key(MODEL, a.model_dump())
