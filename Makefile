@@ -25,7 +25,7 @@ run: $(STAMP)
 test-deps:
 	bash scripts/test-deps.sh
 
-# ruff (lint, format) and mypy (strict on settings, params, policy, errors): pyproject.toml.
+# ruff (lint, format) and mypy (strict on settings, params, policy, errors, handles): pyproject.toml.
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -73,7 +73,7 @@ class InProcessGraph:
 
     def close(self) -> None:
         for stage in (self.prompt_encoder, self.denoiser, self.video_encoder):
-            stage._worker.shutdown(wait=True)
+            stage.close()
         del self.prompt_encoder, self.denoiser, self.video_encoder
         gc.collect()
         try:

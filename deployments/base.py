@@ -81,6 +81,12 @@ class ModelStage:
         """Block until background warm-up ended (benchmarks measure a warm replica)."""
         return self._worker.wait_warm(timeout_s)
 
+    def close(self, wait: bool = True) -> None:
+        """Stop the model thread, after what is queued on it if `wait`; later model calls
+        raise RuntimeError. For stages built in-process without Ray (benchmarks, tests); a
+        replica never needs it, its process ends with it. Calling it twice is harmless."""
+        self._worker.shutdown(wait=wait)
+
     # --- Ray Serve hooks --------------------------------------------------------------
 
     async def check_health(self) -> None:

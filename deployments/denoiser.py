@@ -131,12 +131,12 @@ class Denoiser(ModelStage):
         params: GenerationParams,
         embeddings: PromptEmbeddings,
         deadline: Deadline,
-        knobs: FastKnobs | dict | None = None,
+        knobs: FastKnobs | None = None,
         job_id: str | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
         """`knobs`: a fast tier's quality-changing speed-ups (settings.speed.FastKnobs); None is the exact path.
         `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one."""
-        knobs = EXACT if knobs is None else FastKnobs.model_validate(knobs)
+        knobs = EXACT if knobs is None else knobs
         checkpoints = self._checkpoints(job_id, params, knobs)
         if self.runtime is None and not knobs.exact:
             raise ValueError(f"fast knobs {knobs} need profile speed.optimized_loop: true on this model")

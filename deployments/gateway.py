@@ -26,20 +26,30 @@ log = logging.getLogger("ray.serve")
 STAGE_PROBE_TIMEOUT_S = 5.0
 
 
-class HandleClient:
-    """`await client.method(...)` for `handle.method.remote(...)`: the plain async
-    interface the service and runner expect (fakes stand in for it in unit tests)."""
+class ResultCacheHandle:
+    """The ResultCache deployment behind its Ray Serve handle, as the gateway's
+    `ResultCacheClient` (serve_app/handles.py): each method awaits the remote call."""
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    def __getattr__(self, name: str):
-        method = getattr(self._handle, name)
+    async def claim(self, key: str, job_id: str) -> str:
+        return await self._handle.claim.remote(key, job_id)
 
-        async def call(*args, **kwargs):
-            return await method.remote(*args, **kwargs)
+    async def release(self, key: str, job_id: str) -> None:
+        await self._handle.release.remote(key, job_id)
 
-        return call
+    async def fill(self, key: str, video: dict[str, Any], source_id: str) -> bool:
+        return await self._handle.fill.remote(key, video, source_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._handle.stats.remote()
+
+    async def delete(self, key: str) -> bool:
+        return await self._handle.delete.remote(key)
+
+    async def purge(self) -> int:
+        return await self._handle.purge.remote()
 
 
 class HandleProbe:
@@ -74,7 +84,7 @@ class Gateway:
         app_name = serve.get_replica_context().app_name
         handles = GatewayHandles(
             generator=StageGraph(prompt_encoder, denoiser, video_encoder),
-            cache=HandleClient(result_cache),
+            cache=ResultCacheHandle(result_cache),
             probe=HandleProbe({"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}),
             denoiser_replicas=lambda: serve_replicas(app_name, "Denoiser"),
             encoder_replicas=lambda: serve_replicas(app_name, "VideoEncoder"),

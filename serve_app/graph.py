@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +16,12 @@ from ray.exceptions import NodeDiedError, RayActorError, RayTaskError
 
 from serve_app.deadline import Deadline
 from serve_app.errors import DeadlineExceeded, ServiceError, StageFailed, StageLost
-from serve_app.messages import DenoisedLatents, EncodedVideo, StepProgress
+from serve_app.messages import DenoisedLatents, EncodedVideo, GraphResult, ProgressCallback, StepProgress
 from serve_app.params import GenerationParams
 
-ProgressCallback = Callable[[StepProgress], None]
+# GraphResult and ProgressCallback live in messages.py (Ray-free, for serve_app/handles.py);
+# imported from here too.
+__all__ = ["GraphResult", "ProgressCallback", "StageGraph", "unwrap_stage_error"]
 
 # How long past the deadline the gateway waits for a stage to report how far
 # it got (its own check fires first, at a step boundary) before giving up on it.
@@ -40,19 +41,13 @@ def unwrap_stage_error(exc: BaseException) -> BaseException:
 
 
 @dataclass
-class GraphResult:
-    video: EncodedVideo
-    prompt_encode_s: float
-    denoise_s: float
-    total_s: float
-
-
-@dataclass
 class _Progress:
     last: StepProgress | None = None
 
 
 class StageGraph:
+    """The gateway's `VideoGenerator` (serve_app/handles.py) over the three stages' Ray Serve handles."""
+
     def __init__(self, prompt_encoder: Any, denoiser: Any, video_encoder: Any) -> None:
         self.prompt_encoder = prompt_encoder
         self.denoiser = denoiser

@@ -1,11 +1,13 @@
 """What crosses deployment boundaries, besides `GenerationParams` and `Deadline`.
 
 Only embeddings and latents (megabytes) travel between stages; frames never
-do: the video encoder turns latents into an mp4 in one place.
+do: the video encoder turns latents into an mp4 in one place. `GraphResult`
+is what the whole graph hands the gateway's job runner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -39,3 +41,16 @@ class EncodedVideo:
     decode_s: float
     encode_s: float
     thumbnail: bytes = b""  # JPEG of the middle frame
+
+
+@dataclass
+class GraphResult:
+    """One job through all the stages: its mp4 and where the time went."""
+
+    video: EncodedVideo
+    prompt_encode_s: float
+    denoise_s: float
+    total_s: float
+
+
+ProgressCallback = Callable[[StepProgress], None]

@@ -14,10 +14,13 @@ import re
 import unicodedata
 from typing import Any
 
+from pydantic import field_validator
+
 from serve_app.config import PresetCatalog
 from serve_app.errors import InvalidRequest
 from serve_app.settings.base import StrictModel
 from serve_app.settings.limits import GenerationLimits
+from serve_app.settings.speed import FastKnobs
 
 
 class GenerationParams(StrictModel):
@@ -33,9 +36,15 @@ class GenerationParams(StrictModel):
     fps: int
     seed: int
     preset: str
-    # Quality-changing speed-ups a degradation tier turned on (FastKnobs fields of
-    # serve_app/settings/speed.py, e.g. {"step_cache_threshold": 0.3}); None: the exact path.
-    fast: dict[str, Any] | None = None
+    # Quality-changing speed-ups a degradation tier turned on; None: the exact path.
+    fast: FastKnobs | None = None
+
+    @field_validator("fast")
+    @classmethod
+    def _exact_is_none(cls, v: FastKnobs | None) -> FastKnobs | None:
+        # One spelling of "the exact path": knobs that change nothing are None, so they
+        # neither split the cache key nor time the exact path apart (estimates.py).
+        return None if v is not None and v.exact else v
 
     @property
     def size(self) -> str:
@@ -163,17 +172,14 @@ def resolve_generation(
     catalog: PresetCatalog,
     *,
     rng: random.Random | None = None,
-    cache_model: str | None = None,
-    casefold: bool = False,
 ) -> GenerationParams:
     """Preset + overrides -> checked `GenerationParams`.
 
     `request` holds the request's generation fields; None means "not given".
-    With `cache_model` (the model identity of a cacheable request) the prompts
-    are normalised as the cache key does it (serve_app.cache.keys) and a
-    missing seed is derived from the key, so the same request gives the same
-    video; otherwise a missing seed is random. Either way the answer reports
-    the seed used.
+    A missing seed is random (`rng`); the answer reports the seed used. A
+    cacheable request then runs `serve_app.cache.keys.cacheable_form` of this:
+    prompts normalised as the key does it and a missing seed derived from the
+    key, so the same request gives the same video.
     """
     preset_name = request.get("preset") or catalog.default_preset
     if preset_name not in catalog.presets:
@@ -197,13 +203,6 @@ def resolve_generation(
 
     check_generation(values, catalog.limits)
 
-    if cache_model is not None:
-        from serve_app.cache.keys import derived_seed, normalize_prompt
-
-        values["prompt"] = normalize_prompt(values["prompt"], casefold)
-        values["negative_prompt"] = normalize_prompt(values["negative_prompt"], casefold)
-        if values["seed"] is None:
-            values["seed"] = derived_seed(cache_model, values, catalog.limits.max_seed)
     if values["seed"] is None:
         values["seed"] = (rng or random.SystemRandom()).randint(0, catalog.limits.max_seed)
     return GenerationParams(preset=preset_name, **values)

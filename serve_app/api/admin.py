@@ -4,22 +4,22 @@ Who may call them is checked before any of them runs (`AdminAccess`, serve_app/a
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from fastapi import APIRouter, Request
 
 from serve_app.api.callers import ADMIN
 from serve_app.errors import Forbidden, InvalidRequest, NotFound
+from serve_app.handles import CacheAdministration
 
 router = APIRouter()
 
 
 class CacheAdmin:
-    def __init__(self, cache: Any, enabled: bool) -> None:
+    def __init__(self, cache: CacheAdministration | None, enabled: bool) -> None:
         self.cache = cache  # the ResultCache client, or None
         self.enabled = enabled  # `cache_enabled`
 
-    def _need_cache(self) -> Any:
+    def _need_cache(self) -> CacheAdministration:
         if self.cache is None or not self.enabled:
             raise Forbidden("the result cache is disabled (cache_enabled: false)")
         return self.cache

@@ -24,9 +24,10 @@ from serve_app.access.keys import Principal
 from serve_app.api.protocol import CreateVideoRequest, VideoObject
 from serve_app.api.views import VideoViews
 from serve_app.cache.index import CacheEntry, CacheIndex
-from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.cache.keys import cache_key, cacheable_form
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
+from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
@@ -72,21 +73,6 @@ class Preference:
         return cls(respond_async, wait_s)
 
 
-def cacheable_form(
-    params: GenerationParams, *, seed_given: bool, model_identity: str, casefold: bool, max_seed: int
-) -> GenerationParams:
-    """`params` as the result cache keys and runs them: prompts normalised as the key does it,
-    and, for a request that named no seed, the seed derived from the key of everything else.
-    The same as `resolve_generation(..., cache_model=model_identity)`, from settings resolved
-    once: a tier may force the cache on after the request was resolved without it."""
-    prompt = normalize_prompt(params.prompt, casefold)
-    negative_prompt = normalize_prompt(params.negative_prompt, casefold)
-    update = {"prompt": prompt, "negative_prompt": negative_prompt}
-    if not seed_given:
-        update["seed"] = derived_seed(model_identity, {**params.model_dump(), **update}, max_seed)
-    return params.model_copy(update=update)
-
-
 def tier_header(video: VideoObject) -> str:
     """`Wan-Tier: reduced; num_inference_steps=20; num_frames=13`: the tier and what it lowered, as used."""
     lowered = [f"{field}={getattr(video, field)}" for field in (video.requested or {})]
@@ -112,7 +98,7 @@ class VideoCreator:
         load: LoadMonitor,
         eta: QueueEta,
         admission: Admission | None = None,
-        cache: Any = None,
+        cache: CacheClaims | None = None,
         cache_index: CacheIndex | None = None,
         guard: AccessGuard | None = None,
         check_webhook: Callable[[str], Any] | None = None,

@@ -33,6 +33,7 @@ from serve_app.artifacts import ArtifactStore, open_artifact_store
 from serve_app.cache.index import CacheIndex, open_cache_index
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs, StageOptions
 from serve_app.estimates import StageTimeEstimator
+from serve_app.handles import ResultCacheClient, VideoGenerator
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.stores import open_job_store
@@ -111,10 +112,11 @@ class GatewaySettings:
 
 @dataclass
 class GatewayHandles:
-    """What the gateway calls outside itself: Ray Serve handles in the deployment, fakes in tests."""
+    """What the gateway calls outside itself: Ray Serve handles in the deployment, fakes in tests
+    (their Protocols: serve_app/handles.py)."""
 
-    generator: Any  # runs one job through the stages (serve_app.graph.StageGraph)
-    cache: Any = None  # the ResultCache: claim, release, fill, admin (None: no result cache)
+    generator: VideoGenerator  # runs one job through the stages (serve_app.graph.StageGraph)
+    cache: ResultCacheClient | None = None  # claims, fills and admin (None: no result cache)
     probe: StageProbe | None = None  # the stages' health for /healthz (None: no stages to report)
     # Replica counts and GPU use for admission, polled in the background once started;
     # None: the configured counts, never refreshed.

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from serve_app.settings.speed import FastKnobs
+
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
 
 
@@ -127,7 +129,7 @@ class VideoObject(BaseModel):
         description="Quality tier the service ran this request at (configs/tiers.yaml), 'exact' for "
         "`quality: exact`; None for cached answers and with admission off.",
     )
-    fast: dict[str, Any] | None = Field(
+    fast: FastKnobs | None = Field(
         None, description="Quality-changing speed-ups its tier used (step cache, FP8); None: the exact path."
     )
     requested: dict[str, int] | None = Field(

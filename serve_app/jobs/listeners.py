@@ -22,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from serve_app import metrics
 from serve_app.artifacts import ArtifactStore
 from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
+from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
-
-if TYPE_CHECKING:  # serve_app.graph imports Ray; only its result's shape is needed here
-    from serve_app.graph import GraphResult
+from serve_app.messages import GraphResult
 
 log = logging.getLogger("ray.serve")
 
@@ -159,7 +158,7 @@ class ResultCacheFill(JobListener):
     """Fills the job's result-cache entry with a completed video, or releases its
     in-flight claim (failed, or deleted) so the next identical request runs."""
 
-    def __init__(self, cache: Any, store: JobStore | None = None) -> None:
+    def __init__(self, cache: CacheClaims, store: JobStore | None = None) -> None:
         self.cache = cache  # ResultCache client
         self.store = store  # to see whether the video was deleted while its entry was filled
 
@@ -191,7 +190,7 @@ def standard_listeners(
     estimator: StageTimeEstimator,
     finished: FinishedCallback,
     send_webhook: WebhookSender | None,
-    cache: Any,
+    cache: CacheClaims | None,
 ) -> list[JobListener]:
     """The gateway's listeners, in the order they run.
 

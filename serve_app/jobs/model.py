@@ -14,16 +14,20 @@ record written since it was read (`revision` tells), then reads and decides
 again (serve_app/jobs/writes.py); and no store lets a non-terminal write
 replace a terminal record (`refuse_reopening`).
 
-The video object repeats the settings in `params` (the answer shows what
-ran); `video_settings` is the one place that writes them from `params`, so the
-two cannot drift apart.
+The settings a job runs are held once, in its video object (the answer shows
+what ran, so they are public anyway): `JobRecord.params` reads them from there
+as the `GenerationParams` the stages take, and assigning it writes them back
+(`video_settings` is the one mapping between the two; `params` is not a field,
+so `model_copy(update={"params": ...})` would not reach it: assign it). Records
+of the earlier layout also stored a `params` copy; it is ignored when they
+load, as it always equalled the video's settings.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.api.protocol import VideoObject
 from serve_app.errors import Conflict
@@ -54,8 +58,10 @@ def video_settings(params: GenerationParams) -> dict[str, Any]:
 
 
 class JobRecord(BaseModel):
-    video: VideoObject
-    params: GenerationParams
+    # Unknown keys are ignored: records of the earlier layout carry `params` too.
+    model_config = ConfigDict(extra="ignore")
+
+    video: VideoObject = Field(description="The public object; its settings fields are what the job runs.")
     deadline_s: float = Field(description="Seconds a run of this job may take (a new deadline per attempt).")
     created_at: float = Field(description="Epoch seconds, with sub-second precision (orders the queue).")
     owner: str | None = Field(None, description="Runner (gateway replica) holding the job, or None.")
@@ -92,7 +98,17 @@ class JobRecord(BaseModel):
         video = VideoObject(
             id=job_id, status="queued", model=model, created_at=int(created_at), **video_settings(params)
         )
-        return cls(video=video, params=params, deadline_s=deadline_s, created_at=created_at, **bookkeeping)
+        return cls(video=video, deadline_s=deadline_s, created_at=created_at, **bookkeeping)
+
+    @property
+    def params(self) -> GenerationParams:
+        """The settings the job runs, read from its video object (a new object per read)."""
+        return GenerationParams.model_validate(self.video, from_attributes=True)
+
+    @params.setter
+    def params(self, params: GenerationParams) -> None:
+        for field, value in video_settings(params).items():
+            setattr(self.video, field, value)
 
     def run_at_tier(self, tier: str, params: GenerationParams) -> None:
         """Run `params`, the settings of quality tier `tier`, instead of the current ones. The
@@ -103,8 +119,6 @@ class JobRecord(BaseModel):
         if requested:
             self.video.requested = requested
         self.video.tier = tier
-        for field, value in video_settings(params).items():
-            setattr(self.video, field, value)
         self.params = params
 
     @property

@@ -7,9 +7,9 @@ denoiser ran out of GPU memory); these say what the job record must then hold.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from serve_app.errors import ServiceError
+from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.writes import update_owned
 from serve_app.params import GenerationParams
@@ -38,7 +38,13 @@ def count_next_attempt(store: JobStore, job_id: str, owner: str, exc: ServiceErr
 
 
 async def lower_tier(
-    store: JobStore, cache: Any, job: JobRecord, owner: str, params: GenerationParams, tier: str, exc: ServiceError
+    store: JobStore,
+    cache: CacheClaims | None,
+    job: JobRecord,
+    owner: str,
+    params: GenerationParams,
+    tier: str,
+    exc: ServiceError,
 ) -> JobRecord:
     """The job rewritten to run `params` at `tier`, and saved; re-raises `exc` when the job
     was deleted or taken over meanwhile."""

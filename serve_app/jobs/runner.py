@@ -30,6 +30,7 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
+from serve_app.handles import CacheClaims, VideoGenerator
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
@@ -63,14 +64,14 @@ class JobRunner:
         *,
         store: JobStore,
         artifacts: ArtifactStore,
-        generator: Any,
+        generator: VideoGenerator,
         estimator: StageTimeEstimator,
         owner: str,
         lease_s: float,
         dispatch_interval_s: float,
         artifact_ttl_s: float,
         send_webhook: WebhookSender | None = None,
-        cache: Any = None,
+        cache: CacheClaims | None = None,
         max_attempts: int = 3,
         on_finished: Callable[[JobRecord], None] | None = None,
         lower_memory: Callable[[GenerationParams], tuple[GenerationParams, str] | None] | None = None,

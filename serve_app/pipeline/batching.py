@@ -39,7 +39,7 @@ from serve_app.params import GenerationParams
 from serve_app.pipeline.stages import denoised_estimate
 from serve_app.settings.speed import EXACT, FastKnobs
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 StepCallback = Callable[[int, int], None]
 

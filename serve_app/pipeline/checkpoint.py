@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 # UniPCMultistepScheduler's state that changes as it steps (set_timesteps
 # rebuilds the rest from the step count, as start_job does for every job).

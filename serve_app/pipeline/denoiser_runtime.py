@@ -29,7 +29,7 @@ from serve_app.pipeline.optimize import (
 from serve_app.pipeline.stages import PromptEmbeddings
 from serve_app.settings.speed import EXACT, FastKnobs, SpeedOptions
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 
 class DenoiserRuntime:

@@ -18,7 +18,7 @@ from serve_app.config import ATTENTION_BACKENDS, ModelProfile
 from serve_app.errors import ModelLoadError
 from serve_app.pipeline.startup import StartupPhases
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 Stage = Literal["prompt_encoder", "denoiser", "video_encoder", "all"]
 

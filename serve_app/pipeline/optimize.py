@@ -17,7 +17,7 @@ from typing import Any
 
 from serve_app.settings.speed import SpeedOptions
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 
 # --- compile ---------------------------------------------------------------------------

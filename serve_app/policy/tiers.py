@@ -26,8 +26,8 @@ def apply_tier(params: GenerationParams, tier: Tier) -> GenerationParams:
         update["num_inference_steps"] = tier.max_steps
     if tier.max_frames is not None and params.num_frames > tier.max_frames:
         update["num_frames"] = tier.max_frames
-    if tier.fast and params.fast != tier.fast:
-        update["fast"] = dict(tier.fast)
+    if tier.fast is not None and params.fast != tier.fast:
+        update["fast"] = tier.fast
     return params.model_copy(update=update) if update else params
 
 

@@ -8,10 +8,10 @@ load is under applies. How a tier changes a request is serve_app/policy/tiers.py
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.paths import resolve
 from serve_app.settings.base import StrictModel
@@ -33,15 +33,21 @@ class Tier(StrictModel):
         description="'forced': answer from the result cache even for `cache: false` (such a request's own "
         "video never fills it; only requests that allow the cache do).",
     )
-    fast: dict[str, Any] | None = Field(
+    fast: FastKnobs | None = Field(
         None,
         description="Quality-changing speed-ups for this tier (FastKnobs: step_cache_threshold, fp8; see "
         "docs/performance.md). Needs a model profile with speed.optimized_loop.",
     )
 
+    @field_validator("fast")
+    @classmethod
+    def _exact_is_none(cls, v: FastKnobs | None) -> FastKnobs | None:
+        # Knobs that change nothing (`fast: {}`, `fast: {fp8: false}`) are no fast knobs.
+        return None if v is not None and v.exact else v
+
     @property
     def caps(self) -> bool:
-        return self.max_steps is not None or self.max_frames is not None or bool(self.fast)
+        return self.max_steps is not None or self.max_frames is not None or self.fast is not None
 
 
 class TierTable(StrictModel):
@@ -64,13 +70,11 @@ class TierTable(StrictModel):
     def check(self, limits: GenerationLimits, optimized_loop: bool = True) -> None:
         """Caps must be values a request could have asked for itself; fast knobs need a loop that has them."""
         for tier in self.tiers:
-            if tier.fast:
-                FastKnobs.model_validate(tier.fast)
-                if not optimized_loop:
-                    raise ValueError(
-                        f"tier {tier.name!r} sets fast={tier.fast}, but the model profile's "
-                        "speed.optimized_loop is off: use a tiers file without fast knobs"
-                    )
+            if tier.fast is not None and not optimized_loop:
+                raise ValueError(
+                    f"tier {tier.name!r} sets fast={tier.fast.model_dump(exclude_defaults=True)}, but the model "
+                    "profile's speed.optimized_loop is off: use a tiers file without fast knobs"
+                )
             frames = tier.max_frames
             if frames is not None and (frames < limits.min_frames or (frames - 1) % limits.frames_modulus):
                 raise ValueError(

@@ -112,9 +112,8 @@ class Service:
         """`jobs` unfinished jobs held by a live runner elsewhere."""
         for n in range(jobs):
             job = make_job(1000 + n, owner="elsewhere", heartbeat_at=9e18)
-            self.store.create(
-                job.model_copy(update={"params": job.params.model_copy(update={"num_inference_steps": steps})})
-            )
+            job.params = job.params.model_copy(update={"num_inference_steps": steps})
+            self.store.create(job)
 
 
 def api_client(gateway: GatewayApp) -> TestClient:

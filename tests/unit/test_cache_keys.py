@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.cache.keys import cache_key, derived_seed, normalize_prompt
+from serve_app.cache.keys import cache_key, cacheable_form, derived_seed, normalize_prompt
 from serve_app.config import load_presets
 from serve_app.params import resolve_generation
 
@@ -20,9 +20,20 @@ BASE = {
 }
 
 
+def cacheable(request: dict, model: str = MODEL, casefold: bool = False):
+    """The request resolved, then in the form the cache keys and runs (as a create does it)."""
+    catalog = load_presets()
+    return cacheable_form(
+        resolve_generation(request, catalog),
+        seed_given=request.get("seed") is not None,
+        model_identity=model,
+        casefold=casefold,
+        max_seed=catalog.limits.max_seed,
+    )
+
+
 def key_of(request: dict, model: str = MODEL, casefold: bool = False) -> str:
-    params = resolve_generation(request, load_presets(), cache_model=model, casefold=casefold)
-    return cache_key(model, params.model_dump())
+    return cache_key(model, cacheable(request, model, casefold).model_dump())
 
 
 @pytest.mark.parametrize(
@@ -78,15 +89,15 @@ def test_case_folding_is_a_switch():
     upper = {**BASE, "prompt": "HAPPY BIRTHDAY"}
     assert key_of(upper) != key_of(BASE)
     assert key_of(upper, casefold=True) == key_of(BASE, casefold=True)
-    params = resolve_generation(upper, load_presets(), cache_model=MODEL, casefold=True)
+    params = cacheable(upper, casefold=True)
     assert params.prompt == "happy birthday"  # generated as keyed
 
 
 def test_missing_seed_is_derived_from_the_request():
     unseeded = {k: v for k, v in BASE.items() if k != "seed"}
-    a = resolve_generation(unseeded, load_presets(), cache_model=MODEL)
-    b = resolve_generation({**unseeded, "prompt": " Happy  birthday"}, load_presets(), cache_model=MODEL)
-    c = resolve_generation({**unseeded, "prompt": "Happy new year"}, load_presets(), cache_model=MODEL)
+    a = cacheable(unseeded)
+    b = cacheable({**unseeded, "prompt": " Happy  birthday"})
+    c = cacheable({**unseeded, "prompt": "Happy new year"})
     assert a.seed == b.seed != c.seed
     # Naming the derived seed explicitly is the same request.
     assert key_of({**unseeded, "seed": a.seed}) == cache_key(MODEL, a.model_dump())
@@ -113,3 +124,39 @@ def test_derived_seed_is_in_range():
         "guidance_scale": 5.0,
     }
     assert 0 <= derived_seed(MODEL, values, 100) <= 100
+
+
+# Keys computed before `fast` was typed (FastKnobs, was a dict): a request's key must not
+# change with the type, or every cached fast-tier video would be orphaned by an upgrade.
+PINNED_KEYS = {
+    None: "50bf66fe3ed1ed46dc292e22c4bbfcaeb9d107fe4946e4c0a06714d328507c5d",
+    (("step_cache_threshold", 0.3),): "f4929be9770a2be9737dabd4318fab47433a50d4da7ebc559c487fdce19f369a",
+    (("fp8", True), ("step_cache_threshold", 0.5)): "704b2f565e9133d046a1fc66a458ba5c1a5bd1c3b354c805d51a84765edf0084",
+    (("fp8", True),): "eb9974fc96059615558e3d57a6af756e2c7845b5eca9758511c1674589ae7240",
+}
+PINNED_SEEDS = {
+    (("step_cache_threshold", 0.3),): 2330385316,
+    (("fp8", True), ("step_cache_threshold", 0.5)): 2000956774,
+    (("fp8", True),): 609942285,
+}
+
+
+@pytest.mark.parametrize("fast", list(PINNED_KEYS))
+def test_keys_of_fast_tier_requests_are_the_ones_before_fast_was_typed(fast):
+    from serve_app.config import ServiceArgs
+    from serve_app.policy.tiers import Tier, apply_tier
+
+    params = resolve_generation({"prompt": "A red  boat", "seed": 7}, ServiceArgs().preset_catalog())
+    if fast is not None:
+        params = apply_tier(params, Tier(name="fast", max_load=1.0, max_steps=15, fast=dict(fast)))
+    assert cache_key("m@1", params.model_dump()) == PINNED_KEYS[fast]
+    if fast is not None:
+        assert derived_seed("m@1", {**params.model_dump(), "seed": None}, 2**32 - 1) == PINNED_SEEDS[fast]
+
+
+def test_fast_knobs_at_their_defaults_do_not_split_the_key():
+    # `fp8: false` spelled out in a tiers file, and a threshold of 1 or 1.0: the same pixels, one key.
+    values = resolve_generation(BASE, load_presets()).model_dump()
+    plain = cache_key(MODEL, {**values, "fast": {"step_cache_threshold": 1.0}})
+    assert cache_key(MODEL, {**values, "fast": {"step_cache_threshold": 1, "fp8": False}}) == plain
+    assert cache_key(MODEL, {**values, "fast": {"fp8": False}}) == cache_key(MODEL, {**values, "fast": None})

@@ -218,3 +218,55 @@ def test_nothing_imports_the_composition_root():
     # lets serve_app reach deployments through it.
     bad = [module for module, targets in import_graph().items() if COMPOSITION_ROOT in targets]
     assert not bad, bad
+
+
+# The one logger rule (docs/operations.md, "Logs"): every module logs through Ray Serve's
+# logger. It is the one Serve sets up in a replica (its file, replica and request tags,
+# the deployment's log level and encoding); a module's own `getLogger(__name__)` is not,
+# and in a replica its INFO records were dropped.
+SERVE_LOGGER = "ray.serve"
+ROOT_LOGGER_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "log", "basicConfig"}
+
+
+def _logger_rule_breaks(source: str) -> tuple[int, list[str]]:
+    """(getLogger calls seen, what breaks the rule) in one module's source."""
+    calls, bad = 0, []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "logging":
+            names = {alias.name for alias in node.names} & (ROOT_LOGGER_CALLS | {"getLogger"})
+            if names:
+                bad.append(f"line {node.lineno}: from logging import {', '.join(sorted(names))}")
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value
+        if not (isinstance(owner, ast.Name) and owner.id == "logging"):
+            continue
+        if node.func.attr == "getLogger":
+            calls += 1
+            named = len(node.args) == 1 and isinstance(node.args[0], ast.Constant) and not node.keywords
+            if not named or node.args[0].value != SERVE_LOGGER:
+                bad.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif node.func.attr in ROOT_LOGGER_CALLS:
+            bad.append(f"line {node.lineno}: {ast.unparse(node)} (the root logger)")
+    return calls, bad
+
+
+def test_the_logger_rule_catches_what_it_forbids():
+    assert _logger_rule_breaks('import logging\nlog = logging.getLogger("ray.serve")') == (1, [])
+    for source in (
+        "import logging\nlog = logging.getLogger(__name__)",
+        "import logging\nlog = logging.getLogger()",
+        "import logging\nlogging.warning('x')",
+        "from logging import getLogger",
+    ):
+        assert _logger_rule_breaks(source)[1], source
+
+
+def test_every_module_logs_through_ray_serves_logger():
+    calls, bad = 0, []
+    for module, path in _sources().items():
+        found, breaks = _logger_rule_breaks(path.read_text())
+        calls += found
+        bad += [f"{module} {b}" for b in breaks]
+    assert calls >= 20, f"only {calls} getLogger calls found: is the scan looking at the sources?"
+    assert not bad, bad

@@ -45,7 +45,7 @@ def stage(data_dir, monkeypatch):
     monkeypatch.setattr(metrics, "_enabled", False)
     built = TinyVideoEncoder({"data_dir": str(data_dir), "compile_cache_dir": "off"})
     yield built
-    built._worker.shutdown(wait=True)
+    built.close()
 
 
 def test_the_constructor_loads_its_slice_and_starts_a_worker(stage):
@@ -73,3 +73,11 @@ def test_describe_shows_the_model_and_the_workers_record(stage):
     assert info["compile_cache"] == {}
     assert info["health"]["healthy"] is True and info["oom"] == {}
     assert set(info["warmup_s"]) == {"decode 64x64"} and info["warmup_pending"] == [] and ran == [1]
+
+
+def test_close_stops_the_model_thread(stage):
+    assert asyncio.run(stage.run_model(lambda: "before")) == "before"
+    stage.close()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        asyncio.run(stage.run_model(lambda: "after"))
+    stage.close()  # twice: harmless (the fixture closes it again)

@@ -14,6 +14,7 @@ from serve_app.policy import eta
 from serve_app.policy.admission import EXACT_TIER, Admission
 from serve_app.policy.load import LoadMonitor, LoadSnapshot, work_ahead
 from serve_app.policy.tiers import Tier, TierTable, apply_tier, changes
+from serve_app.settings.speed import FastKnobs
 from tests.helpers.jobs import make_job, with_status
 
 TIERS = ServiceArgs().tier_table()
@@ -385,7 +386,7 @@ def test_a_tier_can_turn_on_fast_knobs_and_they_change_the_cache_key():
 
     fast = Tier(name="fast", max_load=1.0, max_steps=15, fast={"step_cache_threshold": 0.3})
     used = apply_tier(params(25, 17), fast)
-    assert used.fast == {"step_cache_threshold": 0.3} and used.num_inference_steps == 15
+    assert used.fast == FastKnobs(step_cache_threshold=0.3) and used.num_inference_steps == 15
     same_without = used.model_copy(update={"fast": None})
     assert cache_key("m@1", used.model_dump()) != cache_key("m@1", same_without.model_dump())
     # A table with fast knobs needs a model whose loop has them.
@@ -431,7 +432,17 @@ def test_the_graph_passes_a_tiers_fast_knobs_to_the_denoiser():
             return self
 
     graph = StageGraph(Stage(encode=Call("encode", Call("embeddings"))), Stage(denoise=Call("denoise")), Stage())
-    fast = params().model_copy(update={"fast": {"step_cache_threshold": 0.3}})
+    fast = params().model_copy(update={"fast": FastKnobs(step_cache_threshold=0.3)})
     with pytest.raises(RuntimeError, match="stop here"):
         asyncio.run(graph.generate(fast, Deadline.after(5)))
-    assert seen["denoise"][3] == {"step_cache_threshold": 0.3}
+    assert seen["denoise"][3] == FastKnobs(step_cache_threshold=0.3)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"fp8": False}, {"step_cache_threshold": None}])
+def test_fast_knobs_that_change_nothing_are_no_fast_knobs(knobs):
+    # One spelling of the exact path: such a tier neither caps nor marks the request fast.
+    tier = Tier(name="t", max_load=1.0, fast=knobs)
+    assert tier.fast is None and not tier.caps
+    exact = params()
+    assert apply_tier(exact, tier) is exact
+    assert GenerationParams(**{**exact.model_dump(), "fast": knobs}).fast is None

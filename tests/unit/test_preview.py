@@ -270,7 +270,6 @@ def test_preview_hook_leaves_the_denoising_result_unchanged_and_sees_x0(tiny_pro
 
 
 def test_runner_puts_previews_in_progress_events_only_when_small(tmp_path):
-    from serve_app.api.protocol import VideoObject
     from serve_app.artifacts import LocalArtifactStore
     from serve_app.estimates import StageTimeEstimator
     from serve_app.jobs.model import JobRecord
@@ -301,27 +300,9 @@ def test_runner_puts_previews_in_progress_events_only_when_small(tmp_path):
         seed=1,
         preset="preview",
     )
-    video = VideoObject(
-        id=f"video_{1:032x}",
-        status="queued",
-        model="m",
-        created_at=1,
-        size="64x64",
-        seconds="0.62",
-        preset="preview",
-        prompt="p",
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_frames=5,
-        fps=8,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        seed=1,
-    )
     store = SQLiteJobStore(tmp_path / "jobs.db")
     try:
-        job = JobRecord(video=video, params=params, deadline_s=30, created_at=1.0)
+        job = JobRecord.new(f"video_{1:032x}", "m", params, 1.0, 30)
         store.create(job)
         runner = JobRunner(
             store=store,

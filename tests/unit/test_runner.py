@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from serve_app.api.protocol import VideoObject
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
@@ -32,26 +31,9 @@ PARAMS = GenerationParams(
 
 
 def _job(n: int, status: str, expires_at: int | None) -> JobRecord:
-    video = VideoObject(
-        id=f"video_{n:032x}",
-        status=status,
-        model="m",
-        created_at=n,
-        size="64x64",
-        seconds="0.62",
-        expires_at=expires_at,
-        preset="preview",
-        prompt="p",
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_frames=5,
-        fps=8,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        seed=1,
-    )
-    return JobRecord(video=video, params=PARAMS, deadline_s=30, created_at=float(n))
+    job = JobRecord.new(f"video_{n:032x}", "m", PARAMS, float(n), 30)
+    job.video.status, job.video.expires_at = status, expires_at
+    return job
 
 
 @pytest.fixture
@@ -272,7 +254,6 @@ def test_denoiser_out_of_memory_reruns_once_at_the_lowest_tier_and_says_so(parts
         runner.lower_memory = _minimal
         job = _job(frames, "queued", None)
         job.params = job.params.model_copy(update={"num_frames": frames, "num_inference_steps": 4})
-        job.video.num_frames, job.video.num_inference_steps = frames, 4
         store.create(job)
         assert runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
