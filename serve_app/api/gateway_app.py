@@ -23,8 +23,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from serve_app.access.guard import AccessGuard, AdminAccess
+from serve_app.access.keys import check_admin_key
 from serve_app.api import admin, health, videos, web
 from serve_app.api.admin import CacheAdmin
+from serve_app.api.browser import BrowserGuard, allowed_hosts
 from serve_app.api.create import VideoCreator
 from serve_app.api.error_handlers import ERROR_RESPONSES, install_error_handlers
 from serve_app.api.health import ServiceReport, StageProbe
@@ -80,6 +82,10 @@ class GatewaySettings:
     webhooks: WebhookConfig
     admin_key: str = ""  # the operator's key for the admin routes ('': admin API keys only)
     replica_id: str = field(default_factory=new_replica_id)
+
+    def __post_init__(self) -> None:
+        # At start, naming the variable: a short admin key is refused before anything serves.
+        check_admin_key(self.admin_key, self.args.admin_key_env)
 
     @classmethod
     def load(
@@ -259,16 +265,23 @@ def build_gateway(
         guard=guard,
         check_webhook=lambda url: check_destination(url, settings.webhooks),
     )
+    # The guard's own config where there is one (the deployment opens it from args.access).
+    access_config = guard.config if guard is not None else args.access
     report = ServiceReport(profile, settings.catalog, args.default_deadline_s, handles.probe, guard, policy, load)
     app = create_app(
         creator=creator,
         views=views,
         report=report,
         cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
-        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard),
+        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard, config=access_config),
         guard=guard,
         replica=settings.replica_id,
         max_body_bytes=args.access.max_body_bytes,
+    )
+    # Outermost: a request by an untrusted Host or a foreign web page is refused before any route.
+    auth_on = guard is not None and guard.auth_enabled
+    app.add_middleware(
+        BrowserGuard, hosts=allowed_hosts(access_config, auth_on), trusted_origins=access_config.trusted_origins
     )
     return GatewayApp(
         app=app,
