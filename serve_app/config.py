@@ -188,6 +188,12 @@ class ServiceArgs(StrictModel):
     webhook_max_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook before giving up.")
     webhook_backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Seconds one webhook delivery may take.")
+    webhook_resume_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often each gateway looks for webhooks another gateway left unsent (it died while "
+        "they were pending) and sends them; also once at start.",
+    )
     admission: AdmissionConfig = Field(
         default_factory=AdmissionConfig, description="Admission control and quality tiers under load."
     )

@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from serve_app.access.keys import HEADER, ApiKeys, Principal, bearer_token, require_admin
-from serve_app.access.limits import BucketKind
+from serve_app.access.keys import HEADER, ApiKeys, Principal, bearer_token, check_admin_key, require_admin
+from serve_app.access.limits import BucketKind, InProcessRateLimiter
 from serve_app.access.stores import Limiters, open_limits
-from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
+from serve_app.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from serve_app.settings.access import AccessConfig
 
 log = logging.getLogger("ray.serve")
@@ -144,15 +144,34 @@ class AccessGuard:
 class AdminAccess:
     """Who may call the admin routes (the result cache's stats, delete and purge): the
     operator, with the key in ${admin_key_env}, or, with API keys on, a key marked
-    `admin: true`. Works without a guard too (a gateway with access control off)."""
+    `admin: true`. Works without a guard too (a gateway with access control off).
 
-    def __init__(self, operator_key: str, key_env: str, guard: AccessGuard | None = None) -> None:
+    Every admin request first spends a token of its client address's 'admin' bucket
+    (`access.admin_rate_per_s`, `admin_burst`), before its key is looked at: guessing
+    the key then costs as many tokens as calling with it. The bucket lives in the
+    guard's limiter store (shared through Redis when `access.store` says so), or in
+    this process without a guard."""
+
+    def __init__(
+        self,
+        operator_key: str,
+        key_env: str,
+        guard: AccessGuard | None = None,
+        *,
+        config: AccessConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        check_admin_key(operator_key, key_env)
         self.operator_key = operator_key
         self.key_env = key_env  # named in the error when no admin key exists at all
         self.guard = guard
+        self.config = config or (guard.config if guard is not None else AccessConfig())
+        self.rate = guard.limiters.rate if guard is not None else InProcessRateLimiter(clock)
 
-    def check(self, authorization_header: str | None) -> None:
-        """Return when the caller is an admin; 401 or 403 otherwise."""
+    def check(self, authorization_header: str | None, client: str | None = None) -> None:
+        """Return when the caller is an admin; 429, 401 or 403 otherwise. `client`: the
+        caller's address, whose bucket pays for the attempt."""
+        self._spend(client or "unknown")
         token = bearer_token(authorization_header)
         if self.operator_key and token is not None and hmac.compare_digest(token.encode(), self.operator_key.encode()):
             return
@@ -162,3 +181,16 @@ class AdminAccess:
         if not self.operator_key:
             raise Forbidden(f"admin routes are off: set ${self.key_env} or configure an admin API key")
         raise Unauthorized(f"admin routes need '{HEADER}: Bearer <admin key>'", param=HEADER)
+
+    def _spend(self, client: str) -> None:
+        rate, burst = self.config.admin_rate_per_s, self.config.admin_burst
+        try:
+            self.rate.hit(client, "admin", rate, burst)
+        except RateLimited as exc:
+            # The limiter's message speaks of an API key; here the bucket is an address's.
+            raise RateLimited(
+                f"admin requests from {client!r} are over their rate limit ({rate:g}/s, burst {burst}); "
+                f"the next is allowed in {exc.retry_after_s} s",
+                retry_after_s=exc.retry_after_s,
+                limit_kind="admin",
+            ) from None

@@ -79,6 +79,19 @@ def _limits(config: AccessConfig, entry: ApiKeyEntry | None = None) -> Limits:
     )
 
 
+def check_admin_key(key: str, env_name: str) -> None:
+    """The operator's admin key (from ${env_name}; '' = none) is as long as any API key must be:
+    the admin routes purge the whole cache, and a short key is guessable however it is stored."""
+    if not key:
+        return
+    if len(key) < MIN_SECRET_CHARS or key != key.strip():
+        # The length only: the key itself never reaches a log.
+        raise ValueError(
+            f"${env_name} holds an admin key of {len(key)} characters; it must be at least {MIN_SECRET_CHARS} "
+            "with no surrounding spaces (`python -m serve_app.access.keys new` makes one)"
+        )
+
+
 def parse_env_keys(value: str, env_name: str) -> list[ApiKeyEntry]:
     """`id:secret[:admin],...` -> entries holding digests. Errors name the entry, never the secret."""
     entries: list[ApiKeyEntry] = []

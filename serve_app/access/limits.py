@@ -3,7 +3,7 @@
 Two protocols, each with two backends:
 
 - `RateLimiter.hit(key_id, kind, rate_per_s, burst)`: takes one token from the
-  key's bucket of that kind ('create' or 'read'), or raises `RateLimited` with
+  key's bucket of that kind ('create', 'read', or 'admin' per client address), or raises `RateLimited` with
   Retry-After = the time until one token is back.
 - `JobLimiter.acquire(key_id, job_id, limit, lease_s)` / `touch` / `release`:
   a job holds one of its key's `limit` slots until released or until its lease
@@ -30,8 +30,9 @@ from typing import Literal, Protocol
 
 from serve_app.errors import ConcurrencyLimited, RateLimited
 
-BucketKind = Literal["create", "read"]
-BUCKET_KINDS: tuple[str, ...] = ("create", "read")
+# 'admin': the admin routes' bucket, per client address (AdminAccess in guard.py).
+BucketKind = Literal["create", "read", "admin"]
+BUCKET_KINDS: tuple[str, ...] = ("create", "read", "admin")
 DEFAULT_CONCURRENCY_RETRY_AFTER_S = 5.0
 
 

@@ -40,7 +40,9 @@ def websocket_caller(websocket: WebSocket) -> Principal | None:
 
 
 async def _admin(request: Request, authorization: str | None = Header(None)) -> None:
-    request.app.state.admin_access.check(authorization)
+    # The address the gateway sees (the proxy's, behind one): the admin bucket is per address.
+    client = request.client.host if request.client is not None else None
+    request.app.state.admin_access.check(authorization, client)
 
 
 ADMIN = Depends(_admin)

@@ -28,6 +28,7 @@ from serve_app.cache.keys import cache_key, cacheable_form
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.handles import CacheClaims
+from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
@@ -102,6 +103,7 @@ class VideoCreator:
         cache_index: CacheIndex | None = None,
         guard: AccessGuard | None = None,
         check_webhook: Callable[[str], Any] | None = None,
+        webhooks: WebhookDelivery | None = None,
     ) -> None:
         self.args = args
         self.profile = profile
@@ -116,6 +118,7 @@ class VideoCreator:
         self.cache_index = cache_index  # read side of its index, for lookups
         self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
         self.check_webhook = check_webhook  # raises for a webhook_url that may not be called
+        self.webhooks = webhooks  # sends the webhook of an answer from the cache (None: not sent)
 
     async def create_video(
         self,
@@ -367,11 +370,20 @@ class VideoCreator:
         video = draft.video
         video.status, video.progress, video.cached = "completed", 100, True
         video.completed_at, video.expires_at = int(now), int(now + self.args.artifact_ttl_s)
+        owes_webhook = draft.webhook_url is not None and self.webhooks is not None
+        if owes_webhook:
+            # Owed as a run's webhook is: the outbox entry first, then a record saying so.
+            draft.webhook_state = "pending"
+            self.webhooks.owe(draft.id)
         job, created = self.store.create(draft)
         if job.id == draft.id:
             self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
         else:
             self.views.artifacts.delete(draft.id)  # an idempotent retry found its video: the copy is nobody's
+        if owes_webhook and job.id == draft.id:
+            self.webhooks.send_now(job.id)
+        elif owes_webhook:
+            self.webhooks.forget(draft.id)  # an idempotent retry found its earlier job, and its webhook
         if created:
             metrics.admitted("cached", job.video.tier or "none")
         return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})

@@ -23,8 +23,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from serve_app.access.guard import AccessGuard, AdminAccess
+from serve_app.access.keys import check_admin_key
 from serve_app.api import admin, health, videos, web
 from serve_app.api.admin import CacheAdmin
+from serve_app.api.browser import BrowserGuard, allowed_hosts
 from serve_app.api.create import VideoCreator
 from serve_app.api.error_handlers import ERROR_RESPONSES, install_error_handlers
 from serve_app.api.health import ServiceReport, StageProbe
@@ -34,14 +36,16 @@ from serve_app.cache.index import CacheIndex, open_cache_index
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs, StageOptions
 from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import ResultCacheClient, VideoGenerator
+from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.stores import open_job_store
+from serve_app.jobs.webhook_outbox import WebhookOutbox, open_webhook_outbox
 from serve_app.policy.admission import Admission
 from serve_app.policy.load import LoadMonitor, QueueEta, ReplicaCount
 from serve_app.policy.tiers import lowest_tier
 from serve_app.settings.tiers import TierTable, load_tiers
-from serve_app.webhooks import WebhookConfig, check_destination, deliver
+from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s
 
 # Unfinished jobs read per admission decision or ETA; admission keeps the queue far
 # below this (max_queue_per_replica per replica), so it only bounds the naive mode.
@@ -81,6 +85,10 @@ class GatewaySettings:
     webhooks: WebhookConfig
     admin_key: str = ""  # the operator's key for the admin routes ('': admin API keys only)
     replica_id: str = field(default_factory=new_replica_id)
+
+    def __post_init__(self) -> None:
+        # At start, naming the variable: a short admin key is refused before anything serves.
+        check_admin_key(self.admin_key, self.args.admin_key_env)
 
     @classmethod
     def load(
@@ -133,6 +141,8 @@ class GatewayStores:
     artifacts: ArtifactStore
     cache_index: CacheIndex | None = None  # the result cache's index, read for lookups (None: no cache)
     access: AccessGuard | None = None  # API keys and the limiter store (None: open, unlimited)
+    # Webhooks still owed, beside the jobs (None: build_gateway opens it as `job_store` says).
+    webhook_outbox: WebhookOutbox | None = None
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayStores:
@@ -142,10 +152,13 @@ class GatewayStores:
             artifacts=open_artifact_store(args.artifact_store, args.data_path),
             cache_index=open_cache_index(args.cache_store, args.data_path),
             access=AccessGuard(args.access),
+            webhook_outbox=open_webhook_outbox(args.job_store, args.data_path),
         )
 
     def close(self) -> None:
         self.jobs.close()
+        if self.webhook_outbox is not None:
+            self.webhook_outbox.close()
         if self.access is not None:
             self.access.close()
 
@@ -164,16 +177,19 @@ class GatewayApp:
     estimator: StageTimeEstimator
     settings: GatewaySettings
     stores: GatewayStores
+    webhooks: WebhookDelivery | None = None  # sends webhooks, this gateway's and those left unsent
 
     @property
     def guard(self) -> AccessGuard | None:
         return self.stores.access
 
     def start(self) -> None:
-        """Background work of a serving replica: jobs left behind by a previous gateway are
-        picked up from here on, and replica counts and GPU use are polled."""
+        """Background work of a serving replica: jobs and webhooks left behind by a previous
+        gateway are picked up from here on, and replica counts and GPU use are polled."""
         self.runner.start()
         self.load.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     async def close(self) -> None:
         """Scale-down, redeploy, shutdown: running jobs go back to the store, so another
@@ -226,6 +242,16 @@ def build_gateway(
     async def send_webhook(job: JobRecord) -> Any:
         return await deliver(job.webhook_url, job.video.model_dump(), settings.webhooks)
 
+    if stores.webhook_outbox is None:
+        stores.webhook_outbox = open_webhook_outbox(args.job_store, args.data_path)
+    webhooks = WebhookDelivery(
+        stores.jobs,
+        send_webhook,
+        stores.webhook_outbox,
+        # Held for twice the longest delivery (and DNS's share): overrunning it means a second sending.
+        claim_s=2 * longest_delivery_s(settings.webhooks) + 30.0,
+        resume_every_s=args.webhook_resume_interval_s,
+    )
     runner = JobRunner(
         store=stores.jobs,
         artifacts=stores.artifacts,
@@ -235,13 +261,13 @@ def build_gateway(
         lease_s=args.job_lease_s,
         dispatch_interval_s=args.dispatch_interval_s,
         artifact_ttl_s=args.artifact_ttl_s,
-        send_webhook=send_webhook,
         cache=handles.cache,
         max_attempts=args.job_max_attempts,
         on_finished=free_job_slot,
         lower_memory=lowest_tier(settings.tiers),
         eta=eta.of_job,  # queued events show the ETA admission decided on
     )
+    runner.listeners.append(webhooks)  # after the result cache's fill: the order does not matter to either
     policy = (
         Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
     )
@@ -260,17 +286,25 @@ def build_gateway(
         cache_index=stores.cache_index,
         guard=guard,
         check_webhook=lambda url: check_destination(url, settings.webhooks),
+        webhooks=webhooks,
     )
+    # The guard's own config where there is one (the deployment opens it from args.access).
+    access_config = guard.config if guard is not None else args.access
     report = ServiceReport(profile, settings.catalog, args.default_deadline_s, handles.probe, guard, policy, load)
     app = create_app(
         creator=creator,
         views=views,
         report=report,
         cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
-        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard),
+        admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard, config=access_config),
         guard=guard,
         replica=settings.replica_id,
         max_body_bytes=args.access.max_body_bytes,
+    )
+    # Outermost: a request by an untrusted Host or a foreign web page is refused before any route.
+    auth_on = guard is not None and guard.auth_enabled
+    app.add_middleware(
+        BrowserGuard, hosts=allowed_hosts(access_config, auth_on), trusted_origins=access_config.trusted_origins
     )
     return GatewayApp(
         app=app,
@@ -283,6 +317,7 @@ def build_gateway(
         estimator=estimator,
         settings=settings,
         stores=stores,
+        webhooks=webhooks,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +31,17 @@ from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.webhook_outbox import WebhookOutbox
 from serve_app.messages import GraphResult
 
 log = logging.getLogger("ray.serve")
 
 WebhookSender = Callable[[JobRecord], "asyncio.Future[Any] | Any"]
+# How long a gateway holds a webhook it sends, unless told (the gateway derives it from
+# its webhook settings: every attempt and backoff); how often it looks for ones left unsent.
+DEFAULT_WEBHOOK_CLAIM_S = 600.0
+DEFAULT_WEBHOOK_RESUME_S = 30.0
+RESUME_BATCH = 64  # outbox entries looked at per pass
 
 
 class JobListener:
@@ -116,30 +123,122 @@ class StageTimeLearning(JobListener):
 
 
 class WebhookDelivery(JobListener):
-    """Sends the job's webhook in the background and records how that went.
+    """Sends the job's webhook in the background and records how that went; with an
+    outbox (webhook_outbox.py), also every webhook another gateway left unsent.
 
-    The runner marks the record `webhook_state="pending"` itself when it writes it,
-    so a delivery owed is in the store before anything is sent."""
+    Before the terminal record is written, the job's outbox entry is written, held by
+    this gateway for `claim_s` (long enough for every retry); the runner marks the
+    record `webhook_state="pending"`. Once delivery ends the record says how, and the
+    entry goes. A gateway that dies between the two leaves the entry: `start()` runs a
+    loop that, every `resume_every_s`, claims entries whose holder's time ran out and
+    sends them. Claims are atomic, so two gateways do not both send one; a delivery
+    that overran its claim can be sent twice, under one `webhook-id` (receivers
+    deduplicate on it)."""
 
-    def __init__(self, store: JobStore, send: WebhookSender) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        send: WebhookSender,
+        outbox: WebhookOutbox | None = None,
+        *,
+        claim_s: float = DEFAULT_WEBHOOK_CLAIM_S,
+        resume_every_s: float = DEFAULT_WEBHOOK_RESUME_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.send = send
+        self.outbox = outbox  # None: deliveries live only as long as this gateway
+        self.claim_s = claim_s
+        self.resume_every_s = resume_every_s
+        self.clock = clock
         # Held so that a delivery in flight is not garbage-collected mid-send.
         self._deliveries: set[asyncio.Task] = set()
+        self._sending: set[str] = set()  # job ids sent from here now
+        self._resumer: asyncio.Task | None = None
+
+    async def before_record(self, job: JobRecord, result: GraphResult | None) -> None:
+        if job.webhook_url and not job.delete_requested:
+            self.owe(job.id)
 
     async def after_record(self, job: JobRecord, result: GraphResult | None, gone: bool) -> None:
-        if gone or not job.webhook_url:
+        if not job.webhook_url:
             return
-        task = asyncio.get_running_loop().create_task(self._deliver(job.id))
+        if gone:
+            self._settle(job.id)  # a deleted video's webhook is not sent
+            return
+        self.send_now(job.id)
+
+    def owe(self, job_id: str) -> None:
+        """Write the job's outbox entry, held here, before its record says a webhook is pending."""
+        if self.outbox is not None:
+            self.outbox.owe(job_id, self.clock() + self.claim_s)
+
+    def send_now(self, job_id: str) -> None:
+        """Deliver the job's webhook in the background (its entry is held here already)."""
+        if job_id in self._sending:
+            return
+        self._sending.add(job_id)
+        task = asyncio.get_running_loop().create_task(self._deliver(job_id))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
+    def forget(self, job_id: str) -> None:
+        """The job will not exist (its draft was dropped): no webhook is owed."""
+        self._settle(job_id)
+
+    def start(self) -> None:
+        """Resume webhooks left unsent, now and every `resume_every_s` (needs an outbox)."""
+        if self.outbox is not None and self._resumer is None:
+            self._resumer = asyncio.get_running_loop().create_task(self._resume_loop())
+
+    async def _resume_loop(self) -> None:
+        while True:
+            try:
+                self.resume_due()
+            except Exception:
+                log.exception("webhook outbox: resuming deliveries failed; trying again")
+            await asyncio.sleep(self.resume_every_s)
+
+    def resume_due(self, limit: int = RESUME_BATCH) -> int:
+        """Claim and send the webhooks nobody is sending; how many were started here."""
+        if self.outbox is None:
+            return 0
+        started = 0
+        for job_id in self.outbox.due(self.clock(), limit):
+            if job_id in self._sending:
+                continue
+            now = self.clock()
+            if not self.outbox.claim(job_id, now, now + self.claim_s):
+                continue  # another gateway took it first
+            try:
+                job = self.store.get(job_id)
+            except NotFound:
+                self._settle(job_id)  # deleted: nothing owed
+                continue
+            if not job.webhook_url or job.webhook_state in ("delivered", "failed"):
+                self._settle(job_id)  # sent (its sender died before removing the entry)
+            elif job.terminal:
+                log.info("job %s: resuming its webhook", job_id, extra={"job_id": job_id})
+                self.send_now(job_id)
+                started += 1
+            # Otherwise the job runs again (its runner died before the terminal record):
+            # the entry stays, held by this claim, and its next run's end owes it anew.
+        return started
+
     async def drain(self, timeout_s: float) -> None:
-        # A delivery cut off by shutdown would leave its job "pending" with nothing sending
-        # it; waiting lets one mid-backoff finish (its id is stable, so a receiver that
-        # already got it drops the repeat). What is still running at the timeout is cut.
-        if self._deliveries:
-            await asyncio.wait(list(self._deliveries), timeout=timeout_s)
+        # A delivery cut off by shutdown would leave its job "pending" until its claim runs
+        # out; waiting lets one mid-backoff finish (its id is stable, so a receiver that
+        # already got it drops the repeat). Those still running at the timeout are
+        # cancelled, which releases their claims: another gateway takes them at once.
+        if self._resumer is not None:
+            self._resumer.cancel()
+        if not self._deliveries:
+            return
+        _, pending = await asyncio.wait(list(self._deliveries), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
     async def _deliver(self, job_id: str) -> None:
         try:
@@ -150,8 +249,32 @@ class WebhookDelivery(JobListener):
             job.webhook_state = "delivered" if outcome.delivered else "failed"
             job.webhook_attempts = outcome.attempts
             self.store.save(job)
+            self._settle(job_id)
         except NotFound:
-            pass  # deleted before or while it was delivered
+            self._settle(job_id)  # deleted before or while it was delivered
+        except asyncio.CancelledError:
+            self._release(job_id)
+            raise
+        except Exception:
+            # The entry stays: when this gateway's claim runs out, one sends it again.
+            log.exception("job %s: webhook delivery failed", job_id, extra={"job_id": job_id})
+        finally:
+            self._sending.discard(job_id)
+
+    def _settle(self, job_id: str) -> None:
+        if self.outbox is not None:
+            try:
+                self.outbox.settle(job_id)
+            except Exception:
+                # Left behind, the entry is settled by whichever gateway claims it next.
+                log.warning("job %s: webhook outbox entry not removed", job_id, exc_info=True)
+
+    def _release(self, job_id: str) -> None:
+        if self.outbox is not None:
+            try:
+                self.outbox.release(job_id)
+            except Exception:
+                log.warning("job %s: webhook outbox claim not released", job_id, exc_info=True)
 
 
 class ResultCacheFill(JobListener):

@@ -58,6 +58,30 @@ def _to(value: Any, device) -> Any:
     return value
 
 
+def _refusal(state: dict, job) -> str:
+    """Why a checkpoint of this request may not be put into `job` ('' if it may).
+
+    The file is data from disk (shared storage, across nodes), and restoring it sets
+    attributes on the live scheduler: only the names `SCHEDULER_STATE` lists, or one
+    file could replace any attribute or method of the scheduler. Latents of another
+    shape would fail mid-loop instead of here."""
+    import torch
+
+    scheduler = state.get("scheduler")
+    if not isinstance(scheduler, dict):
+        return "no scheduler state"
+    unknown = sorted(str(name) for name in scheduler if name not in SCHEDULER_STATE)
+    if unknown:
+        return f"scheduler fields {unknown} are not scheduler state; allowed: {list(SCHEDULER_STATE)}"
+    if not isinstance(state.get("step"), int):
+        return "no step"
+    latents = state.get("latents")
+    if not isinstance(latents, torch.Tensor) or latents.shape != job.latents.shape:
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        return f"latents {shape} do not match the job's {tuple(job.latents.shape)}"
+    return ""
+
+
 class LoopCheckpoints:
     """One job's checkpoint file: saved on a cadence, restored once, removed when the loop finishes."""
 
@@ -85,8 +109,12 @@ class LoopCheckpoints:
         except Exception:
             log.warning("unreadable denoising checkpoint %s; starting at step 0", self.path, exc_info=True)
             return 0
-        if state.get("format") != FORMAT or state.get("request") != self.request:
+        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("request") != self.request:
             return 0  # another request's state (new parameters, another tier): not ours
+        refused = _refusal(state, job)
+        if refused:
+            log.warning("denoising checkpoint %s refused (%s); starting at step 0", self.path, refused)
+            return 0
         step = int(state["step"])
         if not 0 < step < len(job.timesteps):
             return 0

@@ -26,6 +26,11 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # The principal of keyless requests; no configured key may take its name.
 ANONYMOUS_ID = "anonymous"
 DEFAULT_KEYS_ENV = "WAN_SERVE_API_KEYS"
+# The Host values a keyless gateway answers unless `allowed_hosts` says otherwise: loopback
+# names (`make run`), and 'testserver', the host Starlette's TestClient and schemathesis send.
+# A web page can only send these when the browser itself resolves them to this machine.
+LOCAL_HOSTS = ("localhost", "*.localhost", "127.0.0.1", "[::1]", "testserver")
+ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 class _Strict(StrictModel):
@@ -144,6 +149,57 @@ class AccessConfig(_Strict):
         description="Largest request body, bytes (larger: 413). Prompt length is "
         "`limits.max_prompt_chars` of the presets file.",
     )
+
+    admin_rate_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Token bucket for the admin routes (/v1/cache...), per client address and spent before the "
+        "admin key is checked, so guessing the key is as slow as using it: tokens per second.",
+    )
+    admin_burst: int = Field(10, ge=1, description="Size of the per-address admin bucket.")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values the gateway answers (Starlette's TrustedHostMiddleware patterns: "
+        "'video.example.com', '*.example.com', '*' for any); others get 400 untrusted_host. This stops DNS "
+        "rebinding, where a web page whose name now points at this service reads its answers. Unset: with "
+        f"auth off only {list(LOCAL_HOSTS)}; with auth on any host (a page cannot present a key).",
+    )
+    trusted_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins ('https://app.example.com') whose web pages may send POST/DELETE requests and open "
+        "WebSockets here besides the gateway's own origin. A browser request from any other origin is refused "
+        "(403 cross_origin_refused): with auth off a cross-site form could otherwise start jobs. Clients "
+        "that send no Origin header (SDKs, curl) are not affected.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, v: list[str] | None) -> list[str] | None:
+        for pattern in v or []:
+            # TrustedHostMiddleware's own rule, checked here so a bad pattern fails at start, quoted.
+            if (
+                not pattern
+                or "*" in pattern[1:]
+                or (pattern.startswith("*") and pattern != "*" and pattern[:2] != "*.")
+            ):
+                raise ValueError(
+                    f"allowed_hosts entry {pattern!r} must be a host name, '*.suffix' or '*' (no ports, no other "
+                    "wildcards)"
+                )
+            if ":" in pattern.strip("[]") and not pattern.startswith("["):
+                raise ValueError(f"allowed_hosts entry {pattern!r}: write IPv6 addresses in brackets, '[::1]'")
+        return v
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origin_form(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not ORIGIN_RE.match(origin):
+                raise ValueError(
+                    f"trusted_origins entry {origin!r} must be scheme://host[:port] with no path, like a browser's "
+                    "Origin header ('https://app.example.com')"
+                )
+        return v
 
     @model_validator(mode="after")
     def _unique_keys(self) -> AccessConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from serve_app.webhooks.allowlist import IPAddress, IPNetwork
 from serve_app.webhooks.config import WebhookConfig
-from serve_app.webhooks.delivery import DeliveryResult, backoff_delay, deliver
+from serve_app.webhooks.delivery import DeliveryResult, backoff_delay, deliver, longest_delivery_s
 from serve_app.webhooks.destination import Resolver, check_destination, redact_url
 from serve_app.webhooks.errors import WebhookRejected, WebhookUnresolved
 from serve_app.webhooks.signing import SECRET_PREFIX, SIGNATURE_VERSION, sign, signature_headers, verify
@@ -38,6 +38,7 @@ __all__ = [
     "backoff_delay",
     "check_destination",
     "deliver",
+    "longest_delivery_s",
     "redact_url",
     "sign",
     "signature_headers",

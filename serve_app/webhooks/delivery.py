@@ -53,6 +53,13 @@ def backoff_delay(config: WebhookConfig, failures: int, random: Callable[[], flo
     return capped * random() if random is not None else capped
 
 
+def longest_delivery_s(config: WebhookConfig) -> float:
+    """How long one `deliver` call can take with every attempt timing out: the attempts'
+    timeouts plus the backoffs between them (DNS lookups aside, which have no timeout)."""
+    waits = sum(backoff_delay(config, failures) for failures in range(1, config.max_attempts))
+    return config.max_attempts * config.timeout_s + waits
+
+
 def _pinned_request_target(parsed: httpx.URL, addresses: tuple[str, ...] | None) -> tuple[httpx.URL, dict, dict]:
     """(URL to connect to, extra headers, request extensions) for the checked address.
 

@@ -11,7 +11,7 @@ import socket
 
 APP_NAME = "video"
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz"  # base64 of a test secret
-ADMIN_KEY = "test-admin-key"
+ADMIN_KEY = "test-admin-key-0123456789"  # at least 16 characters, as the gateway requires
 
 
 def free_port() -> int:

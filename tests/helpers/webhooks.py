@@ -52,3 +52,35 @@ class Clock:
         t = T0 + 7 * len(self.readings)
         self.readings.append(t)
         return t
+
+
+def webhook_gateway(data_dir, *, cache: bool = False, replica_id: str = "test", **overrides):
+    """A gateway as `build_gateway` makes it, over a fake generator, with webhooks on (signed with
+    SECRET) to 127.0.0.1 over http, one attempt each; `cache`: with the result cache. Gateways
+    over one `data_dir` share their job store and webhook outbox, as replicas on one host do."""
+    from deployments.result_cache import ResultCache
+    from serve_app.api.gateway_app import GatewayHandles, GatewaySettings, GatewayStores, build_gateway
+    from serve_app.artifacts import open_artifact_store
+    from serve_app.cache.index import open_cache_index
+    from serve_app.config import ServiceArgs
+    from serve_app.jobs.stores import open_job_store
+    from tests.helpers.fakes import FakeGenerator
+    from tests.helpers.service import TEST_TIMINGS, fast_estimator
+
+    base = {
+        **TEST_TIMINGS,
+        "webhook_allowed_hosts": ["127.0.0.1"],
+        "webhook_allow_http": True,
+        "webhook_max_attempts": 1,
+        "webhook_timeout_s": 60.0,
+    }
+    args = ServiceArgs(data_dir=str(data_dir), **{**base, **overrides})
+    settings = GatewaySettings.load(args, {"WAN_SERVE_WEBHOOK_SECRET": SECRET}, replica_id=replica_id)
+    result_cache = ResultCache.func_or_class(args.model_dump()) if cache else None
+    stores = GatewayStores(
+        jobs=open_job_store(args.job_store, args.data_path),
+        artifacts=open_artifact_store(args.artifact_store, args.data_path),
+        cache_index=open_cache_index(args.cache_store, args.data_path) if cache else None,
+    )
+    handles = GatewayHandles(generator=FakeGenerator(), cache=result_cache)
+    return build_gateway(settings, handles, stores, admission=False, estimator=fast_estimator())
