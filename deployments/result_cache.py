@@ -27,7 +27,7 @@ class ResultCache:
         from ray.serve import metrics
 
         self.args = ServiceArgs(**args)
-        self.index = open_cache_index(self.args.cache_store, self.args.data_path)
+        self.index = open_cache_index(self.args.cache_store, self.args.data_path, self.args.redis)
         self.artifacts = open_artifact_store(self.args.artifact_store, self.args.data_path)
         self.counts: Counter[str] = Counter()
         self._metrics = {

@@ -28,6 +28,7 @@ from serve_app.settings.limits import GenerationLimits
 from serve_app.settings.model import ATTENTION_BACKENDS, DType, ModelProfile, TinyModelSpec, load_model_profile
 from serve_app.settings.presets import Preset, PresetCatalog, load_presets
 from serve_app.settings.previews import PreviewOptions
+from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import SpeedOptions
 from serve_app.settings.stages import AutoscalingOptions, StageOptions, StagesConfig
 from serve_app.settings.tiers import TierTable, load_tiers
@@ -47,6 +48,7 @@ __all__ = [
     "Preset",
     "PresetCatalog",
     "PreviewOptions",
+    "RedisClientOptions",
     "ServiceArgs",
     "SpeedOptions",
     "StageOptions",
@@ -194,6 +196,11 @@ class ServiceArgs(StrictModel):
         default_factory=HealthOptions,
         description="When a model replica fails Ray's health check and is replaced "
         "(CUDA errors, GPU memory that stays up, stuck calls).",
+    )
+    redis: RedisClientOptions = Field(
+        default_factory=RedisClientOptions,
+        description="Timeouts of every Redis client (job_store, cache_store, access.store when they are redis://): "
+        "a Redis that does not answer is a 503 within about a second, not a hung gateway.",
     )
     faults: FaultInjection = Field(
         default_factory=FaultInjection,

@@ -136,10 +136,10 @@ class GatewayStores:
     def open(cls, settings: GatewaySettings) -> GatewayStores:
         args = settings.args
         return cls(
-            jobs=open_job_store(args.job_store, args.data_path),
+            jobs=open_job_store(args.job_store, args.data_path, args.redis),
             artifacts=open_artifact_store(args.artifact_store, args.data_path),
-            cache_index=open_cache_index(args.cache_store, args.data_path),
-            access=AccessGuard(args.access),
+            cache_index=open_cache_index(args.cache_store, args.data_path, args.redis),
+            access=AccessGuard(args.access, redis=args.redis),
         )
 
     def close(self) -> None:

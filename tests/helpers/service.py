@@ -62,9 +62,9 @@ def gateway_over(
     settings = GatewaySettings.load(args, {}, profile=profile, replica_id=replica_id)
     # Opened as GatewayStores.open does, with access control and the cache's index as asked.
     stores = GatewayStores(
-        jobs=open_job_store(args.job_store, args.data_path),
+        jobs=open_job_store(args.job_store, args.data_path, args.redis),
         artifacts=open_artifact_store(args.artifact_store, args.data_path),
-        cache_index=open_cache_index(args.cache_store, args.data_path) if cache is not None else None,
+        cache_index=open_cache_index(args.cache_store, args.data_path, args.redis) if cache is not None else None,
         access=access,
     )
     handles = GatewayHandles(generator=generator, cache=cache)
