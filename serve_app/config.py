@@ -133,6 +133,14 @@ class ServiceArgs(StrictModel):
         "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL).",
     )
     artifact_ttl_s: float = Field(86400.0, gt=0, description="Seconds a finished video's files are kept (expires_at).")
+    artifact_url_ttl_s: int = Field(
+        3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="With an s3:// artifact_store, GET .../content answers 307 to a presigned URL of the file, "
+        "valid this many seconds (never past the video's expires_at; S3 allows at most 7 days). Long enough for "
+        "a player that re-requests ranges while it plays, short enough that a leaked link soon stops working.",
+    )
     job_max_attempts: int = Field(
         3, ge=1, description="Runs a job may start (restarts and takeovers included) before it fails."
     )

@@ -143,7 +143,9 @@ class VideoCreator:
         # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
         requested = resolve_generation(request.model_dump(), self.catalog)
         if request.webhook_url is not None and self.check_webhook is not None:
-            self.check_webhook(request.webhook_url)
+            # In a thread: the check resolves the host name, and getaddrinfo blocks for as
+            # long as DNS takes (seconds, for a name whose servers do not answer).
+            await asyncio.to_thread(self.check_webhook, request.webhook_url)
 
         # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
         #    cache, since a tier may force the cache on even for `cache: false`.
@@ -162,7 +164,7 @@ class VideoCreator:
         looked_up = None
         if asked is cacheable:
             looked_up = self._key(asked)
-            hit = self._lookup(looked_up)
+            hit = await self._lookup(looked_up)
             if hit is not None:
                 draft = self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
                 return self._answer_from_cache(draft, looked_up, hit)
@@ -172,21 +174,23 @@ class VideoCreator:
         draft = self._new_job(asked, request, decision.deadline_s, idempotency_key, principal)
         if decision.tier is not None:
             draft.run_at_tier(decision.tier, decision.params)
+        look_up_again = False
         if cacheable is not None and (request.cache or decision.force_cache):
             # A lower tier, or a cache the tier forced, is another entry, which may be there.
             already = looked_up is not None and decision.params is asked
-            key = looked_up if already else self._key(decision.params)
-            if not already:
-                hit = self._lookup(key)
-                if hit is not None:
-                    return self._answer_from_cache(draft, key, hit)
-            draft.cache_key = draft.video.cache_key = key
+            look_up_again = not already
+            draft.cache_key = draft.video.cache_key = looked_up if already else self._key(decision.params)
 
         # 5. Claim. Nothing has awaited since the decision: reserving now makes admission and
         #    job creation one step for every create on this event loop. The reservation ends
         #    as soon as the job is stored (it counts there) or the request leaves this block
         #    any other way; past it, a sync request may wait for minutes.
         with self.load.reserve(draft.cache_key or draft.id, draft):
+            if look_up_again and draft.cache_key is not None:
+                # Inside the reservation: the lookup awaits, and creates decided meanwhile must see this one.
+                hit = await self._lookup(draft.cache_key)
+                if hit is not None:
+                    return self._answer_from_cache(draft, draft.cache_key, hit)
             shared = await self._claim(draft)
             if shared is None:
                 # 6. Persist (an idempotent retry finds its earlier job instead).
@@ -222,10 +226,11 @@ class VideoCreator:
     def _key(self, params: GenerationParams) -> str:
         return cache_key(self.profile.identity, params.model_dump())
 
-    def _lookup(self, key: str) -> CacheEntry | None:
+    async def _lookup(self, key: str) -> CacheEntry | None:
         # Read straight from the index (a local file or Redis): a hop to the
-        # ResultCache replica would cost more than the rest of a hit.
-        hit = self.cache_index.get(key, time.time())
+        # ResultCache replica would cost more than the rest of a hit. In a thread:
+        # a Redis that does not answer holds the call up to its timeout (args.redis).
+        hit = await asyncio.to_thread(self.cache_index.get, key, time.time())
         metrics.cache_lookup(hit is not None)
         return hit
 

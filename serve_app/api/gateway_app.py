@@ -243,7 +243,7 @@ def build_gateway(
     policy = (
         Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
     )
-    views = VideoViews(stores.jobs, stores.artifacts, runner, eta)
+    views = VideoViews(stores.jobs, stores.artifacts, runner, eta, content_url_ttl_s=args.artifact_url_ttl_s)
     creator = VideoCreator(
         args=args,
         profile=profile,

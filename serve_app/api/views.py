@@ -6,13 +6,15 @@ read of an unfinished job shows its live queue position and ETA.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Literal
 
 from serve_app.access.keys import Principal
 from serve_app.api.protocol import VideoDeleted, VideoList, VideoObject
-from serve_app.artifacts import ArtifactStore, check_variant, media_type
+from serve_app.artifacts import ArtifactStore, Variant, check_variant, media_type
 from serve_app.errors import Conflict, InvalidRequest, NotFound, VideoExpired, VideoNotReady
 from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
@@ -24,11 +26,19 @@ EVENT_POLL_S = 0.25
 
 
 class VideoViews:
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, eta: QueueEta) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        runner: JobRunner,
+        eta: QueueEta,
+        content_url_ttl_s: int = 3600,
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.runner = runner  # cancels jobs it runs, and wakes event readers when it writes
         self.eta = eta
+        self.content_url_ttl_s = content_url_ttl_s  # of the presigned URLs content redirects to
 
     def public(self, job: JobRecord, active: list[JobRecord] | None = None) -> VideoObject:
         """The video object with live queue position and ETA while not finished."""
@@ -84,8 +94,9 @@ class VideoViews:
             has_more=has_more,
         )
 
-    def content(self, video_id: str, variant: str, principal: Principal | None = None):
-        """(local path or bytes, media type) of a completed video's file."""
+    async def content(self, video_id: str, variant: str, principal: Principal | None = None) -> tuple[Path | str, str]:
+        """(a local file to stream, or a URL to redirect to; the media type) of a completed video's
+        file. The artifact store is asked in a thread: an S3 request must not hold the event loop."""
         check_variant(variant)
         job = self._job_for(video_id, principal)
         if job.video.status != "completed":
@@ -94,13 +105,26 @@ class VideoViews:
                 param="video_id",
                 status=job.video.status,
             )
-        if job.video.expires_at is not None and job.video.expires_at <= time.time():
+        now = time.time()
+        if job.video.expires_at is not None and job.video.expires_at <= now:
             if job.artifact_id is None:
-                self.artifacts.delete(video_id)
+                await asyncio.to_thread(self.artifacts.delete, video_id)
             raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
         files = job.artifact_id or video_id
+        expires_s = self.content_url_ttl_s
+        if job.video.expires_at is not None:
+            # A link that outlived the video would serve it after its expires_at.
+            expires_s = min(expires_s, max(1, int(job.video.expires_at - now)))
+        return await asyncio.to_thread(self._locate, files, variant, expires_s), media_type(variant)
+
+    def _locate(self, files: str, variant: Variant, expires_s: int) -> Path | str:
+        """Blocking (S3: a HEAD request): run it off the event loop."""
+        url = self.artifacts.redirect_url(files, variant, expires_s)
+        if url is not None:
+            return url
         path = self.artifacts.local_path(files, variant)
-        return (path if path is not None else self.artifacts.get(files, variant)), media_type(variant)
+        assert path is not None, "a store without redirect URLs serves local files"
+        return path
 
     def cancel(self, video_id: str, principal: Principal | None = None) -> VideoObject:
         job = self._job_for(video_id, principal)
@@ -111,11 +135,12 @@ class VideoViews:
         self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
         return self.public(self.store.get(video_id))
 
-    def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
+    async def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
         job = self._job_for(video_id, principal)
         if job.terminal:
             if job.artifact_id is None:  # a cached answer's files belong to the cache
-                self.artifacts.delete(video_id)
+                # In a thread: with S3 this is a request over the network.
+                await asyncio.to_thread(self.artifacts.delete, video_id)
             self.store.delete(video_id)
             return VideoDeleted(id=video_id)
         job.cancel_requested = job.delete_requested = True

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from deployments.result_cache import ResultCache
 from serve_app.access.guard import AccessGuard
 from serve_app.access.stores import open_limits
 from serve_app.cache.index import open_cache_index
@@ -143,3 +144,26 @@ def test_gateway_answers_503_and_healthz_while_its_job_store_is_blackholed(tmp_p
     body = health.value.json()
     assert health.value.status_code == 503 and body["status"] == "degraded", health.value.text
     assert body["load"]["error"] == "service_unavailable" and "job store" in body["load"]["message"]
+
+
+def test_gateway_answers_healthz_at_once_while_its_cache_index_is_blackholed(tmp_path):
+    with Blackhole() as hole:
+        args = ServiceArgs(data_dir=str(tmp_path), cache_store=hole.url, **TEST_TIMINGS)
+        cache = ResultCache.func_or_class(args.model_dump())
+        gateway = gateway_over(tmp_path, FakeGenerator(), args=args, cache=cache)
+        with api_client(gateway) as client:
+            create = timed.start(lambda: client.post("/v1/videos", json=REQUEST))
+            reached = hole.accepted.wait(timeout=GIVE_UP_S)
+            health = timed.start(lambda: client.get("/healthz")).finish(GIVE_UP_S, "GET /healthz")
+            # The lookup waits in a thread, so the event loop answered meanwhile.
+            create_still_waiting = create.running
+            create.finish(GIVE_UP_S, "POST /v1/videos")
+        gateway.stores.jobs.close()
+        cache.index.close()
+    assert reached, "the create never reached the cache index"
+    print(f"POST /v1/videos: {create.elapsed_s:.2f} s; GET /healthz: {health.elapsed_s:.2f} s")
+    assert health.error is None and health.value.status_code == 200, health.value.text
+    assert create_still_waiting, f"/healthz ({health.elapsed_s:.2f} s) waited for the create's cache lookup"
+    _within(create, BUDGET_S, "POST /v1/videos")
+    assert create.error is None and create.value.status_code == 503, create.value.text
+    assert "cache index (Redis) is unreachable" in create.value.text
