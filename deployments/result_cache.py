@@ -11,11 +11,17 @@ An entry goes when the video that filled it is deleted (`forget_source`): its
 pixels are not served on. Files that a crash or a failed delete left without
 an entry are collected (`collect_orphans`, also run by fills every
 GC_INTERVAL_S).
+
+Every index and artifact call runs in a thread (`asyncio.to_thread`): they are
+blocking (SQLite, Redis, S3 copies of whole mp4s), and the methods are async,
+so on the replica's event loop one slow fill would hold every gateway's claim.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -42,9 +48,10 @@ class ResultCache:
         from ray.serve import metrics
 
         self.args = ServiceArgs(**args)
-        self.index = open_cache_index(self.args.cache_store, self.args.data_path)
+        self.index = open_cache_index(self.args.cache_store, self.args.data_path, self.args.redis)
         self.artifacts = open_artifact_store(self.args.artifact_store, self.args.data_path)
         self.counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()  # counted from the calls' threads
         self._metrics = {
             name: metrics.Counter(f"wan_cache_{name}_total", description=f"Result cache {name}.")
             for name in ("fills", "evictions", "orphans")
@@ -53,17 +60,23 @@ class ResultCache:
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
-            self.counts[name] += n
+            with self._counts_lock:
+                self.counts[name] += n
             self._metrics[name].inc(n)
 
     async def claim(self, key: str, job_id: str) -> str:
-        return self.index.claim_inflight(key, job_id, self.args.cache_inflight_ttl_s, time.time())
+        return await asyncio.to_thread(
+            self.index.claim_inflight, key, job_id, self.args.cache_inflight_ttl_s, time.time()
+        )
 
     async def release(self, key: str, job_id: str) -> None:
-        self.index.release_inflight(key, job_id)
+        await asyncio.to_thread(self.index.release_inflight, key, job_id)
 
     async def fill(self, key: str, video: dict, source_id: str) -> bool:
         """Store a completed job's result under `key`; releases its claim."""
+        return await asyncio.to_thread(self._fill, key, video, source_id)
+
+    def _fill(self, key: str, video: dict, source_id: str) -> bool:
         try:
             target = artifact_id_for(key)
             now = time.time()
@@ -137,12 +150,18 @@ class ResultCache:
         return entry is not None
 
     async def delete(self, key: str) -> bool:
+        return await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: str) -> bool:
         entry = self.index.delete(key)
         if entry is not None:
             self._drop([key])
         return entry is not None
 
     async def purge(self) -> int:
+        return await asyncio.to_thread(self._purge)
+
+    def _purge(self) -> int:
         entries = self.index.purge()
         self._drop([e.key for e in entries])
         return len(entries)
@@ -150,4 +169,6 @@ class ResultCache:
     async def stats(self) -> dict:
         # Hits and misses are counted where lookups happen (gateways, metrics
         # wan_cache_{hits,misses}_total); fills and evictions happen here.
-        return {**self.index.stats(), **{k: self.counts[k] for k in ("fills", "evictions", "orphans")}}
+        index_stats = await asyncio.to_thread(self.index.stats)
+        with self._counts_lock:
+            return {**index_stats, **{k: self.counts[k] for k in ("fills", "evictions", "orphans")}}

@@ -70,6 +70,11 @@ class ArtifactStore(Protocol):
         afterwards leaves the other's files whole."""
         ...
 
+    def redirect_url(self, video_id: str, variant: Variant, expires_s: int) -> str | None:
+        """A URL clients fetch the bytes from themselves, valid for `expires_s` (NotFound if there
+        are none), or None where the gateway serves them (`local_path`)."""
+        ...
+
 
 class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
@@ -114,6 +119,11 @@ class LocalArtifactStore:
 
     def exists(self, video_id: str, variant: Variant) -> bool:
         return self._path(video_id, variant).is_file()
+
+    def redirect_url(self, video_id: str, variant: Variant, expires_s: int) -> None:
+        # The gateway streams local files itself (FileResponse reads them in a thread).
+        self._path(video_id, variant)  # bad ids and variants fail here as everywhere else
+        return None
 
     def delete(self, video_id: str) -> None:
         directory = self._dir(video_id)
@@ -290,6 +300,13 @@ class S3ArtifactStore:
                 raise
             copied.append(variant)
         return tuple(copied)
+
+    def redirect_url(self, video_id: str, variant: Variant, expires_s: int) -> str:
+        """The presigned URL of an object that exists (one HEAD request): a missing file is our own
+        404, not the bucket's 403 at the end of a redirect. Blocking: call it off the event loop."""
+        if not self.exists(video_id, variant):
+            raise _missing(video_id, variant)
+        return self.presigned_url(video_id, variant, expires_s)
 
     def presigned_url(self, video_id: str, variant: Variant, expires_s: int = 3600) -> str:
         """A GET URL that works without credentials until it expires.

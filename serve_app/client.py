@@ -291,7 +291,12 @@ class VideoClient:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._http.stream("GET", _video_path(video_id, "/content"), params={"variant": variant}) as response:
+            # An S3-backed service answers 307 to a presigned URL in the bucket. httpx drops our
+            # Authorization header on the way there (another origin): S3 refuses a request that
+            # carries one beside the URL's signature, and the key is none of the bucket's business.
+            with self._http.stream(
+                "GET", _video_path(video_id, "/content"), params={"variant": variant}, follow_redirects=True
+            ) as response:
                 if response.is_error:
                     response.read()
                     raise ClientError.from_response(response)

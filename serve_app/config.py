@@ -28,6 +28,7 @@ from serve_app.settings.limits import GenerationLimits
 from serve_app.settings.model import ATTENTION_BACKENDS, DType, ModelProfile, TinyModelSpec, load_model_profile
 from serve_app.settings.presets import Preset, PresetCatalog, load_presets
 from serve_app.settings.previews import PreviewOptions
+from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import SpeedOptions
 from serve_app.settings.stages import AutoscalingOptions, StageOptions, StagesConfig
 from serve_app.settings.tiers import TierTable, load_tiers
@@ -47,6 +48,7 @@ __all__ = [
     "Preset",
     "PresetCatalog",
     "PreviewOptions",
+    "RedisClientOptions",
     "ServiceArgs",
     "SpeedOptions",
     "StageOptions",
@@ -131,6 +133,14 @@ class ServiceArgs(StrictModel):
         "'s3://bucket/prefix' (endpoint from AWS_ENDPOINT_URL).",
     )
     artifact_ttl_s: float = Field(86400.0, gt=0, description="Seconds a finished video's files are kept (expires_at).")
+    artifact_url_ttl_s: int = Field(
+        3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="With an s3:// artifact_store, GET .../content answers 307 to a presigned URL of the file, "
+        "valid this many seconds (never past the video's expires_at; S3 allows at most 7 days). Long enough for "
+        "a player that re-requests ranges while it plays, short enough that a leaked link soon stops working.",
+    )
     job_max_attempts: int = Field(
         3, ge=1, description="Runs a job may start (restarts and takeovers included) before it fails."
     )
@@ -206,6 +216,11 @@ class ServiceArgs(StrictModel):
         default_factory=HealthOptions,
         description="When a model replica fails Ray's health check and is replaced "
         "(CUDA errors, GPU memory that stays up, stuck calls).",
+    )
+    redis: RedisClientOptions = Field(
+        default_factory=RedisClientOptions,
+        description="Timeouts of every Redis client (job_store, cache_store, access.store when they are redis://): "
+        "a Redis that does not answer is a 503 within about a second, not a hung gateway.",
     )
     faults: FaultInjection = Field(
         default_factory=FaultInjection,

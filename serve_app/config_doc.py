@@ -23,6 +23,7 @@ from serve_app.config import (
 from serve_app.settings.access import AccessConfig, ApiKeyEntry
 from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
+from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
 from serve_app.settings.tiers import Tier
 
@@ -35,6 +36,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`args.access` (AccessConfig)", AccessConfig),
     ("`args.access.api_keys[]` (ApiKeyEntry)", ApiKeyEntry),
     ("`args.health` (HealthOptions)", HealthOptions),
+    ("`args.redis` (RedisClientOptions)", RedisClientOptions),
     ("`args.faults`, test-only (FaultInjection)", FaultInjection),
     ("Model profiles, configs/models/*.yaml (ModelProfile)", ModelProfile),
     ("`speed:` of a model profile (SpeedOptions)", SpeedOptions),

@@ -34,6 +34,7 @@ from serve_app.access.limits import BucketKind, InProcessRateLimiter
 from serve_app.access.stores import Limiters, open_limits
 from serve_app.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from serve_app.settings.access import AccessConfig
+from serve_app.settings.redis import RedisClientOptions
 
 log = logging.getLogger("ray.serve")
 
@@ -46,11 +47,13 @@ class AccessGuard:
         *,
         limiters: Limiters | None = None,
         clock: Callable[[], float] = time.monotonic,
+        redis: RedisClientOptions | None = None,
     ) -> None:
-        """`env` None reads os.environ; `clock` drives the in-process backend (tests pass a fake one)."""
+        """`env` None reads os.environ; `clock` drives the in-process backend (tests pass a fake one);
+        `redis`: the timeouts of a Redis limiter store (args.redis)."""
         self.config = config
         self.keys = ApiKeys(config, env)
-        self.limiters = limiters or open_limits(config.store, prefix=config.store_prefix, clock=clock)
+        self.limiters = limiters or open_limits(config.store, prefix=config.store_prefix, clock=clock, redis=redis)
 
     @property
     def auth_enabled(self) -> bool:

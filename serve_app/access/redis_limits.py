@@ -39,6 +39,8 @@ from serve_app.access.limits import (
     rate_limited,
 )
 from serve_app.errors import ServiceUnavailable
+from serve_app.redis_client import open_redis
+from serve_app.settings.redis import RedisClientOptions
 
 T = TypeVar("T")
 UNREACHABLE_RETRY_AFTER_S = 5.0
@@ -156,12 +158,10 @@ class RedisLimiter:
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str = "wanserve:access", *, socket_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, prefix: str = "wanserve:access", *, options: RedisClientOptions | None = None) -> None:
         self.prefix = prefix
-        # A short timeout: a hung Redis must fail a request fast, not hold a gateway thread.
-        self._redis = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        )
+        # Short timeouts (redis_client.py): a hung Redis must fail a request fast, not hold the gateway.
+        self._redis = open_redis(url, options)
         self._hit = self._redis.register_script(_HIT)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._touch = self._redis.register_script(_TOUCH)

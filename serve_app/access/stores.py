@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serve_app.access.limits import InProcessJobLimiter, InProcessRateLimiter, JobLimiter, RateLimiter
+from serve_app.settings.redis import RedisClientOptions
 
 ALLOWED_STORES = "'' (in-process) or 'redis://host:port/db' / 'rediss://...' (shared by gateway replicas)"
 
@@ -31,9 +32,13 @@ class Limiters:
 
 
 def open_limits(
-    url: str | None, *, prefix: str = "wanserve:access", clock: Callable[[], float] = time.monotonic
+    url: str | None,
+    *,
+    prefix: str = "wanserve:access",
+    clock: Callable[[], float] = time.monotonic,
+    redis: RedisClientOptions | None = None,
 ) -> Limiters:
-    """'' -> in-process (`clock` applies), 'redis://' or 'rediss://' -> Redis (server time)."""
+    """'' -> in-process (`clock` applies), 'redis://' or 'rediss://' -> Redis (server time, `redis`' timeouts)."""
     if not url:
         return Limiters(InProcessRateLimiter(clock), InProcessJobLimiter(clock), "in-process")
     if url.startswith(("redis://", "rediss://")):
@@ -42,7 +47,7 @@ def open_limits(
             from serve_app.access.redis_limits import RedisLimiter
         except ImportError as exc:
             raise ImportError("access.store redis:// needs the redis client: pip install 'wan-serve[redis]'") from exc
-        limiter = RedisLimiter(url, prefix=prefix)
+        limiter = RedisLimiter(url, prefix=prefix, options=redis)
         return Limiters(limiter, limiter, "redis")
     # Only the scheme is quoted: the rest of a URL may hold a password.
     scheme = url.split("://", 1)[0] if "://" in url else "(none)"

@@ -135,7 +135,9 @@ class VideoCreator:
         # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
         requested = resolve_generation(request.model_dump(), self.catalog)
         if request.webhook_url is not None and self.check_webhook is not None:
-            self.check_webhook(request.webhook_url)
+            # In a thread: the check resolves the host name, and getaddrinfo blocks for as
+            # long as DNS takes (seconds, for a name whose servers do not answer).
+            await asyncio.to_thread(self.check_webhook, request.webhook_url)
 
         # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
         #    cache, since a tier may force the cache on even for `cache: false`.
@@ -155,7 +157,7 @@ class VideoCreator:
         looked_up = None
         if asked is cacheable:
             looked_up = self._key(asked, scope)
-            answer = self._from_cache(
+            answer = await self._from_cache(
                 looked_up, lambda: self._new_job(asked, request, CACHED_RUN_S, idempotency_key, principal)
             )
             if answer is not None:
@@ -166,14 +168,12 @@ class VideoCreator:
         draft = self._new_job(asked, request, decision.deadline_s, idempotency_key, principal)
         if decision.tier is not None:
             draft.run_at_tier(decision.tier, decision.params)
+        look_up_again = False
         if cacheable is not None and (request.cache or decision.force_cache):
             # A lower tier, or a cache the tier forced, is another entry, which may be there.
             already = looked_up is not None and decision.params is asked
             key = looked_up if already else self._key(decision.params, scope)
-            if not already:
-                answer = self._from_cache(key, lambda: draft)
-                if answer is not None:
-                    return answer
+            look_up_again = not already
             draft.video.cache_key = key
             if request.cache:
                 # Only what the client let into the cache fills it (and claims its key): a
@@ -186,6 +186,11 @@ class VideoCreator:
         #    as soon as the job is stored (it counts there) or the request leaves this block
         #    any other way; past it, a sync request may wait for minutes.
         with self.load.reserve(draft.cache_key or draft.id, draft):
+            if look_up_again and draft.video.cache_key is not None:
+                # Inside the reservation: the lookup awaits, and creates decided meanwhile must see this one.
+                answer = await self._from_cache(draft.video.cache_key, lambda: draft)
+                if answer is not None:
+                    return answer
             shared = await self._claim(draft)
             if shared is None:
                 # 6. Persist (an idempotent retry finds its earlier job instead).
@@ -229,17 +234,19 @@ class VideoCreator:
     def _key(self, params: GenerationParams, scope: str | None) -> str:
         return cache_key(self.profile.identity, params.model_dump(), scope=scope)
 
-    def _from_cache(self, key: str, draft: Callable[[], JobRecord]) -> CreateOutcome | None:
+    async def _from_cache(self, key: str, draft: Callable[[], JobRecord]) -> CreateOutcome | None:
         """The answer from the entry of `key`, or None on a miss. A hit becomes the video
         `draft()` with its own copy of the entry's files; an entry whose files are gone
         (evicted or purged since the read) is a miss."""
         # Read straight from the index (a local file or Redis): a hop to the
-        # ResultCache replica would cost more than the rest of a hit.
-        hit = self.cache_index.get(key, time.time())
+        # ResultCache replica would cost more than the rest of a hit. Both in a thread:
+        # a Redis that does not answer holds the read up to its timeout (args.redis),
+        # and an S3 copy is two requests.
+        hit = await asyncio.to_thread(self.cache_index.get, key, time.time())
         job = None
         if hit is not None:
             job = draft()
-            if not self._copy_files(hit, job.id):
+            if not await asyncio.to_thread(self._copy_files, hit, job.id):
                 hit = None
         metrics.cache_lookup(hit is not None)
         if hit is None or job is None:

@@ -148,11 +148,11 @@ class GatewayStores:
     def open(cls, settings: GatewaySettings) -> GatewayStores:
         args = settings.args
         return cls(
-            jobs=open_job_store(args.job_store, args.data_path),
+            jobs=open_job_store(args.job_store, args.data_path, args.redis),
             artifacts=open_artifact_store(args.artifact_store, args.data_path),
-            cache_index=open_cache_index(args.cache_store, args.data_path),
-            access=AccessGuard(args.access),
-            webhook_outbox=open_webhook_outbox(args.job_store, args.data_path),
+            cache_index=open_cache_index(args.cache_store, args.data_path, args.redis),
+            access=AccessGuard(args.access, redis=args.redis),
+            webhook_outbox=open_webhook_outbox(args.job_store, args.data_path, args.redis),
         )
 
     def close(self) -> None:
@@ -271,7 +271,9 @@ def build_gateway(
     policy = (
         Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
     )
-    views = VideoViews(stores.jobs, stores.artifacts, runner, eta, cache=handles.cache)
+    views = VideoViews(
+        stores.jobs, stores.artifacts, runner, eta, cache=handles.cache, content_url_ttl_s=args.artifact_url_ttl_s
+    )
     creator = VideoCreator(
         args=args,
         profile=profile,

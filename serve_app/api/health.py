@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -11,6 +12,8 @@ from fastapi.responses import JSONResponse
 from serve_app.access.guard import AccessGuard
 from serve_app.api.protocol import HealthResponse, StageHealth
 from serve_app.config import ModelProfile, PresetCatalog
+from serve_app.errors import ServiceUnavailable
+from serve_app.jobs.model import JobRecord
 from serve_app.policy import eta as eta_model
 from serve_app.policy.admission import Admission
 from serve_app.policy.load import LoadMonitor
@@ -45,32 +48,41 @@ class ServiceReport:
 
     async def health(self) -> HealthResponse:
         stages = await self.probe.describe_stages() if self.probe else {}
+        store_ok, load = True, None
+        if self.admission is not None:
+            try:
+                # The unfinished jobs (the load) are read in a thread: a job store that does not
+                # answer (Redis down or blackholed, until its timeout, args.redis) holds this
+                # request, not the event loop with every other one.
+                jobs = await asyncio.to_thread(self.load.active_jobs)
+                load = self._load_report(self.admission, jobs)
+            except ServiceUnavailable as exc:
+                # /healthz still answers: degraded, saying why.
+                store_ok, load = False, {"error": exc.code, "message": exc.message}
         return HealthResponse(
-            status="ok" if all(s.ok for s in stages.values()) else "degraded",
+            status="ok" if store_ok and all(s.ok for s in stages.values()) else "degraded",
             model=self.profile.identity,
             attention_backend=self.profile.attention_backend,
             default_deadline_s=self.default_deadline_s,
             stages=stages,
             access=self.guard.describe() if self.guard is not None else None,
-            load=self._load_report(),
+            load=load,
         )
 
-    def _load_report(self) -> dict[str, Any] | None:
-        if self.admission is None:
-            return None
-        snap = self.load.snapshot()
-        load = self.admission.load(snap)
+    def _load_report(self, admission: Admission, jobs: list[JobRecord]) -> dict[str, Any]:
+        snap = self.load.snapshot(jobs=jobs)
+        load = admission.load(snap)
         return {
             "load": round(load, 3),
-            "tier": self.admission.tiers.tiers[self.admission.tiers.for_load(load)].name,
+            "tier": admission.tiers.tiers[admission.tiers.for_load(load)].name,
             "denoiser_replicas": snap.replicas,
             "unfinished_jobs": snap.active_jobs,
-            "work_ahead_s": round(eta_model.queue_wait_s(snap, self.admission.config), 3),
+            "work_ahead_s": round(eta_model.queue_wait_s(snap, admission.config), 3),
             "denoise_ahead_s": round(snap.denoise_ahead_s, 3),
             "decode_ahead_s": round(snap.decode_ahead_s, 3),
             "video_encoder_replicas": snap.encoder_replicas,
             "gpu_utilization": snap.gpu_utilization,
-            "admission": "on" if self.admission.config.enabled else "off",
+            "admission": "on" if admission.config.enabled else "off",
         }
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from serve_app.access.keys import Principal
 from serve_app.api.body import read_create_request
@@ -94,7 +94,10 @@ async def get_video(request: Request, video_id: str, principal: Principal | None
 @router.get(
     "/v1/videos/{video_id}/content",
     summary="The finished mp4, or its thumbnail",
-    responses={200: {"content": {"video/mp4": {}, "image/jpeg": {}}}},
+    responses={
+        200: {"content": {"video/mp4": {}, "image/jpeg": {}}},
+        307: {"description": "With an S3 artifact store: a presigned URL of the file, valid for a while"},
+    },
 )
 async def get_content(
     request: Request,
@@ -102,11 +105,13 @@ async def get_content(
     variant: str = Query("video", description="video or thumbnail"),
     principal: Principal | None = READER,
 ):
-    data, media_type = _views(request).content(video_id, variant, principal)
-    if isinstance(data, (bytes, bytearray)):
-        return Response(bytes(data), media_type=media_type)
+    located, media_type = await _views(request).content(video_id, variant, principal)
+    if isinstance(located, str):
+        # S3: the client fetches the bytes from the bucket; none pass through the gateway's
+        # memory or event loop. no-store: the URL expires, a cached redirect would not.
+        return RedirectResponse(located, status_code=307, headers={"Cache-Control": "no-store"})
     suffix = "mp4" if variant == "video" else "jpg"
-    return FileResponse(data, media_type=media_type, filename=f"{video_id}.{suffix}")
+    return FileResponse(located, media_type=media_type, filename=f"{video_id}.{suffix}")
 
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, summary="Stop (if running) and delete")

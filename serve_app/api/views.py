@@ -6,13 +6,15 @@ read of an unfinished job shows its live queue position and ETA.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 from serve_app.access.keys import Principal
 from serve_app.api.protocol import VideoDeleted, VideoList, VideoObject
-from serve_app.artifacts import ArtifactStore, check_variant, media_type
+from serve_app.artifacts import ArtifactStore, Variant, check_variant, media_type
 from serve_app.errors import Conflict, InvalidRequest, NotFound, VideoExpired, VideoNotReady
 from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
@@ -25,13 +27,20 @@ EVENT_POLL_S = 0.25
 
 class VideoViews:
     def __init__(
-        self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, eta: QueueEta, cache: Any = None
+        self,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        runner: JobRunner,
+        eta: QueueEta,
+        cache: Any = None,
+        content_url_ttl_s: int = 3600,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.runner = runner  # cancels jobs it runs, and wakes event readers when it writes
         self.eta = eta
         self.cache = cache  # the ResultCache client (forget_source), or None
+        self.content_url_ttl_s = content_url_ttl_s  # of the presigned URLs content redirects to
 
     def public(self, job: JobRecord, active: list[JobRecord] | None = None) -> VideoObject:
         """The video object with live queue position and ETA while not finished."""
@@ -87,8 +96,9 @@ class VideoViews:
             has_more=has_more,
         )
 
-    def content(self, video_id: str, variant: str, principal: Principal | None = None):
-        """(local path or bytes, media type) of a completed video's file."""
+    async def content(self, video_id: str, variant: str, principal: Principal | None = None) -> tuple[Path | str, str]:
+        """(a local file to stream, or a URL to redirect to; the media type) of a completed video's
+        file. The artifact store is asked in a thread: an S3 request must not hold the event loop."""
         check_variant(variant)
         job = self._job_for(video_id, principal)
         if job.video.status != "completed":
@@ -97,13 +107,26 @@ class VideoViews:
                 param="video_id",
                 status=job.video.status,
             )
-        if job.video.expires_at is not None and job.video.expires_at <= time.time():
+        now = time.time()
+        if job.video.expires_at is not None and job.video.expires_at <= now:
             if job.artifact_id is None:
-                self.artifacts.delete(video_id)
+                await asyncio.to_thread(self.artifacts.delete, video_id)
             raise VideoExpired(f"video {video_id!r} expired at {job.video.expires_at}", param="video_id")
         files = job.artifact_id or video_id
+        expires_s = self.content_url_ttl_s
+        if job.video.expires_at is not None:
+            # A link that outlived the video would serve it after its expires_at.
+            expires_s = min(expires_s, max(1, int(job.video.expires_at - now)))
+        return await asyncio.to_thread(self._locate, files, variant, expires_s), media_type(variant)
+
+    def _locate(self, files: str, variant: Variant, expires_s: int) -> Path | str:
+        """Blocking (S3: a HEAD request): run it off the event loop."""
+        url = self.artifacts.redirect_url(files, variant, expires_s)
+        if url is not None:
+            return url
         path = self.artifacts.local_path(files, variant)
-        return (path if path is not None else self.artifacts.get(files, variant)), media_type(variant)
+        assert path is not None, "a store without redirect URLs serves local files"
+        return path
 
     def cancel(self, video_id: str, principal: Principal | None = None) -> VideoObject:
         self._job_for(video_id, principal)
@@ -115,14 +138,15 @@ class VideoViews:
         self.runner.cancel(video_id)  # at once when it runs here; otherwise its runner sees the flag
         return self.public(job)
 
-    def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
+    async def delete(self, video_id: str, principal: Principal | None = None) -> VideoDeleted:
         self._job_for(video_id, principal)
         job = self.store.request_delete(video_id)  # flags only, as in cancel; a finished job is left as it is
         if not job.terminal:
             self.runner.cancel(video_id)  # its runner deletes the record when the loop has stopped
             return VideoDeleted(id=video_id)
         if job.artifact_id is None:  # a cached answer's files belong to the cache
-            self.artifacts.delete(video_id)
+            # In a thread: with S3 this is a request over the network.
+            await asyncio.to_thread(self.artifacts.delete, video_id)
         self.store.delete(video_id)
         return VideoDeleted(id=video_id)
 
@@ -134,7 +158,7 @@ class VideoViews:
         After the record is gone, so a fill racing the delete is caught either here (the
         entry is there already) or by the fill itself (it finds the record gone)."""
         job = self._job_for(video_id, principal)
-        deleted = self.delete(video_id, principal)
+        deleted = await self.delete(video_id, principal)
         if self.cache is not None and job.cache_key is not None and not job.video.cached:
             await self.cache.forget_source(job.cache_key, job.id)
         return deleted

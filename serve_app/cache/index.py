@@ -24,7 +24,9 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
+from serve_app.settings.redis import RedisClientOptions
 
 
 def artifact_id_for(key: str) -> str:
@@ -278,10 +280,9 @@ class RedisCacheIndex:
     """Shared by several gateway nodes. Entries expire through Redis TTLs
     (SET EX); an LRU sorted set and a size hash bound the total."""
 
-    def __init__(self, url: str, prefix: str = "wanserve:cache") -> None:
-        import redis
-
-        self._r = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(self, url: str, prefix: str = "wanserve:cache", *, options: RedisClientOptions | None = None) -> None:
+        # Timeouts (redis_client.py): a blackholed Redis is a 503, not a hung caller.
+        self._r = open_redis(url, options)
         self._p = prefix
         self._release = self._r.register_script(_RELEASE_IF_OURS)
         self._delete_if_source = self._r.register_script(_DELETE_IF_SOURCE)
@@ -397,10 +398,10 @@ class RedisCacheIndex:
         self._r.close()
 
 
-def open_cache_index(url: str | None, data_dir: Path) -> CacheIndex:
-    """'' -> SQLite in data_dir; 'redis://...' -> Redis."""
+def open_cache_index(url: str | None, data_dir: Path, redis: RedisClientOptions | None = None) -> CacheIndex:
+    """'' -> SQLite in data_dir; 'redis://...' -> Redis (with `redis`' timeouts)."""
     if not url:
         return SQLiteCacheIndex(data_dir / "cache.sqlite3")
     if url.startswith(("redis://", "rediss://")):
-        return RedisCacheIndex(url)
+        return RedisCacheIndex(url, options=redis)
     raise ValueError(f"cache_store={url.split(':', 1)[0]!r}: is not '' (embedded SQLite) or redis://host:port/db")

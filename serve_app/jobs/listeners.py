@@ -68,13 +68,15 @@ class ResultFiles(JobListener):
     async def before_record(self, job: JobRecord, result: GraphResult | None) -> None:
         if result is None:
             return
-        self.artifacts.put(job.id, "video", result.video.mp4)
+        # In a thread: an S3 PUT of a whole mp4 would hold the gateway's event loop (every
+        # request of the replica) for as long as the upload takes.
+        await asyncio.to_thread(self.artifacts.put, job.id, "video", result.video.mp4)
         if result.video.thumbnail:
-            self.artifacts.put(job.id, "thumbnail", result.video.thumbnail)
+            await asyncio.to_thread(self.artifacts.put, job.id, "thumbnail", result.video.thumbnail)
 
     async def after_record(self, job: JobRecord, result: GraphResult | None, gone: bool) -> None:
         if gone:
-            self.artifacts.delete(job.id)
+            await asyncio.to_thread(self.artifacts.delete, job.id)
 
 
 class FinishedCallback(JobListener):

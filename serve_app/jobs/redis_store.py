@@ -41,7 +41,9 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
-import redis
+# Unused here, imported all the same: without the optional client this module fails
+# to import, which stores.py turns into an install hint.
+import redis  # noqa: F401
 
 from serve_app.errors import NotFound
 from serve_app.jobs.model import (
@@ -56,7 +58,9 @@ from serve_app.jobs.model import (
     mark_delete,
     refuse_reopening,
 )
+from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
+from serve_app.settings.redis import RedisClientOptions
 
 # KEYS: job, jobs, queued, active[, idem]
 # ARGV: json, id, created_at, is_queued, is_active, prefix
@@ -151,9 +155,10 @@ def _not_found(job_id: str) -> NotFound:
 
 @unavailable_as_503("job store")
 class RedisJobStore:
-    def __init__(self, url: str, prefix: str = "wanserve") -> None:
+    def __init__(self, url: str, prefix: str = "wanserve", *, options: RedisClientOptions | None = None) -> None:
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        # Timeouts (redis_client.py): a blackholed Redis is a 503, not a hung event loop.
+        self._redis = open_redis(url, options)
         self._create = self._redis.register_script(_CREATE)
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from serve_app.jobs.model import JobStore
 from serve_app.jobs.sqlite_store import SQLiteJobStore
+from serve_app.settings.redis import RedisClientOptions
 
 DEFAULT_SQLITE_NAME = "jobs.sqlite3"
 ALLOWED_FORMS = (
@@ -14,7 +15,8 @@ ALLOWED_FORMS = (
 )
 
 
-def open_job_store(url: str | None, data_dir: Path) -> JobStore:
+def open_job_store(url: str | None, data_dir: Path, redis: RedisClientOptions | None = None) -> JobStore:
+    """The store `url` names; a Redis one with `redis`' timeouts (default: RedisClientOptions())."""
     if not url or url == "sqlite":
         return SQLiteJobStore(Path(data_dir) / DEFAULT_SQLITE_NAME)
     if url.startswith("sqlite://"):
@@ -30,7 +32,7 @@ def open_job_store(url: str | None, data_dir: Path) -> JobStore:
             from serve_app.jobs.redis_store import RedisJobStore
         except ImportError as exc:
             raise ImportError("a redis:// job store needs the redis client: pip install 'wan-serve[redis]'") from exc
-        return RedisJobStore(url)
+        return RedisJobStore(url, options=redis)
     # Only the scheme is quoted: the rest of a URL may hold a password.
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise ValueError(f"job store url scheme {scheme!r} is unknown; allowed forms: {ALLOWED_FORMS}")

@@ -31,7 +31,9 @@ from typing import Protocol
 
 from serve_app.jobs.sqlite_store import BUSY_TIMEOUT_S
 from serve_app.jobs.stores import ALLOWED_FORMS, DEFAULT_SQLITE_NAME
+from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
+from serve_app.settings.redis import RedisClientOptions
 
 
 class WebhookOutbox(Protocol):
@@ -126,11 +128,9 @@ return 0
 class RedisWebhookOutbox:
     """A sorted set `P:webhooks` in the job store's Redis: member job id, score busy_until."""
 
-    def __init__(self, url: str, prefix: str = "wanserve") -> None:
-        # redis is an optional extra, imported only by those whose job store is in Redis.
-        import redis
-
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(self, url: str, prefix: str = "wanserve", *, options: RedisClientOptions | None = None) -> None:
+        # Timeouts (redis_client.py): a blackholed Redis is a 503, not a hung event loop.
+        self._redis = open_redis(url, options)
         self._key = f"{prefix}:webhooks"
         self._claim = self._redis.register_script(_CLAIM)
 
@@ -154,14 +154,14 @@ class RedisWebhookOutbox:
         self._redis.close()
 
 
-def open_webhook_outbox(url: str | None, data_dir: Path) -> WebhookOutbox:
+def open_webhook_outbox(url: str | None, data_dir: Path, redis: RedisClientOptions | None = None) -> WebhookOutbox:
     """The outbox beside the job store that `url` (the `job_store` setting) names."""
     if not url or url == "sqlite":
         return SQLiteWebhookOutbox(Path(data_dir) / DEFAULT_SQLITE_NAME)
     if url.startswith("sqlite://") and url[len("sqlite://") :].startswith("/"):
         return SQLiteWebhookOutbox(Path(url[len("sqlite://") :]))
     if url.startswith(("redis://", "rediss://")):
-        return RedisWebhookOutbox(url)
+        return RedisWebhookOutbox(url, options=redis)
     # Only the scheme is quoted: the rest of a URL may hold a password.
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise ValueError(f"job store url scheme {scheme!r} is not one of: {ALLOWED_FORMS}")

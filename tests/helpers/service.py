@@ -8,6 +8,7 @@ puts the HTTP API in front of either.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from deployments.result_cache import ResultCache
 from serve_app.access.guard import AccessGuard
 from serve_app.api.gateway_app import GatewayApp, GatewayHandles, GatewaySettings, GatewayStores, build_gateway
-from serve_app.artifacts import open_artifact_store
+from serve_app.artifacts import ArtifactStore, open_artifact_store
 from serve_app.cache.index import open_cache_index
 from serve_app.config import ModelProfile, ServiceArgs
 from serve_app.estimates import StageTimeEstimator
@@ -55,16 +56,20 @@ def gateway_over(
     estimator: StageTimeEstimator | None = None,
     profile: ModelProfile | None = None,
     replica_id: str = "test",
+    artifacts: ArtifactStore | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> GatewayApp:
     """A gateway whose stages are `generator`; without a result cache, admission or access
-    control unless asked for. `args` default: ServiceArgs with TEST_TIMINGS."""
+    control unless asked for. `args` default: ServiceArgs with TEST_TIMINGS. `artifacts`:
+    a store to use instead of the one args name (an S3 store with a test client); `env`:
+    the secrets' environment (default: none, so webhooks are off)."""
     args = args or ServiceArgs(data_dir=str(data_dir), **TEST_TIMINGS)
-    settings = GatewaySettings.load(args, {}, profile=profile, replica_id=replica_id)
+    settings = GatewaySettings.load(args, env or {}, profile=profile, replica_id=replica_id)
     # Opened as GatewayStores.open does, with access control and the cache's index as asked.
     stores = GatewayStores(
-        jobs=open_job_store(args.job_store, args.data_path),
-        artifacts=open_artifact_store(args.artifact_store, args.data_path),
-        cache_index=open_cache_index(args.cache_store, args.data_path) if cache is not None else None,
+        jobs=open_job_store(args.job_store, args.data_path, args.redis),
+        artifacts=artifacts or open_artifact_store(args.artifact_store, args.data_path),
+        cache_index=open_cache_index(args.cache_store, args.data_path, args.redis) if cache is not None else None,
         access=access,
     )
     handles = GatewayHandles(generator=generator, cache=cache)
