@@ -24,6 +24,7 @@ from serve_app.settings.access import AccessConfig, ApiKeyEntry
 from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
 from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
+from serve_app.settings.streams import StreamOptions
 from serve_app.settings.tiers import Tier
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -34,6 +35,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Tiers, configs/tiers.yaml `tiers:` (Tier)", Tier),
     ("`args.access` (AccessConfig)", AccessConfig),
     ("`args.access.api_keys[]` (ApiKeyEntry)", ApiKeyEntry),
+    ("`args.streams` (StreamOptions)", StreamOptions),
     ("`args.health` (HealthOptions)", HealthOptions),
     ("`args.faults`, test-only (FaultInjection)", FaultInjection),
     ("Model profiles, configs/models/*.yaml (ModelProfile)", ModelProfile),
