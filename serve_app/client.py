@@ -39,10 +39,14 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # Terminal SSE event types: the stream ends after one of them.
 TERMINAL_EVENTS = frozenset({"completed", "failed"})
 TERMINAL_STATUSES = TERMINAL_EVENTS
-# The events stream is silent while a job waits in the queue (the service sends
-# no keep-alives). `wait()` uses this read timeout to notice a half-open
-# connection, checks the job with a GET and reconnects where it left off.
+# The service sends a keep-alive comment on a silent stream (every
+# `streams.keepalive_s`, 15 s by default). `wait()` uses this read timeout to
+# notice a half-open connection, checks the job with a GET and reconnects where
+# it left off.
 SSE_READ_TIMEOUT_S = 60.0
+# The service ends every stream after `streams.max_lifetime_s` with this event:
+# open it again from the last event id, and nothing is lost.
+RECONNECT_EVENT = "reconnect"
 # Back-off between reconnects of `wait()` when a stream ends without a
 # terminal event (gateway restarted, proxy dropped the connection).
 RECONNECT_DELAY_S = (0.2, 0.5, 1.0, 2.0)
@@ -345,9 +349,20 @@ class VideoClient:
     def events(self, video_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
         """A job's events as dicts: `{"type": "queued", "queue_position", "eta_s", "attempt"}`,
         `{"type": "progress", "step", "total_steps", "progress", "eta_s"}`, then
-        `{"type": "completed"|"failed", "video": {...}}`, after which it ends."""
-        for sse in self.stream_events(video_id, last_event_id):
-            yield sse.json()
+        `{"type": "completed"|"failed", "video": {...}}`, after which it ends.
+
+        A stream the service ends with `reconnect` (its maximum lifetime) is opened
+        again from the last event seen; the `reconnect` event itself is not yielded."""
+        while True:
+            reconnect = False
+            for sse in self.stream_events(video_id, last_event_id):
+                if sse.event == RECONNECT_EVENT:
+                    reconnect = True  # the last event: the service closes the stream next
+                    continue
+                last_event_id = sse.id if sse.id is not None else last_event_id
+                yield sse.json()
+            if not reconnect:
+                return
 
     def wait(
         self,
@@ -360,7 +375,8 @@ class VideoClient:
         Survives a dropped stream and a gateway restart of up to `max_outage_s`:
         it checks the job with a GET and resumes the stream from the last event
         seen (`Last-Event-ID`), so `on_event` sees each event once. `timeout` (seconds) raises `TimeoutError`; the job
-        keeps running on the service.
+        keeps running on the service. A stream ended with `reconnect` (its maximum lifetime) is
+        resumed at once, without a GET; `on_event` never sees that event.
         """
         give_up = None if timeout is None else time.monotonic() + timeout
         last_id: str | None = None
@@ -371,8 +387,12 @@ class VideoClient:
             if give_up is not None:
                 remaining = max(give_up - time.monotonic(), 0.01)
                 read_timeout = remaining if read_timeout is None else min(read_timeout, remaining)
+            reconnect = False
             try:
                 for sse in self.stream_events(video_id, last_id, read_timeout=read_timeout):
+                    if sse.event == RECONNECT_EVENT:
+                        reconnect = True
+                        continue
                     last_id = sse.id if sse.id is not None else last_id
                     event = sse.json()
                     if on_event is not None:
@@ -383,8 +403,12 @@ class VideoClient:
             except ServiceUnreachable:
                 pass  # timed out or dropped: the GET below says whether to go on
             except ClientError as exc:
-                if exc.status not in TRANSIENT_STATUSES:
+                # Out of stream slots (the key holds streams.max_per_key): follow the job by
+                # GETs for now, trying the stream again at each back-off.
+                if exc.status not in TRANSIENT_STATUSES and exc.code != "too_many_streams":
                     raise
+            if reconnect and (give_up is None or time.monotonic() < give_up):
+                continue
             try:
                 video = self.get(video_id)
             except ClientError as exc:

@@ -31,6 +31,7 @@ from serve_app.settings.previews import PreviewOptions
 from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import SpeedOptions
 from serve_app.settings.stages import AutoscalingOptions, StageOptions, StagesConfig
+from serve_app.settings.streams import StreamOptions
 from serve_app.settings.tiers import TierTable, load_tiers
 
 # Names importers take from here; the schemas themselves live in serve_app/settings/.
@@ -53,6 +54,7 @@ __all__ = [
     "SpeedOptions",
     "StageOptions",
     "StagesConfig",
+    "StreamOptions",
     "StrictModel",
     "TierTable",
     "TinyModelSpec",
@@ -210,6 +212,11 @@ class ServiceArgs(StrictModel):
     access: AccessConfig = Field(
         default_factory=AccessConfig,
         description="API keys, rate limits, concurrent-job caps, body size (docs/access.md).",
+    )
+    streams: StreamOptions = Field(
+        default_factory=StreamOptions,
+        description="Progress streams (SSE and WebSocket): caps per key and per replica, lifetime, keep-alive "
+        "(docs/api.md, Progress streams).",
     )
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
     health: HealthOptions = Field(

@@ -25,6 +25,7 @@ from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
 from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
+from serve_app.settings.streams import StreamOptions
 from serve_app.settings.tiers import Tier
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -35,6 +36,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Tiers, configs/tiers.yaml `tiers:` (Tier)", Tier),
     ("`args.access` (AccessConfig)", AccessConfig),
     ("`args.access.api_keys[]` (ApiKeyEntry)", ApiKeyEntry),
+    ("`args.streams` (StreamOptions)", StreamOptions),
     ("`args.health` (HealthOptions)", HealthOptions),
     ("`args.redis` (RedisClientOptions)", RedisClientOptions),
     ("`args.faults`, test-only (FaultInjection)", FaultInjection),

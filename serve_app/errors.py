@@ -195,6 +195,12 @@ class OverCapacity(RetryLater):
     code = "over_capacity"
 
 
+class TooManyStreams(RetryLater):
+    """A key, or the gateway replica, already holds as many progress streams as it may (HTTP 429)."""
+
+    code = "too_many_streams"
+
+
 class ServiceUnavailable(RetryLater):
     """Nothing can serve now: no denoiser replica, or the gateway is draining (HTTP 503)."""
 

@@ -30,12 +30,14 @@ from serve_app.api.browser import BrowserGuard, allowed_hosts
 from serve_app.api.create import VideoCreator
 from serve_app.api.error_handlers import ERROR_RESPONSES, install_error_handlers
 from serve_app.api.health import ServiceReport, StageProbe
+from serve_app.api.streams import ProgressStreams
 from serve_app.api.views import VideoViews
 from serve_app.artifacts import ArtifactStore, open_artifact_store
 from serve_app.cache.index import CacheIndex, open_cache_index
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs, StageOptions
 from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import ResultCacheClient, VideoGenerator
+from serve_app.jobs.event_feed import JobEventFeeds
 from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
@@ -169,7 +171,8 @@ class GatewayApp:
 
     app: FastAPI
     creator: VideoCreator  # POST /v1/videos
-    views: VideoViews  # reading, cancelling and deleting videos, their events
+    views: VideoViews  # reading, cancelling and deleting videos
+    streams: ProgressStreams  # their SSE and WebSocket event streams
     report: ServiceReport  # /healthz and /v1/presets
     runner: JobRunner
     load: LoadMonitor
@@ -195,6 +198,7 @@ class GatewayApp:
         """Scale-down, redeploy, shutdown: running jobs go back to the store, so another
         replica (or the next start) resumes them at once."""
         self.load.stop()
+        self.streams.feeds.close()
         await self.runner.shutdown()
         self.stores.close()
 
@@ -274,6 +278,10 @@ def build_gateway(
     views = VideoViews(
         stores.jobs, stores.artifacts, runner, eta, cache=handles.cache, content_url_ttl_s=args.artifact_url_ttl_s
     )
+    # One store poller per watched job, woken by the runner's events for that job.
+    feeds = JobEventFeeds(stores.jobs, args.streams.poll_interval_s)
+    runner.watch_events(feeds.notify)
+    streams = ProgressStreams(views, feeds, args.streams)
     creator = VideoCreator(
         args=args,
         profile=profile,
@@ -296,6 +304,7 @@ def build_gateway(
     app = create_app(
         creator=creator,
         views=views,
+        streams=streams,
         report=report,
         cache_admin=CacheAdmin(handles.cache, args.cache_enabled),
         admin_access=AdminAccess(settings.admin_key, args.admin_key_env, guard, config=access_config),
@@ -312,6 +321,7 @@ def build_gateway(
         app=app,
         creator=creator,
         views=views,
+        streams=streams,
         report=report,
         runner=runner,
         load=load,
@@ -325,7 +335,7 @@ def build_gateway(
 
 def create_app(**state: Any) -> FastAPI:
     """The FastAPI app: the routers, the error shape, and in `app.state` what the
-    handlers call (creator, views, report, cache_admin, admin_access, guard, replica,
+    handlers call (creator, views, streams, report, cache_admin, admin_access, guard, replica,
     max_body_bytes)."""
     app = FastAPI(
         title="Wan2.2 text-to-video",

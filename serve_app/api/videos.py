@@ -3,12 +3,10 @@ request, asks `VideoCreator` or `VideoViews` (from `app.state`), and shapes the 
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from typing import Literal
 
-from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from serve_app.access.keys import Principal
@@ -16,6 +14,7 @@ from serve_app.api.body import read_create_request
 from serve_app.api.callers import CREATOR, READER, websocket_caller
 from serve_app.api.create import Preference, VideoCreator
 from serve_app.api.protocol import CreateVideoRequest, VideoDeleted, VideoList, VideoObject
+from serve_app.api.streams import ProgressStreams, parse_last_event_id, refuse_websocket, serve_websocket
 from serve_app.api.views import VideoViews
 from serve_app.errors import ServiceError
 
@@ -41,8 +40,8 @@ def _views(request: Request | WebSocket) -> VideoViews:
     return request.app.state.views
 
 
-def _sse(seq: int, event: dict) -> str:
-    return f"id: {seq}\nevent: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
+def _streams(request: Request | WebSocket) -> ProgressStreams:
+    return request.app.state.streams
 
 
 @router.post(
@@ -127,7 +126,13 @@ async def cancel_video(request: Request, video_id: str, principal: Principal | N
 @router.get(
     "/v1/videos/{video_id}/events",
     summary="Server-Sent Events: queued, progress (step k of n, ETA), then completed or failed",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Events until the job ends, or `reconnect` after `streams.max_lifetime_s` "
+            "(resume with Last-Event-ID); `: keep-alive` comments while idle",
+        }
+    },
 )
 async def video_events(
     request: Request,
@@ -135,29 +140,21 @@ async def video_events(
     last_event_id: str | None = Header(None),
     principal: Principal | None = READER,
 ) -> StreamingResponse:
-    # ASCII digits, bounded: isdigit() takes '²' and int() refuses 4300+ digits (both were 500s).
-    after = int(last_event_id) if last_event_id and re.fullmatch(r"[0-9]{1,18}", last_event_id) else 0
-    stream = _views(request).events(video_id, after, principal)
-    first = await anext(stream, None)  # errors (404) surface before the 200 starts
-
-    async def body():
-        if first is not None:
-            yield _sse(*first)
-            async for seq, event in stream:
-                yield _sse(seq, event)
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    streams = _streams(request)
+    # 404 and 429 too_many_streams here, before the 200 starts.
+    stream = streams.open(video_id, parse_last_event_id(last_event_id), principal)
+    return streams.sse_response(stream)
 
 
 @router.websocket("/v1/videos/{video_id}/ws")
 async def video_ws(websocket: WebSocket, video_id: str) -> None:
-    await websocket.accept()
+    # Everything is checked before accept: an unauthenticated, unknown or over-cap
+    # caller never gets a connection (its handshake is answered with the error).
     try:
         principal = websocket_caller(websocket)
-        async for seq, event in _views(websocket).events(video_id, 0, principal):
-            await websocket.send_json({"seq": seq, **event})
+        after = parse_last_event_id(websocket.query_params.get("last_event_id"))
+        stream = _streams(websocket).open(video_id, after, principal)
     except ServiceError as exc:
-        await websocket.send_json(exc.to_dict())
-    except WebSocketDisconnect:
+        await refuse_websocket(websocket, exc)
         return
-    await websocket.close()
+    await serve_websocket(websocket, stream)

@@ -1,4 +1,4 @@
-"""Reading, cancelling and deleting videos, and following their events.
+"""Reading, cancelling and deleting videos (following their events: streams.py).
 
 With API keys on, a key sees its own videos only (admin keys see all); every
 read of an unfinished job shows its live queue position and ETA.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,13 +15,9 @@ from serve_app.access.keys import Principal
 from serve_app.api.protocol import VideoDeleted, VideoList, VideoObject
 from serve_app.artifacts import ArtifactStore, Variant, check_variant, media_type
 from serve_app.errors import Conflict, InvalidRequest, NotFound, VideoExpired, VideoNotReady
-from serve_app.jobs.model import TERMINAL, JobRecord, JobStore
+from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.policy.load import QueueEta
-
-# How often SSE/WebSocket readers look at the store for events written by
-# other replicas (local ones wake them at once).
-EVENT_POLL_S = 0.25
 
 
 class VideoViews:
@@ -59,6 +54,10 @@ class VideoViews:
         if principal is None or not principal.authenticated or principal.admin or job.key_id == principal.id:
             return job
         raise NotFound(f"no video with id {video_id!r}", param="video_id")
+
+    def visible_job(self, video_id: str, principal: Principal | None = None) -> JobRecord:
+        """The job if the caller may see it (404 otherwise): what a progress stream checks first."""
+        return self._job_for(video_id, principal)
 
     def get_video(self, video_id: str, principal: Principal | None = None) -> VideoObject:
         job = self._job_for(video_id, principal)
@@ -162,24 +161,3 @@ class VideoViews:
         if self.cache is not None and job.cache_key is not None and not job.video.cached:
             await self.cache.forget_source(job.cache_key, job.id)
         return deleted
-
-    async def events(
-        self, video_id: str, after_seq: int = 0, principal: Principal | None = None
-    ) -> AsyncIterator[tuple[int, dict]]:
-        """The job's events from `after_seq` on, live, ending with its terminal event."""
-        self._job_for(video_id, principal)  # 404 before the stream starts
-        seq = after_seq
-        while True:
-            batch = self.store.events_after(video_id, seq)
-            for seq, event in batch:
-                yield seq, event
-                if event.get("type") in TERMINAL:
-                    return
-            if not batch:
-                try:
-                    job = self.store.get(video_id)
-                except NotFound:
-                    return  # deleted while watched
-                if job.terminal and not self.store.events_after(video_id, seq):
-                    return
-                await self.runner.wait_for_change(EVENT_POLL_S)

@@ -8,6 +8,7 @@ instead, so a local stream shows each step as it happens.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from serve_app.errors import NotFound
 from serve_app.jobs.model import JobStore
@@ -45,18 +46,23 @@ class EventLog:
         # Condition: a waiter cancelled mid-wait (a client hanging up) must not
         # leave a lock behind.
         self._changed = asyncio.Event()
+        # Called with the job's id on every event written here (None: any job may have
+        # changed), so a reader of one job is woken by that job alone (jobs/event_feed.py).
+        self.listeners: list[Callable[[str | None], None]] = []
 
     def append(self, job_id: str, event: dict) -> None:
         try:
             self.store.append_event(job_id, event)
         except NotFound:
             pass  # deleted: nobody can read its events any more
-        self.notify()
+        self.notify(job_id)
 
-    def notify(self) -> None:
+    def notify(self, job_id: str | None = None) -> None:
         """Wake every local waiter; each then reads the store for what changed."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        for listener in self.listeners:
+            listener(job_id)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Until this replica writes an event, or `timeout` seconds."""

@@ -341,6 +341,10 @@ class JobRunner:
         """Until this replica writes an event, or `timeout` seconds."""
         await self._events.wait_for_change(timeout)
 
+    def watch_events(self, callback: Callable[[str | None], None]) -> None:
+        """Call `callback(job_id)` whenever this replica writes one of the job's events (None: any job)."""
+        self._events.listeners.append(callback)
+
     async def _heartbeat_loop(self, job_id: str) -> None:
         # Every store call sits inside the `try`: this task is nobody's awaitable, so
         # an escaping error would end the heartbeats silently, the lease would go

@@ -197,6 +197,10 @@ function streamJob(id) {
   const source = new EventSource(`/v1/videos/${encodeURIComponent(id)}/events`);
   let done = false;
   let fallback = null;
+  // The service ends a stream after its maximum lifetime with a `reconnect` event. The
+  // browser then reconnects by itself (after the event's `retry:`), sending Last-Event-ID,
+  // so the stream resumes after the last event shown; that one error is expected.
+  let reconnecting = false;
   const stop = () => {
     done = true;
     source.close();
@@ -204,6 +208,12 @@ function streamJob(id) {
   };
   source.addEventListener("queued", (e) => renderQueued(JSON.parse(e.data)));
   source.addEventListener("progress", (e) => renderStep(JSON.parse(e.data)));
+  source.addEventListener("reconnect", () => {
+    reconnecting = true;
+  });
+  source.onopen = () => {
+    reconnecting = false;
+  };
   for (const type of ["completed", "failed"]) {
     source.addEventListener(type, (e) => {
       done = true;
@@ -212,8 +222,13 @@ function streamJob(id) {
     });
   }
   source.onerror = () => {
-    // A dropped stream (proxy timeout, restart): keep following the job by polling.
     if (done) return;
+    if (reconnecting && source.readyState === EventSource.CONNECTING) {
+      reconnecting = false; // a second error (the reconnection refused) falls back below
+      return;
+    }
+    // A dropped stream (proxy timeout, restart) or a refused one (429 too_many_streams):
+    // keep following the job by polling.
     source.close();
     fallback = pollJob(id);
   };

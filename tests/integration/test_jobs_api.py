@@ -113,6 +113,20 @@ def test_websocket_streams_the_same_events(client, serve_url):
     assert messages[-1]["type"] == "completed"
 
 
+def test_a_refused_websocket_is_answered_at_the_handshake_through_the_serve_proxy(serve_url):
+    """Checks run before accept, so the handshake itself fails: with uvicorn's denial-response
+    extension reaching the replica, as our 404 JSON; without it, as the 403 of a close before accept."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(serve_url.replace("http", "ws") + "/v1/videos/video_nope/ws", open_timeout=30)
+    response = refused.value.response
+    assert response.status_code in (404, 403), response.status_code
+    if response.status_code == 404:
+        assert json.loads(response.body)["error"]["code"] == "not_found"
+
+
 def test_cancel_stops_the_loop(client, serve_url, denoiser_stats):
     job = _async_job(client, {"prompt": "a long pan", **SLOW})
     seen_step = 0

@@ -11,6 +11,7 @@ import json
 import httpx
 import pytest
 
+from serve_app.api.streams import Reconnect
 from serve_app.client import ClientError, ServerSentEvent, ServiceUnreachable, VideoClient, parse_sse
 from tests.helpers.wire import sse, video
 
@@ -346,3 +347,63 @@ def test_wait_rides_out_a_restart_but_not_a_missing_job(monkeypatch):
 
     with client_for(gone) as client, pytest.raises(ClientError, match="not_found"):
         client.wait("video_abc")
+
+
+# --- the service's stream lifetime and caps -------------------------------------------------
+
+
+def reconnect(last_event_id: int) -> bytes:
+    """The service's last event of a stream at its maximum lifetime, as it frames it."""
+    return Reconnect("max_lifetime", last_event_id).sse().encode()
+
+
+def test_events_reopen_a_stream_ended_with_reconnect_from_the_last_event_id():
+    streams = []
+
+    def handler(request):
+        streams.append(request.headers.get("last-event-id"))
+        if len(streams) == 1:
+            body = sse(1, {"type": "queued"}) + sse(2, {"type": "progress", "step": 1}) + reconnect(2)
+        else:
+            body = sse(3, {"type": "completed", "video": video(status="completed")})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    with client_for(handler) as client:
+        events = list(client.events("video_abc"))
+    assert [e["type"] for e in events] == ["queued", "progress", "completed"]
+    assert streams == [None, "2"]
+
+
+def test_wait_resumes_at_once_after_reconnect_without_a_get():
+    requests = []
+
+    def handler(request):
+        requests.append((request.url.path, request.headers.get("last-event-id")))
+        if len(requests) == 1:
+            return httpx.Response(200, content=sse(1, {"type": "queued"}) + reconnect(1))
+        return httpx.Response(200, content=sse(2, {"type": "completed", "video": video(status="completed")}))
+
+    seen = []
+    with client_for(handler) as client:
+        assert client.wait("video_abc", on_event=seen.append).status == "completed"
+    assert requests == [("/v1/videos/video_abc/events", None), ("/v1/videos/video_abc/events", "1")]
+    assert [e["type"] for e in seen] == ["queued", "completed"]  # never the reconnect
+
+
+def test_wait_follows_the_job_by_gets_while_the_key_is_out_of_stream_slots(monkeypatch):
+    monkeypatch.setattr("serve_app.client.RECONNECT_DELAY_S", (0.0,))
+    refusals = iter([1])
+    gets = []
+
+    def handler(request):
+        if request.url.path.endswith("/events"):
+            if next(refusals, None):
+                error = {"code": "too_many_streams", "message": "API key 'alice' holds 8 progress streams"}
+                return httpx.Response(429, headers={"Retry-After": "5"}, json={"error": error})
+            return httpx.Response(200, content=sse(4, {"type": "completed", "video": video(status="completed")}))
+        gets.append(request.url.path)
+        return httpx.Response(200, json=video(status="in_progress", progress=50))
+
+    with client_for(handler) as client:
+        assert client.wait("video_abc").status == "completed"
+    assert gets == ["/v1/videos/video_abc"]
