@@ -51,6 +51,12 @@ class ResultCacheHandle:
     async def purge(self) -> int:
         return await self._handle.purge.remote()
 
+    async def forget_source(self, key: str, source_id: str) -> bool:
+        return await self._handle.forget_source.remote(key, source_id)
+
+    async def collect_orphans(self, now: float | None = None) -> int:
+        return await self._handle.collect_orphans.remote(now)
+
 
 class HandleProbe:
     """Asks one replica of each stage what it runs (for /healthz)."""

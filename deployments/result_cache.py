@@ -139,11 +139,14 @@ class ResultCache:
     async def collect_orphans(self, now: float | None = None) -> int:
         """Delete files that no entry points at (tracked longer than ORPHAN_GRACE_S before
         `now`); how many keys' files went."""
-        return self._collect_orphans(time.time() if now is None else now)
+        return await asyncio.to_thread(self._collect_orphans, time.time() if now is None else now)
 
     async def forget_source(self, key: str, source_id: str) -> bool:
         """Drop the entry of `key` if video `source_id` filled it: that video was deleted,
         and what its owner deleted is not served on from the cache."""
+        return await asyncio.to_thread(self._forget_source, key, source_id)
+
+    def _forget_source(self, key: str, source_id: str) -> bool:
         entry = self.index.delete_if_source(key, source_id)
         if entry is not None:
             self._drop([key])

@@ -9,8 +9,8 @@ method by method, since nothing else would notice a fake drifting from the
 real signature.
 
 The cache's Protocol is split by caller: the job side (creator, runner,
-listeners) claims, releases and fills entries; the admin routes read stats,
-delete and purge. A fake for one side need not implement the other.
+listeners, deletes) claims, releases, fills and forgets entries; the admin routes read
+stats, delete, purge and collect orphans. A fake for one side need not implement the other.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class CacheClaims(Protocol):
         dump) under `key`, and release its claim; False when its files were gone."""
         ...
 
+    async def forget_source(self, key: str, source_id: str) -> bool:
+        """Drop the entry of `key` if video `source_id` filled it (that video was deleted:
+        what its owner deleted is not served on); False when it did not or there is none."""
+        ...
+
 
 class CacheAdministration(Protocol):
     """The result cache as the admin routes use it (/v1/cache)."""
@@ -69,6 +74,11 @@ class CacheAdministration(Protocol):
 
     async def purge(self) -> int:
         """Drop every entry; how many there were."""
+        ...
+
+    async def collect_orphans(self, now: float | None = None) -> int:
+        """Delete files that no entry points at (left by a crash or a failed delete); how
+        many keys' files went."""
         ...
 
 

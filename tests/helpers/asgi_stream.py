@@ -54,7 +54,10 @@ class SseCall:
             "raw_path": self.path.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in self.request_headers.items()],
+            # Host, as every HTTP/1.1 client sends it: the gateway answers only trusted hosts.
+            "headers": [
+                (k.lower().encode(), v.encode()) for k, v in {"Host": "testserver", **self.request_headers}.items()
+            ],
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
         }

@@ -48,9 +48,18 @@ IMPLEMENTATIONS = [
 
 def test_the_protocols_name_what_the_gateway_calls():
     assert members(VideoGenerator) == ["generate"]
-    assert members(CacheClaims) == ["claim", "fill", "release"]
-    assert members(CacheAdministration) == ["delete", "purge", "stats"]
-    assert members(ResultCacheClient) == ["claim", "delete", "fill", "purge", "release", "stats"]
+    assert members(CacheClaims) == ["claim", "fill", "forget_source", "release"]
+    assert members(CacheAdministration) == ["collect_orphans", "delete", "purge", "stats"]
+    assert members(ResultCacheClient) == [
+        "claim",
+        "collect_orphans",
+        "delete",
+        "fill",
+        "forget_source",
+        "purge",
+        "release",
+        "stats",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ class _DeleteOnB(JobListener):
 
     async def before_record(self, job, result) -> None:
         assert self.artifacts.local_path(job.id, "video").is_file()
-        self.replica_b.views.delete(job.id)
+        await self.replica_b.views.delete(job.id)
         self.deleted.append(job.id)
 
 
