@@ -1,50 +1,53 @@
 """Soak with faults injected at random: every job must end in a correct terminal state.
 
-    python bench/soak.py --jobs 80          # tiny model, CPU
+    python bench/soak.py --jobs 80                      # tiny model, CPU, SQLite, local files
+    python bench/soak.py --jobs 80 --production         # Redis + S3 + two gateways, all faulted
 
 Starts Ray and the app (tiny model) in this process with:
 - injected failures at random model-call numbers (`faults` config): GPU
   out-of-memory in the denoiser (-> one rerun at the lowest tier) and in the
   video encoder (-> tiled decode), CUDA errors, and plain exceptions;
 - a chaos thread that `ray.kill`s a random denoiser or video-encoder replica
-  every few seconds (-> the job runs again on a replacement);
-- a request mix: synchronous and asynchronous, some cancelled while running,
-  some with a deadline too short to finish.
+  every few seconds (-> the job runs again on a replacement), and with
+  `--production` a gateway replica too (-> its jobs are taken over);
+- with `--production`: jobs, cache and limits in Redis behind a proxy that
+  blackholes it for `--blackhole-s` every `--blackhole-every` s (a partition:
+  connections open, nothing answers), and videos in S3 (a moto server) behind
+  a proxy that adds `--s3-latency-s` to every request;
+- a request mix (bench/soak_jobs.py): synchronous and asynchronous, cancels at
+  random and cancels racing completion, deadlines too short to finish, and
+  synchronous requests the client hangs up on and then retries with the same
+  Idempotency-Key.
 
-Then it checks every job: it is terminal (none stuck), a completed one has a
-playable mp4 of the size and frame count its answer reports, and a failed one
-failed with a code its situation allows (`cancelled` only if it was
-cancelled; `deadline_exceeded` only after its deadline really passed, as it
-may when killed replicas keep a job waiting). Prints
-the counts of each outcome and writes bench/results/soak-<card>-<model>.json.
-Exit status 1 if any job ended wrong.
+Then it checks every job and counts `lost`, `duplicated_runs` and
+`wrong_state` (bench/soak_jobs.py defines each), prints the counts of each
+outcome and writes bench/results/soak-<card>-<setup>.json. Exit status 1 if any
+of the three is not 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import random
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import card_name, free_port, slug, write_result
+from bench.fault_proxy import FaultProxy
+from bench.soak_jobs import ALLOWED_FAILURES, JobOutcome, duplicated, recheck, run_job
 
-BASE = {"width": 64, "height": 64, "fps": 8, "cache": False}
-# ServiceArgs' defaults: a synchronous request's deadline, and an asynchronous job's.
-DEFAULT_SYNC_DEADLINE_S, DEFAULT_JOB_DEADLINE_S = 30.0, 600.0
-# What a job may end as, given what was done to it (beyond "completed").
-ALLOWED_FAILURES = {
-    "plain": {"stage_failed", "stage_lost", "gpu_out_of_memory"},
-    "cancelled": {"cancelled", "stage_failed", "stage_lost", "gpu_out_of_memory"},
-    "short_deadline": {"deadline_exceeded", "stage_failed", "stage_lost", "gpu_out_of_memory"},
-}
+KILLABLE = ("Denoiser", "VideoEncoder")
 
 
 def fault_plan(rng: random.Random, calls: int, rate: float) -> dict:
@@ -62,23 +65,20 @@ def fault_plan(rng: random.Random, calls: int, rate: float) -> dict:
 
 
 class Chaos(threading.Thread):
-    """Kills a random denoiser or video-encoder replica every `every_s` seconds."""
+    """Kills a random replica of `deployments` every `every_s` seconds."""
 
-    def __init__(self, every_s: float, rng: random.Random) -> None:
+    def __init__(self, every_s: float, rng: random.Random, deployments: tuple[str, ...]) -> None:
         super().__init__(daemon=True)
-        self.every_s, self.rng = every_s, rng
+        self.every_s, self.rng, self.deployments = every_s, rng, deployments
         self.stop = threading.Event()
         self.kills: Counter[str] = Counter()
 
     def run(self) -> None:
         import ray
 
+        prefixes = tuple(f"SERVE_REPLICA::video#{name}#" for name in self.deployments)
         while not self.stop.wait(self.every_s):
-            replicas = [
-                a
-                for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(("SERVE_REPLICA::video#Denoiser#", "SERVE_REPLICA::video#VideoEncoder#"))
-            ]
+            replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefixes)]
             if not replicas:
                 continue
             victim = self.rng.choice(replicas)
@@ -89,60 +89,70 @@ class Chaos(threading.Thread):
                 pass
 
 
-def run_job(base_url: str, n: int, rng: random.Random) -> dict:
-    import httpx
+class Partitions(threading.Thread):
+    """Blackholes `proxy` for `for_s` seconds every `every_s` seconds."""
 
-    situation = rng.choices(["plain", "cancelled", "short_deadline"], weights=[0.75, 0.15, 0.10])[0]
-    body = {
-        **BASE,
-        "prompt": f"soak {n}",
-        "num_frames": rng.choice([5, 9, 13]),
-        "num_inference_steps": rng.choice([4, 8, 12]),
+    def __init__(self, proxy: FaultProxy, every_s: float, for_s: float) -> None:
+        super().__init__(daemon=True)
+        self.proxy, self.every_s, self.for_s = proxy, every_s, for_s
+        self.stop = threading.Event()
+        self.windows = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.proxy.blackhole()
+            self.windows += 1
+            self.stop.wait(self.for_s)
+            self.proxy.heal()
+
+
+@contextlib.contextmanager
+def production_backends(data_dir: str, s3_latency_s: float) -> Iterator[tuple[FaultProxy, dict]]:
+    """Redis (jobs, cache index, rate limits) and S3 (videos) as a production gateway has them,
+    each behind a FaultProxy; yields the Redis proxy and the ServiceArgs fields that use them."""
+    from tests.helpers.redis_server import RedisServer
+    from tests.helpers.s3 import moto_endpoint, s3_client
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+
+    redis_server = RedisServer(Path(data_dir) / "redis")
+    redis_server.start()
+    redis_proxy = FaultProxy("127.0.0.1", redis_server.port).start()
+    with moto_endpoint() as endpoint:
+        host, port = endpoint.rsplit("//", 1)[1].split(":")
+        s3_proxy = FaultProxy(host, int(port)).start()
+        s3_proxy.slow(s3_latency_s)
+        s3_client(endpoint).create_bucket(Bucket="soak")
+        # Ray's workers start from this process's environment: the app's S3 client reads these.
+        os.environ.update(
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3_proxy.port}",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        redis_url = f"redis://127.0.0.1:{redis_proxy.port}/0"
+        try:
+            yield (
+                redis_proxy,
+                {
+                    "job_store": redis_url,
+                    "cache_store": redis_url,
+                    "artifact_store": "s3://soak/videos",
+                    "access": {"store": redis_url},
+                },
+            )
+        finally:
+            s3_proxy.stop()
+            redis_proxy.stop()
+            redis_server.stop()
+
+
+def count(outcomes: list[JobOutcome]) -> dict:
+    return {
+        "lost": sum(o.lost for o in outcomes),
+        "duplicated_runs": sum(duplicated(o) for o in outcomes),
+        "wrong_state": sum(o.wrong_state for o in outcomes),
     }
-    headers = {"Prefer": "respond-async"} if situation != "plain" or rng.random() < 0.5 else {}
-    if situation == "short_deadline":
-        body["deadline_s"] = 0.3
-    with httpx.Client(base_url=base_url, timeout=120) as http:
-        answer = http.post("/v1/videos", json=body, headers=headers)
-        if answer.status_code not in (200, 202) and "video_id" not in answer.json().get("error", {}):
-            return {
-                "n": n,
-                "situation": situation,
-                "status": f"http_{answer.status_code}",
-                "code": answer.json()["error"]["code"],
-                "ok": answer.status_code in (429, 503),
-            }
-        error = answer.json().get("error") or {}
-        video_id = answer.json().get("id") or error.get("video_id")
-        if situation == "cancelled":
-            time.sleep(rng.uniform(0.0, 0.5))
-            http.post(f"/v1/videos/{video_id}/cancel")
-        give_up = time.monotonic() + 600
-        while (video := http.get(f"/v1/videos/{video_id}").json())["status"] not in ("completed", "failed"):
-            if time.monotonic() > give_up:
-                return {"n": n, "situation": situation, "status": "stuck", "code": None, "ok": False}
-            time.sleep(0.2)
-        if video["status"] == "completed":
-            ok = check_video(http.get(f"/v1/videos/{video_id}/content").content, video)
-            return {"n": n, "situation": situation, "status": "completed", "code": video.get("tier"), "ok": ok}
-        code = video["error"]["code"]
-        ok = code in ALLOWED_FAILURES[situation]
-        if code == "deadline_exceeded" and situation != "short_deadline":
-            # Killed replicas and reruns can use up any deadline; but a job must
-            # not fail for its deadline before that deadline has passed.
-            deadline = DEFAULT_JOB_DEADLINE_S if headers else DEFAULT_SYNC_DEADLINE_S
-            ok = video["completed_at"] - video["created_at"] >= deadline - 1
-        return {"n": n, "situation": situation, "status": "failed", "code": code, "ok": ok}
-
-
-def check_video(mp4: bytes, video: dict) -> bool:
-    from serve_app.video import probe_mp4
-
-    try:
-        info = probe_mp4(mp4)
-    except Exception:  # noqa: BLE001 - an unplayable file is the failure being looked for
-        return False
-    return (info.frames, info.width, info.height) == (video["num_frames"], video["width"], video["height"])
 
 
 def main() -> None:
@@ -151,6 +161,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--fault-rate", type=float, default=0.08, help="share of model calls given a fault")
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between replica kills")
+    parser.add_argument("--production", action="store_true", help="Redis + S3 + two gateways, all faulted")
+    parser.add_argument("--blackhole-every", type=float, default=25.0, help="seconds between Redis blackholes")
+    parser.add_argument("--blackhole-s", type=float, default=4.0, help="how long each Redis blackhole lasts")
+    parser.add_argument("--s3-latency-s", type=float, default=0.2, help="latency added to every S3 request")
     parser.add_argument("--seed", type=int, default=11)
     opts = parser.parse_args()
 
@@ -162,59 +176,92 @@ def main() -> None:
 
     rng = random.Random(opts.seed)
     faults = {**fault_plan(rng, opts.jobs * 3, opts.fault_rate), "step_delay_s": 0.05}
-    args = ServiceArgs(
-        data_dir=tempfile.mkdtemp(prefix="soak-"),
-        job_max_attempts=4,
-        job_lease_s=3,
-        dispatch_interval_s=0.5,
-        faults=faults,
-    )
-    port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    chaos = Chaos(opts.kill_every, random.Random(opts.seed + 1))
-    started = time.monotonic()
-    try:
-        serve.run(build_app(args), name="video", route_prefix="/")
-        chaos.start()
-        base_url = f"http://127.0.0.1:{port}"
-        with ThreadPoolExecutor(opts.concurrency) as pool:
-            results = list(
-                pool.map(lambda n: run_job(base_url, n, random.Random(opts.seed * 1000 + n)), range(opts.jobs))
-            )
-    finally:
-        chaos.stop.set()
-        serve.shutdown()
-        ray.shutdown()
-    elapsed = time.monotonic() - started
+    data_dir = tempfile.mkdtemp(prefix="soak-")
+    backends = production_backends(data_dir, opts.s3_latency_s) if opts.production else contextlib.nullcontext()
+    with backends as production:
+        extra: dict = {}
+        partitions = None
+        if production is not None:
+            redis_proxy, extra = production
+            extra["stages"] = {"gateway": {"num_replicas": 2, "max_ongoing_requests": 64}}
+            partitions = Partitions(redis_proxy, opts.blackhole_every, opts.blackhole_s)
+        args = ServiceArgs(
+            data_dir=data_dir,
+            job_max_attempts=4,
+            job_lease_s=3,
+            dispatch_interval_s=0.5,
+            faults=faults,
+            **extra,
+        )
+        port = free_port()
+        ray.init(include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        victims = KILLABLE + (("Gateway",) if production is not None else ())
+        chaos = Chaos(opts.kill_every, random.Random(opts.seed + 1), victims)
+        started = time.monotonic()
+        try:
+            serve.run(build_app(args), name="video", route_prefix="/")
+            chaos.start()
+            if partitions is not None:
+                partitions.start()
+            base_url = f"http://127.0.0.1:{port}"
+            steps, frames = [4, 8, 12], [5, 9, 13]
 
-    outcomes = Counter(f"{r['status']}:{r['code']}" for r in results)
-    wrong = [r for r in results if not r["ok"]]
+            def one(n: int) -> JobOutcome:
+                return run_job(base_url, n, random.Random(opts.seed * 1000 + n), steps, frames)
+
+            with ThreadPoolExecutor(opts.concurrency) as pool:
+                outcomes = list(pool.map(one, range(opts.jobs)))
+            chaos.stop.set()
+            if partitions is not None:
+                partitions.stop.set()
+                partitions.join()
+            recheck(base_url, outcomes)
+        finally:
+            chaos.stop.set()
+            serve.shutdown()
+            ray.shutdown()
+        elapsed = time.monotonic() - started
+    report(opts, faults, chaos, partitions, outcomes, elapsed)
+
+
+def report(opts, faults: dict, chaos: Chaos, partitions: Partitions | None, outcomes: list[JobOutcome], elapsed: float):
+    totals = count(outcomes)
+    outcome_counts = Counter(f"{o.status}:{o.code}" for o in outcomes)
     planned = {kind: sum(len(v) for v in plan.values()) for kind, plan in faults.items() if isinstance(plan, dict)}
+    wrong = [o.summary() for o in outcomes if o.lost or o.wrong_state or duplicated(o)]
+    setup = "production" if opts.production else "local"
     path = write_result(
-        f"soak-{slug(card_name())}-tiny",
+        f"soak-{slug(card_name())}-tiny-{setup}",
         {
             "jobs": opts.jobs,
+            "setup": setup,
             "elapsed_s": round(elapsed, 1),
             "faults_planned": planned,
             "replicas_killed": dict(chaos.kills),
-            "outcomes": dict(outcomes),
+            "redis_blackholes": None
+            if partitions is None
+            else {"windows": partitions.windows, "each_s": opts.blackhole_s},
+            "s3_latency_s": opts.s3_latency_s if opts.production else None,
+            **totals,
+            "outcomes": dict(outcome_counts),
             "by_situation": {
-                s: dict(Counter(f"{r['status']}:{r['code']}" for r in results if r["situation"] == s))
-                for s in ALLOWED_FAILURES
+                s: dict(Counter(f"{o.status}:{o.code}" for o in outcomes if o.situation == s)) for s in ALLOWED_FAILURES
             },
             "wrong": wrong,
             "all_correct": not wrong,
         },
     )
     print(
-        f"\nSoak: {opts.jobs} jobs in {elapsed:.0f} s on {card_name()}; faults planned {planned}; "
-        f"replicas killed {dict(chaos.kills)}"
+        f"\nSoak ({setup}): {opts.jobs} jobs in {elapsed:.0f} s on {card_name()}; faults planned {planned}; "
+        f"replicas killed {dict(chaos.kills)}; Redis blackholes {0 if partitions is None else partitions.windows}"
     )
     print(f"{'outcome (status:code or tier)':<40} {'jobs':>5}")
-    for outcome, count in sorted(outcomes.items()):
-        print(f"{outcome:<40} {count:>5}")
-    print(f"every job in a correct terminal state: {'yes' if not wrong else f'NO ({len(wrong)} wrong): {wrong}'}")
+    for outcome, n in sorted(outcome_counts.items()):
+        print(f"{outcome:<40} {n:>5}")
+    print(f"lost {totals['lost']}, duplicated_runs {totals['duplicated_runs']}, wrong_state {totals['wrong_state']}")
+    for w in wrong:
+        print("  wrong:", w)
     print(f"wrote {path}")
     sys.exit(1 if wrong else 0)
 

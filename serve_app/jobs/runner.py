@@ -31,6 +31,7 @@ from serve_app.deadline import Deadline
 from serve_app.errors import GpuOutOfMemory, RequestCancelled, ServiceError, StageFailed, StageLost
 from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import CacheClaims, VideoGenerator
+from serve_app.jobs.detached import detached_task
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
 from serve_app.jobs.expiry import ExpirySweeper
 from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
@@ -126,7 +127,7 @@ class JobRunner:
 
     def start(self) -> None:
         if self._dispatcher is None:
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+            self._dispatcher = detached_task(self._dispatch_loop())
 
     async def shutdown(self, grace_s: float = 0.0) -> None:
         """Stop taking work; hand running jobs back to the store for another replica."""
@@ -155,17 +156,17 @@ class JobRunner:
             # Cancelled while nobody ran it (its runner died or handed it back): the flag
             # is otherwise seen at the first step or heartbeat, after the stages have
             # started on it again. End it here, as a cancel mid-run would.
-            task = asyncio.get_running_loop().create_task(self._fail(job_id, RequestCancelled("cancelled by request")))
+            task = detached_task(self._fail(job_id, RequestCancelled("cancelled by request")))
         elif job.attempts > self.max_attempts:
             # Each run ended without a result (runners dying, handing back):
             # stop here rather than loop.
-            task = asyncio.get_running_loop().create_task(
+            task = detached_task(
                 self._fail(
                     job_id, StageFailed(f"gave up after {self.max_attempts} attempts; every run was interrupted")
                 )
             )
         else:
-            task = asyncio.get_running_loop().create_task(self._run(job))
+            task = detached_task(self._run(job))
         self._tasks[job_id] = task
         metrics.jobs_in_flight(len(self._tasks))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -385,3 +386,37 @@ def test_a_cancelled_orphan_is_not_run_again_when_claimed(parts, delete):
     job = store.get(job_id)
     assert job.status == "failed" and job.video.error.code == "cancelled" and job.owner is None
     assert [event["type"] for _, event in store.events_after(job_id, 0)] == ["failed"]
+
+
+REQUEST_CONTEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_context", default=None)
+
+
+class _ContextRecorder(FakeGenerator):
+    """Records the request context its calls run in, as Ray Serve's handles read theirs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str | None] = []
+
+    async def generate(self, params, deadline, on_progress=None, job_id=None):
+        self.seen.append(REQUEST_CONTEXT.get())
+        return await super().generate(params, deadline, on_progress, job_id)
+
+
+def test_a_job_submitted_from_a_request_runs_outside_that_request_s_context(parts):
+    # Serve cancels every handle call made in a disconnected request's context: a job task
+    # that inherited it would lose its model calls when its caller hangs up.
+    store, artifacts = parts
+    generator = _ContextRecorder()
+    runner = _runner(store, artifacts, 1.0, generator)
+    job = _job(1, "queued", None)
+    store.create(job)
+
+    async def request_handler():
+        REQUEST_CONTEXT.set("request-1")
+        assert runner.submit(job.id)
+        return await runner.wait(job.id, 30)
+
+    done = asyncio.run(request_handler())
+    assert done.status == "completed"
+    assert generator.seen == [None]
