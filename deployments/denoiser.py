@@ -21,7 +21,7 @@ from deployments.base import ModelStage
 from serve_app import metrics
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import DeadlineExceeded, RequestCancelled
-from serve_app.messages import DenoisedLatents, StepProgress
+from serve_app.messages import DenoisedLatents, ImageLatents, StepProgress
 from serve_app.params import GenerationParams
 from serve_app.pipeline.batching import StepBatcher, denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
@@ -112,11 +112,26 @@ class Denoiser(ModelStage):
                         ),
                     )
                 )
+        # Image to video's per-token timesteps are another graph: warmed after the replica is
+        # ready (guided only), so text requests never wait for them.
+        images = [
+            (
+                f"denoise {p.height}x{p.width}x{p.num_frames} image",
+                functools.partial(
+                    self.runtime.warm_up,
+                    [(p.height, p.width, p.num_frames)],
+                    self.profile.max_sequence_length,
+                    guidance=(5.0,),
+                    image=True,
+                ),
+            )
+            for p in presets
+        ]
         ready = self.presets_before_ready()
         # The replica is ready after the first `ready` guided shapes (all of them unless
         # speed.warmup_in_background); unguided requests are rare, so their graph warms later.
         before = guided[:ready] + (unguided if ready == len(presets) else [])
-        after = guided[ready:] + ([] if ready == len(presets) else unguided)
+        after = guided[ready:] + ([] if ready == len(presets) else unguided) + images
         self.warm_up(steps + before + after, before_ready=1 + len(before))
 
     def _checkpoints(self, job_id: str | None, params: GenerationParams, knobs: FastKnobs) -> LoopCheckpoints | None:
@@ -133,10 +148,13 @@ class Denoiser(ModelStage):
         deadline: Deadline,
         knobs: FastKnobs | None = None,
         job_id: str | None = None,
+        image_latents: ImageLatents | None = None,
     ) -> AsyncIterator[StepProgress | DenoisedLatents]:
         """`knobs`: a fast tier's quality-changing speed-ups (settings.speed.FastKnobs); None is the exact path.
-        `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one."""
+        `job_id`: names the job's loop checkpoint (`checkpoint_every_s`), resumed if an earlier run saved one.
+        `image_latents`: image to video, the first frame the video encoder encoded; latent frame 0 is held to it."""
         knobs = EXACT if knobs is None else knobs
+        condition = None if image_latents is None else image_latents.latents
         checkpoints = self._checkpoints(job_id, params, knobs)
         if self.runtime is None and not knobs.exact:
             raise ValueError(f"fast knobs {knobs} need profile speed.optimized_loop: true on this model")
@@ -177,6 +195,7 @@ class Denoiser(ModelStage):
                         on_step,
                         self.profile.max_sequence_length,
                         on_latents=on_latents,
+                        image_latents=condition,
                     )
                 else:
                     latents = denoise_optimized(
@@ -188,6 +207,7 @@ class Denoiser(ModelStage):
                         knobs,
                         on_latents=on_latents,
                         checkpoints=checkpoints,
+                        image_latents=condition,
                     )
             except BaseException as exc:
                 self._record(exc, guard, checkpoints)
@@ -201,7 +221,9 @@ class Denoiser(ModelStage):
         if self.batcher is not None:
             # Same-shape requests share forwards; the loop runs on the model thread.
             work = asyncio.ensure_future(
-                self._run_batched(params, embeddings, guard, on_step, knobs, previews.on_latents if previews else None)
+                self._run_batched(
+                    params, embeddings, guard, on_step, knobs, previews.on_latents if previews else None, condition
+                )
             )
         else:
             work = asyncio.ensure_future(self.run_model(run))
@@ -221,10 +243,19 @@ class Denoiser(ModelStage):
             raise
         yield result
 
-    async def _run_batched(self, params, embeddings, guard, on_step, knobs, on_latents) -> DenoisedLatents:
+    async def _run_batched(
+        self, params, embeddings, guard, on_step, knobs, on_latents, image_latents=None
+    ) -> DenoisedLatents:
         started = time.perf_counter()
         future = self.batcher.submit(
-            params, embeddings, guard, on_step, knobs, self._start_batch_loop, on_latents=on_latents
+            params,
+            embeddings,
+            guard,
+            on_step,
+            knobs,
+            self._start_batch_loop,
+            on_latents=on_latents,
+            image_latents=image_latents,
         )
         try:
             latents = await asyncio.wrap_future(future)

@@ -88,15 +88,16 @@ class Gateway:
         metrics.enable()
         settings = GatewaySettings.load(ServiceArgs(**args))
         app_name = serve.get_replica_context().app_name
+        stores = GatewayStores.open(settings)
         handles = GatewayHandles(
-            generator=StageGraph(prompt_encoder, denoiser, video_encoder),
+            generator=StageGraph(prompt_encoder, denoiser, video_encoder, images=stores.images),
             cache=ResultCacheHandle(result_cache),
             probe=HandleProbe({"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}),
             denoiser_replicas=lambda: serve_replicas(app_name, "Denoiser"),
             encoder_replicas=lambda: serve_replicas(app_name, "VideoEncoder"),
             gpu_utilization=nvml_utilization if settings.args.stages.denoiser.num_gpus > 0 else None,
         )
-        self.gateway = build_gateway(settings, handles, GatewayStores.open(settings))
+        self.gateway = build_gateway(settings, handles, stores)
         self.gateway.start()
 
     def __serve_build_asgi_app__(self):

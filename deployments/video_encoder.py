@@ -1,4 +1,5 @@
-"""VideoEncoder: VAE decode of latents and mp4 encoding, in one place.
+"""VideoEncoder: VAE decode of latents and mp4 encoding, in one place; and, for image to
+video, the VAE encode of the first frame (`encode_image`): the stage that holds the VAE.
 
 By default (profile `speed.decode: streaming`) the VAE decodes latent frame by
 latent frame and each chunk goes to the mp4 encoder while the GPU decodes the
@@ -9,14 +10,19 @@ out-of-memory fallback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from typing import Any
 
+from PIL import Image
 from ray import serve
 
 from deployments.base import ModelStage
 from serve_app.deadline import Deadline
-from serve_app.messages import EncodedVideo
+from serve_app.images import fitted_image
+from serve_app.messages import EncodedVideo, ImageLatents
+from serve_app.pipeline.image_condition import encode_image
 from serve_app.pipeline.optimize import prepare_vae
 from serve_app.pipeline.stages import DecodedVideo, decode_to_mp4
 
@@ -51,6 +57,14 @@ class VideoEncoder(ModelStage):
             s = self.pipe.vae_scale_factor_spatial
             latents = torch.zeros(1, z, t, p.height // s, p.width // s)
             steps.append((f"decode {name}", functools.partial(self._encode, latents, p.fps)))
+        # Image to video's VAE encode (cuDNN's algorithm search for the encoder half), last:
+        # after the replica is ready unless every warm-up step must run before.
+        sizes = [(catalog.presets[n].width, catalog.presets[n].height) for n in self.speed.warmup_presets] or [(64, 64)]
+        for width, height in dict.fromkeys(sizes):
+            blank = Image.new("RGB", (width, height))
+            steps.append(
+                (f"encode image {width}x{height}", functools.partial(encode_image, self.pipe, blank, height, width))
+            )
         return steps
 
     def _encode(self, latents, fps: int) -> EncodedVideo:
@@ -65,6 +79,17 @@ class VideoEncoder(ModelStage):
         deadline.check("video_encode")
         fallback = self._encode_tiled if self.speed.tile_on_oom and self.speed.decode != "tiled" else None
         return await self.run_model(self._encode, latents, fps, fallback=fallback)
+
+    async def encode_image(self, data: bytes, width: int, height: int, deadline: Deadline) -> ImageLatents:
+        """Image to video: the first frame's file, opened and fitted to width x height (off the model
+        thread), then VAE-encoded into the normalised latent frame the denoiser holds frame 0 to."""
+        deadline.check("image_encode")
+        started = time.perf_counter()
+        max_pixels = self.args.image_input.max_pixels
+        image = await asyncio.to_thread(fitted_image, data, width, height, max_pixels)
+        latents = await self.run_model(encode_image, self.pipe, image, height, width)
+        # numpy, not torch, as every message between stages (the gateway must never unpickle torch).
+        return ImageLatents(latents.numpy(), time.perf_counter() - started)
 
     async def describe(self) -> dict[str, Any]:
         out = await super().describe()

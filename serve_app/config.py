@@ -24,6 +24,7 @@ from serve_app.settings.admission import AdmissionConfig
 from serve_app.settings.base import StrictModel
 from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
+from serve_app.settings.image_input import ImageInputOptions
 from serve_app.settings.limits import GenerationLimits
 from serve_app.settings.model import ATTENTION_BACKENDS, DType, ModelProfile, TinyModelSpec, load_model_profile
 from serve_app.settings.presets import Preset, PresetCatalog, load_presets
@@ -44,6 +45,7 @@ __all__ = [
     "FaultInjection",
     "GenerationLimits",
     "HealthOptions",
+    "ImageInputOptions",
     "MODEL_STAGE_GRACE_MARGIN_S",
     "ModelProfile",
     "Preset",
@@ -219,6 +221,10 @@ class ServiceArgs(StrictModel):
         "(docs/api.md, Progress streams).",
     )
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
+    image_input: ImageInputOptions = Field(
+        default_factory=ImageInputOptions,
+        description="Image-to-video: size and pixel limits of `input_reference`, and how long uploads are kept.",
+    )
     health: HealthOptions = Field(
         default_factory=HealthOptions,
         description="When a model replica fails Ray's health check and is replaced "

@@ -23,6 +23,7 @@ from serve_app.config import (
 from serve_app.settings.access import AccessConfig, ApiKeyEntry
 from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
+from serve_app.settings.image_input import ImageInputOptions
 from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
 from serve_app.settings.streams import StreamOptions
@@ -37,6 +38,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`args.access` (AccessConfig)", AccessConfig),
     ("`args.access.api_keys[]` (ApiKeyEntry)", ApiKeyEntry),
     ("`args.streams` (StreamOptions)", StreamOptions),
+    ("`args.image_input` (ImageInputOptions)", ImageInputOptions),
     ("`args.health` (HealthOptions)", HealthOptions),
     ("`args.redis` (RedisClientOptions)", RedisClientOptions),
     ("`args.faults`, test-only (FaultInjection)", FaultInjection),

@@ -60,6 +60,12 @@ class InvalidRequest(ServiceError):
     error_type = "invalid_request_error"
 
 
+class InvalidImage(InvalidRequest):
+    """An image field (`input_reference`) is not a picture the model can start from (HTTP 422)."""
+
+    code = "invalid_image"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
@@ -95,6 +101,14 @@ class VideoExpired(ServiceError):
 
     status_code = 410
     code = "video_expired"
+    error_type = "invalid_request_error"
+
+
+class ImageGone(ServiceError):
+    """A job's first-frame image is no longer stored (kept `image_input.keep_s`): send it again (HTTP 410)."""
+
+    status_code = 410
+    code = "input_reference_gone"
     error_type = "invalid_request_error"
 
 

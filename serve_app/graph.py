@@ -48,10 +48,12 @@ class _Progress:
 class StageGraph:
     """The gateway's `VideoGenerator` (serve_app/handles.py) over the three stages' Ray Serve handles."""
 
-    def __init__(self, prompt_encoder: Any, denoiser: Any, video_encoder: Any) -> None:
+    def __init__(self, prompt_encoder: Any, denoiser: Any, video_encoder: Any, images: Any = None) -> None:
         self.prompt_encoder = prompt_encoder
         self.denoiser = denoiser
         self.video_encoder = video_encoder
+        # Image to video: the uploaded first frames by hash (serve_app/reference_images.py).
+        self.images = images
 
     async def generate(
         self,
@@ -77,6 +79,16 @@ class StageGraph:
                 total_steps=params.num_inference_steps,
             ) from None
 
+    async def _encode_image(self, params: GenerationParams, deadline: Deadline) -> Any:
+        """The video encoder's call for the job's first frame (unawaited), or None for text to video."""
+        if params.input_reference_sha256 is None:
+            return None
+        if self.images is None:
+            raise StageFailed("this job has an input_reference image, but the gateway has no image store")
+        # Read off the event loop: a bucket's GET blocks for a round trip and ~10 MB.
+        data = await asyncio.to_thread(self.images.get, params.input_reference_sha256)
+        return self.video_encoder.encode_image.remote(data, params.width, params.height, deadline)
+
     async def _run(
         self,
         params: GenerationParams,
@@ -89,7 +101,17 @@ class StageGraph:
         embeddings = self.prompt_encoder.encode.remote(
             params.prompt, params.negative_prompt, params.guidance_scale, deadline
         )
-        stream = self.denoiser.options(stream=True).denoise.remote(params, embeddings, deadline, params.fast, job_id)
+        # Image to video: the video encoder (which holds the VAE) encodes the first frame while
+        # the prompt encoder works; like the embeddings, its latent goes replica to replica.
+        try:
+            image_latents = await self._encode_image(params, deadline)
+        except BaseException:
+            embeddings.cancel()
+            raise
+        conditioning = {} if image_latents is None else {"image_latents": image_latents}
+        stream = self.denoiser.options(stream=True).denoise.remote(
+            params, embeddings, deadline, params.fast, job_id, **conditioning
+        )
         latents: DenoisedLatents | None = None
         try:
             async for message in stream:
@@ -106,6 +128,8 @@ class StageGraph:
             # rather than when Ray notices the parent request is gone.
             stream.cancel()
             embeddings.cancel()
+            if image_latents is not None:
+                image_latents.cancel()
             raise
         except Exception as exc:
             cause = unwrap_stage_error(exc)

@@ -32,6 +32,15 @@ class DenoisedLatents:
 
 
 @dataclass(frozen=True)
+class ImageLatents:
+    """Image to video: the first frame, fitted and VAE-encoded by the video encoder, on its way
+    to the denoiser (serve_app/pipeline/image_condition.py)."""
+
+    latents: object  # numpy.ndarray, float32 (1, 48, 1, H/16, W/16), normalised as the DiT's latents are
+    encode_s: float  # the video encoder's time: opening, fitting and encoding the image
+
+
+@dataclass(frozen=True)
 class EncodedVideo:
     mp4: bytes
     num_frames: int

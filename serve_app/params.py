@@ -46,6 +46,10 @@ class GenerationParams(StrictModel):
         # neither split the cache key nor time the exact path apart (estimates.py).
         return None if v is not None and v.exact else v
 
+    # Image to video: SHA-256 of the first-frame image file (its bytes are kept beside the
+    # videos, serve_app/reference_images.py); None: text to video.
+    input_reference_sha256: str | None = None
+
     @property
     def size(self) -> str:
         """OpenAI's `size` string: WIDTHxHEIGHT."""
@@ -200,6 +204,8 @@ def resolve_generation(
         )
     values["prompt"] = request.get("prompt") or ""
     values["seed"] = request.get("seed")
+    if request.get("input_reference_sha256") is not None:  # checked by serve_app/api/image_input.py
+        values["input_reference_sha256"] = request["input_reference_sha256"]
 
     check_generation(values, catalog.limits)
 

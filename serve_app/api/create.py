@@ -21,6 +21,7 @@ from typing import Any
 from serve_app import metrics
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import Principal
+from serve_app.api.image_input import image_bytes_of, open_checked
 from serve_app.api.protocol import CreateVideoRequest, VideoObject
 from serve_app.api.views import VideoViews
 from serve_app.cache.index import CacheEntry, CacheIndex
@@ -28,12 +29,14 @@ from serve_app.cache.keys import cache_key, cacheable_form
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.handles import CacheClaims
+from serve_app.images import image_sha256
 from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
 from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
 from serve_app.policy.load import LoadMonitor, QueueEta
+from serve_app.reference_images import ReferenceImageStore
 
 log = logging.getLogger("ray.serve")
 
@@ -104,6 +107,7 @@ class VideoCreator:
         guard: AccessGuard | None = None,
         check_webhook: Callable[[str], Any] | None = None,
         webhooks: WebhookDelivery | None = None,
+        images: ReferenceImageStore | None = None,
     ) -> None:
         self.args = args
         self.profile = profile
@@ -119,6 +123,7 @@ class VideoCreator:
         self.guard = guard  # API keys, rate limits, job caps (None: open, unlimited)
         self.check_webhook = check_webhook  # raises for a webhook_url that may not be called
         self.webhooks = webhooks  # sends the webhook of an answer from the cache (None: not sent)
+        self.images = images  # uploaded first frames, for the job's runs (None: image input refused)
 
     async def create_video(
         self,
@@ -133,11 +138,19 @@ class VideoCreator:
             idempotency_key = f"{principal.id}:{idempotency_key}"  # one key's retries never find another's job
 
         # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
-        requested = resolve_generation(request.model_dump(), self.catalog)
+        #    An image (image to video) is size-checked first, and opened once the rest is known good.
+        image_input = self.args.image_input if self.images is not None else None
+        image = image_bytes_of(request, image_input)
+        fields = request.model_dump(exclude={"input_reference"})
+        if image is not None:
+            fields["input_reference_sha256"] = image_sha256(image)
+        requested = resolve_generation(fields, self.catalog)
         if request.webhook_url is not None and self.check_webhook is not None:
             # In a thread: the check resolves the host name, and getaddrinfo blocks for as
             # long as DNS takes (seconds, for a name whose servers do not answer).
             await asyncio.to_thread(self.check_webhook, request.webhook_url)
+        if image is not None:
+            await open_checked(image, image_input)
 
         # 2. Normalise for the cache: the form it keys and runs. Made whenever there is a
         #    cache, since a tier may force the cache on even for `cache: false`.
@@ -162,6 +175,11 @@ class VideoCreator:
             )
             if answer is not None:
                 return answer
+
+        # The image goes where every runner can read it, before any job may run (or be
+        # taken over) with it; awaited here, since nothing may await from admission to the claim.
+        if image is not None and self.images is not None:
+            await asyncio.to_thread(self.images.put, asked.input_reference_sha256, image)
 
         # 4. Admit, once: sync or a job, the tier and what it runs, the deadline, the cache.
         decision = self._admit(asked, cacheable, request, prefer)

@@ -46,6 +46,7 @@ from serve_app.jobs.webhook_outbox import WebhookOutbox, open_webhook_outbox
 from serve_app.policy.admission import Admission
 from serve_app.policy.load import LoadMonitor, QueueEta, ReplicaCount
 from serve_app.policy.tiers import lowest_tier
+from serve_app.reference_images import ReferenceImageStore, reference_images_for, sweeper
 from serve_app.settings.tiers import TierTable, load_tiers
 from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s
 
@@ -145,16 +146,20 @@ class GatewayStores:
     access: AccessGuard | None = None  # API keys and the limiter store (None: open, unlimited)
     # Webhooks still owed, beside the jobs (None: build_gateway opens it as `job_store` says).
     webhook_outbox: WebhookOutbox | None = None
+    # Uploaded first-frame images (image to video); None: the artifacts' backend's, made by build_gateway.
+    images: ReferenceImageStore | None = None
 
     @classmethod
     def open(cls, settings: GatewaySettings) -> GatewayStores:
         args = settings.args
+        artifacts = open_artifact_store(args.artifact_store, args.data_path)
         return cls(
             jobs=open_job_store(args.job_store, args.data_path, args.redis),
-            artifacts=open_artifact_store(args.artifact_store, args.data_path),
+            artifacts=artifacts,
             cache_index=open_cache_index(args.cache_store, args.data_path, args.redis),
             access=AccessGuard(args.access, redis=args.redis),
             webhook_outbox=open_webhook_outbox(args.job_store, args.data_path, args.redis),
+            images=reference_images_for(artifacts),
         )
 
     def close(self) -> None:
@@ -226,6 +231,8 @@ def build_gateway(
     times to start from (default: the profile's priors)."""
     args, profile = settings.args, settings.profile
     estimator = estimator or StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
+    if stores.images is None:
+        stores.images = reference_images_for(stores.artifacts)
     guard = stores.access
     load = LoadMonitor(
         active_jobs=lambda: stores.jobs.active(ACTIVE_JOBS_READ_LIMIT),
@@ -272,6 +279,8 @@ def build_gateway(
         eta=eta.of_job,  # queued events show the ETA admission decided on
     )
     runner.listeners.append(webhooks)  # after the result cache's fill: the order does not matter to either
+    if stores.images is not None:
+        runner.expiry.also.append(sweeper(stores.images, args.image_input.keep_s))
     policy = (
         Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
     )
@@ -297,6 +306,7 @@ def build_gateway(
         guard=guard,
         check_webhook=lambda url: check_destination(url, settings.webhooks),
         webhooks=webhooks,
+        images=stores.images,
     )
     # The guard's own config where there is one (the deployment opens it from args.access).
     access_config = guard.config if guard is not None else args.access
@@ -311,6 +321,7 @@ def build_gateway(
         guard=guard,
         replica=settings.replica_id,
         max_body_bytes=args.access.max_body_bytes,
+        image_input=args.image_input if stores.images is not None else None,
     )
     # Outermost: a request by an untrusted Host or a foreign web page is refused before any route.
     auth_on = guard is not None and guard.auth_enabled
@@ -336,7 +347,7 @@ def build_gateway(
 def create_app(**state: Any) -> FastAPI:
     """The FastAPI app: the routers, the error shape, and in `app.state` what the
     handlers call (creator, views, streams, report, cache_admin, admin_access, guard, replica,
-    max_body_bytes)."""
+    max_body_bytes, image_input)."""
     app = FastAPI(
         title="Wan2.2 text-to-video",
         version="0.1.0",

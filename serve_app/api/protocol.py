@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator
 
 from serve_app.settings.speed import FastKnobs
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
+
+
+class ImageReference(BaseModel):
+    """OpenAI's `input_reference` object in a JSON body: the first frame as a data URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: str | None = Field(
+        None,
+        description="The image as a base64 data URL, 'data:image/png;base64,...' (PNG, JPEG or WebP). "
+        "Remote http(s) URLs are refused.",
+    )
+    file_id: str | None = Field(None, max_length=200, description="OpenAI file ids are not served here (422).")
 
 
 class CreateVideoRequest(BaseModel):
@@ -49,6 +62,17 @@ class CreateVideoRequest(BaseModel):
         description="'auto': under load the service may lower steps and frames (quality tiers) rather "
         "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429.",
     )
+    input_reference: ImageReference | None = Field(
+        None,
+        description="Image to video: the first frame, fitted to the size (scaled to cover it, the overflow "
+        "cut evenly). In JSON as {image_url: data URL}; in multipart/form-data as a file part of this name.",
+    )
+    # A multipart file part named input_reference (serve_app/api/body.py): its bytes, never dumped.
+    _uploaded_image: bytes | None = PrivateAttr(None)
+
+    @property
+    def uploaded_image(self) -> bytes | None:
+        return self._uploaded_image
 
     @field_validator("prompt", "negative_prompt", "model", "preset", "size", "seconds", "webhook_url")
     @classmethod
@@ -136,6 +160,9 @@ class VideoObject(BaseModel):
         None,
         description="Settings the request asked for that its tier lowered, e.g. {'num_frames': 17}; the "
         "values used are in the fields above.",
+    )
+    input_reference_sha256: str | None = Field(
+        None, description="Image to video: SHA-256 of the first-frame image file; None for text to video."
     )
 
 

@@ -60,7 +60,9 @@ async def create_video(
     principal: Principal | None = CREATOR,
 ) -> JSONResponse:
     started = time.perf_counter()
-    body = await read_create_request(request, request.app.state.max_body_bytes)
+    body = await read_create_request(
+        request, request.app.state.max_body_bytes, getattr(request.app.state, "image_input", None)
+    )
     read = time.perf_counter()
     outcome = await _creator(request).create_video(body, Preference.parse(prefer), idempotency_key, principal)
     # Server-Timing: the gateway's own share of the answer (reading the body

@@ -11,6 +11,7 @@ The key is SHA-256 over canonical JSON of:
              spelled out or left out is one key, and a threshold of 1 is 1.0
   scope      whose entries these are: the API key's id with keys on and
              `cache_scope: per_key` (the default), absent when shared
+  input_reference_sha256   image to video: SHA-256 of the first-frame image file, when any
 Everything else (preset name, deadline, webhook, ids) does not change pixels
 and is left out. Requests that give no seed get one derived from the key of
 everything else but the scope, so the same request gives the same video, and a request that
@@ -53,6 +54,8 @@ def _payload(model_identity: str, values: dict[str, Any]) -> dict[str, Any]:
         knobs = FastKnobs.model_validate(fast)  # a dict of model_dump() or the model itself
         if not knobs.exact:
             payload["fast"] = knobs.model_dump(exclude_defaults=True)
+    if values.get("input_reference_sha256"):  # image to video: the first frame's file
+        payload["input_reference_sha256"] = values["input_reference_sha256"]
     return payload
 
 

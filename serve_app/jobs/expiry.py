@@ -7,10 +7,13 @@ answers with its status.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from serve_app.artifacts import ArtifactStore
 from serve_app.jobs.model import JobStore
+
+log = logging.getLogger("ray.serve")
 
 # How often the runner's dispatcher sweeps. Each sweep reads every job record
 # (issue 15 asks for an expiry index), so it stays rare.
@@ -33,6 +36,9 @@ class ExpirySweeper:
         self.clock = clock
         self.interval_s = interval_s
         self._last_sweep = float("-inf")
+        # More stores swept on the same cadence (uploaded images: serve_app/reference_images.py);
+        # each returns how many files it removed. Appended after construction.
+        self.also: list[Callable[[], int]] = []
 
     def sweep_if_due(self) -> int | None:
         """Sweep if `interval_s` has passed since the last one began; how many videos' files
@@ -45,7 +51,13 @@ class ExpirySweeper:
         return self.sweep()
 
     def sweep(self) -> int:
-        """Delete the files of completed videos past `expires_at`; how many videos' files were deleted."""
+        """Delete the files of completed videos past `expires_at`; how many videos' files were deleted.
+        The `also` sweeps run first, each on its own: one failing stops neither the others nor this."""
+        for extra in self.also:
+            try:
+                extra()
+            except Exception:
+                log.exception("expiry sweep of %s failed", getattr(extra, "__qualname__", extra))
         now, swept, after = self.clock(), 0, None
         while True:
             page, has_more = self.store.list(after, SWEEP_PAGE, "asc")

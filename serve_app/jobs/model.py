@@ -54,6 +54,7 @@ def video_settings(params: GenerationParams) -> dict[str, Any]:
         guidance_scale=params.guidance_scale,
         seed=params.seed,
         fast=params.fast,
+        input_reference_sha256=params.input_reference_sha256,
     )
 
 

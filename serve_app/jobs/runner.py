@@ -114,6 +114,11 @@ class JobRunner:
         )
 
     @property
+    def expiry(self) -> ExpirySweeper:
+        """The dispatcher's sweep of expired files; more stores join it through `expiry.also`."""
+        return self._sweeper
+
+    @property
     def on_finished(self) -> Callable[[JobRecord], None] | None:
         """Called with each job that ends, before its record is written (the gateway
         frees the API key's job slot); assignable after construction."""

@@ -14,7 +14,9 @@ differs from the pipeline, none of it changing the math:
 - the timestep goes in as one value per sample, not one per token: for text
   to video every token has the same timestep (WanPipeline's mask is all ones),
   and the per-token path embeds it 1,500-27,000 times and drags a
-  (tokens x 6 x 3072) modulation tensor through every block;
+  (tokens x 6 x 3072) modulation tensor through every block. Image to video
+  needs the per-token form (frame 0's tokens are at timestep 0), and gets it
+  exactly as `WanImageToVideoPipeline` builds it (image_condition.py);
 - guidance is one forward over [cond; uncond] when `cfg_batch` is on, and
   several requests stack along the batch axis. The scheduler stays per
   request: each job has its own copy, so jobs at different steps, with
@@ -36,6 +38,15 @@ from typing import Any
 
 from serve_app.deadline import StepGuard
 from serve_app.params import GenerationParams
+from serve_app.pipeline.image_condition import (
+    as_condition,
+    check_condition,
+    condition_input,
+    first_frame_mask,
+    token_timesteps,
+    with_condition,
+    with_first_frame,
+)
 from serve_app.pipeline.stages import denoised_estimate
 from serve_app.settings.speed import EXACT, FastKnobs
 
@@ -60,6 +71,10 @@ class DenoiseJob:
     on_latents: Any = None  # stages.LatentsCallback (previews)
     step: int = 0
     done: Future = field(default_factory=Future)
+    # Image to video: the first frame's latent (1, C, 1, H, W) float32 on the device, and the
+    # pipeline's first_frame_mask (0 on latent frame 0); None for text to video.
+    condition: Any = None
+    mask: Any = None
 
     @property
     def guided(self) -> bool:
@@ -69,9 +84,31 @@ class DenoiseJob:
     def finished(self) -> bool:
         return self.step >= len(self.timesteps)
 
+    @property
+    def conditioned(self) -> bool:
+        return self.condition is not None
+
     def batch_key(self) -> tuple:
-        """Jobs with equal keys may share a forward."""
-        return (tuple(self.latents.shape), tuple(self.prompt_embeds.shape), self.knobs.fp8)
+        """Jobs with equal keys may share a forward (image jobs' per-token timesteps are their own form)."""
+        return (tuple(self.latents.shape), tuple(self.prompt_embeds.shape), self.knobs.fp8, self.conditioned)
+
+    def model_input(self, dtype):
+        """What the DiT sees this step (latent frame 0 held to the image for image jobs)."""
+        if self.condition is None:
+            return self.latents.to(dtype)
+        return condition_input(self.latents, self.condition, self.mask, dtype)
+
+    def timestep_row(self, t, patch_size):
+        """This job's timestep for one batch row: a scalar, or one per token for image jobs."""
+        return t if self.condition is None else token_timesteps(self.mask, t, patch_size)
+
+    def output(self):
+        """The loop's result: the latents, with frame 0 the image's for image jobs."""
+        return self.latents if self.condition is None else with_condition(self.latents, self.condition, self.mask)
+
+    def shown(self, estimate):
+        """A preview's estimate, with frame 0 the image it is held to for image jobs."""
+        return estimate if self.condition is None else with_first_frame(estimate, self.condition)
 
 
 def uses_guidance(guidance_scale: float) -> bool:
@@ -87,8 +124,10 @@ def start_job(
     knobs: FastKnobs = EXACT,
     dtype=None,
     on_latents=None,
+    image_latents=None,
 ) -> DenoiseJob:
-    """A job at step 0: the pipeline's latents for this seed, its own scheduler."""
+    """A job at step 0: the pipeline's latents for this seed, its own scheduler; with `image_latents`
+    (image to video) the first frame's latent and mask, as `WanImageToVideoPipeline.prepare_latents`."""
     import torch
 
     device = pipe._execution_device
@@ -112,7 +151,14 @@ def start_job(
     npe = embeddings.negative_prompt_embeds if guided else None
     if guided and npe is None:
         raise ValueError(f"guidance_scale={params.guidance_scale} needs negative prompt embeddings")
+    condition = mask = None
+    if image_latents is not None:
+        condition = as_condition(image_latents, device)
+        check_condition(condition, latents)
+        mask = first_frame_mask(latents)
     return DenoiseJob(
+        condition=condition,
+        mask=mask,
         params=params,
         knobs=knobs,
         latents=latents,
@@ -151,8 +197,9 @@ def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runti
     # The embeddings carry the DiT's compute dtype (an FP8 copy reports its
     # storage dtype as `transformer.dtype`, not what its inputs should be).
     dtype = jobs[0].prompt_embeds.dtype
-    inputs = [job.latents.to(dtype) for job in jobs]
+    inputs = [job.model_input(dtype) for job in jobs]
     ts = [job.timesteps[job.step] for job in jobs]
+    rows = [job.timestep_row(t, transformer.config.patch_size) for job, t in zip(jobs, ts)]
     guided = [job for job in jobs if job.guided]
     first = jobs[0]
     # Cache hooks key their state by context name; a single job keeps the
@@ -160,14 +207,14 @@ def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runti
     cache_kwargs = {"step_index": first.step, "num_inference_steps": len(first.timesteps)}
 
     if len(jobs) == 1 and (not first.guided or not cfg_batch):
-        t = ts[0].reshape(1)
+        t = rows[0].unsqueeze(0)  # (1,), or (1, tokens) for an image job
         cond = [_forward(runtime, transformer, inputs[0], t, first.prompt_embeds, "cond", cache_kwargs)]
         uncond = {}
         if first.guided:
             uncond[0] = _forward(runtime, transformer, inputs[0], t, first.negative_embeds, "uncond", cache_kwargs)
     else:
         hidden = torch.cat(inputs + [inputs[i] for i, j in enumerate(jobs) if j.guided])
-        timestep = torch.stack(ts + [ts[i] for i, j in enumerate(jobs) if j.guided])
+        timestep = torch.stack(rows + [rows[i] for i, j in enumerate(jobs) if j.guided])
         context = torch.cat([j.prompt_embeds for j in jobs] + [j.negative_embeds for j in guided])
         out = _forward(runtime, transformer, hidden, timestep, context, "cfg_batch", cache_kwargs)
         rows = list(out.split(1))
@@ -185,7 +232,9 @@ def step_jobs(transformer, jobs: list[DenoiseJob], cfg_batch: bool = True, runti
         if job.on_latents is not None:
             # The job has a `scheduler` like a pipeline, which is all the
             # preview's estimate reads.
-            job.on_latents(job.step, len(job.timesteps), lambda job=job, now=job.latents: denoised_estimate(job, now))
+            job.on_latents(
+                job.step, len(job.timesteps), lambda job=job, now=job.latents: job.shown(denoised_estimate(job, now))
+            )
         if job.on_step is not None:
             job.on_step(job.step, len(job.timesteps))
 
@@ -219,6 +268,7 @@ def denoise_optimized(
     knobs: FastKnobs = EXACT,
     on_latents=None,
     checkpoints=None,
+    image_latents=None,
 ):
     """One request through the project's loop; latents on the CPU, or raises why it stopped.
 
@@ -239,7 +289,15 @@ def denoise_optimized(
         checkpoints = None
     with torch.inference_mode():
         job = start_job(
-            runtime.pipe, params, embeddings, guard, on_step, knobs, dtype=runtime.dtype, on_latents=on_latents
+            runtime.pipe,
+            params,
+            embeddings,
+            guard,
+            on_step,
+            knobs,
+            dtype=runtime.dtype,
+            on_latents=on_latents,
+            image_latents=image_latents,
         )
         if checkpoints is not None and checkpoints.restore(job) and on_step is not None:
             on_step(job.step, len(job.timesteps))  # progress picks up where the lost run left it
@@ -256,7 +314,7 @@ def denoise_optimized(
             # replica that dies never gets here, and that is what the file is for.)
             if checkpoints is not None:
                 checkpoints.discard()
-    return job.latents.cpu()
+    return job.output().cpu()
 
 
 class StepBatcher:
@@ -290,8 +348,9 @@ class StepBatcher:
         knobs: FastKnobs,
         start_loop: Callable[[Callable[[], None]], None],
         on_latents=None,
+        image_latents=None,
     ) -> Future:
-        job_args = (params, embeddings, guard, on_step, knobs, on_latents)
+        job_args = (params, embeddings, guard, on_step, knobs, on_latents, image_latents)
         future: Future = Future()
         with self._lock:
             self._waiting.append((job_args, future))
@@ -306,7 +365,7 @@ class StepBatcher:
 
         with self._lock:
             waiting, self._waiting = self._waiting, []
-        for (params, embeddings, guard, on_step, knobs, on_latents), future in waiting:
+        for (params, embeddings, guard, on_step, knobs, on_latents, image_latents), future in waiting:
             if guard.should_stop():
                 _fail(future, guard)
                 continue
@@ -322,6 +381,7 @@ class StepBatcher:
                         knobs,
                         dtype=self.runtime.dtype,
                         on_latents=on_latents,
+                        image_latents=image_latents,
                     )
             except BaseException as exc:  # noqa: BLE001 - handed to the job's future; its awaiter re-raises it
                 future.set_exception(exc)
@@ -372,7 +432,7 @@ class StepBatcher:
                     continue
                 for job in group:
                     if job.finished:
-                        job.done.set_result(job.latents.cpu())
+                        job.done.set_result(job.output().cpu())
                         active.remove(job)
                     elif job.guard.should_stop():
                         _fail(job.done, job.guard)

@@ -97,12 +97,14 @@ class DenoiserRuntime:
         text_len: int,
         steps: int = 2,
         guidance: tuple[float, ...] = (5.0, 1.0),
+        image: bool = False,
     ) -> None:
         """Compile and run each (height, width, frames) bucket once, guided and unguided.
 
         With symbolic shapes the first bucket compiles the batch>1 graph and an
         unguided run the batch-1 one; later buckets only pay cuBLAS/cuDNN first
-        calls and allocator growth, here instead of in a request.
+        calls and allocator growth, here instead of in a request. `image`: as an
+        image-to-video job, whose per-token timesteps are another graph to compile.
         """
         import torch
 
@@ -124,7 +126,16 @@ class DenoiserRuntime:
                 preset="warmup",
             )
             guard = StepGuard(Deadline.after(3600), steps)
-            denoise_optimized(self, params, PromptEmbeddings(zeros, zeros if scale > 1 else None), guard, knobs=knobs)
+            scale = self.pipe.vae_scale_factor_spatial
+            first_frame = torch.zeros(1, self.transformer.config.in_channels, 1, height // scale, width // scale)
+            denoise_optimized(
+                self,
+                params,
+                PromptEmbeddings(zeros, zeros if scale > 1 else None),
+                guard,
+                knobs=knobs,
+                image_latents=first_frame if image else None,
+            )
 
         for height, width, frames in shapes:
             started = time.perf_counter()
@@ -149,11 +160,6 @@ class DenoiserRuntime:
                                 uncompile_blocks(tr)
                                 compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
                         run(height, width, frames, knobs, scale)
-            self.warmup_s[f"{width}x{height}x{frames}"] = time.perf_counter() - started
-            log.info(
-                "warmed DiT bucket %dx%dx%d in %.1fs",
-                width,
-                height,
-                frames,
-                self.warmup_s[f"{width}x{height}x{frames}"],
-            )
+            bucket = f"{width}x{height}x{frames}" + (" image" if image else "")
+            self.warmup_s[bucket] = time.perf_counter() - started
+            log.info("warmed DiT bucket %s in %.1fs", bucket, self.warmup_s[bucket])

@@ -108,18 +108,32 @@ def denoise(
     on_step: StepCallback | None = None,
     max_sequence_length: int = 512,
     on_latents: LatentsCallback | None = None,
+    image_latents=None,
 ):
     """The DiT loop; returns latents on the CPU or raises why it stopped early.
 
     `guard` is consulted after every step: when the deadline passes or the
     request is cancelled, the pipeline's own interrupt flag skips the
-    remaining steps, so the GPU is free one step later.
+    remaining steps, so the GPU is free one step later. `image_latents`
+    (image to video: the first frame, encoded by the video encoder) runs
+    `WanImageToVideoPipeline.__call__` instead (image_condition.py).
     """
     import torch
 
     device = pipe._execution_device
     total = params.num_inference_steps
     generator = torch.Generator(device=device).manual_seed(params.seed)
+    call, image_kwargs = pipe, {}
+    shown: Callable[[Any], Any] = lambda x0: x0  # noqa: E731 - what a preview shows of the estimate
+    if image_latents is not None:
+        from serve_app.pipeline.image_condition import as_condition, image_pipeline, with_first_frame
+
+        condition = as_condition(image_latents, device)
+        call, image_kwargs = image_pipeline(pipe, int(condition.shape[1])), {"image": condition}
+        shown = lambda x0: with_first_frame(x0, condition)  # noqa: E731
+
+    def estimate(pipeline, latents_now):
+        return shown(denoised_estimate(pipeline, latents_now))
 
     def step_end(pipeline, i, t, callback_kwargs):
         guard.steps_done = i + 1
@@ -127,7 +141,7 @@ def denoise(
             # Read-only: the scheduler's state and the latents are only looked
             # at, so the loop computes exactly what the plain pipeline does.
             latents_now = callback_kwargs["latents"]
-            on_latents(i + 1, total, lambda: denoised_estimate(pipeline, latents_now))
+            on_latents(i + 1, total, lambda: estimate(pipeline, latents_now))
         if on_step is not None:
             on_step(i + 1, total)
         if guard.should_stop():
@@ -138,7 +152,7 @@ def denoise(
         guard.raise_stop()
     npe = embeddings.negative_prompt_embeds
     with torch.inference_mode():
-        (latents,) = pipe(
+        (latents,) = call(
             prompt=None,
             prompt_embeds=embeddings.prompt_embeds.to(device),
             negative_prompt_embeds=None if npe is None else npe.to(device),
@@ -152,6 +166,7 @@ def denoise(
             return_dict=False,
             callback_on_step_end=step_end,
             max_sequence_length=max_sequence_length,
+            **image_kwargs,
         )
     if guard.steps_done < total:
         guard.raise_stop()

@@ -146,8 +146,8 @@ class AccessConfig(_Strict):
     max_body_bytes: int = Field(
         64 * 1024,
         ge=1024,
-        description="Largest request body, bytes (larger: 413). Prompt length is "
-        "`limits.max_prompt_chars` of the presets file.",
+        description="Largest request body, bytes (larger: 413), besides an `input_reference` image, which "
+        "has its own limit (`image_input.max_bytes`). Prompt length is `limits.max_prompt_chars` of the presets file.",
     )
 
     admin_rate_per_s: float = Field(

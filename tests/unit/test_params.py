@@ -203,7 +203,8 @@ def test_overrides_apply_on_top_of_preset():
         seed=42,
     )
     params = resolve_generation({"prompt": "p", "preset": "official", **overrides}, CATALOG)
-    assert params.model_dump() == {"prompt": "p", "preset": "official", "fast": None, **overrides}
+    text_to_video = {"fast": None, "input_reference_sha256": None}
+    assert params.model_dump() == {"prompt": "p", "preset": "official", **text_to_video, **overrides}
     assert params.size == "96x160"
 
 
