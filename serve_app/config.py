@@ -145,6 +145,19 @@ class ServiceArgs(StrictModel):
         "valid this many seconds (never past the video's expires_at; S3 allows at most 7 days). Long enough for "
         "a player that re-requests ranges while it plays, short enough that a leaked link soon stops working.",
     )
+    job_retention_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Seconds a job's record is kept after the job ended (completed or failed); then the record, "
+        "its idempotency key, its events and any files left are deleted, and the video answers 404. Default 7 "
+        "days. Files go at expires_at (artifact_ttl_s) when that comes first.",
+    )
+    job_events_keep_s: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds a finished job's full event log (steps, previews, retries) is kept, so a stream that "
+        "reconnects soon after the end replays it; then the log is trimmed to its terminal event.",
+    )
     job_max_attempts: int = Field(
         3, ge=1, description="Runs a job may start (restarts and takeovers included) before it fails."
     )

@@ -272,6 +272,8 @@ def build_gateway(
         lease_s=args.job_lease_s,
         dispatch_interval_s=args.dispatch_interval_s,
         artifact_ttl_s=args.artifact_ttl_s,
+        job_retention_s=args.job_retention_s,
+        events_keep_s=args.job_events_keep_s,
         cache=handles.cache,
         max_attempts=args.job_max_attempts,
         on_finished=free_job_slot,

@@ -76,15 +76,18 @@ class VideoViews:
     ) -> VideoList:
         if not 1 <= limit <= 100:
             raise InvalidRequest(f"limit={limit} is outside the allowed range [1, 100]", param="limit")
+        # With auth on, a key lists its own videos: the store reads them off a per-key index,
+        # so each page is a full page of them and `after` is one of them (another key's id
+        # is a 404, as everywhere else). Admin keys and auth off list every video.
+        own = principal is not None and principal.authenticated and not principal.admin
+        key_id = principal.id if own and principal is not None else None
         try:
-            jobs, has_more = self.store.list(after, limit, order)
+            jobs, has_more = self.store.list(after, limit, order, key_id=key_id)
         except NotFound:
             raise NotFound(f"after={after!r} is not the id of a video", param="after") from None
+        # Videos being deleted (until their runner stops) are left out: a page may then hold
+        # fewer than `limit`; `has_more` and the cursor stay exact.
         visible = [j for j in jobs if not j.delete_requested]
-        if principal is not None and principal.authenticated and not principal.admin:
-            # Filtered after the page is read: with several keys a page may hold
-            # fewer than `limit` videos; `has_more` and the cursor stay exact.
-            visible = [j for j in visible if j.key_id == principal.id]
         # One read of the queue for the page, not one per queued video.
         active = self.eta.active_jobs() if any(j.video.status == "queued" for j in visible) else None
         data = [self.public(j, active) for j in visible]

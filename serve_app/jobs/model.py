@@ -197,6 +197,22 @@ def mark_abandoned(job: JobRecord) -> bool:
     return mark_cancel(job)
 
 
+def ended_at(job: JobRecord) -> float | None:
+    """When a terminal job ended (epoch s; what its retention counts from), None while it runs.
+    `completed_at` is set on every path that ends a job; `created_at` stands in for one without."""
+    if not job.terminal:
+        return None
+    return float(job.video.completed_at) if job.video.completed_at is not None else job.created_at
+
+
+def own_files_expire_at(job: JobRecord) -> float | None:
+    """When the files of a completed job that owns them (not the cache's) expire; else None.
+    Both stores index this, so the expiry sweep finds due files without reading every job."""
+    if job.video.status != "completed" or job.artifact_id is not None or job.video.expires_at is None:
+        return None
+    return float(job.video.expires_at)
+
+
 def check_list_args(limit: int, order: str) -> None:
     """What both stores refuse in `list` (the API checks the range for clients first)."""
     if order not in ("asc", "desc"):
@@ -255,9 +271,13 @@ class JobStore(Protocol):
         idempotency key, not attached) and it is not terminal; True if this call set it.
         Atomic with `attach`: a job is either joined or cancelled, never both."""
 
-    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
+    def list(
+        self, after: str | None, limit: int, order: Literal["asc", "desc"], key_id: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
         """Jobs ordered by (created_at, id); `after` is an id from the previous
-        page (NotFound if unknown). Returns (page, has_more)."""
+        page (NotFound if unknown). Returns (page, has_more). With `key_id`, only
+        that API key's jobs (an index per key, so every page is a full page of
+        them, and `after` must be one of them); None lists every job."""
 
     def claim(self, job_id: str, owner: str, now: float, lease_s: float) -> JobRecord | None:
         """Atomically make `owner` the job's runner if it is not terminal and
@@ -281,5 +301,27 @@ class JobStore(Protocol):
 
     def events_after(self, job_id: str, seq: int, limit: int = 1000) -> list[tuple[int, dict]]:
         """Events with sequence number > seq, in order."""
+
+    # --- history: retention, expired files, event-log trimming (jobs/expiry.py) ----------
+    # Each reads an index ordered by time, so a sweep costs what is due, not every job.
+
+    def ended_before(self, cutoff: float, limit: int) -> list[JobRecord]:
+        """Terminal jobs whose `ended_at` <= cutoff, oldest end first (retention is over)."""
+
+    def files_due(self, now: float, limit: int) -> list[str]:
+        """Ids of jobs whose own files expired (`own_files_expire_at` <= now) and that
+        `forget_files_due` has not yet taken off the index, earliest first."""
+
+    def forget_files_due(self, job_ids: list[str]) -> None:
+        """Take the jobs off the expired-files index: their files are gone. A later write of
+        the record puts it back (one more delete of absent files, never a loop)."""
+
+    def logs_to_trim(self, cutoff: float, limit: int) -> list[str]:
+        """Ids of terminal jobs that ended at or before `cutoff` whose event logs
+        `trim_events` has not yet trimmed, oldest end first."""
+
+    def trim_events(self, job_ids: list[str]) -> None:
+        """Keep only the last event (the terminal one) of each job's log, and take the jobs
+        off the trim index. Sequence numbers go on from where they were."""
 
     def close(self) -> None: ...

@@ -9,6 +9,8 @@ Keys (P = prefix):
 - `P:idem:{key}`     idempotency key -> id
 - `P:eventseq:{id}`  counter (INCR) of the job's events
 - `P:events:{id}`    stream; entry id "0-{seq}", field "e" = the event as JSON
+- `P:bykey:{key_id}`, `P:ended`, `P:filesdue`, `P:trim`, `P:schema`: the history
+  zsets (lists per API key, retention, the expiry sweep's work): redis_history.py
 
 Ordering: a zset orders members of equal score by their bytes, so score =
 created_at and member = id give exactly list()'s (created_at, id) order with
@@ -51,25 +53,30 @@ from serve_app.jobs.model import (
     JobRecord,
     check_list_args,
     claimable_by_anyone,
+    ended_at,
     joinable,
     mark_abandoned,
     mark_attached,
     mark_cancel,
     mark_delete,
+    own_files_expire_at,
     refuse_reopening,
 )
+from serve_app.jobs.redis_history import INDEX_HISTORY, REINDEX, SCHEMA_VERSION, score
 from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
 from serve_app.settings.redis import RedisClientOptions
 
-# KEYS: job, jobs, queued, active[, idem]
-# ARGV: json, id, created_at, is_queued, is_active, prefix
+# KEYS: job, jobs, queued, active, ended, filesdue, trim[, idem]
+# ARGV: json, id, created_at, is_queued, is_active, ended, files, prefix, bykey ('' = no key)
 # -> {1} created, {0, existing_json} idempotent hit, {-1} id taken
-_CREATE = """
-if KEYS[5] then
-  local existing = redis.call('GET', KEYS[5])
+_CREATE = (
+    INDEX_HISTORY
+    + """
+if KEYS[8] then
+  local existing = redis.call('GET', KEYS[8])
   if existing then
-    local raw = redis.call('GET', ARGV[6] .. ':job:' .. existing)
+    local raw = redis.call('GET', ARGV[8] .. ':job:' .. existing)
     if raw then return {0, raw} end
     -- A key whose job is gone (cannot happen through delete, which removes
     -- both in one step): let the new job take the key over.
@@ -80,35 +87,41 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2]) end
 if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2]) end
-if KEYS[5] then redis.call('SET', KEYS[5], ARGV[2]) end
+if ARGV[9] ~= '' then redis.call('ZADD', ARGV[9], ARGV[3], ARGV[2]) end
+index_history(ARGV[2], ARGV[6], ARGV[7])
+if KEYS[8] then redis.call('SET', KEYS[8], ARGV[2]) end
 return {1}
 """
+)
 
-# KEYS: job, jobs, queued, active
-# ARGV: json, id, created_at, is_queued, is_active[, expected_json]
+# KEYS: job, jobs, queued, active, ended, filesdue, trim
+# ARGV: json, id, created_at, is_queued, is_active, ended, files[, expected_json]
 # -> 1 written, 0 the record changed since it was read, -1 no such job
-_PUT = """
+_PUT = (
+    INDEX_HISTORY
+    + """
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
-if ARGV[6] and current ~= ARGV[6] then return 0 end
+if ARGV[8] and current ~= ARGV[8] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 else redis.call('ZREM', KEYS[3], ARGV[2]) end
 if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 else redis.call('ZREM', KEYS[4], ARGV[2]) end
+index_history(ARGV[2], ARGV[6], ARGV[7])
 return 1
 """
+)
 
-# KEYS: job, jobs, queued, active, events, eventseq[, idem]
-# ARGV: id
+# KEYS: job, jobs, queued, active, ended, filesdue, trim, events, eventseq[, idem]
+# ARGV: id, bykey ('' = no key)
 _DELETE = """
-redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[8], KEYS[9])
+for i = 2, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('ZREM', ARGV[2], ARGV[1]) end
 -- Only our own key: another job may hold it if ours never did.
-if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
+if KEYS[10] and redis.call('GET', KEYS[10]) == ARGV[1] then redis.call('DEL', KEYS[10]) end
 return 1
 """
 
@@ -164,12 +177,27 @@ class RedisJobStore:
         self._delete = self._redis.register_script(_DELETE)
         self._list = self._redis.register_script(_LIST)
         self._append = self._redis.register_script(_APPEND)
+        self._reindex = self._redis.register_script(REINDEX)
+        # Checked on first use, not here: opening a store must not need Redis to be up.
+        self._history_indexed = False
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     def _index_keys(self, job_id: str) -> list[str]:
-        return [self._key("job", job_id), self._key("jobs"), self._key("queued"), self._key("active")]
+        return [
+            self._key("job", job_id),
+            self._key("jobs"),
+            self._key("queued"),
+            self._key("active"),
+            *self._history_keys(),
+        ]
+
+    def _history_keys(self) -> list[str]:
+        return [self._key("ended"), self._key("filesdue"), self._key("trim")]
+
+    def _bykey(self, key_id: str | None) -> str:
+        return "" if key_id is None else self._key("bykey", key_id)
 
     def _index_args(self, job: JobRecord) -> list[str]:
         return [
@@ -178,13 +206,15 @@ class RedisJobStore:
             repr(job.created_at),
             "1" if job.status == "queued" else "0",
             "0" if job.status in TERMINAL else "1",
+            score(ended_at(job)),
+            score(own_files_expire_at(job)),
         ]
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         keys = self._index_keys(job.id)
         if job.idempotency_key is not None:
             keys.append(self._key("idem", job.idempotency_key))
-        result = self._create(keys=keys, args=[*self._index_args(job), self.prefix])
+        result = self._create(keys=keys, args=[*self._index_args(job), self.prefix, self._bykey(job.key_id)])
         if result[0] == 0:
             return JobRecord.model_validate_json(result[1]), False
         if result[0] == -1:
@@ -274,12 +304,18 @@ class RedisJobStore:
         keys = [*self._index_keys(job_id), self._key("events", job_id), self._key("eventseq", job_id)]
         if found is not None and found[0].idempotency_key is not None:
             keys.append(self._key("idem", found[0].idempotency_key))
+        bykey = self._bykey(found[0].key_id) if found is not None else ""
         # Runs for unknown ids too: it sweeps any leftovers and costs one call.
-        self._delete(keys=keys, args=[job_id])
+        self._delete(keys=keys, args=[job_id, bykey])
 
-    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
+    def list(
+        self, after: str | None, limit: int, order: Literal["asc", "desc"], key_id: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
         check_list_args(limit, order)
-        raws = self._list(keys=[self._key("jobs")], args=[after or "", limit + 1, order, self.prefix])
+        if key_id is not None:
+            self._ensure_history_indexed()
+        index = self._key("jobs") if key_id is None else self._bykey(key_id)
+        raws = self._list(keys=[index], args=[after or "", limit + 1, order, self.prefix])
         if raws is None:
             raise _not_found(after or "")
         page = [JobRecord.model_validate_json(raw) for raw in raws[:limit] if raw is not None]
@@ -365,6 +401,82 @@ class RedisJobStore:
         first = max(seq, 0) + 1
         entries = self._redis.xrange(self._key("events", job_id), min=f"0-{first}", max="+", count=limit)
         return [(int(entry_id.split("-", 1)[1]), json.loads(fields["e"])) for entry_id, fields in entries]
+
+    # --- history (jobs/expiry.py) -------------------------------------------------------
+
+    def _ensure_history_indexed(self) -> None:
+        """Put every record of a store written before the history zsets into them, once.
+        Replicas that do it at the same time only repeat the same idempotent ZADDs."""
+        if self._history_indexed:
+            return
+        schema = self._key("schema")
+        if self._redis.get(schema) != SCHEMA_VERSION:
+            start = 0
+            while batch := self._redis.zrange(self._key("jobs"), start, start + _SCAN_BATCH - 1):
+                self._reindex_batch(batch)
+                start += _SCAN_BATCH
+            self._redis.set(schema, SCHEMA_VERSION)
+        self._history_indexed = True
+
+    def _reindex_batch(self, job_ids: list[str]) -> None:
+        raws = self._redis.mget([self._key("job", job_id) for job_id in job_ids])
+        pipe = self._redis.pipeline(transaction=False)
+        ended_key, files_key, trim_key = self._history_keys()
+        for raw in raws:
+            if raw is None:
+                continue
+            job = JobRecord.model_validate_json(raw)
+            job_key = self._key("job", job.id)
+            keys = [job_key, ended_key, files_key, trim_key, self._bykey(job.key_id) or job_key]
+            args = [
+                job.id,
+                repr(job.created_at),
+                score(ended_at(job)),
+                score(own_files_expire_at(job)),
+                "0" if job.key_id is None else "1",
+            ]
+            self._reindex(keys=keys, args=args, client=pipe)
+        pipe.execute()
+
+    def _due(self, index: str, until: float, limit: int) -> list[str]:
+        self._ensure_history_indexed()
+        return self._redis.zrangebyscore(self._key(index), "-inf", repr(until), start=0, num=limit)
+
+    def ended_before(self, cutoff: float, limit: int) -> list[JobRecord]:
+        ids = self._due("ended", cutoff, limit)
+        if not ids:
+            return []
+        raws = self._redis.mget([self._key("job", job_id) for job_id in ids])
+        gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            # Entries whose record is gone (only a reindex racing a delete leaves them):
+            # dropped here, or they would stay at the head of the index for ever.
+            pipe = self._redis.pipeline(transaction=False)
+            for key in self._history_keys():
+                pipe.zrem(key, *gone)
+            pipe.execute()
+        return [JobRecord.model_validate_json(raw) for raw in raws if raw is not None]
+
+    def files_due(self, now: float, limit: int) -> list[str]:
+        return self._due("filesdue", now, limit)
+
+    def forget_files_due(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self._redis.zrem(self._key("filesdue"), *job_ids)
+
+    def logs_to_trim(self, cutoff: float, limit: int) -> list[str]:
+        return self._due("trim", cutoff, limit)
+
+    def trim_events(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            # MAXLEN 1: the terminal event is the last one written, and an exact trim
+            # (not "~") so that nothing but it is left.
+            pipe.xtrim(self._key("events", job_id), maxlen=1, approximate=False)
+        pipe.zrem(self._key("trim"), *job_ids)
+        pipe.execute()
 
     def close(self) -> None:
         self._redis.close()

@@ -33,7 +33,7 @@ from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import CacheClaims, VideoGenerator
 from serve_app.jobs.detached import detached_task
 from serve_app.jobs.events import MAX_PREVIEW_CHARS, EventLog, progress_event
-from serve_app.jobs.expiry import ExpirySweeper
+from serve_app.jobs.expiry import DEFAULT_EVENTS_KEEP_S, DEFAULT_RETENTION_S, ExpirySweeper
 from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.reruns import count_next_attempt, lower_tier
@@ -58,6 +58,10 @@ __all__ = ["JobRunner", "MAX_PREVIEW_CHARS", "REMOTE_WAIT_POLL_S"]
 # with their retries): inside Serve's graceful shutdown, short of a receiver's outage.
 LISTENER_DRAIN_S = 10.0
 
+# How long shutdown waits for an expiry sweep running in its worker thread (a sweep is at
+# most a few thousand indexed store calls and file deletes), so the stores close after it.
+SWEEP_DRAIN_S = 10.0
+
 
 class JobRunner:
     def __init__(
@@ -78,6 +82,8 @@ class JobRunner:
         lower_memory: Callable[[GenerationParams], tuple[GenerationParams, str] | None] | None = None,
         clock: Callable[[], float] = time.time,
         eta: Callable[[JobRecord], float] | None = None,
+        job_retention_s: float = DEFAULT_RETENTION_S,
+        events_keep_s: float = DEFAULT_EVENTS_KEEP_S,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -100,7 +106,8 @@ class JobRunner:
         self._cancel_reason: dict[str, str] = {}
         self._events = EventLog(store)
         self._dispatcher: asyncio.Task | None = None
-        self._sweeper = ExpirySweeper(store, artifacts, clock)
+        self._sweeping: asyncio.Future | None = None  # the expiry sweep in its worker thread
+        self._sweeper = ExpirySweeper(store, artifacts, clock, retention_s=job_retention_s, events_keep_s=events_keep_s)
         self._finished = FinishedCallback(on_finished)
         # Called on every job's end, in this order (listeners.py says when and how);
         # a listener appended here after construction runs too.
@@ -138,6 +145,8 @@ class JobRunner:
         """Stop taking work; hand running jobs back to the store for another replica."""
         if self._dispatcher is not None:
             self._dispatcher.cancel()
+        if self._sweeping is not None and not self._sweeping.done():
+            await asyncio.wait([self._sweeping], timeout=SWEEP_DRAIN_S)
         if grace_s > 0 and self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
         for job_id, task in list(self._tasks.items()):
@@ -379,12 +388,23 @@ class JobRunner:
                 for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
                     if job_id not in self._tasks and self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
-                self._sweeper.sweep_if_due()
+                await self._sweep_in_thread()
             except Exception:
                 log.exception("dispatcher: store error")
             await asyncio.sleep(self.dispatch_interval_s)
 
+    async def _sweep_in_thread(self) -> None:
+        """Sweep if due, in a worker thread: a sweep's deletes (S3 requests among them) must
+        not hold up requests and heartbeats on this loop (the stores are thread-safe).
+        Shielded, so a shutdown cancelling the dispatcher waits for it instead."""
+        sweeping = asyncio.get_running_loop().run_in_executor(None, self._sweeper.sweep_if_due)
+        # An error after the dispatcher stopped waiting is retrieved here, not left unheard.
+        sweeping.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._sweeping = sweeping
+        await asyncio.shield(sweeping)
+
     def sweep_expired(self) -> int:
         """Delete the files of completed videos past `expires_at` (their objects stay: content
-        then answers 410). Returns how many videos' files were deleted."""
-        return self._sweeper.sweep()
+        then answers 410), trim old event logs, and delete records past their retention
+        (jobs/expiry.py). Returns how many videos' files were deleted."""
+        return self._sweeper.sweep().files

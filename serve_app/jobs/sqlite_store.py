@@ -15,9 +15,15 @@ write lock held from the read on makes each one step for every process, which
 is all one UPDATE would give (and keeps pydantic the only JSON encoder).
 
 The whole `JobRecord` is stored as JSON; `created_at`, `status`, `owner`,
-`heartbeat_at` and `idempotency_key` are copied into columns only so that
-queries can filter and order on them, and every write rewrites them from the
-record so they cannot drift.
+`heartbeat_at`, `idempotency_key` and the history columns are copied into
+columns only so that queries can filter and order on them, and every write
+rewrites them from the record so they cannot drift.
+
+History columns (model.py's `ended_at`, `own_files_expire_at`): `key_id` (lists
+per API key), `ended_at` (retention), `files_due` and `trim_due` (the expiry
+sweep's work lists: the sweep sets them NULL once done). Each has an index, so
+a sweep reads what is due, not every job. A file made before they existed gets
+them on open (`_add_history_columns`).
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ from serve_app.jobs.model import (
     JobRecord,
     check_list_args,
     claimable_by_anyone,
+    ended_at,
     joinable,
     mark_abandoned,
     mark_attached,
     mark_cancel,
     mark_delete,
+    own_files_expire_at,
     refuse_reopening,
 )
 
@@ -48,6 +56,13 @@ from serve_app.jobs.model import (
 # fails with "database is locked". Writes are single-row and quick, so a
 # wait this long means something is wrong rather than merely busy.
 BUSY_TIMEOUT_S = 10.0
+
+# Reads go through a memory map of the file up to this size instead of copying each
+# page into SQLite's own 2 MB cache: with a long history (100k finished jobs is
+# ~150 MB) a random record or a sweep's index page is then a memory read, not a
+# syscall, and what polls and sweeps read does not evict what lists read
+# (bench/bench_history.py). Address space only; the pages are the OS's file cache.
+MMAP_BYTES = 1 << 30
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -57,7 +72,11 @@ SCHEMA = (
         owner TEXT,
         heartbeat_at REAL,
         idempotency_key TEXT UNIQUE,
-        record TEXT NOT NULL
+        record TEXT NOT NULL,
+        key_id TEXT,
+        ended_at REAL,
+        files_due REAL,
+        trim_due REAL
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
     # (status, created_at, id) rather than (status): claimable and
@@ -71,7 +90,30 @@ SCHEMA = (
     )""",
 )
 
+# After SCHEMA and `_add_history_columns`. Partial indexes: only the rows a sweep may
+# want are in them (a query's `col <= ?` implies `col IS NOT NULL`, so SQLite uses them).
+HISTORY_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id, created_at, id) WHERE key_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_files_due ON jobs (files_due) WHERE files_due IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_trim_due ON jobs (trim_due) WHERE trim_due IS NOT NULL",
+)
+HISTORY_COLUMNS = ("key_id TEXT", "ended_at REAL", "files_due REAL", "trim_due REAL")
+# `PRAGMA user_version` once the history columns are filled from the records.
+HISTORY_SCHEMA_VERSION = 2
+
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in TERMINAL)
+
+# The history columns of rows written before they existed, from the record in SQL:
+# the same values as `_row` computes (ended_at, own_files_expire_at in model.py).
+_BACKFILL_HISTORY = f"""UPDATE jobs SET
+    key_id = json_extract(record, '$.key_id'),
+    ended_at = CASE WHEN status IN ({_TERMINAL_SQL})
+        THEN COALESCE(json_extract(record, '$.video.completed_at'), created_at) END,
+    files_due = CASE WHEN status = 'completed' AND json_extract(record, '$.artifact_id') IS NULL
+        THEN json_extract(record, '$.video.expires_at') END,
+    trim_due = CASE WHEN status IN ({_TERMINAL_SQL})
+        THEN COALESCE(json_extract(record, '$.video.completed_at'), created_at) END"""
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -79,7 +121,26 @@ def _not_found(job_id: str) -> NotFound:
 
 
 def _row(job: JobRecord) -> tuple:
-    return (job.created_at, job.status, job.owner, job.heartbeat_at, job.idempotency_key, job.model_dump_json())
+    ended = ended_at(job)
+    return (
+        job.created_at,
+        job.status,
+        job.owner,
+        job.heartbeat_at,
+        job.idempotency_key,
+        job.model_dump_json(),
+        job.key_id,
+        ended,
+        own_files_expire_at(job),
+        ended,  # trim_due: the log is trimmed some time after the end (jobs/expiry.py)
+    )
+
+
+_COLUMNS = "created_at, status, owner, heartbeat_at, idempotency_key, record, key_id, ended_at, files_due, trim_due"
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 class SQLiteJobStore:
@@ -96,9 +157,28 @@ class SQLiteJobStore:
             # NORMAL under WAL: a power cut may lose the last commits, never
             # corrupt the file; FULL would fsync on every heartbeat.
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             with self._write() as conn:
                 for statement in SCHEMA:
                     conn.execute(statement)
+                self._add_history_columns(conn)
+                for statement in HISTORY_INDEXES:
+                    conn.execute(statement)
+
+    @staticmethod
+    def _add_history_columns(conn: sqlite3.Connection) -> None:
+        """A jobs table from before retention gets its history columns, filled from the
+        records, once: until `PRAGMA user_version` says it was done (inside the write
+        transaction, so two processes do not both do it). Setting user_version back to 0
+        fills them again, for rows a gateway of the previous version wrote meanwhile."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= HISTORY_SCHEMA_VERSION:
+            return
+        have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for column in HISTORY_COLUMNS:
+            if column.split()[0] not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+        conn.execute(_BACKFILL_HISTORY)
+        conn.execute(f"PRAGMA user_version = {HISTORY_SCHEMA_VERSION}")
 
     # Callers hold self._lock.
     @contextmanager
@@ -125,11 +205,8 @@ class SQLiteJobStore:
         return None if row is None else JobRecord.model_validate_json(row[0])
 
     def _update(self, conn: sqlite3.Connection, job: JobRecord) -> int:
-        cursor = conn.execute(
-            "UPDATE jobs SET created_at = ?, status = ?, owner = ?, heartbeat_at = ?, idempotency_key = ?,"
-            " record = ? WHERE id = ?",
-            (*_row(job), job.id),
-        )
+        assignments = ", ".join(f"{column} = ?" for column in _COLUMNS.split(", "))
+        cursor = conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_row(job), job.id))
         return cursor.rowcount
 
     def _stored(self, conn: sqlite3.Connection, job_id: str) -> tuple[int, str]:
@@ -169,10 +246,9 @@ class SQLiteJobStore:
                 if row is not None:
                     return JobRecord.model_validate_json(row[0]), False
             try:
+                row = _row(job)
                 conn.execute(
-                    "INSERT INTO jobs (id, created_at, status, owner, heartbeat_at, idempotency_key, record)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, *_row(job)),
+                    f"INSERT INTO jobs (id, {_COLUMNS}) VALUES ({_placeholders(len(row) + 1)})", (job.id, *row)
                 )
             except sqlite3.IntegrityError as exc:
                 # Ids are random; a clash is a bug in the caller, not a request to merge.
@@ -227,17 +303,24 @@ class SQLiteJobStore:
             conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def list(self, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
+    def list(
+        self, after: str | None, limit: int, order: Literal["asc", "desc"], key_id: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
         check_list_args(limit, order)
         cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+        # With a key: (key_id, created_at, id) is one index, so the page is read off it.
+        conditions, args = (["key_id = ?"], [key_id]) if key_id is not None else ([], [])
         with self._lock, self._read() as conn:
-            if after is None:
-                where, args = "", ()
-            else:
-                row = conn.execute("SELECT created_at, id FROM jobs WHERE id = ?", (after,)).fetchone()
+            if after is not None:
+                row = conn.execute(
+                    "SELECT created_at, id FROM jobs WHERE " + " AND ".join(["id = ?", *conditions]),
+                    (after, *args),
+                ).fetchone()
                 if row is None:
                     raise _not_found(after)
-                where, args = f"WHERE (created_at, id) {cmp} (?, ?)", tuple(row)
+                conditions.append(f"(created_at, id) {cmp} (?, ?)")
+                args.extend(row)
+            where = "WHERE " + " AND ".join(conditions) if conditions else ""
             rows = conn.execute(
                 f"SELECT record FROM jobs {where} ORDER BY created_at {direction}, id {direction} LIMIT ?",
                 (*args, limit + 1),
@@ -309,6 +392,42 @@ class SQLiteJobStore:
                 (job_id, seq, limit),
             ).fetchall()
         return [(s, json.loads(p)) for s, p in rows]
+
+    # --- history (jobs/expiry.py) -------------------------------------------------------
+
+    def ended_before(self, cutoff: float, limit: int) -> list[JobRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT record FROM jobs WHERE ended_at <= ? ORDER BY ended_at LIMIT ?", (cutoff, limit)
+            ).fetchall()
+        return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+    def files_due(self, now: float, limit: int) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE files_due <= ? ORDER BY files_due LIMIT ?", (now, limit)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def forget_files_due(self, job_ids: list[str]) -> None:
+        with self._lock, self._write() as conn:
+            conn.executemany("UPDATE jobs SET files_due = NULL WHERE id = ?", [(job_id,) for job_id in job_ids])
+
+    def logs_to_trim(self, cutoff: float, limit: int) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE trim_due <= ? ORDER BY trim_due LIMIT ?", (cutoff, limit)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def trim_events(self, job_ids: list[str]) -> None:
+        with self._lock, self._write() as conn:
+            for job_id in job_ids:
+                conn.execute(
+                    "DELETE FROM events WHERE job_id = ? AND seq < (SELECT MAX(seq) FROM events WHERE job_id = ?)",
+                    (job_id, job_id),
+                )
+                conn.execute("UPDATE jobs SET trim_due = NULL WHERE id = ?", (job_id,))
 
     def close(self) -> None:
         with self._lock:

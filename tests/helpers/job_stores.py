@@ -1,5 +1,6 @@
 """Job store tests' shared pieces: the lease they claim with, a race of claims released
-together, a store two replicas share, and a client whose calls run test hooks."""
+together, a store two replicas share, a client whose calls run test hooks, and a fresh
+store of either backend."""
 
 from __future__ import annotations
 
@@ -87,3 +88,22 @@ class HookedStore:
     def _wrote(self, job: JobRecord) -> None:
         if self.after_write is not None:
             self.after_write(job)
+
+
+def store_of_kind(request, tmp_path):
+    """A fresh job store of the kind `request.param` names ('sqlite' or 'redis', the session's
+    real redis-server, emptied first): the body of a parametrised `store` fixture
+    (`yield from store_of_kind(request, tmp_path)`)."""
+    from serve_app.jobs.redis_store import RedisJobStore
+    from serve_app.jobs.sqlite_store import SQLiteJobStore
+
+    if request.param == "sqlite":
+        job_store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        server = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        client.flushdb()
+        client.close()
+        job_store = RedisJobStore(server.url, prefix="test")
+    yield job_store
+    job_store.close()

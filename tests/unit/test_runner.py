@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 
 import pytest
 
@@ -420,3 +421,34 @@ def test_a_job_submitted_from_a_request_runs_outside_that_request_s_context(part
     done = asyncio.run(request_handler())
     assert done.status == "completed"
     assert generator.seen == [None]
+
+
+def test_the_expiry_sweep_runs_off_the_loop_and_shutdown_waits_for_it(parts):
+    # A sweep deletes files (S3 requests) and records: on the event loop it held up every
+    # request and heartbeat for as long as it ran. Shutdown closes the stores after it.
+    store, artifacts = parts
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow_sweep():
+        order.append("sweep on the loop" if threading.get_ident() == loop_thread else "sweep in a thread")
+        entered.set()
+        release.wait(10)
+        order.append("sweep done")
+
+    async def scenario():
+        runner = _runner(store, artifacts, now=1000)
+        runner._sweeper.sweep_if_due = slow_sweep
+        runner.start()
+        # The loop is free while the sweep runs: it can wait for the sweep to begin.
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        shutdown = asyncio.get_running_loop().create_task(runner.shutdown())
+        shutdown.add_done_callback(lambda _: order.append("shutdown done"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        release.set()
+        await shutdown
+
+    loop_thread = threading.get_ident()
+    asyncio.run(scenario())
+    assert order == ["sweep in a thread", "sweep done", "shutdown done"]
