@@ -244,11 +244,17 @@ def report(opts, faults: dict, chaos: Chaos, partitions: Partitions | None, outc
             else {"windows": partitions.windows, "each_s": opts.blackhole_s},
             "s3_latency_s": opts.s3_latency_s if opts.production else None,
             **totals,
+            # Retried 5xx answers and dropped connections (killed gateways, blackholed Redis):
+            # not wrong, but what a client must be ready for under these faults.
+            "transient_errors": sum(o.transient_errors for o in outcomes),
             "outcomes": dict(outcome_counts),
             "by_situation": {
                 s: dict(Counter(f"{o.status}:{o.code}" for o in outcomes if o.situation == s)) for s in ALLOWED_FAILURES
             },
             "wrong": wrong,
+            # Creates never accepted (over capacity or the store unreachable for the client's
+            # whole patience, or a 4xx): correct answers under faults, listed to be read.
+            "refused": [o.summary() for o in outcomes if o.status == "refused"],
             "all_correct": not wrong,
         },
     )
@@ -260,6 +266,7 @@ def report(opts, faults: dict, chaos: Chaos, partitions: Partitions | None, outc
     for outcome, n in sorted(outcome_counts.items()):
         print(f"{outcome:<40} {n:>5}")
     print(f"lost {totals['lost']}, duplicated_runs {totals['duplicated_runs']}, wrong_state {totals['wrong_state']}")
+    print(f"transient errors retried by clients: {sum(o.transient_errors for o in outcomes)}")
     for w in wrong:
         print("  wrong:", w)
     print(f"wrote {path}")

@@ -68,6 +68,9 @@ class JobOutcome:
     lost: bool = False
     wrong_state: bool = False
     note: str = ""
+    # Answers a client sees when the gateway replica serving its request is killed under
+    # it (Serve's proxy answers 500) or the store is blackholed (503): retried, and counted.
+    transient_errors: int = 0
 
     def summary(self) -> dict:
         return {
@@ -78,6 +81,7 @@ class JobOutcome:
             "video_id": self.video_id,
             "ids_seen": sorted(self.ids_seen),
             "note": self.note,
+            "transient_errors": self.transient_errors,
         }
 
 
@@ -98,6 +102,7 @@ def create(http: httpx.Client, body: dict, headers: dict, outcome: JobOutcome) -
             hang_up_once = False  # the client hung up; it asks again with the same key
             continue
         except httpx.TransportError:
+            outcome.transient_errors += 1
             time.sleep(0.5)  # the gateway replica died under the request
             continue
         data = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
@@ -106,6 +111,8 @@ def create(http: httpx.Client, body: dict, headers: dict, outcome: JobOutcome) -
             outcome.ids_seen.add(video_id)
             return data | {"id": video_id}
         if answer.status_code in (429, 503) or answer.status_code >= 500:
+            outcome.transient_errors += answer.status_code >= 500
+            outcome.code = (data.get("error") or {}).get("code")  # the last refusal's, if it stays refused
             time.sleep(min(float(answer.headers.get("Retry-After") or 1), 5))
             continue
         outcome.note = f"create answered {answer.status_code}: {answer.text[:200]}"
@@ -123,12 +130,14 @@ def follow(http: httpx.Client, video_id: str, outcome: JobOutcome, rng: random.R
         try:
             answer = http.get(f"/v1/videos/{video_id}", timeout=30)
         except httpx.TransportError:
+            outcome.transient_errors += 1
             time.sleep(0.5)
             continue
         if answer.status_code == 404:
             outcome.note = "404 for an id the service gave"
             return None
         if answer.status_code != 200:
+            outcome.transient_errors += answer.status_code >= 500
             time.sleep(0.5)  # a store blackhole or a dying replica: ask again
             continue
         video = answer.json()
@@ -160,7 +169,7 @@ def run_job(base_url: str, n: int, rng: random.Random, steps: list[int], frames:
         created = create(http, body, headers, outcome)
         if created is None:
             return outcome
-        outcome.video_id = created["id"]
+        outcome.video_id, outcome.code = created["id"], None
         video = follow(http, outcome.video_id, outcome, rng)
         if video is None:
             outcome.status, outcome.lost = "lost", True
@@ -169,13 +178,32 @@ def run_job(base_url: str, n: int, rng: random.Random, steps: list[int], frames:
         outcome.status = video["status"]
         if video["status"] == "completed":
             outcome.code = video.get("tier")
-            mp4 = http.get(f"/v1/videos/{outcome.video_id}/content", timeout=60)
+            mp4 = fetch_content(http, outcome)
             if mp4.status_code != 200 or not playable(mp4.content, video):
                 outcome.lost, outcome.note = True, f"content {mp4.status_code}, not the video it reports"
             return outcome
         outcome.code = video["error"]["code"]
         outcome.wrong_state = not failure_allowed(outcome, video, sync)
         return outcome
+
+
+def fetch_content(http: httpx.Client, outcome: JobOutcome) -> httpx.Response:
+    """GET the mp4, asking again (for up to PATIENCE_S) after a 5xx or a dropped connection:
+    a gateway replica killed mid-request, or a store blackholed for a few seconds."""
+    give_up = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            answer = http.get(f"/v1/videos/{outcome.video_id}/content", timeout=60)
+        except httpx.TransportError:
+            answer = None
+        if answer is not None and answer.status_code < 500:
+            return answer
+        outcome.transient_errors += 1
+        if time.monotonic() > give_up:
+            if answer is None:
+                raise RuntimeError(f"content of {outcome.video_id} unreachable for {PATIENCE_S:.0f} s")
+            return answer
+        time.sleep(0.5)
 
 
 def failure_allowed(outcome: JobOutcome, video: dict, sync: bool) -> bool:
