@@ -48,17 +48,13 @@ from typing import Literal
 import redis  # noqa: F401
 
 from serve_app.errors import NotFound
+from serve_app.jobs.flag_updates import FlagUpdates
 from serve_app.jobs.model import (
     TERMINAL,
     JobRecord,
     check_list_args,
     claimable_by_anyone,
     ended_at,
-    joinable,
-    mark_abandoned,
-    mark_attached,
-    mark_cancel,
-    mark_delete,
     own_files_expire_at,
     refuse_reopening,
 )
@@ -167,7 +163,7 @@ def _not_found(job_id: str) -> NotFound:
 
 
 @unavailable_as_503("job store")
-class RedisJobStore:
+class RedisJobStore(FlagUpdates):
     def __init__(self, url: str, prefix: str = "wanserve", *, options: RedisClientOptions | None = None) -> None:
         self.prefix = prefix
         # Timeouts (redis_client.py): a blackholed Redis is a 503, not a hung event loop.
@@ -275,25 +271,6 @@ class RedisJobStore:
             job.revision += 1
             if self._compare_and_set(raw, job):
                 return job, True
-
-    def request_cancel(self, job_id: str) -> JobRecord:
-        return self._modify(job_id, mark_cancel)[0]
-
-    def request_delete(self, job_id: str) -> JobRecord:
-        return self._modify(job_id, mark_delete)[0]
-
-    def attach(self, job_id: str) -> JobRecord | None:
-        try:
-            job, _ = self._modify(job_id, mark_attached)
-        except NotFound:
-            return None
-        return job if joinable(job) else None
-
-    def cancel_abandoned(self, job_id: str) -> bool:
-        try:
-            return self._modify(job_id, mark_abandoned)[1]
-        except NotFound:
-            return False
 
     def _compare_and_set(self, old_raw: str, new: JobRecord) -> bool:
         """Write `new` if the stored record is still `old_raw`; False if it changed or is gone."""

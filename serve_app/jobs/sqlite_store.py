@@ -37,17 +37,13 @@ from pathlib import Path
 from typing import Literal
 
 from serve_app.errors import NotFound
+from serve_app.jobs.flag_updates import FlagUpdates
 from serve_app.jobs.model import (
     TERMINAL,
     JobRecord,
     check_list_args,
     claimable_by_anyone,
     ended_at,
-    joinable,
-    mark_abandoned,
-    mark_attached,
-    mark_cancel,
-    mark_delete,
     own_files_expire_at,
     refuse_reopening,
 )
@@ -139,21 +135,28 @@ def _row(job: JobRecord) -> tuple:
 _COLUMNS = "created_at, status, owner, heartbeat_at, idempotency_key, record, key_id, ended_at, files_due, trim_due"
 
 
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to the store's file as every user of it opens one: write-ahead log (readers
+    never wait for a writer), waits up to BUSY_TIMEOUT_S for another process's write lock, and
+    isolation_level=None, so the sqlite3 module never opens transactions behind our back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(FlagUpdates):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: the sqlite3 module must not open transactions
-        # behind our back; we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        # We issue BEGIN IMMEDIATE / COMMIT ourselves (open_sqlite says why).
+        self._conn = open_sqlite(self.path)
         with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL under WAL: a power cut may lose the last commits, never
             # corrupt the file; FULL would fsync on every heartbeat.
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -277,25 +280,6 @@ class SQLiteJobStore:
             revision = self._write_next_revision(conn, job, stored)
         job.revision = revision
         return True
-
-    def request_cancel(self, job_id: str) -> JobRecord:
-        return self._modify(job_id, mark_cancel)[0]
-
-    def request_delete(self, job_id: str) -> JobRecord:
-        return self._modify(job_id, mark_delete)[0]
-
-    def attach(self, job_id: str) -> JobRecord | None:
-        try:
-            job, _ = self._modify(job_id, mark_attached)
-        except NotFound:
-            return None
-        return job if joinable(job) else None
-
-    def cancel_abandoned(self, job_id: str) -> bool:
-        try:
-            return self._modify(job_id, mark_abandoned)[1]
-        except NotFound:
-            return False
 
     def delete(self, job_id: str) -> None:
         # The idempotency key lives in the job's row, so it goes with it.

@@ -24,12 +24,11 @@ set in its Redis (member: job id, score: busy_until).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Protocol
 
-from serve_app.jobs.sqlite_store import BUSY_TIMEOUT_S
+from serve_app.jobs.sqlite_store import open_sqlite
 from serve_app.jobs.stores import ALLOWED_FORMS, DEFAULT_SQLITE_NAME
 from serve_app.redis_client import open_redis
 from serve_app.redis_errors import unavailable_as_503
@@ -61,13 +60,10 @@ class SQLiteWebhookOutbox:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: statements run as they come; each one is atomic by itself.
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        # Statements run as they come (no implicit transactions); each one is atomic by itself.
+        self._conn = open_sqlite(self.path)
         with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS webhook_outbox (job_id TEXT PRIMARY KEY, busy_until REAL NOT NULL)"
             )
