@@ -89,20 +89,7 @@ class LocalArtifactStore:
         return directory / FILE_NAMES[check_variant(variant)]
 
     def put(self, video_id: str, variant: Variant, data: bytes) -> None:
-        path = self._path(video_id, variant)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temporary name per writer: two puts of the same variant
-        # (a retried job) must not share one temp file, or the second
-        # os.replace finds it gone. os.replace makes readers see the old
-        # file or the new one, never half of one.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(video_id, variant), data)
 
     def get(self, video_id: str, variant: Variant) -> bytes:
         path = self._path(video_id, variant)
@@ -159,6 +146,21 @@ class LocalArtifactStore:
         if not copied:
             self.delete(target_id)  # the folder made above, now empty
         return tuple(copied)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` as the file `path`: written under a unique temporary name, then renamed. Two
+    writers of one file (a retried job, one image uploaded twice at once) never share a temp
+    file, and os.replace makes readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from serve_app.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from serve_app.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore, write_atomically
 from serve_app.errors import ImageGone
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -70,17 +69,7 @@ class LocalReferenceImages:
                 return
             except FileNotFoundError:
                 pass  # swept between the check and the touch: written again below
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temp name per writer, then an atomic rename: two uploads of one image at
-        # once each write a whole file, and a reader never sees half of one.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha256}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data)  # two uploads of one image at once each write a whole file
 
     def get(self, sha256: str) -> bytes:
         try:
