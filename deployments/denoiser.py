@@ -23,10 +23,11 @@ from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.messages import DenoisedLatents, ImageLatents, StepProgress
 from serve_app.params import GenerationParams
-from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+from serve_app.pipeline.batching import denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
 from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.stages import PromptEmbeddings, denoise
+from serve_app.pipeline.step_batcher import StepBatcher
 from serve_app.preview import preview_maker
 from serve_app.settings.speed import EXACT, FastKnobs
 

@@ -8,7 +8,7 @@ from serve_app.deadline import Deadline, StepGuard
 
 def batching(bench: Bench) -> None:
     from serve_app.pipeline import stages
-    from serve_app.pipeline.batching import StepBatcher
+    from serve_app.pipeline.step_batcher import StepBatcher
     from serve_app.settings.speed import FastKnobs
 
     out = {}

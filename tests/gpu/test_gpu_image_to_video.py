@@ -68,11 +68,12 @@ def _guard(params):
 
 
 def test_the_projects_loop_with_an_image_matches_plain_wan_image_to_video(setup):
-    from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+    from serve_app.pipeline.batching import denoise_optimized
     from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
     from serve_app.pipeline.loading import set_attention_backend
     from serve_app.pipeline.optimize import uncompile_blocks
     from serve_app.pipeline.stages import PromptEmbeddings, denoise
+    from serve_app.pipeline.step_batcher import StepBatcher
     from serve_app.settings.speed import EXACT, SpeedOptions
 
     profile, pipe, pe, npe, image = setup

@@ -18,11 +18,12 @@ from serve_app.deadline import Deadline, StepGuard
 from serve_app.images import fitted_image
 from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
-from serve_app.pipeline.batching import StepBatcher, denoise_optimized, start_job, step_jobs
+from serve_app.pipeline.batching import denoise_optimized, start_job, step_jobs
 from serve_app.pipeline.checkpoint import LoopCheckpoints
 from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.image_condition import encode_image, token_timesteps
 from serve_app.pipeline.loading import load_pipeline
+from serve_app.pipeline.step_batcher import StepBatcher
 from serve_app.settings.speed import EXACT, SpeedOptions
 from tests.helpers.images import png
 

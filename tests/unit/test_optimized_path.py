@@ -23,10 +23,11 @@ import pytest
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
-from serve_app.pipeline.batching import StepBatcher, denoise_optimized
+from serve_app.pipeline.batching import denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, sweep
 from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.loading import load_pipeline
+from serve_app.pipeline.step_batcher import StepBatcher
 from serve_app.settings.speed import FastKnobs, SpeedOptions
 from serve_app.video import REPRODUCIBLE_CODEC_OPTIONS, decode_mp4, frames_to_uint8
 
