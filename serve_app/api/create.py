@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app import metrics
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import Principal
+from serve_app.api.cached_answers import CachedAnswers
+from serve_app.api.create_answer import CreateOutcome, Preference, new_video_id, tier_header
 from serve_app.api.image_input import image_bytes_of, open_checked
-from serve_app.api.protocol import CreateVideoRequest, VideoObject
+from serve_app.api.protocol import CreateVideoRequest
 from serve_app.api.views import VideoViews
-from serve_app.cache.index import CacheEntry, CacheIndex
-from serve_app.cache.keys import cache_key, cacheable_form
+from serve_app.cache.index import CacheIndex
+from serve_app.cache.keys import cacheable_form
 from serve_app.config import ModelProfile, PresetCatalog, ServiceArgs
 from serve_app.errors import InvalidRequest, NotFound, ServiceError
 from serve_app.handles import CacheClaims
@@ -47,50 +46,7 @@ SYNC_GRACE_S = 3.0
 CACHED_RUN_S = 0.0
 
 
-def new_video_id() -> str:
-    return f"video_{uuid.uuid4().hex}"
-
-
-@dataclass(frozen=True)
-class Preference:
-    """RFC 7240 `Prefer`: respond-async, or wait=N seconds."""
-
-    respond_async: bool = False
-    wait_s: float | None = None
-
-    @classmethod
-    def parse(cls, header: str | None) -> Preference:
-        if not header:
-            return cls()
-        respond_async, wait_s = False, None
-        for token in re.split(r"[,;]", header):
-            token = token.strip().lower()
-            if token == "respond-async":
-                respond_async = True
-            elif token.startswith("wait="):
-                try:
-                    wait_s = float(token[5:])
-                except ValueError:
-                    raise InvalidRequest(f"Prefer: {token!r} is not wait=<seconds>", param="Prefer") from None
-                if wait_s < 0:
-                    raise InvalidRequest(f"Prefer: {token!r} must not be negative", param="Prefer")
-        return cls(respond_async, wait_s)
-
-
-def tier_header(video: VideoObject) -> str:
-    """`Wan-Tier: reduced; num_inference_steps=20; num_frames=13`: the tier and what it lowered, as used."""
-    lowered = [f"{field}={getattr(video, field)}" for field in (video.requested or {})]
-    return "; ".join([video.tier or "", *lowered])
-
-
-@dataclass
-class CreateOutcome:
-    video: VideoObject
-    status_code: int
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class VideoCreator:
+class VideoCreator(CachedAnswers):
     def __init__(
         self,
         args: ServiceArgs,
@@ -237,49 +193,6 @@ class VideoCreator:
         if model is not None and model not in allowed:
             raise InvalidRequest(f"model={model!r} is not served here; use {self.profile.model_id!r}", param="model")
 
-    @property
-    def _cache_on(self) -> bool:
-        return self.cache is not None and self.cache_index is not None and self.args.cache_enabled
-
-    def _cache_scope(self, principal: Principal | None) -> str | None:
-        """Whose entries a request may hit and fill: with API keys on, its key's own, unless the
-        deployment shares them (`cache_scope: shared`). A shared cache tells a key, by a
-        `cached: true` answered at once, that another tenant has asked for a prompt."""
-        if principal is None or not principal.authenticated or self.args.cache_scope == "shared":
-            return None
-        return principal.id
-
-    def _key(self, params: GenerationParams, scope: str | None) -> str:
-        return cache_key(self.profile.identity, params.model_dump(), scope=scope)
-
-    async def _from_cache(self, key: str, draft: Callable[[], JobRecord]) -> CreateOutcome | None:
-        """The answer from the entry of `key`, or None on a miss. A hit becomes the video
-        `draft()` with its own copy of the entry's files; an entry whose files are gone
-        (evicted or purged since the read) is a miss."""
-        # Read straight from the index (a local file or Redis): a hop to the
-        # ResultCache replica would cost more than the rest of a hit. Both in a thread:
-        # a Redis that does not answer holds the read up to its timeout (args.redis),
-        # and an S3 copy is two requests.
-        hit = await asyncio.to_thread(self.cache_index.get, key, time.time())
-        job = None
-        if hit is not None:
-            job = draft()
-            if not await asyncio.to_thread(self._copy_files, hit, job.id):
-                hit = None
-        metrics.cache_lookup(hit is not None)
-        if hit is None or job is None:
-            return None
-        return self._answer_from_cache(job, key)
-
-    def _copy_files(self, hit: CacheEntry, video_id: str) -> bool:
-        """The entry's files under `video_id` (a hard link, or a copy inside the bucket): the
-        video's own, so evicting or purging the entry leaves them whole until `expires_at`."""
-        artifacts = self.views.artifacts
-        if "video" in artifacts.copy(hit.artifact_id, video_id):
-            return True
-        artifacts.delete(video_id)  # a thumbnail alone is no answer
-        return False
-
     def _deadlines(self, requested: float | None) -> Deadlines:
         if requested is None:
             return Deadlines(sync_s=self.args.default_deadline_s, job_s=self.args.default_job_deadline_s)
@@ -386,32 +299,6 @@ class VideoCreator:
         """An identical request is generating: answer with that same job (one generation,
         N answers, one id). Waits like a request of its own would."""
         return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
-
-    def _answer_from_cache(self, draft: JobRecord, key: str) -> CreateOutcome:
-        """A new, completed video object; its files (copied already) are its own, kept as
-        long as any video's (`artifact_ttl_s`) and deleted with it."""
-        now = time.time()
-        draft.cache_key = draft.video.cache_key = key
-        video = draft.video
-        video.status, video.progress, video.cached = "completed", 100, True
-        video.completed_at, video.expires_at = int(now), int(now + self.args.artifact_ttl_s)
-        owes_webhook = draft.webhook_url is not None and self.webhooks is not None
-        if owes_webhook:
-            # Owed as a run's webhook is: the outbox entry first, then a record saying so.
-            draft.webhook_state = "pending"
-            self.webhooks.owe(draft.id)
-        job, created = self.store.create(draft)
-        if job.id == draft.id:
-            self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
-        else:
-            self.views.artifacts.delete(draft.id)  # an idempotent retry found its video: the copy is nobody's
-        if owes_webhook and job.id == draft.id:
-            self.webhooks.send_now(job.id)
-        elif owes_webhook:
-            self.webhooks.forget(draft.id)  # an idempotent retry found its earlier job, and its webhook
-        if created:
-            metrics.admitted("cached", job.video.tier or "none")
-        return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
 
     async def _wait_sync(
         self, job: JobRecord, headers: dict[str, str], wait_s: float, owned: bool = True
