@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small requests (a CPU check of the script: 128x128, 9 frames, 4 steps)"
     )
-    parser.add_argument("--tag", default="", help="suffix of the result file's name")
+    parser.add_argument("--tag", default="", help="suffix of the result file's name (after a dash)")
     parser.add_argument("--log-dir", default="", help="copy the serve log here at the end")
     parser.add_argument(
         "--budget-s",
@@ -374,7 +374,8 @@ def main() -> None:
             shutil.copy(work / "serve.log", Path(args.log_dir) / "serve.log")
     result["goals"] = goals(result)
     result["goals_met"] = "error" not in result and all(result["goals"].values())
-    path = write_result(f"e2e-{slug(card)}-{slug(Path(args.config).stem)}{args.tag}", result)
+    tag = f"-{slug(args.tag)}" if args.tag else ""
+    path = write_result(f"e2e-{slug(card)}-{slug(Path(args.config).stem)}{tag}", result)
     print_table(result)
     print(f"wrote {path}", flush=True)
 
