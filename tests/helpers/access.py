@@ -12,6 +12,11 @@ BOB = "wan_bob-secret-0123456789abcdef00"
 ADMIN = "wan_admin-secret-0123456789abcdef"
 
 
+def bearer(secret: str) -> dict[str, str]:
+    """The Authorization header of a request made with API key `secret`."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
 class FakeClock:
     """The in-process limiters' clock, moved by hand: refills and lease expiry without waiting."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 
+from tests.helpers.access import bearer as bearer
+
 LOAD_APP = "load"
 LOAD_GATE = "load-step-gate"  # the load app's faults.step_gate
 ALICE = "wan_alice-secret-0123456789abcdef"  # generous limits
@@ -21,10 +23,6 @@ CAROL = "wan_carol-secret-0123456789abcdef"  # one unfinished job at a time
 JOB = {"width": 64, "height": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 8, "cache": False}
 CHECKPOINT_EVERY_S = 0.4
 QUEUE_PER_REPLICA = 3
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def load_app_args(data_dir, redis_url: str):

@@ -159,3 +159,13 @@ def start_redis_server(tmp_dir: Path) -> tuple[str, Callable[[], None]]:
     """Start a throwaway server; returns (url, stop)."""
     server = RedisServer(tmp_dir)
     return server.start(), server.stop
+
+
+def emptied_db_url(server: RedisServer, db: int) -> str:
+    """The URL of database `db` of `server`, emptied: a test module's own corner of the
+    session's redis-server, clean for each test."""
+    url = server.url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url

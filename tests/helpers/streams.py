@@ -14,6 +14,7 @@ from serve_app.access.keys import hash_secret
 from serve_app.api.gateway_app import GatewayApp
 from serve_app.config import ServiceArgs
 from serve_app.settings.access import AccessConfig
+from tests.helpers.access import bearer as bearer
 from tests.helpers.fakes import FakeGenerator
 from tests.helpers.jobs import make_job
 from tests.helpers.service import TEST_TIMINGS, gateway_over
@@ -23,10 +24,6 @@ BOB = "wan_bob-secret-0123456789abcdef00"
 # Between two polls of a job's feed unless a test says otherwise: the store is then read
 # only when the feed is woken, so every read is one the test caused and can count.
 HOUR = 3600.0
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def two_keys() -> AccessGuard:

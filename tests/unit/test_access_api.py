@@ -11,6 +11,7 @@ import pytest
 from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
+from tests.helpers.access import bearer
 from tests.helpers.fakes import FakeGenerator
 from tests.helpers.service import REQUEST, Service, api_client
 
@@ -18,10 +19,6 @@ ALICE = "wan_alice-secret-0123456789abcdef"
 BOB = "wan_bob-secret-0123456789abcdef00"
 ROOT = "wan_root-secret-0123456789abcdef0"
 CAROL = "wan_carol-secret-0123456789abcdef"
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ import asyncio
 import time
 
 import pytest
-import redis
 
 from deployments import result_cache
 from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
 from serve_app.cache.index import artifact_id_for
+from tests.helpers.access import bearer
+from tests.helpers.redis_server import emptied_db_url
 from tests.helpers.service import REQUEST, Service, api_client
 
 ALICE = "wan_alice-secret-0123456789abcdef"
@@ -33,16 +34,7 @@ def cache_store(request) -> str:
     """'' (the embedded SQLite index) or a Redis URL, emptied for the test."""
     if request.param == "sqlite":
         return ""
-    server = request.getfixturevalue("redis_server")
-    url = server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
+    return emptied_db_url(request.getfixturevalue("redis_server"), REDIS_DB)
 
 
 def _stats(svc: Service) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis
 
 from deployments.result_cache import ResultCache
 from serve_app.access.config import AccessConfig
@@ -24,7 +23,9 @@ from serve_app.cache.index import artifact_id_for
 from serve_app.config import ServiceArgs
 from serve_app.jobs.listeners import ResultCacheFill
 from serve_app.jobs.stores import open_job_store
+from tests.helpers.access import bearer
 from tests.helpers.jobs import make_job, with_status
+from tests.helpers.redis_server import emptied_db_url
 from tests.helpers.service import REQUEST, Service, api_client
 
 ALICE = "wan_alice-secret-0123456789abcdef"
@@ -37,16 +38,7 @@ def cache_store(request) -> str:
     """'' (the embedded SQLite index) or a Redis URL, emptied for the test."""
     if request.param == "sqlite":
         return ""
-    server = request.getfixturevalue("redis_server")
-    url = server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
+    return emptied_db_url(request.getfixturevalue("redis_server"), REDIS_DB)
 
 
 def _keyed_service(tmp_path, **service_args) -> Service:

@@ -11,6 +11,7 @@ from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
 from serve_app.config import ServiceArgs
+from tests.helpers.access import bearer
 from tests.helpers.fakes import FakeGenerator
 from tests.helpers.jobs import make_job, with_status
 from tests.helpers.service import TEST_TIMINGS, api_client, gateway_over
@@ -18,10 +19,6 @@ from tests.helpers.service import TEST_TIMINGS, api_client, gateway_over
 ALICE = "wan_alice-secret-0123456789abcdef"
 BOB = "wan_bob-secret-0123456789abcdef00"
 ROOT = "wan_root-secret-0123456789abcdef0"
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
