@@ -9,29 +9,17 @@ What is particular to one backend is tests/unit/test_job_store_backends.py.
 from __future__ import annotations
 
 import pytest
-import redis
 
 from serve_app.api.protocol import VideoError, VideoTimings
 from serve_app.errors import NotFound
 from serve_app.jobs import redis_store
-from serve_app.jobs.redis_store import RedisJobStore
-from serve_app.jobs.sqlite_store import SQLiteJobStore
-from tests.helpers.job_stores import LEASE_S, race_claims
+from tests.helpers.job_stores import LEASE_S, race_claims, store_of_kind
 from tests.helpers.jobs import job_id, make_job, with_status
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        job_store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    else:
-        server = request.getfixturevalue("redis_server")
-        client = redis.Redis.from_url(server.url)
-        client.flushdb()
-        client.close()
-        job_store = RedisJobStore(server.url, prefix="test")
-    yield job_store
-    job_store.close()
+    yield from store_of_kind(request, tmp_path)
 
 
 def test_create_get_save_round_trip(store):
