@@ -218,8 +218,9 @@ def fp8_supported() -> tuple[bool, str]:
     return True, "ok"
 
 
-def make_fp8_copy(transformer):
-    """A copy of the DiT whose block linears run in FP8 (torchao, per-row scales).
+def make_fp8_copy(transformer, granularity: str = "row"):
+    """A copy of the DiT whose block linears run in FP8 (torchao, dynamic scales per row
+    or per tensor: `granularity` "row" | "tensor").
 
     Only `blocks.*` linears: the patch embedding, the time/text embedders and
     the output projection are a sliver of the FLOPs and the most sensitive to
@@ -228,7 +229,7 @@ def make_fp8_copy(transformer):
     import copy
 
     import torch
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
     ok, why = fp8_supported()
     if not ok:
@@ -236,7 +237,7 @@ def make_fp8_copy(transformer):
     clone = copy.deepcopy(transformer)
     quantize_(
         clone,
-        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor()),
         filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.startswith("blocks."),
     )
     return clone
