@@ -28,7 +28,8 @@ matmul rate (FLOPs from the architecture); cross-request batching at 1/2/4/8
 requests; the fast tier (First-Block-Cache thresholds --fbc, FP8 with --fp8)
 with PSNR against the exact path on the same seed, and the chosen one at
 official for all 50 steps; whole-forward CUDA graphs at preview; FP8 eager at
-720p.
+720p; the fast path's kernels (cuDNN FP8 self-attention, with --fp8 FP8 linears
+too) at every setting, with PSNR against the exact path.
 Every section is guarded: a failure is recorded and the rest still runs; the
 JSON is rewritten after each section (bench/results/gpu-<card>.json and, when
 set, $OUT/gpu-<card>.json), and the table is printed last. --smoke runs the
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_speed import (
     cuda_graphs,
     dit,
+    fast_kernels,
     fast_tier,
     fp8,
     matmul,
@@ -100,6 +102,7 @@ def main() -> None:
             run("fast_official", fast_tier.fast_official, 60)
         run("cuda_graphs", cuda_graphs.cuda_graphs, 15)
         run("fp8_720p", fp8.fp8_720p, 20)
+        run("fast_kernels", fast_kernels.fast_kernels, 60)
     report.table(bench)
 
 

@@ -5,7 +5,8 @@
 # What it does
 #   1. Runs ../shared/devkit/make-device-kit .devkit-cache with EXTRA set to
 #      what the project needs beyond it: av (PyAV, H.264 mp4 encoding), ftfy +
-#      wcwidth (Wan prompt cleaning), nvidia-ml-py, the openai SDK and its deps. That script fetches Ray
+#      wcwidth (Wan prompt cleaning), nvidia-ml-py, the openai SDK and its deps,
+#      nvidia-cudnn-frontend (FP8 attention of the GPU profiles' fast path). That script fetches Ray
 #      Serve's and diffusers' dependencies and repacks the Ray wheel without its
 #      jars. .devkit-cache/ (git-ignored, ~95 MB, never carried) keeps those
 #      wheels as downloaded, so a re-run downloads nothing new.
@@ -19,6 +20,11 @@
 #          them; the dashboard imports train/data lazily, per request) and the
 #          dashboard's web UI assets (index.html and an empty static/ stay, so
 #          the dashboard process still starts and its HTTP API still answers);
+#        - nvidia-cudnn-frontend only (FP8 attention, speed.fp8_attention): drops
+#          its standalone kernel families (gemm, linear_attention, ...: CUDNN_DROP),
+#          which an SDPA graph never imports, and comes without its declared
+#          CuTe DSL dependencies (its python engines; the FP8 SDPA runs on
+#          cuDNN's own engines);
 #        - gives every ELF file mode 0755 again. make-device-kit's repack loses
 #          it, and then ray.init fails with "Permission denied: .../gcs_server";
 #        - rewrites RECORD so it matches the files (hashes, sizes).
@@ -63,7 +69,8 @@ trap 'rm -f "$log"' EXIT
 # openai and what it needs beyond the image (distro, jiter, sniffio, httpx2, httpcore2,
 # truststore): bench/gpu_e2e.py drives the app with the official SDK.
 if ! EXTRA="av==$AV_VERSION ftfy==6.3.1 wcwidth==0.9.4 nvidia-ml-py==13.615.71 python-multipart==0.0.34 openai==3.57.0 distro==1.9.0
-     jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 ${EXTRA:-}" \
+     jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
+     nvidia-cudnn-frontend==1.32.0 ${EXTRA:-}" \
      "$maker" "$cache" >"$log" 2>&1; then
   cat "$log" >&2; echo "make-device-kit failed" >&2; exit 1
 fi
@@ -80,6 +87,14 @@ MARK = f"devkit-lzma {recipe} ".encode()
 RAY_DROP = ("ray/rllib/", "ray/tune/", "ray/train/", "ray/data/", "ray/llm/")
 RAY_UI = "ray/dashboard/client/build/"
 RAY_UI_KEEP = {RAY_UI + "index.html", RAY_UI + "favicon.ico"}
+# nvidia-cudnn-frontend: the FP8 attention (serve_app/pipeline/fp8_attention.py) builds an
+# SDPA graph; these standalone kernel families (CuTe DSL sources, 28 of its 47 MB) are
+# separate APIs that an SDPA graph never imports.
+CUDNN_DROP = tuple(f"cudnn/{family}/" for family in (
+    "gemm", "linear_attention", "deepseek_sparse_attention", "gated_attention_block", "moe_ep",
+    "block_sparse_attention", "flex_attention", "hstu", "QSA", "native_sparse_attention", "csa",
+    "triangle_attention", "triangle_multiplicative_update", "causal_conv1d_bulk_sm100",
+    "causal_conv1d_update_sm100", "gnn", "fla", "engram"))
 
 def dist_name(fn):
     return re.sub(r"[-_.]+", "-", os.path.basename(fn).split("-")[0]).lower()
@@ -111,8 +126,10 @@ def strip_elf(data):
     finally:
         os.unlink(t.name)
 
-def keep(name, is_ray):
-    if not is_ray:
+def keep(name, dist):
+    if dist == "nvidia-cudnn-frontend":
+        return not name.startswith(CUDNN_DROP)
+    if dist != "ray":
         return True
     if name.startswith(RAY_DROP):
         return False
@@ -122,7 +139,7 @@ def keep(name, is_ray):
 
 def repack(path, dst):
     t0 = time.time()
-    is_ray = dist_name(path) == "ray"
+    is_ray = dist_name(path) == "ray"  # the dashboard stub below
     with open(path, "rb") as f:
         mark = MARK + hashlib.sha256(f.read()).hexdigest().encode()
     if os.path.exists(dst):
@@ -132,7 +149,7 @@ def repack(path, dst):
     with zipfile.ZipFile(path) as z:
         entries = []
         for info in z.infolist():
-            if info.is_dir() or not keep(info.filename, is_ray):
+            if info.is_dir() or not keep(info.filename, dist_name(path)):
                 continue
             data = z.read(info)
             mode = (info.external_attr >> 16) & 0o7777 or 0o644

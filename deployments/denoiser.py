@@ -109,7 +109,11 @@ class Denoiser(ModelStage):
                     (
                         f"denoise {p.height}x{p.width}x{p.num_frames} guidance {scale:g}",
                         functools.partial(
-                            self.runtime.warm_up, shape, self.profile.max_sequence_length, guidance=(scale,)
+                            self.runtime.warm_up,
+                            shape,
+                            self.profile.max_sequence_length,
+                            guidance=(scale,),
+                            knob_sets=[EXACT],
                         ),
                     )
                 )
@@ -124,15 +128,33 @@ class Denoiser(ModelStage):
                     self.profile.max_sequence_length,
                     guidance=(5.0,),
                     image=True,
+                    knob_sets=[EXACT],
                 ),
             )
             for p in presets
+        ]
+        # The fast variants (FP8 linears / attention) compile after the replica is ready:
+        # exact requests never wait for them (the first fast request of a shape may).
+        fast_knobs = self.runtime.fast_knob_sets()
+        fast = [
+            (
+                f"denoise {p.height}x{p.width}x{p.num_frames} fast",
+                functools.partial(
+                    self.runtime.warm_up,
+                    [(p.height, p.width, p.num_frames)],
+                    self.profile.max_sequence_length,
+                    guidance=(5.0,),
+                    knob_sets=fast_knobs,
+                ),
+            )
+            for p in presets
+            if fast_knobs
         ]
         ready = self.presets_before_ready()
         # The replica is ready after the first `ready` guided shapes (all of them unless
         # speed.warmup_in_background); unguided requests are rare, so their graph warms later.
         before = guided[:ready] + (unguided if ready == len(presets) else [])
-        after = guided[ready:] + ([] if ready == len(presets) else unguided) + images
+        after = guided[ready:] + ([] if ready == len(presets) else unguided) + fast + images
         self.warm_up(steps + before + after, before_ready=1 + len(before))
 
     def _checkpoints(self, job_id: str | None, params: GenerationParams, knobs: FastKnobs) -> LoopCheckpoints | None:

@@ -278,7 +278,7 @@ class ServiceArgs(StrictModel):
     def tier_table(self) -> TierTable:
         """The degradation table, checked against the presets' limits."""
         table = load_tiers(self.admission.tiers_file)
-        table.check(self.preset_catalog().limits, self.model_profile().speed.optimized_loop)
+        table.check(self.preset_catalog().limits, self.model_profile().speed.optimized_loop, self.model_profile().speed)
         return table
 
     @property

@@ -22,7 +22,7 @@ def fast_tier(bench: Bench) -> None:
     ok = ok and bench.args.fp8
     if ok:
         started = time.perf_counter()
-        bench.runtime.fp8_transformer = make_fp8_copy(bench.pipe.transformer)
+        bench.runtime.variants[(True, False)] = make_fp8_copy(bench.pipe.transformer)
         bench.result["fp8_copy_s"] = round(time.perf_counter() - started, 1)
     p = bench.params("preview")
     variants = {f"fbc{t}": FastKnobs(step_cache_threshold=t) for t in bench.args.fbc}

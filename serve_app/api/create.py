@@ -36,6 +36,7 @@ from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
 from serve_app.policy.load import LoadMonitor, QueueEta
 from serve_app.reference_images import ReferenceImageStore
+from serve_app.settings.speed import FastKnobs
 
 log = logging.getLogger("ray.serve")
 
@@ -101,6 +102,8 @@ class VideoCreator(CachedAnswers):
         if image is not None:
             fields["input_reference_sha256"] = image_sha256(image)
         requested = resolve_generation(fields, self.catalog)
+        if request.quality == "fast":
+            requested = requested.model_copy(update={"fast": self._fast_knobs()})
         if request.webhook_url is not None and self.check_webhook is not None:
             # In a thread: the check resolves the host name, and getaddrinfo blocks for as
             # long as DNS takes (seconds, for a name whose servers do not answer).
@@ -187,6 +190,17 @@ class VideoCreator(CachedAnswers):
         if outcome.video.tier:
             outcome.headers["Wan-Tier"] = tier_header(outcome.video)
         return outcome
+
+    def _fast_knobs(self) -> FastKnobs:
+        """What `quality: fast` runs: the profile's speed.fast (validated at load to be held)."""
+        knobs = self.profile.speed.fast
+        if knobs.exact:
+            raise InvalidRequest(
+                f"quality='fast' is not offered by model profile {self.profile.name!r} (its speed.fast sets no "
+                "fast knobs); use 'auto' or 'exact'",
+                param="quality",
+            )
+        return knobs
 
     def _check_model(self, model: str | None) -> None:
         allowed = {self.profile.model_id, self.profile.name}

@@ -109,7 +109,7 @@ class GatewaySettings:
         # As ServiceArgs.tier_table() checks it, against the profile and presets read here
         # rather than read again (and against a profile that replaces the args' one).
         tiers = load_tiers(args.admission.tiers_file)
-        tiers.check(catalog.limits, profile.speed.optimized_loop)
+        tiers.check(catalog.limits, profile.speed.optimized_loop, profile.speed)
         return cls(
             args=args,
             profile=profile,

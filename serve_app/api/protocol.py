@@ -57,10 +57,12 @@ class CreateVideoRequest(BaseModel):
         description="false: never answer from the cache nor fill it; a missing seed is random. Under heavy "
         "load a tier may force the cache on (the answer's `tier` says so).",
     )
-    quality: Literal["auto", "exact"] = Field(
+    quality: Literal["auto", "exact", "fast"] = Field(
         "auto",
         description="'auto': under load the service may lower steps and frames (quality tiers) rather "
-        "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429.",
+        "than time out, and says so in `tier` and `requested`; 'exact': never degrade: wait, or get a 429; "
+        "'fast': run with the model profile's fast knobs (speed.fast, e.g. FP8 attention: faster, not "
+        "bit-exact; the answer's `fast` lists them), tiers still apply under load.",
     )
     input_reference: ImageReference | None = Field(
         None,

@@ -86,7 +86,8 @@ class DenoiseJob:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys may share a forward (image jobs' per-token timesteps are their own form)."""
-        return (tuple(self.latents.shape), tuple(self.prompt_embeds.shape), self.knobs.fp8, self.conditioned)
+        knobs = (self.knobs.fp8, self.knobs.fp8_attention)  # one DiT variant per forward
+        return (tuple(self.latents.shape), tuple(self.prompt_embeds.shape), knobs, self.conditioned)
 
     def model_input(self, dtype):
         """What the DiT sees this step (latent frame 0 held to the image for image jobs)."""

@@ -12,6 +12,7 @@ builds its model.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -35,9 +36,12 @@ log = logging.getLogger("ray.serve")
 class DenoiserRuntime:
     """The DiT of one replica, set up per `SpeedOptions`, plus what requests may pick.
 
-    `transformer_for(knobs)` returns the module a request runs: the bf16 DiT,
-    or the FP8 copy. The step cache is switched on per request with diffusers'
-    `enable_cache` / `disable_cache` around the loop (see batching.py).
+    `transformer_for(knobs)` returns the module a request runs, one of
+    `variants`, keyed by (fp8 linears, fp8 attention): the bf16 DiT, the FP8
+    copy (speed.fp8_weights), and of each a weight-sharing variant whose
+    self-attention runs in FP8 (speed.fp8_attention). The step cache is
+    switched on per request with diffusers' `enable_cache` / `disable_cache`
+    around the loop (see batching.py).
     """
 
     def __init__(self, pipe, speed: SpeedOptions) -> None:
@@ -48,35 +52,62 @@ class DenoiserRuntime:
         self.transformer = pipe.transformer
         self.dtype = pipe.transformer.dtype  # compute dtype of every copy's inputs
         self.device = pipe._execution_device
-        self.fp8_transformer = None
         self.fp8_error: str | None = None
         self.fullgraph_error: str | None = None
         self.warmup_s: dict[str, float] = {}
         if speed.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
+        self.variants: dict[tuple[bool, bool], Any] = {(False, False): self.transformer}
         if speed.fp8_weights:
             try:
-                self.fp8_transformer = make_fp8_copy(self.transformer)
+                self.variants[(True, False)] = make_fp8_copy(self.transformer)
             except Exception as exc:  # noqa: BLE001 - reported in /healthz; requests asking for fp8 then get a clear error
                 self.fp8_error = f"{type(exc).__name__}: {exc}"
                 log.warning("FP8 copy of the DiT not available: %s", self.fp8_error)
+        if speed.fp8_attention:
+            self._add_fp8_attention_variants()
         if speed.compile != "off":
-            compile_blocks(self.transformer, speed.compile, speed.compile_dynamic)
-            if self.fp8_transformer is not None:
-                compile_blocks(self.fp8_transformer, speed.compile, speed.compile_dynamic)
+            for module in self.variants.values():
+                compile_blocks(module, speed.compile, speed.compile_dynamic)
         self.graphs = None
         if speed.cuda_graph_max_tokens and torch.cuda.is_available() and self.device.type == "cuda":
             self.graphs = GraphedForward(self.transformer, speed.cuda_graph_max_tokens)
 
+    @property
+    def fp8_transformer(self):
+        return self.variants.get((True, False))
+
+    def _add_fp8_attention_variants(self) -> None:
+        """A weight-sharing copy of each variant with FP8 self-attention; a host that cannot
+        run the kernel fails the start here, with the reason (the profile asked for it)."""
+        from serve_app.errors import ModelLoadError
+        from serve_app.pipeline import fp8_attention
+
+        attention = None
+        if self.speed.fp8_attention_kernel == "reference":
+            attention = functools.partial(fp8_attention.fp8_sdpa, kernel=fp8_attention.reference_fp8_sdpa)
+        else:
+            ok, why = fp8_attention.fp8_attention_supported()
+            if not ok:
+                raise ModelLoadError(f"speed.fp8_attention is on, but FP8 attention cannot run here: {why}")
+        for (fp8, _), module in list(self.variants.items()):
+            variant = fp8_attention.sharing_weights(module)
+            fp8_attention.use_fp8_self_attention(variant, attention, self.speed.fp8_attention_min_tokens)
+            self.variants[(fp8, True)] = variant
+
     def transformer_for(self, knobs: FastKnobs):
-        if knobs.fp8:
-            if self.fp8_transformer is None:
-                raise RuntimeError(
-                    "fast knob fp8 asked for, but this replica holds no FP8 DiT "
-                    f"(speed.fp8_weights={self.speed.fp8_weights}; {self.fp8_error or 'not loaded'})"
-                )
-            return self.fp8_transformer
-        return self.transformer
+        variant = self.variants.get((knobs.fp8, knobs.fp8_attention))
+        if variant is None:
+            raise RuntimeError(
+                f"fast knobs {knobs.model_dump(exclude_defaults=True)} asked for, but this replica holds no such "
+                f"DiT (speed.fp8_weights={self.speed.fp8_weights}, speed.fp8_attention={self.speed.fp8_attention}; "
+                f"{self.fp8_error or 'not loaded'})"
+            )
+        return variant
+
+    def fast_knob_sets(self) -> list[FastKnobs]:
+        """One FastKnobs per non-exact variant held (what warm-up compiles after the exact path)."""
+        return [FastKnobs(fp8=fp8, fp8_attention=attention) for fp8, attention in self.variants if fp8 or attention]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -86,6 +117,8 @@ class DenoiserRuntime:
             "cfg_batch": self.speed.cfg_batch,
             "fp8_available": self.fp8_transformer is not None,
             "fp8_error": self.fp8_error,
+            "fp8_attention_available": (False, True) in self.variants,
+            "fast_variants": [k.model_dump(exclude_defaults=True) for k in self.fast_knob_sets()],
             "batching": self.speed.batching.enabled,
             "warmup_s": {k: round(v, 2) for k, v in self.warmup_s.items()},
             "fullgraph_error": self.fullgraph_error,
@@ -98,6 +131,7 @@ class DenoiserRuntime:
         steps: int = 2,
         guidance: tuple[float, ...] = (5.0, 1.0),
         image: bool = False,
+        knob_sets: list[FastKnobs] | None = None,
     ) -> None:
         """Compile and run each (height, width, frames) bucket once, guided and unguided.
 
@@ -105,12 +139,13 @@ class DenoiserRuntime:
         unguided run the batch-1 one; later buckets only pay cuBLAS/cuDNN first
         calls and allocator growth, here instead of in a request. `image`: as an
         image-to-video job, whose per-token timesteps are another graph to compile.
+        `knob_sets`: which variants (default: the exact one and every fast one held).
         """
         import torch
 
         dim = self.transformer.config.text_dim
         zeros = torch.zeros(1, text_len, dim)
-        knob_sets = [EXACT] + ([FastKnobs(fp8=True)] if self.fp8_transformer is not None else [])
+        knob_sets = knob_sets if knob_sets is not None else [EXACT, *self.fast_knob_sets()]
 
         def run(height, width, frames, knobs, scale):
             params = GenerationParams(
@@ -155,10 +190,9 @@ class DenoiserRuntime:
                         import torch
 
                         torch._dynamo.reset()
-                        for tr in (self.transformer, self.fp8_transformer):
-                            if tr is not None:
-                                uncompile_blocks(tr)
-                                compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
+                        for tr in self.variants.values():
+                            uncompile_blocks(tr)
+                            compile_blocks(tr, self.speed.compile, self.speed.compile_dynamic, fullgraph=False)
                         run(height, width, frames, knobs, scale)
             bucket = f"{width}x{height}x{frames}" + (" image" if image else "")
             self.warmup_s[bucket] = time.perf_counter() - started

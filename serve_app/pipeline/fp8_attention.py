@@ -281,8 +281,9 @@ class Fp8SelfAttnProcessor:
     (BSHD q, k, v -> BSHD out) is `fp8_sdpa` unless a test passes another.
     """
 
-    def __init__(self, attention=None) -> None:
+    def __init__(self, attention=None, min_tokens: int = 0) -> None:
         self.attention = attention or fp8_sdpa
+        self.min_tokens = min_tokens  # below it, exact bf16 attention (FP8 does not pay there)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
@@ -297,8 +298,23 @@ class Fp8SelfAttnProcessor:
         if rotary_emb is not None:
             query = rotate(query, *rotary_emb)
             key = rotate(key, *rotary_emb)
-        out = self.attention(query, key, value).flatten(2, 3).type_as(query)
+        if query.shape[1] >= self.min_tokens:
+            out = self.attention(query, key, value)
+        else:
+            out = bf16_sdpa(query, key, value)
+        out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def bf16_sdpa(query, key, value):
+    """Exact attention of BSHD tensors, as diffusers' native backend computes it (SDPA picks
+    the kernel; the DiT's compiled blocks run inside the profile's pinned one)."""
+    import torch
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    )
+    return out.transpose(1, 2)
 
 
 def rotate(x, freqs_cos, freqs_sin):
@@ -310,16 +326,16 @@ def rotate(x, freqs_cos, freqs_sin):
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
 
 
-def use_fp8_self_attention(transformer, attention=None) -> int:
+def use_fp8_self_attention(transformer, attention=None, min_tokens: int = 0) -> int:
     """Point every block's self-attention at `Fp8SelfAttnProcessor`; how many blocks.
 
     On a copy that shares the original's weights (`sharing_weights`), exact
     requests keep the original's processors. Registers the cuDNN op first
-    when the kernel is the default one.
+    when the kernel is the default one. Sequences under `min_tokens` attend exactly.
     """
     if attention is None:
         register_cudnn_op()
-    processor = Fp8SelfAttnProcessor(attention)
+    processor = Fp8SelfAttnProcessor(attention, min_tokens)
     count = 0
     for block in transformer.blocks:
         block.attn1.processor = processor

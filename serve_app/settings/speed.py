@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.settings.base import StrictModel
 
@@ -39,11 +39,18 @@ class FastKnobs(StrictModel):
         description="Run the DiT's block linears in FP8 (torchao dynamic activation + weight, per-row "
         "scales). Needs a replica whose profile has speed.fp8_weights: true and a card with FP8 (H100/H200).",
     )
+    fp8_attention: bool = Field(
+        False,
+        description="Run the DiT blocks' self-attention in FP8 (cuDNN's FP8 SDPA, per-tensor scales from each "
+        "call's own amax; serve_app/pipeline/fp8_attention.py). On an H100 the 720p guided forward took 1.56 s vs "
+        "1.81 s exact, with every layer's attention output at cosine >= 0.998 of the exact one "
+        "(bench/results/attention-*.json). Needs a replica whose profile has speed.fp8_attention: true.",
+    )
 
     @property
     def exact(self) -> bool:
         """True when nothing here changes the pixels."""
-        return self.step_cache_threshold is None and not self.fp8
+        return self.step_cache_threshold is None and not self.fp8 and not self.fp8_attention
 
 
 EXACT = FastKnobs()
@@ -135,11 +142,31 @@ class SpeedOptions(StrictModel):
         False,
         description="Hold an FP8 copy of the DiT (about +5 GB) so requests with fast knob fp8 can use it.",
     )
+    fp8_attention: bool = Field(
+        False,
+        description="Hold a variant of the DiT whose self-attention runs in FP8, for requests with fast knob "
+        "fp8_attention. It shares the bf16 DiT's weights (no extra memory) and compiles at warm-up (~7 s at "
+        "720p). A card or host that cannot run it (not Hopper, or nvidia-cudnn-frontend missing: pip install "
+        "'wan-serve[fp8-attention]') fails the replica's start with the reason.",
+    )
+    fp8_attention_kernel: Literal["cudnn", "reference"] = Field(
+        "cudnn",
+        description="'cudnn': cuDNN's FP8 SDPA (Hopper). 'reference': the same arithmetic in plain torch "
+        "(reference_fp8_sdpa, fp32 scores): for CPU tests of the fast path; slow and memory-hungry.",
+    )
+    fp8_attention_min_tokens: int = Field(
+        4096,
+        ge=0,
+        description="Requests with fewer latent tokens than this attend in bf16 even with fast knob fp8_attention: "
+        "on an H100 the FP8 kernel's quantize passes cost more than it saves at 1,500 tokens (preview), while "
+        "at 8,190 (832x480x81) and 27,280 (720p) it is faster.",
+    )
     batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Cross-request batching.")
     fast: FastKnobs = Field(
         default_factory=FastKnobs,
-        description="The knobs a fast degradation tier should use on this model "
-        "(reference values; requests get them only when a tier passes them).",
+        description="The knobs of `quality: fast` requests on this model, and the reference values for a "
+        "fast degradation tier. Knobs that need a variant of the DiT (fp8, fp8_attention) need it held "
+        "(fp8_weights, fp8_attention).",
     )
 
     @field_validator("warmup_presets")
@@ -148,3 +175,21 @@ class SpeedOptions(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError(f"warmup_presets={v} names a preset twice")
         return v
+
+    @model_validator(mode="after")
+    def _fast_knobs_held(self) -> SpeedOptions:
+        missing = self.missing_for(self.fast)
+        if missing:
+            raise ValueError(f"fast={self.fast.model_dump(exclude_defaults=True)} needs {missing}")
+        return self
+
+    def missing_for(self, knobs: FastKnobs) -> str | None:
+        """What this replica set-up lacks to run `knobs` (None: it can run them)."""
+        lacking = [
+            f"speed.{held}: true"
+            for wanted, held in ((knobs.fp8, "fp8_weights"), (knobs.fp8_attention, "fp8_attention"))
+            if wanted and not getattr(self, held)
+        ]
+        if (knobs.fp8 or knobs.fp8_attention or knobs.step_cache_threshold is not None) and not self.optimized_loop:
+            lacking.append("speed.optimized_loop: true")
+        return ", ".join(lacking) or None

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from serve_app.paths import resolve
 from serve_app.settings.base import StrictModel
 from serve_app.settings.limits import GenerationLimits
-from serve_app.settings.speed import FastKnobs
+from serve_app.settings.speed import FastKnobs, SpeedOptions
 
 CacheMode = Literal["as_requested", "forced"]
 
@@ -67,13 +67,20 @@ class TierTable(StrictModel):
             raise ValueError(f"the last tier's max_load={bounds[-1]} must be >= 1.0 so every load has a tier")
         return self
 
-    def check(self, limits: GenerationLimits, optimized_loop: bool = True) -> None:
-        """Caps must be values a request could have asked for itself; fast knobs need a loop that has them."""
+    def check(self, limits: GenerationLimits, optimized_loop: bool = True, speed: SpeedOptions | None = None) -> None:
+        """Caps must be values a request could have asked for itself; fast knobs need a loop that
+        has them, and (given the replicas' `speed`) the DiT variants they run on."""
         for tier in self.tiers:
             if tier.fast is not None and not optimized_loop:
                 raise ValueError(
                     f"tier {tier.name!r} sets fast={tier.fast.model_dump(exclude_defaults=True)}, but the model "
                     "profile's speed.optimized_loop is off: use a tiers file without fast knobs"
+                )
+            missing = speed.missing_for(tier.fast) if speed is not None and tier.fast is not None else None
+            if tier.fast is not None and missing:
+                raise ValueError(
+                    f"tier {tier.name!r} sets fast={tier.fast.model_dump(exclude_defaults=True)}, which needs "
+                    f"{missing} in the model profile"
                 )
             frames = tier.max_frames
             if frames is not None and (frames < limits.min_frames or (frames - 1) % limits.frames_modulus):

@@ -68,6 +68,17 @@ def test_fp8_processor_is_close_to_exact_but_not_equal(transformer):
     assert cos > 0.99
 
 
+def test_short_sequences_attend_exactly(transformer):
+    """Under min_tokens (speed.fp8_attention_min_tokens) the FP8 variant is the exact DiT."""
+    copy = sharing_weights(transformer)
+    tokens = 3 * 4 * 4  # dit_inputs: 3 latent frames of 8x8, patches of 2x2
+    use_fp8_self_attention(copy, lambda q, k, v: fp8_sdpa(q, k, v, kernel=reference_fp8_sdpa), tokens + 1)
+    with torch.no_grad():
+        expected = transformer(**dit_inputs(transformer))[0]
+        got = copy(**dit_inputs(transformer))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_sharing_weights_shares_tensors_not_processors(transformer):
     copy = sharing_weights(transformer)
     use_fp8_self_attention(copy, attention=exact_sdpa)
@@ -131,3 +142,28 @@ def test_cudnn_op_traces_as_one_opaque_call():
     (out,) = [n for n in graph.graph.nodes if n.op == "output"][0].args
     out = out[0] if isinstance(out, (list, tuple)) else out
     assert out.meta["val"].shape == q.shape and out.meta["val"].dtype == torch.bfloat16
+
+
+def test_a_replica_that_cannot_run_the_kernel_fails_its_start_saying_why(tiny_profile, data_dir):
+    from serve_app.errors import ModelLoadError
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
+    from serve_app.settings.speed import SpeedOptions
+
+    pipe = load_pipeline(tiny_profile, data_dir, "denoiser")
+    with pytest.raises(ModelLoadError, match="FP8 attention cannot run here: no CUDA device"):
+        DenoiserRuntime(pipe, SpeedOptions(fp8_attention=True))
+
+
+def test_the_runtime_holds_an_fp8_attention_variant_sharing_the_weights(tiny_profile, data_dir):
+    from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
+    from serve_app.settings.speed import EXACT, FastKnobs, SpeedOptions
+
+    pipe = load_pipeline(tiny_profile, data_dir, "denoiser")
+    runtime = DenoiserRuntime(pipe, SpeedOptions(fp8_attention=True, fp8_attention_kernel="reference"))
+    variant = runtime.transformer_for(FastKnobs(fp8_attention=True))
+    assert runtime.transformer_for(EXACT) is pipe.transformer and variant is not pipe.transformer
+    assert variant.blocks[0].ffn.net[2].weight is pipe.transformer.blocks[0].ffn.net[2].weight
+    assert runtime.fast_knob_sets() == [FastKnobs(fp8_attention=True)]
+    assert runtime.describe()["fp8_attention_available"] is True
+    with pytest.raises(RuntimeError, match="speed.fp8_weights=False"):
+        runtime.transformer_for(FastKnobs(fp8=True, fp8_attention=True))
