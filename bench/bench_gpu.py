@@ -75,6 +75,7 @@ def main() -> None:
         "--fbc", type=float, nargs="*", default=[0.3, 0.5, 0.8], help="First-Block-Cache thresholds tried at preview"
     )
     parser.add_argument("--fp8", action="store_true", help="also try compiled FP8 in the fast tier (slow compile)")
+    parser.add_argument("--tag", default="", help="suffix of the result file: gpu-<card>-<tag>.json")
     args = parser.parse_args()
     bench = Bench(args)
 

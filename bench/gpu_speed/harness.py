@@ -99,7 +99,7 @@ class Bench:
     def save(self) -> None:
         self.result["rows"] = self.rows
         self.result["elapsed_s"] = round(self.elapsed(), 1)
-        name = f"gpu-{slug(self.card)}"
+        name = f"gpu-{slug(self.card)}" + (f"-{slug(self.args.tag)}" if getattr(self.args, "tag", "") else "")
         path = write_result(name, dict(self.result))
         out = os.environ.get("OUT")
         if out:
