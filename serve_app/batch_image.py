@@ -1,4 +1,4 @@
-"""The batch runner's `image` column: the first frame of an image-to-video item, as a file path.
+"""The batch runner's `image` field: the first frame of an image-to-video item, as a file path.
 
 A path relative to the batch file's folder (so a batch and its pictures move
 together), or absolute. The file is hashed when the batch is read, for the
@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-COLUMN = "image"
+COLUMN = "image"  # the JSONL field (the "column" of a batch)
 
 
 class ImageFileError(ValueError):
@@ -31,7 +31,7 @@ class ImageFile:
 
 
 def resolve_image(value: object, base_dir: Path) -> ImageFile:
-    """The `image` column of a line -> its file and content hash; ImageFileError saying why not."""
+    """The `image` field of a line -> its file and content hash; ImageFileError saying why not."""
     if not isinstance(value, str) or not value.strip():
         raise ImageFileError(f"{COLUMN}={value!r} must be a file path (relative to the batch file, or absolute)")
     path = Path(value).expanduser()
