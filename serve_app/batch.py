@@ -4,8 +4,11 @@
 
 Input: one JSON object per line with at least "prompt", optionally any field
 of `POST /v1/videos` (size, num_frames, num_inference_steps, seed, ...) and an
-"id" (letters, digits, ``._-``; default: the line number). Blank lines are
-ignored. A line that is not such an object is reported with its number and
+"id" (letters, digits, ``._-``; default: the line number), and an "image":
+the path of a picture (PNG, JPEG or WebP) that becomes the video's first frame
+(image to video), relative to the batch file's folder or absolute
+(serve_app/batch_image.py). Blank lines are ignored. A line that is not such an
+object, or whose image file cannot be read, is reported with its number and
 counted as failed; the rest of the batch runs.
 
 Output, per item: DIR/<id>.mp4 and DIR/<id>.json (the final video object, plus
@@ -19,8 +22,8 @@ DIR/<id>.json says completed for the same item is skipped. Every item is
 submitted with `Idempotency-Key: wan-batch-<sha256 of the item>`, so a batch
 that crashed (or was interrupted) after submitting an item gets the same job
 back on rerun, finished or still running, instead of generating it twice,
-for as long as the service keeps that job. Editing an item changes its key:
-it is generated anew. A job that failed keeps failing on rerun (same key, same
+for as long as the service keeps that job. Editing an item (or the picture
+its image file holds) changes its key: it is generated anew. A job that failed keeps failing on rerun (same key, same
 job) unless `--retry-failed` deletes it and submits the item again.
 
 As a Ray job (runs on the cluster's head node, next to the application, and
@@ -57,6 +60,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from serve_app.api.protocol import CreateVideoRequest, VideoObject
+from serve_app.batch_image import COLUMN as IMAGE_COLUMN
+from serve_app.batch_image import ImageFile, ImageFileError, read_image, resolve_image
 from serve_app.client import DEFAULT_URL, ClientError, VideoClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -76,6 +81,7 @@ class BatchItem:
     id: str
     fields: dict[str, Any]  # request fields, prompt included
     key: str  # Idempotency-Key
+    image: ImageFile | None = None  # the first frame of an image-to-video item
 
 
 @dataclass(frozen=True)
@@ -109,19 +115,24 @@ class Summary:
 # --- input ----------------------------------------------------------------------------
 
 
-def item_key(item_id: str, fields: dict[str, Any]) -> str:
-    """The Idempotency-Key of an item: a hash of its id and canonical fields.
+def item_key(item_id: str, fields: dict[str, Any], image_sha256: str | None = None) -> str:
+    """The Idempotency-Key of an item: a hash of its id, canonical fields and image's content.
 
     Canonical JSON (sorted keys, no spaces) so reformatting the file keeps
     the key; the id is part of it so that two items with the same prompt are
-    two videos (with a random seed each), not one.
+    two videos (with a random seed each), not one. The image counts by its
+    bytes, not its path: another picture under the same name is another item.
     """
-    canonical = json.dumps({"id": item_id, **fields}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    keyed = {"id": item_id, **fields}
+    if image_sha256 is not None:
+        keyed["image_sha256"] = image_sha256
+    canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_line(line_no: int, text: str) -> BatchItem:
-    """One JSONL line -> an item; ValueError with the reason otherwise."""
+def parse_line(line_no: int, text: str, base_dir: Path | None = None) -> BatchItem:
+    """One JSONL line -> an item; ValueError with the reason otherwise.
+    `base_dir`: where a relative `image` path starts (the batch file's folder; default the cwd)."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -139,9 +150,14 @@ def parse_line(line_no: int, text: str) -> BatchItem:
         )
     if item_id in RESERVED_IDS:
         raise ValueError(f"id={item_id!r} is reserved (DIR/{item_id}.json is the batch summary)")
+    image_value = obj.pop(IMAGE_COLUMN, None)
     unknown = sorted(set(obj) - REQUEST_FIELDS)
     if unknown:
-        raise ValueError(f"unknown field(s) {unknown}; allowed: id, {', '.join(sorted(REQUEST_FIELDS))}")
+        raise ValueError(
+            f"unknown field(s) {unknown}; allowed: id, {IMAGE_COLUMN}, {', '.join(sorted(REQUEST_FIELDS))}"
+        )
+    if image_value is not None and obj.get("input_reference") is not None:
+        raise ValueError(f"give {IMAGE_COLUMN} (a file path) or input_reference, not both")
     if "prompt" not in obj:
         raise ValueError("missing required field 'prompt'")
     try:
@@ -151,7 +167,10 @@ def parse_line(line_no: int, text: str) -> BatchItem:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first.get("loc", ())) or "line"
         raise ValueError(f"{name}: {first.get('msg')} (got {first.get('input')!r})") from None
-    return BatchItem(line=line_no, id=item_id, fields=obj, key=item_key(item_id, obj))
+    # Last: the only check that reads a file.
+    image = None if image_value is None else resolve_image(image_value, base_dir or Path.cwd())
+    key = item_key(item_id, obj, image.sha256 if image else None)
+    return BatchItem(line=line_no, id=item_id, fields=obj, key=key, image=image)
 
 
 def load_items(path: Path) -> tuple[list[BatchItem], list[BadLine]]:
@@ -163,7 +182,7 @@ def load_items(path: Path) -> tuple[list[BatchItem], list[BadLine]]:
             if not text.strip():
                 continue
             try:
-                item = parse_line(line_no, text)
+                item = parse_line(line_no, text, path.parent)
             except ValueError as exc:
                 bad.append(BadLine(line_no, str(exc)))
                 continue
@@ -194,6 +213,8 @@ def write_json(path: Path, obj: Any) -> None:
 def _error_dict(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, ClientError):
         return {"code": exc.code, "message": exc.message, "param": exc.param, "http_status": exc.status}
+    if isinstance(exc, ImageFileError):
+        return {"code": exc.code, "message": str(exc), "param": IMAGE_COLUMN, "http_status": None}
     return {"code": "client_error", "message": f"{type(exc).__name__}: {exc}", "param": None, "http_status": None}
 
 
@@ -236,15 +257,18 @@ class BatchRunner:
         )
 
     def _batch_info(self, item: BatchItem) -> dict[str, Any]:
-        return {"id": item.id, "line": item.line, "idempotency_key": item.key}
+        info: dict[str, Any] = {"id": item.id, "line": item.line, "idempotency_key": item.key}
+        if item.image is not None:
+            info[IMAGE_COLUMN] = str(item.image.path)
+        return info
 
-    def _create(self, prompt: str, key: str, fields: dict[str, Any]) -> VideoObject:
+    def _create(self, prompt: str, key: str, fields: dict[str, Any], image: bytes | None = None) -> VideoObject:
         """Create, waiting out "busy" answers (429/503): a batch is patient, it honours
         Retry-After rather than failing items the service would take a little later."""
         waited = 0.0
         while True:
             try:
-                return self.client.create(prompt, idempotency_key=key, **fields)
+                return self.client.create(prompt, image=image, idempotency_key=key, **fields)
             except ClientError as exc:
                 if exc.status not in (429, 503) or waited >= self.max_busy_wait_s or self.stopping.is_set():
                     raise
@@ -255,12 +279,13 @@ class BatchRunner:
     def _submit(self, item: BatchItem) -> VideoObject:
         fields = dict(item.fields)
         prompt = fields.pop("prompt")
-        video = self._create(prompt, item.key, fields)
+        image = read_image(item.image) if item.image is not None else None
+        video = self._create(prompt, item.key, fields, image)
         if video.status == "failed" and self.retry_failed:
             # The key still names an earlier run's failed job; deleting the job
             # frees the key, so the same key now makes a new job.
             self.client.delete(video.id)
-            video = self._create(prompt, item.key, fields)
+            video = self._create(prompt, item.key, fields, image)
         return video
 
     def run_item(self, item: BatchItem) -> ItemResult:
@@ -349,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate one video per JSONL line through the running service; rerun to resume.",
     )
     parser.add_argument(
-        "input", type=Path, help="JSONL file: one object per line with 'prompt', optional 'id' and fields"
+        "input",
+        type=Path,
+        help="JSONL file: one object per line with 'prompt', optional 'id', 'image' (a path) and request fields",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder for <id>.mp4, <id>.json, summary.json")
     parser.add_argument(

@@ -7,6 +7,8 @@
         video = client.wait(video.id, on_event=print)   # SSE: queued, progress..., completed|failed
         if video.status == "completed":
             client.download(video.id, "lighthouse.mp4")
+        # Image to video: the picture is the first frame (a path, bytes, an open file or a PIL image).
+        video = client.create("the beam sweeps over the sea", image="lighthouse.png", wait=True)
 
 Answers are the service's own pydantic models (`VideoObject`, `VideoList`,
 `VideoDeleted`), so a field renamed on the server breaks here loudly instead of
@@ -34,7 +36,16 @@ from pydantic import ValidationError
 from serve_app.api.protocol import CreateVideoRequest, VideoDeleted, VideoList, VideoObject
 
 # The client's errors and its SSE parser, importable from here as before.
-from serve_app.client_wire import ClientError, ServerSentEvent, ServiceUnreachable, parse_sse
+from serve_app.client_wire import (
+    IMAGE_FIELD,
+    ClientError,
+    ImageInput,
+    ServerSentEvent,
+    ServiceUnreachable,
+    form_fields,
+    image_part,
+    parse_sse,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Terminal SSE event types: the stream ends after one of them.
@@ -113,12 +124,19 @@ class VideoClient:
         self,
         prompt: str,
         *,
+        image: ImageInput | None = None,
         wait: bool = False,
         idempotency_key: str | None = None,
         **fields: Any,
     ) -> VideoObject:
         """Submit a generation; `fields` are those of `CreateVideoRequest` (size,
         num_frames, seed, ...). Unset fields come from the preset on the server.
+
+        `image` makes it image to video: the picture is the video's first frame
+        (fitted to the size by the service). A path, the file's bytes, a file
+        opened `'rb'`, or a PIL image (sent as PNG). It goes as the multipart
+        file part `input_reference`, as the OpenAI SDK sends it; the service
+        checks it and names `input_reference` in its 4xx if it cannot use it.
 
         By default the job is created asynchronously (`Prefer: respond-async`)
         and returned queued. With `wait=True` the service may answer
@@ -134,6 +152,13 @@ class VideoClient:
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first.get("loc", ())) or "prompt"
             raise TypeError(f"create(): {name}: {first.get('msg')} (got {first.get('input')!r})") from None
+        payload = body.model_dump(exclude_unset=True)
+        content: dict[str, Any] = {"json": payload}
+        if image is not None:
+            if payload.get(IMAGE_FIELD) is not None:
+                raise TypeError(f"create(): give image or {IMAGE_FIELD}, not both")
+            payload.pop(IMAGE_FIELD, None)
+            content = {"data": form_fields(payload), "files": {IMAGE_FIELD: image_part(image)}}
         headers = {}
         if not wait:
             headers["Prefer"] = "respond-async"
@@ -141,9 +166,7 @@ class VideoClient:
             headers["Idempotency-Key"] = idempotency_key
         # A synchronous answer can take the whole deadline; the service caps it.
         timeout = None if wait else self._timeout
-        response = self._request(
-            "POST", "/v1/videos", json=body.model_dump(exclude_unset=True), headers=headers, timeout=timeout
-        )
+        response = self._request("POST", "/v1/videos", headers=headers, timeout=timeout, **content)
         video = VideoObject.model_validate(response.json())
         if wait and video.status not in TERMINAL_STATUSES:
             return self.wait(video.id)

@@ -8,6 +8,9 @@ const $ = (id) => document.getElementById(id);
 
 let presets = {};
 let watcher = null; // stops the current job's event stream or poll loop
+let imageFile = null; // the chosen first frame (a File), sent as input_reference; null: text to video
+// The file part's name: OpenAI's field, as the SDK sends it.
+const IMAGE_FIELD = "input_reference";
 
 // --- HTTP ---------------------------------------------------------------------------
 
@@ -21,10 +24,11 @@ function authHeaders(extra = {}) {
 }
 
 class ApiError extends Error {
-  constructor(message, code, status) {
+  constructor(message, code, status, param = null) {
     super(message);
     this.code = code;
     this.status = status;
+    this.param = param; // the request field the server named, if any
   }
 }
 
@@ -34,16 +38,18 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     let code = "http_error";
+    let param = null;
     try {
       const body = await response.json();
       if (body && body.error) {
         message = body.error.message || message;
         code = body.error.code || code;
+        param = body.error.param || null;
       }
     } catch (_) {
       // not JSON (a proxy's error page): keep the status line
     }
-    throw new ApiError(message, code, response.status);
+    throw new ApiError(message, code, response.status, param);
   }
   return response.status === 204 ? null : response.json();
 }
@@ -81,6 +87,12 @@ function formatEta(seconds) {
 
 function joinParts(...parts) {
   return parts.filter(Boolean).join(" · ");
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} kB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MB`;
 }
 
 // --- presets and the form -----------------------------------------------------------
@@ -144,25 +156,120 @@ function requestBody() {
   return body;
 }
 
+// With an image, multipart/form-data as the OpenAI SDK sends it: the fields as text, the
+// picture as the file part input_reference (the browser sets the boundary's Content-Type).
+function createRequest(body) {
+  // respond-async: every generation is a job (202 at once), watched below.
+  if (!imageFile) {
+    return {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Prefer: "respond-async" },
+      body: JSON.stringify(body),
+    };
+  }
+  const form = new FormData();
+  for (const [name, value] of Object.entries(body)) {
+    if (value !== undefined) form.append(name, String(value));
+  }
+  form.append(IMAGE_FIELD, imageFile, imageFile.name);
+  return { method: "POST", headers: { Prefer: "respond-async" }, body: form };
+}
+
 async function submit(event) {
   event.preventDefault();
   setError($("form-error"), "");
+  markImageInvalid(false);
   const button = $("submit");
   button.disabled = true;
   try {
-    // respond-async: every generation is a job (202 at once), watched below.
-    const video = await api("/v1/videos", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Prefer: "respond-async" },
-      body: JSON.stringify(requestBody()),
-    });
+    const video = await api("/v1/videos", createRequest(requestBody()));
     watchJob(video);
     refreshHistory();
   } catch (err) {
     setError($("form-error"), err.message);
+    // input_reference, input_reference.image_url, ...: the picture is what the server refused.
+    // A 413 for the whole body with a picture attached: the picture is what made it too large.
+    const aboutImage = (err.param && err.param.startsWith(IMAGE_FIELD)) || (err.status === 413 && imageFile);
+    if (aboutImage) markImageInvalid(true);
   } finally {
     button.disabled = false;
   }
+}
+
+// --- the first frame (image to video) -----------------------------------------------
+
+// A picked or dropped file, or null to remove it. Checking it is the server's job (it names
+// input_reference when it cannot use it); the page only shows what will be sent.
+function setImage(file) {
+  imageFile = file || null;
+  markImageInvalid(false);
+  const thumb = $("image-thumb");
+  setMedia(thumb, "src", imageFile ? URL.createObjectURL(imageFile) : null);
+  if (!imageFile) {
+    $("image").value = ""; // picking the same file again must fire "change"
+    $("image-caption").textContent = "";
+    show($("image-preview"), false);
+    return;
+  }
+  $("image-caption").textContent = joinParts(imageFile.name, formatBytes(imageFile.size));
+  show($("image-preview"), true);
+}
+
+function describeThumbnail(loaded) {
+  if (!imageFile) return;
+  const thumb = $("image-thumb");
+  const what = loaded ? `${thumb.naturalWidth}x${thumb.naturalHeight}` : "no preview: the browser cannot show this file";
+  $("image-caption").textContent = joinParts(imageFile.name, what, formatBytes(imageFile.size));
+}
+
+function markImageInvalid(invalid) {
+  $("image-drop").classList.toggle("invalid", invalid);
+  if (invalid) $("image").setAttribute("aria-invalid", "true");
+  else $("image").removeAttribute("aria-invalid");
+}
+
+function carriesFiles(event) {
+  return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+}
+
+function initImageInput() {
+  const drop = $("image-drop");
+  $("image").addEventListener("change", () => setImage($("image").files[0]));
+  $("image-remove").addEventListener("click", () => {
+    setImage(null);
+    $("image").focus();
+  });
+  $("image-thumb").addEventListener("load", () => describeThumbnail(true));
+  $("image-thumb").addEventListener("error", () => {
+    if ($("image-thumb").getAttribute("src")) describeThumbnail(false);
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault(); // accept the drop
+      event.dataTransfer.dropEffect = "copy";
+      drop.classList.add("dragover");
+    });
+  }
+  drop.addEventListener("dragleave", (event) => {
+    if (!drop.contains(event.relatedTarget)) drop.classList.remove("dragover");
+  });
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragover");
+    const files = event.dataTransfer ? event.dataTransfer.files : [];
+    if (files.length > 0) setImage(files[0]); // one first frame: of several files, the first
+  });
+  // A file dropped beside the zone would make the browser open it in place of the page,
+  // losing the form: refuse such drops instead.
+  window.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event) || drop.contains(event.target)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "none";
+  });
+  window.addEventListener("drop", (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+  });
 }
 
 // --- the current job ----------------------------------------------------------------
@@ -405,7 +512,14 @@ function historyItem(video) {
   const meta = document.createElement("span");
   meta.className = "meta";
   const created = new Date(video.created_at * 1000).toLocaleTimeString();
-  meta.textContent = joinParts(created, video.size, `${video.num_frames} frames`, `${video.num_inference_steps} steps`);
+  const fromImage = video.input_reference_sha256 ? "from an image" : "";
+  meta.textContent = joinParts(
+    created,
+    fromImage,
+    video.size,
+    `${video.num_frames} frames`,
+    `${video.num_inference_steps} steps`,
+  );
 
   const links = document.createElement("span");
   links.className = "links";
@@ -447,6 +561,7 @@ function init() {
   $("create-form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", cancelJob);
   $("refresh-history").addEventListener("click", refreshHistory);
+  initImageInput();
   loadPresets();
   refreshHistory();
 }

@@ -7,11 +7,15 @@ downloaded. Each job's prompt is unique so no result cache can answer it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.images import png
 
 pytestmark = pytest.mark.browser
 
@@ -35,6 +39,15 @@ TIMEOUT_MS = 60_000
 PLAYED = {"size": "320x256", "num_frames": "9", "num_inference_steps": "100"}
 # ~35 ms per step: 100 steps are ~3.5 s of denoising to cancel in.
 CANCELLED = {"size": "640x480", "num_frames": "9", "num_inference_steps": "100"}
+# Image to video, small and quick; the 160x120 picture dropped on the page is scaled and cropped to it.
+FROM_IMAGE = {"size": "128x96", "num_frames": "9", "num_inference_steps": "4"}
+# A DataTransfer holding one file, as the browser builds it for a file dragged in from the desktop.
+FILE_TRANSFER = """([b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type}));
+  return transfer;
+}"""
 
 # True once the progress text reads "Step k of n" with 0 < k < n; k >= n/4 so the
 # screenshot shows a bar visibly on its way (all 100 steps are seen one by one).
@@ -225,3 +238,79 @@ def test_api_key_is_kept_and_sent_and_progress_is_polled(page):
     assert all(auth == "Bearer sk-test-123" for _, auth in api_calls), api_calls
     assert not any(url.endswith("/events") for url, _ in api_calls), "a key must switch SSE off"
     assert any(re.search(r"/v1/videos/video_\w+$", url) for url, _ in api_calls), "expected polling"
+
+
+def test_an_image_is_picked_or_dropped_shown_sent_and_the_video_plays(page, client, tmp_path):
+    from playwright.sync_api import expect
+
+    picked = tmp_path / "picked.png"
+    picked.write_bytes(png(64, 48, seed=1))
+    dropped = png(160, 120, seed=2)
+    preview = page.locator("#image-preview")
+    caption = page.locator("#image-caption")
+    drop_zone = page.locator("#image-drop")
+    expect(preview).to_be_hidden()
+
+    # The picker: a thumbnail, the name and the size before anything is sent.
+    page.locator("#image").set_input_files(picked)
+    expect(preview).to_be_visible()
+    expect(caption).to_contain_text("picked.png · 64x48")
+    expect(page.locator("#image-thumb")).to_have_attribute("src", re.compile("^blob:"))
+    page.wait_for_function("() => document.getElementById('image-thumb').naturalWidth === 64")
+    # Removed: nothing shown, and the picker is empty again.
+    page.get_by_role("button", name="Remove image").click()
+    expect(preview).to_be_hidden()
+    expect(page.locator("#image-thumb")).not_to_have_attribute("src", re.compile("."))
+    assert page.locator("#image").evaluate("input => input.value") == ""
+
+    # Drag and drop: the zone lights up while a file is over it, and takes the file dropped.
+    transfer = page.evaluate_handle(FILE_TRANSFER, [base64.b64encode(dropped).decode(), "dropped.png", "image/png"])
+    drop_zone.dispatch_event("dragenter", {"dataTransfer": transfer})
+    expect(drop_zone).to_have_class(re.compile(r"\bdragover\b"))
+    drop_zone.dispatch_event("drop", {"dataTransfer": transfer})
+    expect(drop_zone).not_to_have_class(re.compile(r"\bdragover\b"))
+    expect(caption).to_contain_text("dropped.png · 160x120")
+
+    fill_job(page, unique_prompt("the lighthouse beam sweeps over the sea"), FROM_IMAGE)
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/videos")) as posted:
+        page.get_by_role("button", name="Generate").click()
+    # As the OpenAI SDK sends it: multipart, the picture as the file part input_reference.
+    assert posted.value.header_value("content-type").startswith("multipart/form-data; boundary=")
+    expect(page.locator("#status")).to_have_text("Completed")
+    expect(page.locator("#job-error")).to_be_hidden()
+    video_id = page.locator("#job-id").text_content()
+    # The service ran the job from the dropped picture (not the removed one): its hash is the job's.
+    job = client.get(f"/v1/videos/{video_id}").json()
+    assert job["input_reference_sha256"] == hashlib.sha256(dropped).hexdigest(), job
+
+    player = page.locator("video#player")
+    expect(player).to_have_attribute("src", f"/v1/videos/{video_id}/content")
+    page.wait_for_function(PLAYABLE)
+    assert player.evaluate("v => [v.videoWidth, v.videoHeight]") == [128, 96]
+    player.evaluate("v => { v.muted = true; return v.play(); }")
+    page.wait_for_function("() => document.getElementById('player').ended")
+    expect(page.locator(f"#history li[data-id='{video_id}'] .meta")).to_contain_text("from an image")
+    # Like the prompt, the picture stays chosen for the next job.
+    expect(preview).to_be_visible()
+    page.screenshot(path=DOCS / "screenshot-image.png", full_page=True)
+
+
+def test_an_image_the_server_refuses_is_shown_with_its_message(page):
+    from playwright.sync_api import expect
+
+    not_a_picture = {"name": "notes.png", "mimeType": "image/png", "buffer": b"plain text, not a picture"}
+    page.locator("#image").set_input_files(not_a_picture)
+    # The page sends it anyway: what the model can start from is the server's to judge.
+    expect(page.locator("#image-caption")).to_contain_text("notes.png · no preview")
+    fill_job(page, unique_prompt("a picture that is not one"), FROM_IMAGE)
+    page.get_by_role("button", name="Generate").click()
+
+    error = page.locator("#form-error")
+    expect(error).to_contain_text("input_reference is not a PNG, JPEG or WebP image")
+    expect(page.locator("#image-drop")).to_have_class(re.compile(r"\binvalid\b"))
+    expect(page.locator("#image")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job")).to_be_hidden()
+    # Removing the picture clears the mark; the form is text to video again.
+    page.get_by_role("button", name="Remove image").click()
+    expect(page.locator("#image-drop")).not_to_have_class(re.compile(r"\binvalid\b"))
+    expect(page.locator("#image")).not_to_have_attribute("aria-invalid", "true")
