@@ -39,8 +39,9 @@ class PromptEncoder(ModelStage):
     def _text(self, text: str):
         hits = self._cached_text.cache_info().hits
         embeds = self._cached_text(text)
-        if self._cached_text.cache_info().hits > hits:
-            metrics.embedding_cache_hit()
+        # A miss is reported too: the hit ratio, not the hit count, says whether
+        # `embedding_cache_size` is large enough for the traffic.
+        metrics.embedding_cache_lookup(self._cached_text.cache_info().hits > hits)
         return embeds
 
     def _encode(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:

@@ -1,9 +1,10 @@
-"""The service's metrics, for the Ray dashboard and Prometheus.
+"""The service's metrics, for Prometheus and the Grafana dashboard in configs/grafana/.
 
 Defined through `ray.serve.metrics` (Ray exports them on each node's metrics
-port, in Prometheus format, with the deployment and replica as tags). Created
-lazily, once per process, so importing this module costs nothing and code
-without Ray (unit tests) can run with metrics off.
+port, in Prometheus format, with the application, deployment and replica as
+tags). The Ray dashboard does not chart them; docs/operations.md says what
+does. Created lazily, once per process, so importing this module costs nothing
+and code without Ray (unit tests) can run with metrics off.
 
 | metric | type | tags | what |
 | --- | --- | --- | --- |
@@ -15,7 +16,7 @@ without Ray (unit tests) can run with metrics off.
 | wan_step_seconds | histogram | | one denoising step (both guidance passes) |
 | wan_cache_{hits,misses}_total | counter | | result cache lookups (gateways) |
 | wan_cache_{fills,evictions}_total | counter | | result cache writes (deployments/result_cache.py) |
-| wan_embedding_cache_hits_total | counter | | prompt embeddings reused |
+| wan_embedding_cache_{hits,misses}_total | counter | | prompt-encoder embedding cache lookups, per text (prompt or negative prompt) |
 | wan_gpu_memory_bytes | gauge | kind | torch allocated/reserved/peak (last call), NVML used/total, per model replica |
 | wan_gpu_utilization_percent | gauge | | NVML utilisation of the replica's GPU |
 | wan_gpu_oom_total | counter | stage, outcome | model calls that ran out of GPU memory: recovered (fallback ran) or failed |
@@ -46,6 +47,7 @@ NAMES = (
     "wan_cache_fills_total",
     "wan_cache_evictions_total",
     "wan_embedding_cache_hits_total",
+    "wan_embedding_cache_misses_total",
     "wan_gpu_memory_bytes",
     "wan_gpu_utilization_percent",
     "wan_admissions_total",
@@ -140,8 +142,10 @@ def cache_lookup(hit: bool) -> None:
     _metric("counter", name, f"Result cache {'hits' if hit else 'misses'}.").inc()
 
 
-def embedding_cache_hit() -> None:
-    _metric("counter", "wan_embedding_cache_hits_total", "Prompt embeddings reused.").inc()
+def embedding_cache_lookup(hit: bool) -> None:
+    """One text looked up in a prompt encoder's embedding cache (a miss runs the text encoder)."""
+    name = "wan_embedding_cache_hits_total" if hit else "wan_embedding_cache_misses_total"
+    _metric("counter", name, f"Prompt embedding cache {'hits' if hit else 'misses'} (per text).").inc()
 
 
 def gpu_memory(kind: str, value: float) -> None:

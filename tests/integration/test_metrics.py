@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray._common.test_utils import wait_for_condition
 
-from tests.helpers.app import ADMIN_KEY
+from tests.helpers.app import ADMIN_KEY, APP_NAME
 from tests.helpers.metrics import samples, scrape, total
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,9 @@ def test_metrics_after_a_few_jobs(client):
             "cache hits": total(text, "wan_cache_hits_total") >= 1,
             "cache misses": total(text, "wan_cache_misses_total") >= 2,
             "cache fills": total(text, "wan_cache_fills_total") >= 2,
+            # Two new prompts, and the default negative prompt encoded once and then reused.
+            "embedding misses": total(text, "wan_embedding_cache_misses_total") >= 2,
+            "embedding hits": total(text, "wan_embedding_cache_hits_total") >= 1,
             "eta error": total(text, "wan_eta_ratio_count") >= 2,
             # Admission (off in this app: every create is admitted as asked, tier "exact").
             "admissions": total(text, "wan_admissions_total", 'outcome="sync"') >= 2,
@@ -53,5 +56,10 @@ def test_metrics_after_a_few_jobs(client):
         wait_for_condition(exported, timeout=90, retry_interval_ms=1000)
     except RuntimeError:
         pytest.fail(f"metrics missing or wrong: {[k for k, ok in state['checks'].items() if not ok]}")
+    text = scrape()
+    # The Grafana dashboard filters every query by its Application variable:
+    # Ray Serve tags what a replica reports with the application's name.
+    untagged = [labels for labels, _ in samples(text, "wan_jobs_total") if f'application="{APP_NAME}"' not in labels]
+    assert samples(text, "wan_jobs_total") and not untagged, untagged
     # GPU memory and utilisation are reported by model replicas on a GPU only.
-    assert not samples(scrape(), "wan_gpu_memory_bytes")
+    assert not samples(text, "wan_gpu_memory_bytes")

@@ -7,30 +7,15 @@ import yaml
 
 from serve_app.config import ServiceArgs
 from serve_app.paths import CONFIG_DIR
+from tests.helpers.gpu_packing import MODEL_STAGES, first_fit
 
 # config file -> cards it packs
 GPU_CONFIGS = {"serve_gpu.yaml": 1, "serve_gpu_2x.yaml": 2}
-MODEL_STAGES = ("prompt_encoder", "denoiser", "video_encoder")
 
 
 def load(name: str) -> ServiceArgs:
     raw = yaml.safe_load((CONFIG_DIR / name).read_text())["applications"][0]["args"]
     return ServiceArgs.model_validate(raw)
-
-
-def first_fit(fractions: list[float], cards: int, apart: list[str]) -> list[list[str]] | None:
-    """Ray-like placement of every replica at its most; None if some replica finds no card."""
-    free = [1.0] * cards
-    placed: list[list[str]] = [[] for _ in range(cards)]
-    for fraction, name in sorted(zip(fractions, apart), reverse=True):
-        for card in range(cards):
-            if free[card] + 1e-9 >= fraction:
-                free[card] -= fraction
-                placed[card].append(name)
-                break
-        else:
-            return None
-    return placed
 
 
 @pytest.mark.parametrize("name, cards", GPU_CONFIGS.items())
