@@ -3,7 +3,7 @@
     wan-video generate "a lighthouse at dusk" --size 256x128 --frames 17 -o lighthouse.mp4
     wan-video status video_...        wan-video list --limit 5
     wan-video cancel video_...        wan-video download video_... -o out.mp4
-    wan-video serve --config serve_config.yaml
+    wan-video serve [--config configs/serve_gpu.yaml] [--check]
 
 Exit codes: 0 ok; 1 the job failed (or `status` of a failed job); 2 usage
 error, or an error answer of the service (its message goes to stderr);
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.api.protocol import VideoObject
+from serve_app.cli_serve import add_serve_parser, cmd_serve, serve_command
 from serve_app.client import DEFAULT_URL, ClientError, VideoClient
+
+__all__ = ["build_parser", "main", "serve_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 # sysexits' EX_TEMPFAIL: the service is busy (429/503); the same command may work later.
@@ -200,38 +202,6 @@ def cmd_download(client: VideoClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- serve ----------------------------------------------------------------------------
-
-
-def serve_command(config: str) -> list[str]:
-    """`serve run CONFIG` with the Ray of this Python environment.
-
-    The `serve` console script is installed next to this interpreter (the
-    venv's bin/), which need not be on PATH; `python -m ray.serve.scripts`
-    is the same CLI when no script was installed.
-    """
-    script = Path(sys.executable).parent / "serve"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script), "run", config]
-    found = shutil.which("serve")
-    if found:
-        return [found, "run", config]
-    return [sys.executable, "-m", "ray.serve.scripts", "run", config]
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    if not Path(args.config).is_file():
-        _err(f"config {args.config!r} does not exist (run from the project root, or pass --config)")
-        return EXIT_ERROR
-    command = serve_command(args.config)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # exec, not a child: Ctrl-C and SIGTERM reach `serve run` directly, which
-    # shuts the application down cleanly.
-    os.execv(command[0], command)
-    return EXIT_ERROR  # not reached
-
-
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -285,9 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--thumbnail", action="store_true", help="the JPEG thumbnail instead")
     download.set_defaults(run=cmd_download)
 
-    serve = sub.add_parser("serve", help="run the application (serve run CONFIG) in the foreground")
-    serve.add_argument("--config", default="serve_config.yaml", help="Ray Serve config (default serve_config.yaml)")
-    serve.set_defaults(run=None)
+    add_serve_parser(sub)
     return parser
 
 

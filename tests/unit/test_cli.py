@@ -150,3 +150,32 @@ def test_serve_uses_the_serve_script_of_this_environment():
 def test_serve_with_a_missing_config_exits_2(tmp_path, capsys):
     assert cli.main(["serve", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_port_and_host_override_the_config(monkeypatch, tmp_path):
+    import yaml
+
+    from serve_app import cli_serve
+
+    config = tmp_path / "app.yaml"
+    config.write_text("http_options: {host: 127.0.0.1, port: 8000}\napplications: []\n")
+    ran = []
+    monkeypatch.setattr(cli_serve.os, "execv", lambda path, argv: ran.append(argv))
+    cli.main(["serve", "--config", str(config), "--port", "8123", "--host", "0.0.0.0"])
+    [argv] = ran
+    assert argv[-2] == "run"
+    assert yaml.safe_load(Path(argv[-1]).read_text())["http_options"] == {"host": "0.0.0.0", "port": 8123}
+    Path(argv[-1]).unlink()
+
+
+def test_serve_finds_shipped_configs_by_name_from_anywhere(monkeypatch, tmp_path):
+    from serve_app import cli_serve
+    from serve_app.paths import CONFIG_DIR, DEFAULT_SERVE_CONFIG
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_serve.find_config(None) == DEFAULT_SERVE_CONFIG
+    assert cli_serve.find_config("serve_config.yaml") == DEFAULT_SERVE_CONFIG
+    assert cli_serve.find_config("configs/serve_gpu.yaml") == CONFIG_DIR / "serve_gpu.yaml"
+    assert cli_serve.find_config("serve_gpu.yaml") == CONFIG_DIR / "serve_gpu.yaml"
+    (tmp_path / "serve_gpu.yaml").write_text("applications: []\n")
+    assert cli_serve.find_config("serve_gpu.yaml") == tmp_path / "serve_gpu.yaml"  # the user's own file first
