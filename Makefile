@@ -1,44 +1,61 @@
 # Two commands on a fresh machine:
-#   make run    install into .venv and serve the app (tiny model, CPU) on http://127.0.0.1:8000
-#   make test   install into .venv (and redis-server, chromium via apt) and run the whole test suite
+#   make run    install into .venv (runtime dependencies only) and serve the app (tiny model, CPU)
+#               on http://127.0.0.1:8000
+#   make test   install into .venv with the test extras (and redis-server, chromium via apt) and run
+#               the whole test suite
+# `make wheel` builds dist/wan_serve-*.whl: `pip install dist/wan_serve-*.whl` (or `pip install .`),
+# then `wan-video serve` from any directory (docs/cli.md, "Installing").
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-STAMP  := $(VENV)/.installed
+# One stamp per install level: `make run` never brings pytest, playwright, moto...; `make test`
+# adds them on top of the runtime install.
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install run lint test test-deps test-unit test-integration clean
+.PHONY: install install-test run lint test test-deps test-unit test-integration wheel clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): $(RUN_STAMP) pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/serve run serve_config.yaml
+install-test: $(TEST_STAMP)
+
+run: $(RUN_STAMP)
+	$(VENV)/bin/wan-video serve
 
 # redis-server and chromium come from apt, not pip (scripts/test-deps.sh).
 test-deps:
 	bash scripts/test-deps.sh
 
 # ruff (lint, format) and mypy (strict on settings, params, policy, errors, handles): pyproject.toml.
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: $(STAMP) test-deps lint
+test: $(TEST_STAMP) test-deps lint
 	$(PY) -m pytest
 
-test-unit: $(STAMP) test-deps
+test-unit: $(TEST_STAMP) test-deps
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP) test-deps
+test-integration: $(TEST_STAMP) test-deps
 	$(PY) -m pytest tests/integration
 
+# A wheel of the project alone (its dependencies come from PyPI when it is installed).
+wheel: $(RUN_STAMP)
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache build dist *.egg-info

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from serve_app.paths import resolve
+from serve_app.paths import resolve_data
 from serve_app.settings.access import AccessConfig
 from serve_app.settings.admission import AdmissionConfig
 from serve_app.settings.base import StrictModel
@@ -81,7 +81,13 @@ class ServiceArgs(StrictModel):
         default_factory=dict, description="Profile fields to override, e.g. {dtype: float16}."
     )
     presets_file: str = Field("configs/presets.yaml", description="Presets and limits file.")
-    data_dir: str = Field("data", description="Where videos and the tiny model are kept.")
+    data_dir: str = Field(
+        "",
+        description="Where jobs, videos, caches and the tiny model are kept. '' = the default: "
+        "$WAN_VIDEO_DATA_DIR if set, else <checkout>/data in a source checkout, else $XDG_DATA_HOME/wan-video "
+        "(~/.local/share/wan-video) for an installed package. A relative path is taken from the checkout root, or "
+        "from that user data directory; never from the working directory (Ray replicas run elsewhere).",
+    )
     default_deadline_s: float = Field(30.0, gt=0, description="Deadline of a request that names none.")
     max_deadline_s: float = Field(600.0, gt=0, description="Largest deadline a request may ask for.")
     warmup: bool = Field(True, description="Run one tiny generation per stage at replica start.")
@@ -283,14 +289,14 @@ class ServiceArgs(StrictModel):
 
     @property
     def data_path(self) -> Path:
-        return resolve(self.data_dir)
+        return resolve_data(self.data_dir)
 
     @property
     def checkpoint_path(self) -> Path:
-        return resolve(self.checkpoint_dir) if self.checkpoint_dir else self.data_path / "checkpoints"
+        return resolve_data(self.checkpoint_dir) if self.checkpoint_dir else self.data_path / "checkpoints"
 
     @property
     def compile_cache_path(self) -> Path | None:
         if self.compile_cache_dir == "off":
             return None
-        return resolve(self.compile_cache_dir) if self.compile_cache_dir else self.data_path / "compile-cache"
+        return resolve_data(self.compile_cache_dir) if self.compile_cache_dir else self.data_path / "compile-cache"

@@ -150,3 +150,104 @@ def test_serve_uses_the_serve_script_of_this_environment():
 def test_serve_with_a_missing_config_exits_2(tmp_path, capsys):
     assert cli.main(["serve", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- delete, wait, presets, --image, unreachable, help ------------------------------------
+
+
+def test_delete_sends_one_delete_per_id(service, capsys):
+    service["handler"] = lambda r: httpx.Response(200, json={"id": r.url.path.rsplit("/", 1)[1], "deleted": True})
+    assert cli.main(["delete", "video_a", "video_b", "--url", "http://svc"]) == 0
+    assert [(r.method, r.url.path) for r in service["requests"]] == [
+        ("DELETE", "/v1/videos/video_a"),
+        ("DELETE", "/v1/videos/video_b"),
+    ]
+    assert capsys.readouterr().out.splitlines() == ["video_a: deleted", "video_b: deleted"]
+
+
+def test_wait_of_a_failed_job_exits_1_without_following_it(service, capsys):
+    failed = video(status="failed", error={"code": "deadline_exceeded", "message": "stopped at step 2"})
+    service["handler"] = lambda r: httpx.Response(200, json=failed)
+    assert cli.main(["wait", "video_abc", "--url", "http://svc"]) == 1
+    assert [r.url.path for r in service["requests"]] == ["/v1/videos/video_abc"]
+    assert "video_abc failed: deadline_exceeded: stopped at step 2" in capsys.readouterr().err
+
+
+def test_presets_json_is_the_services_answer(service, capsys):
+    answer = {"presets": {}, "limits": {}, "default_preset": "preview"}
+    service["handler"] = lambda r: httpx.Response(200, json=answer)
+    assert cli.main(["presets", "--json", "--url", "http://svc"]) == 0
+    assert json.loads(capsys.readouterr().out) == answer
+    assert service["requests"][0].url.path == "/v1/presets"
+
+
+def test_generate_with_an_image_sends_it_as_the_sdk_does(service, tmp_path):
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG fake")
+    service["handler"] = lambda r: httpx.Response(202, json=video())
+    argv = ["generate", "a cat", "--image", str(tmp_path / "cat.png"), "--frames", "9", "--seed", "3", "--no-wait"]
+    assert cli.main([*argv, "--url", "http://svc"]) == 0
+    post = service["requests"][0]
+    assert post.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert post.headers["prefer"] == "respond-async"
+    body = post.content
+    assert b'name="input_reference"; filename="cat.png"\r\nContent-Type: image/png\r\n\r\n\x89PNG fake' in body
+    for name, value in (("prompt", b"a cat"), ("num_frames", b"9"), ("seed", b"3")):
+        assert f'name="{name}"\r\n\r\n'.encode() + value in body
+
+
+def test_an_unreachable_service_exits_69_saying_how_to_start_it(monkeypatch, capsys):
+    def refuse(request):
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    real = VideoClient
+    monkeypatch.setattr(cli, "VideoClient", lambda *a, **k: real(*a, transport=httpx.MockTransport(refuse), **k))
+    assert cli.main(["list", "--url", "http://svc"]) == cli.EXIT_UNREACHABLE == 69
+    err = capsys.readouterr().err
+    assert "cannot reach http://svc" in err and "`wan-video serve`" in err and "$WAN_VIDEO_URL" in err
+
+
+def _subcommands(parser):
+    import argparse
+
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_option_of_every_command_has_help_and_every_help_lists_the_exit_codes():
+    parser = cli.build_parser()
+    for name, command in _subcommands(parser).items():
+        for action in command._actions:
+            assert action.help, f"wan-video {name}: {action.option_strings or action.dest} has no help text"
+        if name != "serve":
+            assert "exit codes:" in command.format_help(), name
+    for code in (0, 1, 2, 69, 75, 130):
+        assert f"\n  {code} " in parser.format_help()
+
+
+def test_serve_port_and_host_override_the_config(monkeypatch, tmp_path):
+    import yaml
+
+    from serve_app import cli_serve
+
+    config = tmp_path / "app.yaml"
+    config.write_text("http_options: {host: 127.0.0.1, port: 8000}\napplications: []\n")
+    ran = []
+    monkeypatch.setattr(cli_serve.os, "execv", lambda path, argv: ran.append(argv))
+    cli.main(["serve", "--config", str(config), "--port", "8123", "--host", "0.0.0.0"])
+    [argv] = ran
+    assert argv[-2] == "run"
+    assert yaml.safe_load(Path(argv[-1]).read_text())["http_options"] == {"host": "0.0.0.0", "port": 8123}
+    Path(argv[-1]).unlink()
+
+
+def test_serve_finds_shipped_configs_by_name_from_anywhere(monkeypatch, tmp_path):
+    from serve_app import cli_serve
+    from serve_app.paths import CONFIG_DIR, DEFAULT_SERVE_CONFIG
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_serve.find_config(None) == DEFAULT_SERVE_CONFIG
+    assert cli_serve.find_config("serve_config.yaml") == DEFAULT_SERVE_CONFIG
+    assert cli_serve.find_config("configs/serve_gpu.yaml") == CONFIG_DIR / "serve_gpu.yaml"
+    assert cli_serve.find_config("serve_gpu.yaml") == CONFIG_DIR / "serve_gpu.yaml"
+    (tmp_path / "serve_gpu.yaml").write_text("applications: []\n")
+    assert cli_serve.find_config("serve_gpu.yaml") == tmp_path / "serve_gpu.yaml"  # the user's own file first
