@@ -59,7 +59,7 @@ ReplicaSource = Callable[[], ReplicaCount | int | None]
 
 def webhook_config(args: ServiceArgs, env: Mapping[str, str] | None = None) -> WebhookConfig:
     secret = (os.environ if env is None else env).get(args.webhook_secret_env, "")
-    # No secret, no webhooks: a webhook_url is then refused with a 422 rather
+    # No secret, no webhooks: a webhook_url is then refused with a 400 rather
     # than the gateway refusing to start (make run sets no secret).
     return WebhookConfig(
         enabled=bool(secret),

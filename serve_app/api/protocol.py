@@ -21,7 +21,7 @@ class ImageReference(BaseModel):
         description="The image as a base64 data URL, 'data:image/png;base64,...' (PNG, JPEG or WebP). "
         "Remote http(s) URLs are refused.",
     )
-    file_id: str | None = Field(None, max_length=200, description="OpenAI file ids are not served here (422).")
+    file_id: str | None = Field(None, max_length=200, description="OpenAI file ids are not served here (400).")
 
 
 class CreateVideoRequest(BaseModel):

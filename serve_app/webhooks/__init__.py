@@ -11,7 +11,7 @@ per concern:
     signing.py      sign / verify (https://www.standardwebhooks.com)
     destination.py  check_destination: the SSRF check, DNS pinning
     delivery.py     deliver: signed POST with retries and backoff
-    errors.py       WebhookRejected (422), WebhookUnresolved (retried)
+    errors.py       WebhookRejected (400), WebhookUnresolved (retried)
 
 Everything callers use is re-exported here: `from serve_app.webhooks import deliver`.
 """
