@@ -375,4 +375,7 @@ class VideoCreator(CachedAnswers):
             webhook_url=request.webhook_url,
             key_id=key_id,
         )
+        if request.seconds_echo is not None:
+            job.video.seconds = request.seconds_echo  # OpenAI echoes `seconds` as sent
+        job.video.remixed_from_video_id = request.remixed_from
         return job
