@@ -7,6 +7,12 @@ OpenAI error shape with a stable ``code``:
 
 Messages quote the offending values so that a log line alone explains a
 failure.
+
+Statuses are OpenAI's where OpenAI defines them (400 for an invalid parameter,
+401, 403, 404, 409, 429, 5xx), so its SDK raises its usual exception classes.
+`retryable` becomes the `x-should-retry` header, which the SDK obeys before its
+own rule (retry 408/409/429/5xx twice, without an idempotency key): a final
+answer says `false`, so a retry never starts the same generation again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ class ServiceError(Exception):
     status_code: int = 500
     code: str = "internal_error"
     error_type: str = "server_error"
+    # x-should-retry: True (asking again is safe and may succeed), False (final: the same
+    # request gets the same answer, or would start the same work again), None (no opinion:
+    # the client's own rule). An instance may say otherwise than its class (create.py: any
+    # error after a job exists is final).
+    retryable: bool | None = None
 
     def __init__(self, message: str, *, param: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -52,27 +63,34 @@ def _rebuild(cls: type[ServiceError], message: str, param: str | None, details: 
     return cls(message, param=param, **details)
 
 
-class InvalidRequest(ServiceError):
-    """A request field is outside what the service accepts (HTTP 422)."""
+class RequestRefused(ServiceError):
+    """The request itself is at fault: the same request gets the same answer (final)."""
 
-    status_code = 422
-    code = "invalid_request"
+    status_code = 400
     error_type = "invalid_request_error"
+    retryable = False
+
+
+class InvalidRequest(RequestRefused):
+    """A request field is outside what the service accepts (HTTP 400, OpenAI's status for it)."""
+
+    status_code = 400
+    code = "invalid_request"
 
 
 class InvalidImage(InvalidRequest):
-    """An image field (`input_reference`) is not a picture the model can start from (HTTP 422)."""
+    """An image field (`input_reference`) is not a picture the model can start from (HTTP 400)."""
 
     code = "invalid_image"
 
 
-class NotFound(ServiceError):
+class NotFound(RequestRefused):
     status_code = 404
     code = "not_found"
     error_type = "invalid_request_error"
 
 
-class VideoNotReady(ServiceError):
+class VideoNotReady(RequestRefused):
     """Content was asked for before the video finished (HTTP 409)."""
 
     status_code = 409
@@ -80,7 +98,7 @@ class VideoNotReady(ServiceError):
     error_type = "invalid_request_error"
 
 
-class Unauthorized(ServiceError):
+class Unauthorized(RequestRefused):
     """No or a wrong key (HTTP 401)."""
 
     status_code = 401
@@ -88,7 +106,7 @@ class Unauthorized(ServiceError):
     error_type = "authentication_error"
 
 
-class Forbidden(ServiceError):
+class Forbidden(RequestRefused):
     """The key is fine but may not do this, or the feature is off (HTTP 403)."""
 
     status_code = 403
@@ -96,7 +114,7 @@ class Forbidden(ServiceError):
     error_type = "permission_error"
 
 
-class VideoExpired(ServiceError):
+class VideoExpired(RequestRefused):
     """The video's files are past `expires_at` (HTTP 410)."""
 
     status_code = 410
@@ -104,7 +122,7 @@ class VideoExpired(ServiceError):
     error_type = "invalid_request_error"
 
 
-class ImageGone(ServiceError):
+class ImageGone(RequestRefused):
     """A job's first-frame image is no longer stored (kept `image_input.keep_s`): send it again (HTTP 410)."""
 
     status_code = 410
@@ -112,7 +130,7 @@ class ImageGone(ServiceError):
     error_type = "invalid_request_error"
 
 
-class Conflict(ServiceError):
+class Conflict(RequestRefused):
     """The request does not fit the resource's state, e.g. cancelling a finished job (HTTP 409)."""
 
     status_code = 409
@@ -120,7 +138,14 @@ class Conflict(ServiceError):
     error_type = "invalid_request_error"
 
 
-class DeadlineExceeded(ServiceError):
+class JobOutcome(ServiceError):
+    """How a generation ended when it did not complete: final, since asking again starts
+    another generation (the SDK would otherwise retry a 5xx twice)."""
+
+    retryable = False
+
+
+class DeadlineExceeded(JobOutcome):
     """The request's deadline passed; work stopped at a step boundary (HTTP 504)."""
 
     status_code = 504
@@ -128,7 +153,7 @@ class DeadlineExceeded(ServiceError):
     error_type = "timeout_error"
 
 
-class RequestCancelled(ServiceError):
+class RequestCancelled(JobOutcome):
     """The client went away or cancelled; work stopped at a step boundary.
 
     499 is nginx's "client closed request": nobody usually reads it, but logs do.
@@ -139,7 +164,7 @@ class RequestCancelled(ServiceError):
     error_type = "cancelled"
 
 
-class ModelLoadError(ServiceError):
+class ModelLoadError(JobOutcome):
     """A model profile could not be loaded (missing weights, missing backend)."""
 
     status_code = 503
@@ -147,7 +172,7 @@ class ModelLoadError(ServiceError):
     error_type = "server_error"
 
 
-class StageFailed(ServiceError):
+class StageFailed(JobOutcome):
     """A pipeline stage raised something unexpected."""
 
     status_code = 500
@@ -166,7 +191,7 @@ class StageLost(StageFailed):
     code = "stage_lost"
 
 
-class RequestTooLarge(ServiceError):
+class RequestTooLarge(RequestRefused):
     """The body, a multipart part or a list is larger than the service accepts (HTTP 413)."""
 
     status_code = 413
@@ -180,6 +205,7 @@ class RetryLater(ServiceError):
     status_code = 429
     code = "retry_later"
     error_type = "rate_limit_error"
+    retryable = True  # refused before any work started: asking again later is what is asked for
 
     def __init__(self, message: str, *, retry_after_s: float, param: str | None = None, **details: Any) -> None:
         # Whole seconds, at least one: Retry-After takes an integer, and 0 invites a hot loop.
@@ -223,7 +249,7 @@ class ServiceUnavailable(RetryLater):
     error_type = "server_error"
 
 
-class GpuOutOfMemory(ServiceError):
+class GpuOutOfMemory(JobOutcome):
     """A stage ran out of GPU memory, also on its lower-memory retry (HTTP 503)."""
 
     status_code = 503

@@ -85,28 +85,112 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def allowed_seconds(fps: int, limits: GenerationLimits) -> list[str]:
+    """The `seconds` values that make a valid video at `fps`, each written so that it does:
+    frames = seconds x fps + 1 must be a whole 4k+1 within the limits. Lengths with no exact
+    decimal (k/6 s at 24 fps) are left out: `num_frames` reaches those."""
+    modulus = limits.frames_modulus
+    first = -(-(limits.min_frames - 1) // modulus) * modulus + 1
+    allowed = []
+    for frames in range(first, limits.max_frames + 1, modulus):
+        text = format(round((frames - 1) / fps, 4), "g")
+        if float(text) * fps + 1 == frames:  # the very test frames_for_seconds applies
+            allowed.append(text)
+    return allowed
+
+
+def _seconds_refused(
+    seconds: Any, fps: int, reason: str, value: float | None, limits: GenerationLimits
+) -> InvalidRequest:
+    """An error about `seconds` (never `num_frames`, which the client did not send) that lists
+    the values allowed at this fps and the nearest ones."""
+    allowed = allowed_seconds(fps, limits)
+    span = (
+        f"frames = seconds x fps + 1 must be {limits.frames_modulus}k+1 "
+        f"between {limits.min_frames} and {limits.max_frames}"
+    )
+    if not allowed:
+        return InvalidRequest(
+            f"seconds={seconds!r} {reason}; no seconds value gives whole frames at fps={fps} ({span}): give num_frames",
+            param="seconds",
+            allowed=[],
+        )
+    message = f"seconds={seconds!r} {reason}; allowed at fps={fps} ({span}): {', '.join(allowed)}"
+    if value is not None and math.isfinite(value):
+        below = [a for a in allowed if float(a) <= value]
+        above = [a for a in allowed if float(a) >= value]
+        nearest = list(dict.fromkeys([*below[-1:], *above[:1]]))
+        message += f"; nearest: {' or '.join(nearest)}"
+    return InvalidRequest(message, param="seconds", allowed=allowed)
+
+
 def frames_for_seconds(seconds: Any, fps: int, num_frames: int | None, limits: GenerationLimits) -> int:
     """OpenAI's `seconds` -> frames: seconds x fps + 1 (the first frame is t=0)."""
     if num_frames is not None:
         raise InvalidRequest("give either seconds or num_frames, not both", param="seconds")
+    # The allowed seconds depend on fps (and a zero fps would divide by zero below).
+    _check_range("fps", fps, limits.min_fps, limits.max_fps)
     try:
         value = float(seconds)
     except (TypeError, ValueError):
-        raise InvalidRequest(f"seconds={seconds!r} is not a number", param="seconds") from None
-    if not math.isfinite(value):  # int(nan) and int(inf) raise below: a 500, not the client's 422
-        raise InvalidRequest(f"seconds={seconds!r} is not a finite number", param="seconds")
+        raise _seconds_refused(seconds, fps, "is not a number", None, limits) from None
+    if not math.isfinite(value):  # int(nan) and int(inf) raise below: a 500, not the client's 400
+        raise _seconds_refused(seconds, fps, "is not a finite number", None, limits)
     frames = value * fps + 1
     if not math.isfinite(frames) or frames > limits.max_frames:  # 1e308 * 24 is inf: int() would raise
-        raise InvalidRequest(
-            f"seconds={seconds} at fps={fps} gives more than max_frames={limits.max_frames} frames", param="seconds"
+        count = f"{frames:g} frames, " if math.isfinite(frames) else ""
+        raise _seconds_refused(
+            seconds, fps, f"at fps={fps} gives {count}more than max_frames={limits.max_frames}", value, limits
+        )
+    if frames < limits.min_frames:
+        raise _seconds_refused(
+            seconds,
+            fps,
+            f"at fps={fps} gives {frames:g} frames, fewer than min_frames={limits.min_frames}",
+            value,
+            limits,
         )
     if frames != int(frames) or (int(frames) - 1) % limits.frames_modulus:
-        raise InvalidRequest(
-            f"seconds={seconds} at fps={fps} gives {frames:g} frames; frames must be a whole number of the "
-            f"form {limits.frames_modulus}k+1 (e.g. seconds=2 at fps=24 is 49 frames)",
-            param="seconds",
+        raise _seconds_refused(
+            seconds, fps, f"at fps={fps} gives {frames:g} frames, not a whole {limits.frames_modulus}k+1", value, limits
         )
     return int(frames)
+
+
+def size_problem(width: int, height: int, limits: GenerationLimits) -> str | None:
+    """Why the model cannot make `width`x`height`, or None if it can."""
+    for field, side in (("width", width), ("height", height)):
+        if not limits.min_side <= side <= limits.max_side:
+            return f"{field} {side} is outside [{limits.min_side}, {limits.max_side}]"
+        if side % limits.side_multiple:
+            return (
+                f"{field} {side} is not a multiple of {limits.side_multiple} "
+                "(the 5B VAE's 16x downsampling times the DiT's 2x2 patches)"
+            )
+    if width * height > limits.max_pixels:
+        return f"it has {width * height} pixels; at most {limits.max_pixels} are allowed"
+    return None
+
+
+def nearest_sizes(width: int, height: int, limits: GenerationLimits, count: int = 3) -> list[str]:
+    """The `count` makeable sizes closest to `width`x`height`: by how far their aspect ratio
+    and their area are from its (as logarithms, so 2x too big and 2x too small are as far),
+    larger first on a tie: 1280x720 -> 1280x704, 1248x704, 1248x736."""
+    target_aspect = math.log(max(width, 1) / max(height, 1))
+    target_area = math.log(max(width, 1) * max(height, 1))
+    step = limits.side_multiple
+    sides = range(-(-limits.min_side // step) * step, limits.max_side + 1, step)
+    ranked = sorted(
+        (
+            abs(math.log(w / h) - target_aspect) + abs(math.log(w * h) - target_area),
+            -w * h,
+            f"{w}x{h}",
+        )
+        for w in sides
+        for h in sides
+        if w * h <= limits.max_pixels
+    )
+    return [size for _, _, size in ranked[:count]]
 
 
 def _check_range(field: str, value: float, lo: float, hi: float) -> None:
@@ -195,6 +279,15 @@ def resolve_generation(
         if request.get("width") is not None or request.get("height") is not None:
             raise InvalidRequest("give either size or width/height, not both", param="size")
         values["width"], values["height"] = parse_size(request["size"])
+        problem = size_problem(values["width"], values["height"], catalog.limits)
+        if problem is not None:
+            # OpenAI's sizes (1280x720, 1792x1024, ...) are not all the model's: name the ones it can make.
+            nearest = nearest_sizes(values["width"], values["height"], catalog.limits)
+            raise InvalidRequest(
+                f"size={request['size']!r} is not a size this model makes: {problem}; nearest: {', '.join(nearest)}",
+                param="size",
+                nearest=nearest,
+            )
     for field in OVERRIDABLE:
         if request.get(field) is not None:
             values[field] = request[field]

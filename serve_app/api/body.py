@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from serve_app.api.error_handlers import first_error, short
 from serve_app.api.image_input import FIELD as IMAGE_FIELD
 from serve_app.api.image_input import body_allowance, refuse_if_off
-from serve_app.api.protocol import CreateVideoRequest
+from serve_app.api.protocol import CreateVideoRequest, RemixVideoRequest
 from serve_app.errors import InvalidRequest, RequestTooLarge
 from serve_app.settings.image_input import ImageInputOptions
 
@@ -141,16 +141,7 @@ async def read_create_request(
         if upload is not None and IMAGE_FIELD in fields:
             raise InvalidRequest(f"{IMAGE_FIELD} is given more than once", param=IMAGE_FIELD)
     else:
-        try:
-            fields = json.loads(body or b"null")
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"body is not valid JSON: {exc.msg}", param="body") from None
-        except (ValueError, RecursionError) as exc:
-            # Not UTF-8, an integer beyond Python's 4300-digit limit, or nesting
-            # deeper than the recursion limit: still the client's body at fault.
-            raise InvalidRequest(f"body is not valid JSON: {type(exc).__name__}", param="body") from None
-        if not isinstance(fields, dict):
-            raise InvalidRequest("body must be a JSON object", param="body")
+        fields = json_object(body)
     _check_rest_of_body(len(body), fields, upload, max_body_bytes)
     try:
         parsed = CreateVideoRequest.model_validate(fields)
@@ -158,6 +149,30 @@ async def read_create_request(
         raise first_error(exc.errors()) from None
     parsed._uploaded_image = upload
     return parsed
+
+
+def json_object(body: bytes) -> dict:
+    """A JSON body that must be an object; anything else is a 400 naming `body`."""
+    try:
+        fields = json.loads(body or b"null")
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc.msg}", param="body") from None
+    except (ValueError, RecursionError) as exc:
+        # Not UTF-8, an integer beyond Python's 4300-digit limit, or nesting
+        # deeper than the recursion limit: still the client's body at fault.
+        raise InvalidRequest(f"body is not valid JSON: {type(exc).__name__}", param="body") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("body must be a JSON object", param="body")
+    return fields
+
+
+async def read_remix_request(request: Request, max_body_bytes: int = MAX_BODY_BYTES) -> RemixVideoRequest:
+    """POST /v1/videos/{id}/remix's JSON body (the SDK sends JSON), within the plain body limit."""
+    fields = json_object(await read_body(request, max_body_bytes))
+    try:
+        return RemixVideoRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise first_error(exc.errors()) from None
 
 
 def _check_rest_of_body(n_bytes: int, fields: dict, upload: bytes | None, max_body_bytes: int) -> None:

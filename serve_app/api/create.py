@@ -19,7 +19,7 @@ from serve_app import metrics
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import Principal
 from serve_app.api.cached_answers import CachedAnswers
-from serve_app.api.create_answer import CreateOutcome, Preference, new_video_id, tier_header
+from serve_app.api.create_answer import CreateOutcome, Preference, errors_final, new_video_id, tier_header
 from serve_app.api.image_input import image_bytes_of, open_checked
 from serve_app.api.protocol import CreateVideoRequest
 from serve_app.api.views import VideoViews
@@ -94,7 +94,7 @@ class VideoCreator(CachedAnswers):
         if idempotency_key is not None and principal is not None and principal.authenticated:
             idempotency_key = f"{principal.id}:{idempotency_key}"  # one key's retries never find another's job
 
-        # 1. Resolve: preset + overrides, checked (a 422 names the field); a missing seed is random.
+        # 1. Resolve: preset + overrides, checked (a 400 names the field); a missing seed is random.
         #    An image (image to video) is size-checked first, and opened once the rest is known good.
         image_input = self.args.image_input if self.images is not None else None
         image = image_bytes_of(request, image_input)
@@ -173,7 +173,8 @@ class VideoCreator(CachedAnswers):
                 # 6. Persist (an idempotent retry finds its earlier job instead).
                 job, created = self.store.create(draft)
         if shared is not None:
-            return await self._attach(shared, prefer)
+            with errors_final(shared.id):
+                return await self._attach(shared, prefer)
         if created:
             await self._hold_job_slot(job, principal, decision)
             metrics.admitted("sync" if decision.sync else "async", draft.video.tier or "none")
@@ -183,8 +184,15 @@ class VideoCreator(CachedAnswers):
             # its single-flight claim must not hold the key.
             await self.cache.release(draft.cache_key, draft.id)
 
-        # 7. Answer: wait for the video, or a 202 with the job.
-        outcome = await self._answer(self.store.get(job.id), prefer, sync=decision.sync and created, owned=True)
+        # 7. Answer: wait for the video, or a 202 with the job. From here a job exists, so
+        #    every error is final (x-should-retry: false): a retry without our Idempotency-Key
+        #    would start the same generation again.
+        with errors_final(job.id):
+            current = self.store.get(job.id)
+            # An idempotent retry answers as its first request would have: a finished job at
+            # once (200, or its error), one still running waited for as a joining request is.
+            sync = decision.sync if created else self._retry_waits(prefer, current)
+            outcome = await self._answer(current, prefer, sync=sync, owned=True)
         if decision.load is not None:
             outcome.headers["Wan-Load"] = f"{decision.load:.2f}"
         if outcome.video.tier:
@@ -279,6 +287,12 @@ class VideoCreator(CachedAnswers):
                 await self.cache.release(job.cache_key, job.id)
             raise
 
+    def _retry_waits(self, prefer: Preference, job: JobRecord) -> bool:
+        """Whether an idempotent retry (same Idempotency-Key) waits for the job it found."""
+        if prefer.respond_async:
+            return False
+        return job.terminal or self._joins_sync(prefer, job)
+
     def _joins_sync(self, prefer: Preference, job: JobRecord) -> bool:
         """Whether a request joining another's job waits for it: the sync budget decides."""
         if prefer.respond_async:
@@ -352,6 +366,7 @@ class VideoCreator(CachedAnswers):
         body["video_id"] = job.id
         exc = ServiceError(message, param=param, **body)
         exc.status_code, exc.code, exc.error_type = job.error_status or 500, code, error_type
+        exc.retryable = False  # the generation ran and ended so: asking again runs another
         return exc
 
     def _new_job(
@@ -364,7 +379,7 @@ class VideoCreator(CachedAnswers):
     ) -> JobRecord:
         # Owner key: its job slot is freed when the job ends, and only it sees the job.
         key_id = principal.id if principal is not None and (principal.authenticated or principal.limited) else None
-        return JobRecord.new(
+        job = JobRecord.new(
             new_video_id(),
             self.profile.model_id,
             params,
@@ -374,3 +389,7 @@ class VideoCreator(CachedAnswers):
             webhook_url=request.webhook_url,
             key_id=key_id,
         )
+        if request.seconds_echo is not None:
+            job.video.seconds = request.seconds_echo  # OpenAI echoes `seconds` as sent
+        job.video.remixed_from_video_id = request.remixed_from
+        return job

@@ -1,13 +1,19 @@
-"""What a create answers with, and the header it reads: shared by the routes and VideoCreator."""
+"""What a create answers with, the header it reads, and which of its errors are final: shared by
+the routes and VideoCreator."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from serve_app.api.protocol import VideoObject
-from serve_app.errors import InvalidRequest
+from serve_app.errors import InvalidRequest, ServiceError
+
+log = logging.getLogger("ray.serve")
 
 
 def new_video_id() -> str:
@@ -51,3 +57,20 @@ class CreateOutcome:
     video: VideoObject
     status_code: int
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def errors_final(video_id: str) -> Iterator[None]:
+    """Every error raised inside is final (`x-should-retry: false`): a job exists, so a retry
+    without its Idempotency-Key would start the same work again. One we did not expect is
+    logged here and answered as our 500, final too."""
+    try:
+        yield
+    except ServiceError as exc:
+        exc.retryable = False
+        raise
+    except Exception as exc:
+        log.exception("video %s: unexpected error while answering", video_id, extra={"job_id": video_id})
+        final = ServiceError("internal error; see the service log", video_id=video_id)
+        final.retryable = False
+        raise final from exc

@@ -2,7 +2,9 @@
 
 Our own `ServiceError`s carry that shape (serve_app/errors.py); the handlers
 here give it to FastAPI's validation errors, Starlette's (no such route, wrong
-method) and anything unexpected, and document it on every operation.
+method) and anything unexpected, and document it on every operation. Statuses
+are OpenAI's (400 for a bad parameter), and `x-should-retry` says whether asking
+again may help (`ServiceError.retryable`), which OpenAI's SDKs obey.
 """
 
 from __future__ import annotations
@@ -20,23 +22,32 @@ from serve_app.errors import InvalidRequest, ServiceError
 log = logging.getLogger("ray.serve")
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+SHOULD_RETRY = "x-should-retry"
 
 # Documented on every operation, so /openapi.json shows the error shape clients
-# really get (and not FastAPI's own 422 body, which this service never sends).
-ERROR_RESPONSES = {
+# really get. "4XX" also keeps FastAPI from documenting its own 422 body, which
+# this service never sends.
+ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
+        (400, "A field is outside what the service accepts; `param` names it"),
         (401, "No or unknown API key (when keys are on)"),
         (404, "No such video, file or route"),
-        (422, "A field is outside what the service accepts; `param` names it"),
         (429, "Rate, concurrency or capacity limit: retry after the Retry-After header"),
         (503, "Overloaded, or a stage is down: retry after the Retry-After header"),
+        ("4XX", "Any other client error (409, 410, 413, ...), in the same shape"),
     )
 }
 
 
+def retry_headers(retryable: bool | None) -> dict[str, str]:
+    """`x-should-retry` for an answer: OpenAI's SDKs obey it before their own status rule."""
+    return {} if retryable is None else {SHOULD_RETRY: "true" if retryable else "false"}
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.to_dict(), headers=exc.headers() or None)
+    headers = {**exc.headers(), **retry_headers(exc.retryable)}
+    return JSONResponse(status_code=exc.status_code, content=exc.to_dict(), headers=headers or None)
 
 
 def short(value: object, limit: int = 200) -> str:
@@ -46,7 +57,7 @@ def short(value: object, limit: int = 200) -> str:
 
 
 def first_error(errors: list[dict]) -> InvalidRequest:
-    """The first of pydantic's validation errors, as our 422 naming the field."""
+    """The first of pydantic's validation errors, as our 400 naming the field."""
     first = errors[0]
     if first.get("type") == "json_invalid":
         # loc is ("body", <byte offset>): the offset is no field name.
@@ -75,7 +86,10 @@ def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
             "param": None,
         }
     }
-    return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if 400 <= exc.status_code < 500:
+        headers.update(retry_headers(False))  # no such route or method: asking again changes nothing
+    return JSONResponse(status_code=exc.status_code, content=body, headers=headers or None)
 
 
 def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:

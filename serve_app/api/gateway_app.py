@@ -48,7 +48,7 @@ from serve_app.policy.load import LoadMonitor, QueueEta, ReplicaCount
 from serve_app.policy.tiers import lowest_tier
 from serve_app.reference_images import ReferenceImageStore, reference_images_for, sweeper
 from serve_app.settings.tiers import TierTable, load_tiers
-from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s
+from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s, video_event
 
 # Unfinished jobs read per admission decision or ETA; admission keeps the queue far
 # below this (max_queue_per_replica per replica), so it only bounds the naive mode.
@@ -59,7 +59,7 @@ ReplicaSource = Callable[[], ReplicaCount | int | None]
 
 def webhook_config(args: ServiceArgs, env: Mapping[str, str] | None = None) -> WebhookConfig:
     secret = (os.environ if env is None else env).get(args.webhook_secret_env, "")
-    # No secret, no webhooks: a webhook_url is then refused with a 422 rather
+    # No secret, no webhooks: a webhook_url is then refused with a 400 rather
     # than the gateway refusing to start (make run sets no secret).
     return WebhookConfig(
         enabled=bool(secret),
@@ -251,7 +251,8 @@ def build_gateway(
             guard.release_job(job.key_id, job.id)
 
     async def send_webhook(job: JobRecord) -> Any:
-        return await deliver(job.webhook_url, job.video.model_dump(), settings.webhooks)
+        # OpenAI's event envelope (video.completed / video.failed), which its SDK unwraps.
+        return await deliver(job.webhook_url, video_event(job.video.model_dump()), settings.webhooks)
 
     if stores.webhook_outbox is None:
         stores.webhook_outbox = open_webhook_outbox(args.job_store, args.data_path)

@@ -5,7 +5,7 @@ Two forms, both OpenAI's:
   sends for `client.videos.create(input_reference=open("cat.png", "rb"))`;
 - JSON `{"input_reference": {"image_url": "data:image/png;base64,..."}}` (also as
   the form fields `input_reference[image_url]`, the SDK's way of flattening it).
-Remote URLs and OpenAI file ids are refused with a 422 naming the field: the
+Remote URLs and OpenAI file ids are refused with a 400 naming the field: the
 gateway fetching a client's URL would be a server-side request forgery hole,
 and this service keeps no files API.
 

@@ -11,6 +11,21 @@ from serve_app.settings.speed import FastKnobs
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
 
 
+def plain_text(v: Any) -> Any:
+    """A text field's value, if UTF-8 can carry it and C strings would not cut it short."""
+    # A lone surrogate ("\ud800", valid in JSON escapes) cannot be encoded as
+    # UTF-8, so storing or answering with it fails later as a 500; NUL cuts
+    # C strings short in the tokenizer and logs. Refused here, named.
+    if isinstance(v, str):
+        if "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
+    return v
+
+
 class ImageReference(BaseModel):
     """OpenAI's `input_reference` object in a JSON body: the first frame as a data URL."""
 
@@ -21,7 +36,7 @@ class ImageReference(BaseModel):
         description="The image as a base64 data URL, 'data:image/png;base64,...' (PNG, JPEG or WebP). "
         "Remote http(s) URLs are refused.",
     )
-    file_id: str | None = Field(None, max_length=200, description="OpenAI file ids are not served here (422).")
+    file_id: str | None = Field(None, max_length=200, description="OpenAI file ids are not served here (400).")
 
 
 class CreateVideoRequest(BaseModel):
@@ -71,25 +86,56 @@ class CreateVideoRequest(BaseModel):
     )
     # A multipart file part named input_reference (serve_app/api/body.py): its bytes, never dumped.
     _uploaded_image: bytes | None = PrivateAttr(None)
+    # A remix (serve_app/api/remix.py): the source video's id, and its `seconds` as it was answered.
+    _remixed_from: str | None = PrivateAttr(None)
+    _seconds_echo: str | None = PrivateAttr(None)
 
     @property
     def uploaded_image(self) -> bytes | None:
         return self._uploaded_image
 
+    @property
+    def remixed_from(self) -> str | None:
+        return self._remixed_from
+
+    @property
+    def seconds_echo(self) -> str | None:
+        """`seconds` as the answer shows it: as sent (OpenAI echoes it), a number as its
+        shortest text ("4", "1.5"); None when the request gave num_frames (or nothing)."""
+        if self._seconds_echo is not None:
+            return self._seconds_echo
+        if self.seconds is None or isinstance(self.seconds, str):
+            return self.seconds
+        return str(int(self.seconds)) if float(self.seconds).is_integer() else repr(float(self.seconds))
+
     @field_validator("prompt", "negative_prompt", "model", "preset", "size", "seconds", "webhook_url")
     @classmethod
     def _plain_text(cls, v: Any) -> Any:
-        # A lone surrogate ("\ud800", valid in JSON escapes) cannot be encoded as
-        # UTF-8, so storing or answering with it fails later as a 500; NUL cuts
-        # C strings short in the tokenizer and logs. Refused here, named.
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise ValueError("must not contain NUL characters")
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
-        return v
+        return plain_text(v)
+
+
+class RemixVideoRequest(BaseModel):
+    """POST /v1/videos/{id}/remix: the source video's settings and seed, with a new prompt.
+    OpenAI's body is the prompt alone; the rest are our run options, as on a create."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What the remix shows instead.")
+    deadline_s: float | None = Field(
+        None, description="Seconds the service may spend on one run of the remix; default and cap are config."
+    )
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="POSTed a signed video.completed / video.failed event when it ends."
+    )
+    cache: bool = Field(True, description="As on a create: false neither answers from the cache nor fills it.")
+    quality: Literal["auto", "exact"] | None = Field(
+        None, description="As on a create; default: the source's ('exact' if it ran exact, else 'auto')."
+    )
+
+    @field_validator("prompt", "webhook_url")
+    @classmethod
+    def _plain_text(cls, v: Any) -> Any:
+        return plain_text(v)
 
 
 class VideoError(BaseModel):
@@ -134,8 +180,11 @@ class VideoObject(BaseModel):
     completed_at: int | None = None
     expires_at: int | None = None
     size: str
-    seconds: str
+    seconds: str = Field(
+        description="OpenAI's clip length: as the request sent it; else num_frames / fps, to 2 decimals."
+    )
     error: VideoError | None = None
+    remixed_from_video_id: str | None = Field(None, description="The source video of a remix (POST .../remix).")
     # Our extensions: what was really run.
     preset: str
     prompt: str

@@ -10,10 +10,12 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from serve_app.access.keys import Principal
-from serve_app.api.body import read_create_request
+from serve_app.api.body import read_create_request, read_remix_request
 from serve_app.api.callers import CREATOR, READER, websocket_caller
 from serve_app.api.create import Preference, VideoCreator
+from serve_app.api.create_answer import CreateOutcome
 from serve_app.api.protocol import CreateVideoRequest, VideoDeleted, VideoList, VideoObject
+from serve_app.api.remix import remix_request
 from serve_app.api.streams import ProgressStreams, parse_last_event_id, refuse_websocket, serve_websocket
 from serve_app.api.views import VideoViews
 from serve_app.errors import ServiceError
@@ -65,6 +67,36 @@ async def create_video(
     )
     read = time.perf_counter()
     outcome = await _creator(request).create_video(body, Preference.parse(prefer), idempotency_key, principal)
+    return _created(request, outcome, started, read)
+
+
+@router.post(
+    "/v1/videos/{video_id}/remix",
+    response_model=VideoObject,
+    summary="Remix: the video's settings and seed with a new prompt (a create like any other)",
+    responses={202: {"model": VideoObject, "description": "Accepted as a job; poll, stream or wait for the webhook"}},
+)
+async def remix_video(
+    request: Request,
+    video_id: str,
+    prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
+    idempotency_key: str | None = Header(
+        None, max_length=200, description="Retries with the same key return the same job."
+    ),
+    principal: Principal | None = CREATOR,
+) -> JSONResponse:
+    started = time.perf_counter()
+    body = await read_remix_request(request, request.app.state.max_body_bytes)
+    read = time.perf_counter()
+    # Whoever may not read the source gets its 404 (another key's, deleted, or no such id).
+    source = _views(request).get_video(video_id, principal)
+    creator = _creator(request)
+    remix = await remix_request(source, body, creator.catalog, creator.images)
+    outcome = await creator.create_video(remix, Preference.parse(prefer), idempotency_key, principal)
+    return _created(request, outcome, started, read)
+
+
+def _created(request: Request, outcome: CreateOutcome, started: float, read: float) -> JSONResponse:
     # Server-Timing: the gateway's own share of the answer (reading the body
     # from the Serve proxy, then the work), so a client can tell it apart
     # from the network and the proxy.

@@ -108,7 +108,12 @@ class JobRecord(BaseModel):
 
     @params.setter
     def params(self, params: GenerationParams) -> None:
-        for field, value in video_settings(params).items():
+        settings = video_settings(params)
+        if (params.num_frames, params.fps) == (self.video.num_frames, self.video.fps):
+            # Same length: `seconds` stays as the client sent it (OpenAI echoes it), not our
+            # derived spelling of it; a tier that shortens the video says what it made.
+            del settings["seconds"]
+        for field, value in settings.items():
             setattr(self.video, field, value)
 
     def run_at_tier(self, tier: str, params: GenerationParams) -> None:

@@ -16,7 +16,7 @@ class ImageInputOptions(StrictModel):
 
     enabled: bool = Field(
         True,
-        description="Accept `input_reference` (Wan2.2-TI2V's image mode). Off: a request carrying one gets a 422 "
+        description="Accept `input_reference` (Wan2.2-TI2V's image mode). Off: a request carrying one gets a 400 "
         "and bodies keep the plain `access.max_body_bytes` limit.",
     )
     max_bytes: int = Field(

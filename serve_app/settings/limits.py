@@ -12,7 +12,7 @@ from serve_app.settings.base import StrictModel
 
 
 class GenerationLimits(StrictModel):
-    """Bounds on every generation field; requests outside them get a 422."""
+    """Bounds on every generation field; requests outside them get a 400."""
 
     min_side: int = Field(64, ge=32, description="Smallest height or width, pixels.")
     max_side: int = Field(1280, ge=32, description="Largest height or width, pixels.")

@@ -8,10 +8,11 @@ per concern:
 
     config.py       WebhookConfig: allowlist, secret, attempts, timeouts
     allowlist.py    parsing allowlist entries into host and network rules
-    signing.py      sign / verify (https://www.standardwebhooks.com)
+    events.py       video_event: the body, OpenAI's event envelope (video.completed / video.failed)
+    signing.py      sign / verify (https://www.standardwebhooks.com), as OpenAI's SDK verifies
     destination.py  check_destination: the SSRF check, DNS pinning
     delivery.py     deliver: signed POST with retries and backoff
-    errors.py       WebhookRejected (422), WebhookUnresolved (retried)
+    errors.py       WebhookRejected (400), WebhookUnresolved (retried)
 
 Everything callers use is re-exported here: `from serve_app.webhooks import deliver`.
 """
@@ -23,6 +24,7 @@ from serve_app.webhooks.config import WebhookConfig
 from serve_app.webhooks.delivery import DeliveryResult, backoff_delay, deliver, longest_delivery_s
 from serve_app.webhooks.destination import Resolver, check_destination, redact_url
 from serve_app.webhooks.errors import WebhookRejected, WebhookUnresolved
+from serve_app.webhooks.events import video_event
 from serve_app.webhooks.signing import SECRET_PREFIX, SIGNATURE_VERSION, sign, signature_headers, verify
 
 __all__ = [
@@ -43,4 +45,5 @@ __all__ = [
     "sign",
     "signature_headers",
     "verify",
+    "video_event",
 ]

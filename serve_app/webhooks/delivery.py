@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import json
 import logging
@@ -18,17 +17,24 @@ import httpx
 from serve_app.webhooks.config import WebhookConfig
 from serve_app.webhooks.destination import Resolver, check_destination, redact_url
 from serve_app.webhooks.errors import WebhookRejected, WebhookUnresolved
+from serve_app.webhooks.events import outcome_digest
 from serve_app.webhooks.signing import signature_headers
 
 logger = logging.getLogger("ray.serve")
 
 
 def message_id(payload: Any) -> str:
-    """'msg_<hex>': for a video object, derived from its id and status, so every sending of
-    one job's outcome (a retry, a gateway's second try after a restart, the same answer
-    sent twice) carries one id a receiver can deduplicate on; otherwise a fresh one."""
-    if isinstance(payload, dict) and isinstance(payload.get("id"), str) and isinstance(payload.get("status"), str):
-        return "msg_" + hashlib.sha256(f"{payload['id']}.{payload['status']}".encode()).hexdigest()[:32]
+    """'msg_<hex>': for a video's event (events.py), the hex of its event id, which is derived
+    from the video's id and outcome (and for a bare video object the same, from its id and
+    status), so every sending of one job's outcome (a retry, a gateway's second try after a
+    restart, the same answer sent twice) carries one id a receiver can deduplicate on;
+    otherwise a fresh one."""
+    if isinstance(payload, dict):
+        event_id = payload.get("id")
+        if payload.get("object") == "event" and isinstance(event_id, str) and event_id.startswith("evt_"):
+            return "msg_" + event_id.removeprefix("evt_")
+        if isinstance(event_id, str) and isinstance(payload.get("status"), str):
+            return "msg_" + outcome_digest(event_id, payload["status"])
     return f"msg_{uuid.uuid4().hex}"
 
 

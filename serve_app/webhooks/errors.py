@@ -1,4 +1,4 @@
-"""The errors of a refused webhook URL: a 422 at submission, the end (or a retry) of a delivery."""
+"""The errors of a refused webhook URL: a 400 at submission, the end (or a retry) of a delivery."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from serve_app.errors import InvalidRequest
 
 
 class WebhookRejected(InvalidRequest):
-    """The webhook URL is not an allowed destination (HTTP 422, param 'webhook_url')."""
+    """The webhook URL is not an allowed destination (HTTP 400, param 'webhook_url')."""
 
     code = "invalid_webhook_url"
 
@@ -17,7 +17,7 @@ class WebhookRejected(InvalidRequest):
 
 
 class WebhookUnresolved(WebhookRejected):
-    """The webhook host did not resolve. At submission this is a 422; during
+    """The webhook host did not resolve. At submission this is a 400; during
     delivery it is retried, because DNS failures are often transient."""
 
     code = "webhook_host_unresolved"

@@ -73,9 +73,9 @@ def test_same_seed_same_video(client):
     assert _psnr(first, other) < 20.0
 
 
-def test_invalid_request_is_422_naming_the_field(client):
+def test_invalid_request_is_400_naming_the_field(client):
     resp = client.post("/v1/videos", json={"prompt": "x", "num_frames": 16})
-    assert resp.status_code == 422
+    assert resp.status_code == 400
     error = resp.json()["error"]
     assert error["code"] == "invalid_request" and error["param"] == "num_frames"
     assert "16" in error["message"] and "4k+1" in error["message"]

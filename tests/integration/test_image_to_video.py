@@ -59,5 +59,5 @@ def test_an_image_job_runs_through_the_graph(client):
 def test_a_bad_image_is_refused_before_any_stage_runs(client):
     files = {**{k: (None, str(v)) for k, v in FIELDS.items()}, "input_reference": ("a.png", b"not a png", "image/png")}
     response = client.post("/v1/videos", files=files)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["param"] == "input_reference"

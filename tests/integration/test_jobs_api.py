@@ -60,7 +60,7 @@ def test_openai_sdk_round_trip(serve_url):
         poll_interval_ms=100,
     )
     assert video.status == "completed" and video.progress == 100
-    assert video.size == "64x64" and video.seconds == "1.12"  # 9 frames at 8 fps
+    assert video.size == "64x64" and video.seconds == "1"  # echoed as sent: 9 frames at 8 fps
     mp4 = client.videos.download_content(video.id).read()
     info = probe_mp4(mp4)
     assert (info.frames, info.width, info.height, info.fps) == (9, 64, 64, 8.0)
@@ -70,6 +70,19 @@ def test_openai_sdk_round_trip(serve_url):
     assert client.videos.retrieve(video.id).id == video.id
     listed = [v.id for v in client.videos.list(limit=100, order="desc")]
     assert video.id in listed
+
+    # Remix through the real graph: the source's settings and seed, a new prompt.
+    remix = client.videos.poll(
+        client.videos.remix(video.id, prompt="a paper boat in the rain").id, poll_interval_ms=100
+    )
+    assert remix.status == "completed" and remix.remixed_from_video_id == video.id
+    assert (remix.prompt, remix.size, remix.seconds) == ("a paper boat in the rain", "64x64", "1")
+    assert remix.model_extra["seed"] == video.model_extra["seed"]
+    assert probe_mp4(client.videos.download_content(remix.id).read()).frames == 9
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.videos.create(prompt="x", size="1280x720")  # OpenAI's size: not one this model makes
+    assert refused.value.param == "size" and "1280x704" in refused.value.message
+
     deleted = client.videos.delete(video.id)
     assert deleted.deleted is True and deleted.id == video.id
     with pytest.raises(openai.NotFoundError):
@@ -207,13 +220,13 @@ def test_webhook_is_signed_and_retried(client):
     assert h1["webhook-id"] == h2["webhook-id"]  # a retry is the same message
     assert verify(WEBHOOK_SECRET, h2, b2)
     assert not verify("whsec_" + "d3Jvbmc=", h2, b2)
-    payload = json.loads(b2)
-    assert payload["id"] == job["id"] and payload["status"] == "completed"
+    event = json.loads(b2)  # OpenAI's event envelope
+    assert (event["object"], event["type"], event["data"]) == ("event", "video.completed", {"id": job["id"]})
 
 
-def test_webhook_to_a_host_off_the_allowlist_is_422(client):
+def test_webhook_to_a_host_off_the_allowlist_is_400(client):
     resp = client.post("/v1/videos", json={"prompt": "x", "webhook_url": "https://169.254.169.254/latest", **SMALL})
-    assert resp.status_code == 422 and resp.json()["error"]["param"] == "webhook_url"
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "webhook_url"
 
 
 def test_prefer_wait_zero_answers_202_and_sync_answers_200(client):
@@ -240,4 +253,4 @@ def test_multipart_body_like_the_sdk_sends(client):
     assert resp.status_code == 200, resp.text
     assert resp.json()["num_frames"] == 5
     bad = client.post("/v1/videos", files={"prompt": (None, "x"), "num_frames": (None, "lots")})
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "num_frames"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "num_frames"

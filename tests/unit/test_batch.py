@@ -73,7 +73,7 @@ def test_is_done_needs_the_mp4_and_a_completed_sidecar_of_the_same_item(tmp_path
 
 
 def test_refused_item_is_recorded_failed_and_the_batch_goes_on(tmp_path, monkeypatch, capsys):
-    """A 422 and an unreachable moment both end as failed items with a sidecar, not a crash."""
+    """A 400 and an unreachable moment both end as failed items with a sidecar, not a crash."""
     keys = []
 
     def handler(request):
@@ -81,7 +81,7 @@ def test_refused_item_is_recorded_failed_and_the_batch_goes_on(tmp_path, monkeyp
         body = json.loads(request.content)
         if body["prompt"] == "bad":
             return httpx.Response(
-                422,
+                400,
                 json={
                     "error": {
                         "code": "invalid_request",
@@ -103,7 +103,7 @@ def test_refused_item_is_recorded_failed_and_the_batch_goes_on(tmp_path, monkeyp
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["total"], summary["completed"], summary["failed"], summary["skipped"]) == (3, 0, 3, 0)
     by_line = {i["line"]: i for i in summary["items"]}
-    assert by_line[1]["error"]["code"] == "invalid_request" and by_line[1]["error"]["http_status"] == 422
+    assert by_line[1]["error"]["code"] == "invalid_request" and by_line[1]["error"]["http_status"] == 400
     assert by_line[2]["error"]["code"] == "connection_error"
     assert by_line[3]["error"]["code"] == "bad_line"
     sidecar = json.loads((out / "x.json").read_text())

@@ -36,7 +36,7 @@ def test_a_refused_deadline_leaves_no_claim_for_the_next_identical_request(tmp_p
     try:
         with api_client(gateway) as client:
             refused = client.post("/v1/videos", json={**REQUEST, "deadline_s": bad_deadline})
-            assert refused.status_code == 422, refused.text
+            assert refused.status_code == 400, refused.text
             assert refused.json()["error"]["param"] == "deadline_s"
             made = client.post("/v1/videos", json=REQUEST)
         assert made.status_code == 200, made.text

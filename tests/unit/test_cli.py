@@ -94,7 +94,7 @@ def test_generate_of_a_failed_job_exits_1_with_the_reason(service, capsys):
 
 def test_service_errors_exit_2_with_the_service_message(service, capsys):
     service["handler"] = lambda r: httpx.Response(
-        422, json={"error": {"code": "invalid_request", "param": "num_frames", "message": "num_frames=16 is not 4k+1"}}
+        400, json={"error": {"code": "invalid_request", "param": "num_frames", "message": "num_frames=16 is not 4k+1"}}
     )
     assert cli.main(["generate", "x", "--frames", "16", "--url", "http://svc"]) == 2
     assert "invalid_request: num_frames=16 is not 4k+1 (param: num_frames)" in capsys.readouterr().err

@@ -137,13 +137,13 @@ def test_error_body_maps_to_client_error_with_details():
         }
     }
 
-    with client_for(lambda request: httpx.Response(422, json=body)) as client, pytest.raises(ClientError) as info:
+    with client_for(lambda request: httpx.Response(400, json=body)) as client, pytest.raises(ClientError) as info:
         client.create("a kite", num_frames=16)
     err = info.value
-    assert (err.status, err.code, err.param) == (422, "invalid_request", "num_frames")
+    assert (err.status, err.code, err.param) == (400, "invalid_request", "num_frames")
     assert err.message.startswith("num_frames=16 is not of the form 4k+1")
     assert err.details == {"extra": 1}
-    assert str(err) == f"HTTP 422 invalid_request: {err.message} (param: num_frames)"
+    assert str(err) == f"HTTP 400 invalid_request: {err.message} (param: num_frames)"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from serve_app.errors import DeadlineExceeded, InvalidRequest, ServiceError
 
 ALL = [
     (errors.ServiceError, 500, "internal_error"),
-    (errors.InvalidRequest, 422, "invalid_request"),
+    (errors.InvalidRequest, 400, "invalid_request"),
     (errors.NotFound, 404, "not_found"),
     (errors.VideoNotReady, 409, "video_not_ready"),
     (errors.DeadlineExceeded, 504, "deadline_exceeded"),

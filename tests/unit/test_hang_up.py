@@ -85,7 +85,7 @@ def test_a_hang_up_with_an_idempotency_key_leaves_the_job_for_its_retry(service)
         retry = asyncio.ensure_future(create(CreateVideoRequest(**REQUEST), Preference(), "order-17"))
         # The job runs on only once the retry waits for it: the retry joins a running job, as
         # it would in the field, rather than finding it finished (a loaded box once let the job
-        # finish first, and an idempotent hit on a finished job answers 202, not what this tests).
+        # finish first: a retry of a finished job is another case, test_openai_retries.py).
         await asyncio.wait_for(retry_waiting.wait(), HUNG_S)
         generator.go.set()
         return await asyncio.wait_for(retry, HUNG_S), await _the_only_job(service), generator

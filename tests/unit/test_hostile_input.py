@@ -114,8 +114,8 @@ def test_a_length_that_is_not_ascii_digits_is_not_trusted_but_the_body_still_cou
         (b"[1, 2]", "body must be a JSON object"),
     ],
 )
-def test_bodies_that_break_the_json_parser_are_422(client, raw, fragment):
-    assert fragment in error_of(post_json(client, raw), 422, "body")["message"]
+def test_bodies_that_break_the_json_parser_are_400(client, raw, fragment):
+    assert fragment in error_of(post_json(client, raw), 400, "body")["message"]
 
 
 @pytest.mark.parametrize(
@@ -136,13 +136,13 @@ def test_bodies_that_break_the_json_parser_are_422(client, raw, fragment):
 def test_values_that_used_to_crash_later_are_refused_naming_the_field(client, field, raw_value, fragment):
     body = {k: v for k, v in REQUEST.items() if not (field == "seconds" and k == "num_frames")}
     raw = json.dumps(body)[:-1] + f', "{field}": {raw_value}}}'
-    error = error_of(post_json(client, raw), 422, field)
+    error = error_of(post_json(client, raw), 400, field)
     assert fragment in error["message"]
 
 
 def test_prompt_length_is_bounded_and_not_echoed(client):
     limit = load_presets().limits.max_prompt_chars
-    error = error_of(client.post("/v1/videos", json={**REQUEST, "prompt": "p" * (limit + 1)}), 422, "prompt")
+    error = error_of(client.post("/v1/videos", json={**REQUEST, "prompt": "p" * (limit + 1)}), 400, "prompt")
     assert f"{limit + 1} characters; at most {limit}" in error["message"]
     assert "p" * 100 not in error["message"]
 
@@ -150,14 +150,14 @@ def test_prompt_length_is_bounded_and_not_echoed(client):
 def test_prompt_length_counts_the_nfkc_form(client):
     # U+FDFA is one character sent and 18 once normalised: 112 of them are 2016.
     limit = load_presets().limits.max_prompt_chars
-    error = error_of(client.post("/v1/videos", json={**REQUEST, "prompt": "\ufdfa" * 112}), 422, "prompt")
+    error = error_of(client.post("/v1/videos", json={**REQUEST, "prompt": "\ufdfa" * 112}), 400, "prompt")
     assert "2016 characters after Unicode NFKC normalisation" in error["message"]
     assert f"at most {limit} are allowed" in error["message"]
 
 
 @pytest.mark.parametrize("field, size", [("model", 201), ("preset", 101), ("size", 33), ("webhook_url", 2049)])
 def test_string_fields_are_bounded_and_echoes_are_cut(client, field, size):
-    error = error_of(client.post("/v1/videos", json={**REQUEST, field: "z" * size}), 422, field)
+    error = error_of(client.post("/v1/videos", json={**REQUEST, field: "z" * size}), 400, field)
     assert len(error["message"]) < 400
 
 
@@ -166,21 +166,21 @@ def test_string_fields_are_bounded_and_echoes_are_cut(client, field, size):
 
 def test_multipart_part_count_is_bounded(client):
     parts = [(f"f{i}", (None, "1")) for i in range(MAX_FORM_FIELDS + 1)]
-    assert "Too many fields" in error_of(client.post("/v1/videos", files=parts), 422, "body")["message"]
+    assert "Too many fields" in error_of(client.post("/v1/videos", files=parts), 400, "body")["message"]
 
 
 def test_multipart_file_parts_and_duplicates_are_refused(client):
-    error_of(client.post("/v1/videos", files={"prompt": ("prompt.txt", b"a cat")}), 422, "prompt")
+    error_of(client.post("/v1/videos", files={"prompt": ("prompt.txt", b"a cat")}), 400, "prompt")
     twice = [("prompt", (None, "a")), ("prompt", (None, "b"))]
-    assert "more than once" in error_of(client.post("/v1/videos", files=twice), 422, "prompt")["message"]
+    assert "more than once" in error_of(client.post("/v1/videos", files=twice), 400, "prompt")["message"]
 
 
-def test_multipart_without_boundary_and_broken_forms_are_422(client):
-    error_of(client.post("/v1/videos", content=b"x", headers={"content-type": "multipart/form-data"}), 422, "body")
+def test_multipart_without_boundary_and_broken_forms_are_400(client):
+    error_of(client.post("/v1/videos", content=b"x", headers={"content-type": "multipart/form-data"}), 400, "body")
     many = "&".join(f"f{i}=1" for i in range(MAX_FORM_FIELDS + 1))
     form = {"content-type": "application/x-www-form-urlencoded"}
-    error_of(client.post("/v1/videos", content=many, headers=form), 422, "body")
-    error_of(client.post("/v1/videos", content=b"prompt=\xff", headers=form), 422, "body")
+    error_of(client.post("/v1/videos", content=many, headers=form), 400, "body")
+    error_of(client.post("/v1/videos", content=b"prompt=\xff", headers=form), 400, "body")
 
 
 def test_a_well_formed_form_still_works(client):
@@ -193,7 +193,7 @@ def test_a_well_formed_form_still_works(client):
 
 def test_idempotency_key_is_bounded_and_header_values_are_never_echoed(client):
     key = "secret-looking-" + "k" * 200
-    error = error_of(client.post("/v1/videos", json=REQUEST, headers={"Idempotency-Key": key}), 422)
+    error = error_of(client.post("/v1/videos", json=REQUEST, headers={"Idempotency-Key": key}), 400)
     assert "at most 200 characters" in error["message"]
     assert key not in error["message"] and "kkkkkkkk" not in error["message"]
 
@@ -206,8 +206,8 @@ def test_odd_last_event_ids_replay_from_the_start_instead_of_failing(client, val
     assert response.text.startswith("id: 1\n")
 
 
-def test_prefer_garbage_is_a_422_naming_the_header(client):
-    error_of(client.post("/v1/videos", json=REQUEST, headers={"Prefer": "wait=soon"}), 422, "Prefer")
+def test_prefer_garbage_is_a_400_naming_the_header(client):
+    error_of(client.post("/v1/videos", json=REQUEST, headers={"Prefer": "wait=soon"}), 400, "Prefer")
 
 
 # --------------------------------------------------------------------------- ids and paths
@@ -276,7 +276,7 @@ def test_path_tricks_are_404s_in_our_shape(client, path):
 
 def test_content_of_a_real_video_with_a_traversal_variant_is_refused(client):
     video_id = client.post("/v1/videos", json=REQUEST).json()["id"]
-    error_of(client.get(f"/v1/videos/{video_id}/content", params={"variant": "../../../etc/passwd"}), 422, "variant")
+    error_of(client.get(f"/v1/videos/{video_id}/content", params={"variant": "../../../etc/passwd"}), 400, "variant")
     assert client.get(f"/v1/videos/{video_id}/content").status_code == 200
 
 
@@ -352,10 +352,10 @@ def test_unicode_dots_normalise_to_the_name_that_is_checked():
     assert seen == ["a.example.com"]  # the same name the connection would use, not a look-alike
 
 
-def test_webhook_rejection_reaches_the_client_as_a_422(client, gateway):
+def test_webhook_rejection_reaches_the_client_as_a_400(client, gateway):
     gateway.creator.check_webhook = lambda url: check_destination(url, PERMISSIVE, resolver=lambda h, p: ["10.0.0.7"])
     response = client.post("/v1/videos", json={**REQUEST, "webhook_url": "https://a.example.com/hook"})
-    assert error_of(response, 422, "webhook_url")["code"] == "invalid_webhook_url"
+    assert error_of(response, 400, "webhook_url")["code"] == "invalid_webhook_url"
 
 
 # --------------------------------------------------------------------------- error bodies

@@ -124,7 +124,7 @@ def test_a_text_request_has_no_image(client, generator):
     ],
 )
 def test_what_is_not_an_inline_image_is_refused_naming_the_field(client, generator, reference, param, fragment):
-    error = error_of(client.post("/v1/videos", json={**SMALL, "input_reference": reference}), 422, param)
+    error = error_of(client.post("/v1/videos", json={**SMALL, "input_reference": reference}), 400, param)
     assert fragment in error["message"]
     assert generator.calls == []
 
@@ -140,13 +140,13 @@ def test_what_is_not_an_inline_image_is_refused_naming_the_field(client, generat
     ],
     ids=["corrupt", "truncated", "animated", "cmyk", "16-bit"],
 )
-def test_images_the_model_cannot_start_from_get_a_422_naming_input_reference(client, generator, data, fragment):
+def test_images_the_model_cannot_start_from_get_a_400_naming_input_reference(client, generator, data, fragment):
     files = {**_form(SMALL), "input_reference": ("x.png", data, "image/png")}
-    error = error_of(client.post("/v1/videos", files=files), 422, "input_reference", "invalid_image")
+    error = error_of(client.post("/v1/videos", files=files), 400, "input_reference", "invalid_image")
     assert fragment in error["message"]
     error = error_of(
         client.post("/v1/videos", json={**SMALL, "input_reference": {"image_url": data_url(data)}}),
-        422,
+        400,
         "input_reference",
         "invalid_image",
     )
@@ -190,9 +190,9 @@ def test_with_image_input_off_an_image_is_refused(tmp_path, generator):
     try:
         with api_client(gateway) as client:
             files = {**_form(SMALL), "input_reference": ("x.png", png(16, 16), "image/png")}
-            assert "turned off" in error_of(client.post("/v1/videos", files=files), 422, "input_reference")["message"]
+            assert "turned off" in error_of(client.post("/v1/videos", files=files), 400, "input_reference")["message"]
             as_json = {**SMALL, "input_reference": {"image_url": data_url(png(16, 16))}}
-            error_of(client.post("/v1/videos", json=as_json), 422, "input_reference")
+            error_of(client.post("/v1/videos", json=as_json), 400, "input_reference")
             # ... and text requests are untouched.
             assert client.post("/v1/videos", json=SMALL).status_code == 200
     finally:
@@ -202,7 +202,7 @@ def test_with_image_input_off_an_image_is_refused(tmp_path, generator):
 def test_an_input_reference_must_be_a_file_part_or_the_object_once(client):
     as_text = _form({**SMALL, "input_reference": "data:image/png;base64,AAAA"})
     assert (
-        "must be a file part" in error_of(client.post("/v1/videos", files=as_text), 422, "input_reference")["message"]
+        "must be a file part" in error_of(client.post("/v1/videos", files=as_text), 400, "input_reference")["message"]
     )
     twice = [
         *_form(SMALL).items(),
@@ -210,14 +210,14 @@ def test_an_input_reference_must_be_a_file_part_or_the_object_once(client):
         ("input_reference", ("b.png", png(8, 8))),
     ]
     # The multipart parser takes one file part at most, before anything else looks.
-    assert "Too many files" in error_of(client.post("/v1/videos", files=twice), 422, "body")["message"]
+    assert "Too many files" in error_of(client.post("/v1/videos", files=twice), 400, "body")["message"]
     both = [
         *_form({**SMALL, "input_reference[image_url]": data_url(png(8, 8))}).items(),
         ("input_reference", ("a.png", png(8, 8))),
     ]
-    assert "more than once" in error_of(client.post("/v1/videos", files=both), 422, "input_reference")["message"]
+    assert "more than once" in error_of(client.post("/v1/videos", files=both), 400, "input_reference")["message"]
     other_file = {**_form(SMALL), "negative_prompt": ("n.txt", b"blurry")}
-    error_of(client.post("/v1/videos", files=other_file), 422, "negative_prompt")
+    error_of(client.post("/v1/videos", files=other_file), 400, "negative_prompt")
 
 
 def test_the_image_is_part_of_the_cache_key(tmp_path):

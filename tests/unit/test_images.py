@@ -1,6 +1,6 @@
 """serve_app/images.py: what an upload must be to become a first frame, and how it is fitted.
 
-Every refusal is an `InvalidImage` (422, code invalid_image) naming the field;
+Every refusal is an `InvalidImage` (400, code invalid_image) naming the field;
 the fit is diffusers' own resize-and-crop, Lanczos and all.
 """
 
@@ -30,7 +30,7 @@ def refused(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
     with pytest.raises(InvalidImage) as caught:
         open_reference_image(data, max_pixels)
     error = caught.value
-    assert error.param == "input_reference" and error.code == "invalid_image" and error.status_code == 422
+    assert error.param == "input_reference" and error.code == "invalid_image" and error.status_code == 400
     return error.message
 
 

@@ -21,7 +21,7 @@ VALID = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "se
 def rejects(**fields) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as info:
         resolve_generation({**VALID, **fields}, CATALOG)
-    assert info.value.status_code == 422
+    assert info.value.status_code == 400
     return info.value
 
 
@@ -95,7 +95,7 @@ def test_malformed_size(size):
     assert repr(size) in err.message
 
 
-def test_size_with_superscript_digit_is_a_422():
+def test_size_with_superscript_digit_is_a_400():
     assert rejects(size="²x480", width=None, height=None).param == "size"
 
 
@@ -104,7 +104,7 @@ def test_size_and_width_height_together(other):
     with pytest.raises(InvalidRequest) as info:
         resolve_generation({"prompt": "p", "size": "64x64", **other}, CATALOG)
     assert info.value.param == "size"
-    assert info.value.status_code == 422
+    assert info.value.status_code == 400
 
 
 @pytest.mark.parametrize("prompt", [None, "", "   ", "\n\t"])

@@ -139,21 +139,21 @@ def test_get_video_and_content(client):
         ({"size": "64x64"}, "size"),  # together with width/height
     ],
 )
-def test_invalid_request_is_422_naming_the_field(client, generator, change, param):
-    error = assert_error(client.post("/v1/videos", json={**REQUEST, **change}), 422, "invalid_request", param)
+def test_invalid_request_is_400_naming_the_field(client, generator, change, param):
+    error = assert_error(client.post("/v1/videos", json={**REQUEST, **change}), 400, "invalid_request", param)
     assert error["type"] == "invalid_request_error"
     assert generator.calls == []
 
 
 def test_missing_prompt(client):
     request = {k: v for k, v in REQUEST.items() if k != "prompt"}
-    error = assert_error(client.post("/v1/videos", json=request), 422, "invalid_request", "prompt")
+    error = assert_error(client.post("/v1/videos", json=request), 400, "invalid_request", "prompt")
     assert "required" in error["message"].lower()
 
 
 def test_wrong_type_message_quotes_the_value(client):
     error = assert_error(
-        client.post("/v1/videos", json={**REQUEST, "num_frames": "abc"}), 422, "invalid_request", "num_frames"
+        client.post("/v1/videos", json={**REQUEST, "num_frames": "abc"}), 400, "invalid_request", "num_frames"
     )
     assert "'abc'" in error["message"]
 
@@ -182,7 +182,7 @@ def test_unrouted_requests_get_the_error_shape(client, method, path, status):
 
 def test_malformed_json_names_the_body(client):
     response = client.post("/v1/videos", content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(response, 422, "invalid_request", "body")
+    assert_error(response, 400, "invalid_request", "body")
 
 
 def test_deadline_exceeded_is_504_and_recorded(client, generator):
@@ -216,7 +216,7 @@ def test_unexpected_error_marks_the_video_failed(client, generator):
 
 def test_unknown_variant(client):
     video_id = client.post("/v1/videos", json=REQUEST).json()["id"]
-    assert_error(client.get(f"/v1/videos/{video_id}/content?variant=poster"), 422, "invalid_request", "variant")
+    assert_error(client.get(f"/v1/videos/{video_id}/content?variant=poster"), 400, "invalid_request", "variant")
 
 
 def test_openapi_lists_the_routes(client):
@@ -250,16 +250,17 @@ def test_presets(client):
 
 
 def test_openapi_documents_the_error_shape_the_service_sends(client):
-    """/openapi.json shows our error body for 422 (not FastAPI's), and a real 422 fits it."""
+    """/openapi.json shows our error body for 400 (and no FastAPI 422, never sent), and a real 400 fits it."""
     from serve_app.api.protocol import ErrorResponse
 
     spec = client.get("/openapi.json").json()
     create = spec["paths"]["/v1/videos"]["post"]["responses"]
-    assert create["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert create["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "422" not in create
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     for status in ("401", "404", "429", "503"):
         assert status in spec["paths"]["/v1/videos/{video_id}"]["get"]["responses"]
     rejected = client.post("/v1/videos", json={**REQUEST, "width": -1})
-    assert rejected.status_code == 422
+    assert rejected.status_code == 400
     error = ErrorResponse.model_validate(rejected.json()).error
     assert (error.code, error.param) == ("invalid_request", "width")

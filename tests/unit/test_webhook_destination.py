@@ -11,12 +11,12 @@ from tests.helpers.webhooks import PUBLIC_IP, SECRET, local_config, resolver_for
 WILDCARD = WebhookConfig(secret=SECRET, allowed_hosts=["*.example.com", "hooks.partner.net"])
 
 
-def test_rejection_is_a_422_on_webhook_url():
+def test_rejection_is_a_400_on_webhook_url():
     with pytest.raises(WebhookRejected) as info:
         check_destination("https://evil.net/x", WILDCARD, resolver=resolver_for({}))
     err = info.value
     assert isinstance(err, InvalidRequest)
-    assert (err.status_code, err.param, err.code) == (422, "webhook_url", "invalid_webhook_url")
+    assert (err.status_code, err.param, err.code) == (400, "webhook_url", "invalid_webhook_url")
     assert err.to_dict()["error"]["param"] == "webhook_url"
 
 

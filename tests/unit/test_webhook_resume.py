@@ -90,7 +90,8 @@ def test_a_webhook_left_pending_by_a_dead_gateway_is_sent_by_the_next_to_start(t
     # The resumed sending is the same message: a receiver that got a's can drop it.
     assert resumed.headers["webhook-id"] == first.headers["webhook-id"] == message_id(video.model_dump())
     assert verify(SECRET, resumed.headers, resumed.body)
-    assert json.loads(resumed.body)["id"] == video.id and json.loads(resumed.body)["status"] == "completed"
+    event = json.loads(resumed.body)
+    assert (event["type"], event["data"]) == ("video.completed", {"id": video.id})
 
 
 def test_two_gateways_resuming_together_send_a_webhook_once(tmp_path):
@@ -176,9 +177,8 @@ def test_an_answer_from_the_cache_sends_its_webhook(tmp_path):
 
     generated, hit, stored, seen, left = asyncio.run(scenario())
     assert hit.video.cached and hit.video.id != generated.id
-    assert [json.loads(s.body)["id"] for s in seen] == [generated.id, hit.video.id]
-    body = json.loads(seen[1].body)
-    assert (body["status"], body["cached"]) == ("completed", True)
+    assert [json.loads(s.body)["data"]["id"] for s in seen] == [generated.id, hit.video.id]
+    assert json.loads(seen[1].body)["type"] == "video.completed" and stored.video.cached
     assert verify(SECRET, seen[1].headers, seen[1].body)
     assert seen[1].headers["webhook-id"] == message_id(hit.video.model_dump())
     assert (stored.webhook_state, stored.webhook_attempts) == ("delivered", 1)
