@@ -82,13 +82,13 @@ async def list_videos(
     order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
     principal: Principal | None = READER,
 ) -> VideoList:
-    return _views(request).list_videos(after, limit, order, principal)
+    return await _views(request).list_videos(after, limit, order, principal)
 
 
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, summary="A video object")
 async def get_video(request: Request, video_id: str, principal: Principal | None = READER) -> JSONResponse:
     views = _views(request)
-    video = views.get_video(video_id, principal)
+    video = await views.get_video(video_id, principal)
     return JSONResponse(video.model_dump(), headers={"openai-poll-after-ms": str(views.poll_after_ms(video))})
 
 
@@ -122,7 +122,7 @@ async def delete_video(request: Request, video_id: str, principal: Principal | N
 
 @router.post("/v1/videos/{video_id}/cancel", response_model=VideoObject, summary="Stop a queued or running job")
 async def cancel_video(request: Request, video_id: str, principal: Principal | None = READER) -> VideoObject:
-    return _views(request).cancel(video_id, principal)
+    return await _views(request).cancel(video_id, principal)
 
 
 @router.get(
@@ -144,7 +144,7 @@ async def video_events(
 ) -> StreamingResponse:
     streams = _streams(request)
     # 404 and 429 too_many_streams here, before the 200 starts.
-    stream = streams.open(video_id, parse_last_event_id(last_event_id), principal)
+    stream = await streams.open(video_id, parse_last_event_id(last_event_id), principal)
     return streams.sse_response(stream)
 
 
@@ -155,7 +155,7 @@ async def video_ws(websocket: WebSocket, video_id: str) -> None:
     try:
         principal = websocket_caller(websocket)
         after = parse_last_event_id(websocket.query_params.get("last_event_id"))
-        stream = _streams(websocket).open(video_id, after, principal)
+        stream = await _streams(websocket).open(video_id, after, principal)
     except ServiceError as exc:
         await refuse_websocket(websocket, exc)
         return

@@ -225,8 +225,9 @@ def check_list_args(limit: int, order: str) -> None:
 class JobStore(Protocol):
     """Durable job records and per-job event logs. Implementations: SQLite, Redis.
 
-    Every method is synchronous and quick (local file or a nearby Redis);
-    callers on an event loop call them directly.
+    Every method is synchronous and thread-safe, and may block: for seconds while another
+    process holds SQLite's write lock, or a Redis does not answer. Code on an event loop
+    never calls them directly: it awaits them on the store's own thread (store_thread.py).
 
     Every write stores the record with `revision` one above the stored one (and sets
     it on the caller's `job` too), and refuses (RecordFinished) to replace a terminal
