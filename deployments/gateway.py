@@ -103,12 +103,13 @@ class Gateway:
     def __serve_build_asgi_app__(self):
         return self.gateway.app
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve asks for this while the gateway has an autoscaling_config (serve_app/app.py
         gives it one when a stage scales on queue depth): the jobs waiting for a dispatcher, which
-        the application-level policy adds to the denoiser's queue (serve_app/policy/autoscaling.py)."""
+        the application-level policy adds to the denoiser's queue (serve_app/policy/autoscaling.py).
+        Async, with the store read on its thread: Serve calls a sync one on the replica's event loop."""
         runner = self.gateway.runner
-        return unclaimed_jobs_report(runner.store, runner.clock(), runner.lease_s)
+        return await runner.jobs.call(unclaimed_jobs_report, runner.store, runner.clock(), runner.lease_s)
 
     async def __del__(self):
         if hasattr(self, "gateway"):  # not when the constructor itself failed

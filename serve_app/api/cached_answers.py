@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from serve_app.handles import CacheClaims
     from serve_app.jobs.listeners import WebhookDelivery
     from serve_app.jobs.model import JobStore
+    from serve_app.jobs.store_thread import StoreThread
 
 
 class CachedAnswers:
@@ -36,6 +37,7 @@ class CachedAnswers:
     cache: CacheClaims | None
     cache_index: CacheIndex | None
     store: JobStore
+    jobs: StoreThread  # the store's calls, off the event loop
     views: VideoViews
     webhooks: WebhookDelivery | None
 
@@ -71,7 +73,7 @@ class CachedAnswers:
         metrics.cache_lookup(hit is not None)
         if hit is None or job is None:
             return None
-        return self._answer_from_cache(job, key)
+        return await self._answer_from_cache(job, key)
 
     def _copy_files(self, hit: CacheEntry, video_id: str) -> bool:
         """The entry's files under `video_id` (a hard link, or a copy inside the bucket): the
@@ -82,7 +84,7 @@ class CachedAnswers:
         artifacts.delete(video_id)  # a thumbnail alone is no answer
         return False
 
-    def _answer_from_cache(self, draft: JobRecord, key: str) -> CreateOutcome:
+    async def _answer_from_cache(self, draft: JobRecord, key: str) -> CreateOutcome:
         """A new, completed video object; its files (copied already) are its own, kept as
         long as any video's (`artifact_ttl_s`) and deleted with it."""
         now = time.time()
@@ -92,18 +94,26 @@ class CachedAnswers:
         video.completed_at, video.expires_at = int(now), int(now + self.args.artifact_ttl_s)
         owes_webhook = draft.webhook_url is not None and self.webhooks is not None
         if owes_webhook:
-            # Owed as a run's webhook is: the outbox entry first, then a record saying so.
             draft.webhook_state = "pending"
+        job, created = await self.jobs.call(self._store_cached_answer, draft, owes_webhook)
+        if job.id != draft.id:
+            # An idempotent retry found its video: the copy is nobody's (in a thread: S3 is a request).
+            await asyncio.to_thread(self.views.artifacts.delete, draft.id)
+        if owes_webhook and job.id == draft.id:
+            self.webhooks.send_now(job.id)
+        if created:
+            metrics.admitted("cached", job.video.tier or "none")
+        return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
+
+    def _store_cached_answer(self, draft: JobRecord, owes_webhook: bool) -> tuple[JobRecord, bool]:
+        """The answer's record with its completed event, and its webhook owed (blocking: in one
+        call on the store's thread). (the job, created): an idempotent retry finds its earlier one."""
+        if owes_webhook:
+            # Owed as a run's webhook is: the outbox entry first, then a record saying so.
             self.webhooks.owe(draft.id)
         job, created = self.store.create(draft)
         if job.id == draft.id:
             self.store.append_event(job.id, {"type": "completed", "video": job.video.model_dump()})
-        else:
-            self.views.artifacts.delete(draft.id)  # an idempotent retry found its video: the copy is nobody's
-        if owes_webhook and job.id == draft.id:
-            self.webhooks.send_now(job.id)
         elif owes_webhook:
             self.webhooks.forget(draft.id)  # an idempotent retry found its earlier job, and its webhook
-        if created:
-            metrics.admitted("cached", job.video.tier or "none")
-        return CreateOutcome(job.video, 200, {"Location": f"/v1/videos/{job.id}"})
+        return job, created

@@ -32,6 +32,7 @@ from serve_app.images import image_sha256
 from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store_thread import off_loop
 from serve_app.params import GenerationParams, resolve_generation
 from serve_app.policy.admission import Admission, Deadlines, Decision, Mode, as_asked
 from serve_app.policy.load import LoadMonitor, QueueEta
@@ -70,6 +71,7 @@ class VideoCreator(CachedAnswers):
         self.profile = profile
         self.catalog = catalog
         self.store = store
+        self.jobs = off_loop(store)  # the store's calls, off the event loop
         self.runner = runner
         self.views = views  # the public video object of a job (live queue position and ETA)
         self.load = load  # the queue admission reads, and where an admitted request holds its place
@@ -141,7 +143,12 @@ class VideoCreator(CachedAnswers):
             await asyncio.to_thread(self.images.put, asked.input_reference_sha256, image)
 
         # 4. Admit, once: sync or a job, the tier and what it runs, the deadline, the cache.
-        decision = self._admit(asked, cacheable, request, prefer)
+        #    The queue is read off the loop, on the store's thread, the last await before the
+        #    claim: a create of this replica that stored its job before this read is in it,
+        #    and one storing it after still holds its reservation when this decides (its
+        #    create finishes after this read on that thread, so it resumes after this does).
+        active = await self.eta.read_active()
+        decision = self._admit(asked, cacheable, request, prefer, active)
         draft = self._new_job(asked, request, decision.deadline_s, idempotency_key, principal)
         if decision.tier is not None:
             draft.run_at_tier(decision.tier, decision.params)
@@ -171,14 +178,14 @@ class VideoCreator(CachedAnswers):
             shared = await self._claim(draft)
             if shared is None:
                 # 6. Persist (an idempotent retry finds its earlier job instead).
-                job, created = self.store.create(draft)
+                job, created = await self.jobs.create(draft)
         if shared is not None:
             with errors_final(shared.id):
                 return await self._attach(shared, prefer)
         if created:
             await self._hold_job_slot(job, principal, decision)
             metrics.admitted("sync" if decision.sync else "async", draft.video.tier or "none")
-            self.runner.submit(job.id)
+            await self.runner.submit(job.id)
         elif draft.cache_key is not None:
             # An idempotent retry of an earlier job: our draft never runs, so
             # its single-flight claim must not hold the key.
@@ -188,10 +195,10 @@ class VideoCreator(CachedAnswers):
         #    every error is final (x-should-retry: false): a retry without our Idempotency-Key
         #    would start the same generation again.
         with errors_final(job.id):
-            current = self.store.get(job.id)
+            current = await self.jobs.get(job.id)
             # An idempotent retry answers as its first request would have: a finished job at
             # once (200, or its error), one still running waited for as a joining request is.
-            sync = decision.sync if created else self._retry_waits(prefer, current)
+            sync = decision.sync if created else await self._retry_waits(prefer, current)
             outcome = await self._answer(current, prefer, sync=sync, owned=True)
         if decision.load is not None:
             outcome.headers["Wan-Load"] = f"{decision.load:.2f}"
@@ -231,17 +238,23 @@ class VideoCreator(CachedAnswers):
         cacheable: GenerationParams | None,
         request: CreateVideoRequest,
         prefer: Preference,
+        active: list[JobRecord],
     ) -> Decision:
+        """`active`: the unfinished jobs, read just before."""
         mode: Mode = "async" if prefer.respond_async else "wait" if prefer.wait_s is not None else "auto"
         deadlines = self._deadlines(request.deadline_s)
         if self.admission is None:
             return as_asked(
-                asked, self.eta.of_request(asked), mode=mode, sync_budget_s=self.args.sync_budget_s, deadlines=deadlines
+                asked,
+                self.eta.of_request(asked, active),
+                mode=mode,
+                sync_budget_s=self.args.sync_budget_s,
+                deadlines=deadlines,
             )
         try:
             decision = self.admission.decide(
                 asked,
-                self.load.snapshot(),
+                self.load.snapshot(jobs=active),
                 mode=mode,
                 exact=request.quality == "exact",
                 sync_budget_s=self.args.sync_budget_s,
@@ -263,7 +276,7 @@ class VideoCreator(CachedAnswers):
         holder = await self.cache.claim(draft.cache_key, draft.id)
         if holder == draft.id:
             return None
-        running = self._running(holder)
+        running = await self._running(holder)
         # With auth on, a job is visible to its own key only, so requests
         # of another key do not attach to it: theirs runs (or, once the
         # first finishes, is a cache hit).
@@ -271,7 +284,7 @@ class VideoCreator(CachedAnswers):
             return None
         # Marked before this request learns the id, so its creator hanging up leaves it
         # running; None if it was cancelled or ended meanwhile: this request runs its own.
-        return self.store.attach(running.id)
+        return await self.jobs.attach(running.id)
 
     async def _hold_job_slot(self, job: JobRecord, principal: Principal | None, decision: Decision) -> None:
         """The key's cap on unfinished jobs, checked once the job (and its final id) exists:
@@ -282,24 +295,24 @@ class VideoCreator(CachedAnswers):
         try:
             self.guard.acquire_job(principal, job.id, retry_after_s=decision.eta_s)
         except ServiceError:
-            self.store.delete(job.id)
+            await self.jobs.delete(job.id)
             if job.cache_key is not None:
                 await self.cache.release(job.cache_key, job.id)
             raise
 
-    def _retry_waits(self, prefer: Preference, job: JobRecord) -> bool:
+    async def _retry_waits(self, prefer: Preference, job: JobRecord) -> bool:
         """Whether an idempotent retry (same Idempotency-Key) waits for the job it found."""
         if prefer.respond_async:
             return False
-        return job.terminal or self._joins_sync(prefer, job)
+        return job.terminal or await self._joins_sync(prefer, job)
 
-    def _joins_sync(self, prefer: Preference, job: JobRecord) -> bool:
+    async def _joins_sync(self, prefer: Preference, job: JobRecord) -> bool:
         """Whether a request joining another's job waits for it: the sync budget decides."""
         if prefer.respond_async:
             return False
         if prefer.wait_s is not None:
             return True  # the client said how long it will wait; it gets the job as it stands then
-        return self.eta.of_job(job) <= self.args.sync_budget_s
+        return await self.eta.of_stored_job(job) <= self.args.sync_budget_s
 
     async def _answer(self, job: JobRecord, prefer: Preference, sync: bool, owned: bool) -> CreateOutcome:
         """202 with the job now, or wait for it (up to its deadline, or what Prefer: wait allows)."""
@@ -309,16 +322,16 @@ class VideoCreator(CachedAnswers):
         elif prefer.wait_s is not None:
             headers["Preference-Applied"] = f"wait={prefer.wait_s:g}"
         if not sync:
-            return CreateOutcome(self.views.public(job), 202, headers)
+            return CreateOutcome(await self.views.public(job), 202, headers)
         wait_s = job.deadline_s + SYNC_GRACE_S
         if prefer.wait_s is not None:
             wait_s = min(wait_s, prefer.wait_s)
         return await self._wait_sync(job, headers, wait_s, owned)
 
-    def _running(self, job_id: str) -> JobRecord | None:
+    async def _running(self, job_id: str) -> JobRecord | None:
         """The job holding a single-flight claim, if it is still on its way."""
         try:
-            job = self.store.get(job_id)
+            job = await self.jobs.get(job_id)
         except NotFound:
             return None
         return None if job.terminal or job.delete_requested else job
@@ -326,7 +339,7 @@ class VideoCreator(CachedAnswers):
     async def _attach(self, job: JobRecord, prefer: Preference) -> CreateOutcome:
         """An identical request is generating: answer with that same job (one generation,
         N answers, one id). Waits like a request of its own would."""
-        return await self._answer(job, prefer, sync=self._joins_sync(prefer, job), owned=False)
+        return await self._answer(job, prefer, sync=await self._joins_sync(prefer, job), owned=False)
 
     async def _wait_sync(
         self, job: JobRecord, headers: dict[str, str], wait_s: float, owned: bool = True
@@ -339,18 +352,20 @@ class VideoCreator(CachedAnswers):
             # Idempotency-Key finds this job, and identical requests attached to it wait
             # for it: then it runs on. The store decides atomically with `attach`.
             if owned:
-                self._cancel_abandoned(job.id)
+                # Shielded: a second cancel must not drop it half way (the store call runs
+                # on regardless; the local runner's cancel would not).
+                await asyncio.shield(self._cancel_abandoned(job.id))
             raise
         if done.video.status == "completed":
             return CreateOutcome(done.video, 200, headers)
         if done.video.status == "failed":
             raise self._error_of(done)
         # Still running past the wait (the estimate was wrong): it stays a job.
-        return CreateOutcome(self.views.public(done), 202, headers)
+        return CreateOutcome(await self.views.public(done), 202, headers)
 
-    def _cancel_abandoned(self, job_id: str) -> None:
+    async def _cancel_abandoned(self, job_id: str) -> None:
         try:
-            if self.store.cancel_abandoned(job_id):
+            if await self.jobs.cancel_abandoned(job_id):
                 self.runner.cancel(job_id)  # at once when it runs here; otherwise its runner sees the flag
         except Exception:  # the request is being cancelled: a store error must not replace that
             log.warning("job %s: no cancel after a hang-up", job_id, extra={"job_id": job_id}, exc_info=True)

@@ -41,6 +41,7 @@ from serve_app.jobs.event_feed import JobEventFeeds
 from serve_app.jobs.listeners import WebhookDelivery
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store_thread import close_off_loop, off_loop
 from serve_app.jobs.stores import open_job_store
 from serve_app.jobs.webhook_outbox import WebhookOutbox, open_webhook_outbox
 from serve_app.policy.admission import Admission
@@ -163,6 +164,7 @@ class GatewayStores:
         )
 
     def close(self) -> None:
+        close_off_loop(self.jobs)  # the calls already handed to the store's thread run first
         self.jobs.close()
         if self.webhook_outbox is not None:
             self.webhook_outbox.close()
@@ -243,6 +245,8 @@ def build_gateway(
         initial_replicas=initial_replicas(args.stages.denoiser),
         encoder_replicas=handles.encoder_replicas,
         initial_encoder_replicas=initial_replicas(args.stages.video_encoder),
+        # On the job store's own thread, which orders it with this replica's creates (api/create.py).
+        read_off_loop=off_loop(stores.jobs).call,
     )
     eta = QueueEta(load, args.admission)
 
@@ -279,7 +283,7 @@ def build_gateway(
         max_attempts=args.job_max_attempts,
         on_finished=free_job_slot,
         lower_memory=lowest_tier(settings.tiers),
-        eta=eta.of_job,  # queued events show the ETA admission decided on
+        eta=eta.of_stored_job,  # queued events show the ETA admission decided on
     )
     runner.listeners.append(webhooks)  # after the result cache's fill: the order does not matter to either
     if stores.images is not None:

@@ -184,9 +184,9 @@ class ProgressStreams:
         self.slots = StreamSlots(options)
         self.clock = clock
 
-    def open(self, video_id: str, after_seq: int, principal: Principal | None) -> ProgressStream:
+    async def open(self, video_id: str, after_seq: int, principal: Principal | None) -> ProgressStream:
         """404 if the caller may not see the video, 429 when out of slots; else the open stream."""
-        self.views.visible_job(video_id, principal)
+        await self.views.visible_job(video_id, principal)
         release = self.slots.acquire(principal)
         try:
             subscription = self.feeds.subscribe(video_id, after_seq)

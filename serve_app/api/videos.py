@@ -89,7 +89,7 @@ async def remix_video(
     body = await read_remix_request(request, request.app.state.max_body_bytes)
     read = time.perf_counter()
     # Whoever may not read the source gets its 404 (another key's, deleted, or no such id).
-    source = _views(request).get_video(video_id, principal)
+    source = await _views(request).get_video(video_id, principal)
     creator = _creator(request)
     remix = await remix_request(source, body, creator.catalog, creator.images)
     outcome = await creator.create_video(remix, Preference.parse(prefer), idempotency_key, principal)
@@ -114,13 +114,13 @@ async def list_videos(
     order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
     principal: Principal | None = READER,
 ) -> VideoList:
-    return _views(request).list_videos(after, limit, order, principal)
+    return await _views(request).list_videos(after, limit, order, principal)
 
 
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, summary="A video object")
 async def get_video(request: Request, video_id: str, principal: Principal | None = READER) -> JSONResponse:
     views = _views(request)
-    video = views.get_video(video_id, principal)
+    video = await views.get_video(video_id, principal)
     return JSONResponse(video.model_dump(), headers={"openai-poll-after-ms": str(views.poll_after_ms(video))})
 
 
@@ -154,7 +154,7 @@ async def delete_video(request: Request, video_id: str, principal: Principal | N
 
 @router.post("/v1/videos/{video_id}/cancel", response_model=VideoObject, summary="Stop a queued or running job")
 async def cancel_video(request: Request, video_id: str, principal: Principal | None = READER) -> VideoObject:
-    return _views(request).cancel(video_id, principal)
+    return await _views(request).cancel(video_id, principal)
 
 
 @router.get(
@@ -176,7 +176,7 @@ async def video_events(
 ) -> StreamingResponse:
     streams = _streams(request)
     # 404 and 429 too_many_streams here, before the 200 starts.
-    stream = streams.open(video_id, parse_last_event_id(last_event_id), principal)
+    stream = await streams.open(video_id, parse_last_event_id(last_event_id), principal)
     return streams.sse_response(stream)
 
 
@@ -187,7 +187,7 @@ async def video_ws(websocket: WebSocket, video_id: str) -> None:
     try:
         principal = websocket_caller(websocket)
         after = parse_last_event_id(websocket.query_params.get("last_event_id"))
-        stream = _streams(websocket).open(video_id, after, principal)
+        stream = await _streams(websocket).open(video_id, after, principal)
     except ServiceError as exc:
         await refuse_websocket(websocket, exc)
         return

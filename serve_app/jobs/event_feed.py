@@ -9,7 +9,8 @@ oldest position any of its subscribers needs and hands each subscriber the
 events past its own position. It is woken early by an event written here for
 that job (`notify(job_id)`, wired to the runner's event log) or by a new
 subscriber, and otherwise reads every `poll_interval_s`; it ends when its last
-subscriber leaves or every subscriber has reached the job's end.
+subscriber leaves or every subscriber has reached the job's end. Its store reads
+run on the store's thread (store_thread.py), not on the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from serve_app.errors import NotFound, ServiceUnavailable
 from serve_app.jobs.model import TERMINAL, JobStore
+from serve_app.jobs.store_thread import off_loop
 
 log = logging.getLogger("ray.serve")
 
@@ -102,6 +104,7 @@ class JobEventFeeds:
 
     def __init__(self, store: JobStore, poll_interval_s: float) -> None:
         self.store = store
+        self.jobs = off_loop(store)
         self.poll_interval_s = poll_interval_s
         self._feeds: dict[str, _Feed] = {}
 
@@ -162,12 +165,12 @@ class JobEventFeeds:
                     return
                 feed.wake.clear()
                 low = min(s.seq for s in readers)
-                batch = self.store.events_after(feed.job_id, low, READ_LIMIT)
+                batch = await self.jobs.events_after(feed.job_id, low, READ_LIMIT)
                 for reader in readers:
                     reader._offer(batch)
                 if len(batch) >= READ_LIMIT or any(s.ended for s in readers):
                     continue  # a full page, or someone is done: look again before waiting
-                if not batch and self._over(feed.job_id, low):
+                if not batch and await self.jobs.call(self._over, feed.job_id, low):
                     for reader in readers:
                         reader._end()
                     continue
@@ -181,7 +184,7 @@ class JobEventFeeds:
 
     def _over(self, job_id: str, seq: int) -> bool:
         """Nothing more will come after `seq`: the job is gone, or finished with no event left to read
-        (a terminal record whose terminal event is not in the log)."""
+        (a terminal record whose terminal event is not in the log). Blocking: two reads, in one call."""
         try:
             job = self.store.get(job_id)
         except NotFound:

@@ -2,7 +2,8 @@
 
 Every event goes to the store's per-job log, which SSE and WebSocket readers on
 any replica poll. Readers on the replica that wrote it are woken at once
-instead, so a local stream shows each step as it happens.
+instead, so a local stream shows each step as it happens. The write runs on the
+store's thread (store_thread.py), the wake-up on the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 from serve_app.errors import NotFound
 from serve_app.jobs.model import JobStore
+from serve_app.jobs.store_thread import off_loop
 from serve_app.messages import StepProgress
 
 # Previews go into progress events (the job record never holds one). The
@@ -42,6 +44,7 @@ def progress_event(progress: StepProgress, percent: int, elapsed_s: float) -> di
 class EventLog:
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self.jobs = off_loop(store)
         # Set (and replaced) on every event written here. An Event, not a
         # Condition: a waiter cancelled mid-wait (a client hanging up) must not
         # leave a lock behind.
@@ -50,12 +53,17 @@ class EventLog:
         # changed), so a reader of one job is woken by that job alone (jobs/event_feed.py).
         self.listeners: list[Callable[[str | None], None]] = []
 
-    def append(self, job_id: str, event: dict) -> None:
+    async def append(self, job_id: str, event: dict) -> None:
+        await self.jobs.call(self.write, job_id, event)
+        self.notify(job_id)
+
+    def write(self, job_id: str, event: dict) -> None:
+        """The store's half of `append` (blocking: on the store's thread, where a composite
+        write calls it; the caller then calls `notify` on the loop)."""
         try:
             self.store.append_event(job_id, event)
         except NotFound:
             pass  # deleted: nobody can read its events any more
-        self.notify(job_id)
 
     def notify(self, job_id: str | None = None) -> None:
         """Wake every local waiter; each then reads the store for what changed."""

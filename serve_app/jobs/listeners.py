@@ -31,6 +31,7 @@ from serve_app.errors import NotFound
 from serve_app.estimates import StageTimeEstimator
 from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.store_thread import off_loop
 from serve_app.jobs.webhook_outbox import WebhookOutbox
 from serve_app.messages import GraphResult
 
@@ -135,7 +136,10 @@ class WebhookDelivery(JobListener):
     loop that, every `resume_every_s`, claims entries whose holder's time ran out and
     sends them. Claims are atomic, so two gateways do not both send one; a delivery
     that overran its claim can be sent twice, under one `webhook-id` (receivers
-    deduplicate on it)."""
+    deduplicate on it).
+
+    The outbox lives beside the job store (its SQLite file, its Redis): its calls run
+    on the job store's thread too (store_thread.py), never on the event loop."""
 
     def __init__(
         self,
@@ -148,6 +152,7 @@ class WebhookDelivery(JobListener):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.jobs = off_loop(store)
         self.send = send
         self.outbox = outbox  # None: deliveries live only as long as this gateway
         self.claim_s = claim_s
@@ -160,18 +165,19 @@ class WebhookDelivery(JobListener):
 
     async def before_record(self, job: JobRecord, result: GraphResult | None) -> None:
         if job.webhook_url and not job.delete_requested:
-            self.owe(job.id)
+            await self.jobs.call(self.owe, job.id)
 
     async def after_record(self, job: JobRecord, result: GraphResult | None, gone: bool) -> None:
         if not job.webhook_url:
             return
         if gone:
-            self._settle(job.id)  # a deleted video's webhook is not sent
+            await self.jobs.call(self._settle, job.id)  # a deleted video's webhook is not sent
             return
         self.send_now(job.id)
 
     def owe(self, job_id: str) -> None:
-        """Write the job's outbox entry, held here, before its record says a webhook is pending."""
+        """Write the job's outbox entry, held here, before its record says a webhook is pending
+        (blocking: on the store's thread)."""
         if self.outbox is not None:
             self.outbox.owe(job_id, self.clock() + self.claim_s)
 
@@ -185,7 +191,8 @@ class WebhookDelivery(JobListener):
         task.add_done_callback(self._deliveries.discard)
 
     def forget(self, job_id: str) -> None:
-        """The job will not exist (its draft was dropped): no webhook is owed."""
+        """The job will not exist (its draft was dropped): no webhook is owed (blocking: on the
+        store's thread)."""
         self._settle(job_id)
 
     def start(self) -> None:
@@ -196,16 +203,31 @@ class WebhookDelivery(JobListener):
     async def _resume_loop(self) -> None:
         while True:
             try:
-                self.resume_due()
+                await self.resume_due()
             except Exception:
                 log.exception("webhook outbox: resuming deliveries failed; trying again")
             await asyncio.sleep(self.resume_every_s)
 
-    def resume_due(self, limit: int = RESUME_BATCH) -> int:
+    async def resume_due(self, limit: int = RESUME_BATCH) -> int:
         """Claim and send the webhooks nobody is sending; how many were started here."""
         if self.outbox is None:
             return 0
+        # Read and claimed on the store's thread; `_sending` is read there too, which is safe:
+        # only the loop changes it, and a delivery that starts meanwhile is caught below.
+        claimed = await self.jobs.call(self._claim_due, limit)
         started = 0
+        for job_id in claimed:
+            if job_id in self._sending:
+                continue
+            log.info("job %s: resuming its webhook", job_id, extra={"job_id": job_id})
+            self.send_now(job_id)
+            started += 1
+        return started
+
+    def _claim_due(self, limit: int) -> list[str]:
+        """Claim the due entries of ended jobs whose webhook is still owed; their ids (blocking)."""
+        assert self.outbox is not None
+        claimed = []
         for job_id in self.outbox.due(self.clock(), limit):
             if job_id in self._sending:
                 continue
@@ -220,12 +242,10 @@ class WebhookDelivery(JobListener):
             if not job.webhook_url or job.webhook_state in ("delivered", "failed"):
                 self._settle(job_id)  # sent (its sender died before removing the entry)
             elif job.terminal:
-                log.info("job %s: resuming its webhook", job_id, extra={"job_id": job_id})
-                self.send_now(job_id)
-                started += 1
+                claimed.append(job_id)
             # Otherwise the job runs again (its runner died before the terminal record):
             # the entry stays, held by this claim, and its next run's end owes it anew.
-        return started
+        return claimed
 
     async def drain(self, timeout_s: float) -> None:
         # A delivery cut off by shutdown would leave its job "pending" until its claim runs
@@ -244,24 +264,31 @@ class WebhookDelivery(JobListener):
 
     async def _deliver(self, job_id: str) -> None:
         try:
-            job = self.store.get(job_id)
+            job = await self.jobs.get(job_id)
             outcome = await self.send(job)
-            # Read again: the record may have changed during a delivery with retries.
-            job = self.store.get(job_id)
-            job.webhook_state = "delivered" if outcome.delivered else "failed"
-            job.webhook_attempts = outcome.attempts
-            self.store.save(job)
-            self._settle(job_id)
+            await self.jobs.call(self._record_outcome, job_id, outcome)
         except NotFound:
-            self._settle(job_id)  # deleted before or while it was delivered
+            await self.jobs.call(self._settle, job_id)  # deleted before or while it was delivered
         except asyncio.CancelledError:
-            self._release(job_id)
+            try:
+                await self.jobs.call(self._release, job_id)
+            except RuntimeError:
+                pass  # the store's thread stopped already (shutdown): the claim runs out instead
             raise
         except Exception:
             # The entry stays: when this gateway's claim runs out, one sends it again.
             log.exception("job %s: webhook delivery failed", job_id, extra={"job_id": job_id})
         finally:
             self._sending.discard(job_id)
+
+    def _record_outcome(self, job_id: str, outcome: Any) -> None:
+        """How delivery went, in the record; then the entry goes (blocking)."""
+        # Read again: the record may have changed during a delivery with retries.
+        job = self.store.get(job_id)
+        job.webhook_state = "delivered" if outcome.delivered else "failed"
+        job.webhook_attempts = outcome.attempts
+        self.store.save(job)
+        self._settle(job_id)
 
     def _settle(self, job_id: str) -> None:
         if self.outbox is not None:
@@ -295,7 +322,7 @@ class ResultCacheFill(JobListener):
             await self.cache.release(job.cache_key, job.id)
             return
         filled = await self.cache.fill(job.cache_key, job.video.model_dump(), job.id)
-        if filled and self.store is not None and _deleted(self.store, job.id):
+        if filled and self.store is not None and await off_loop(self.store).call(_deleted, self.store, job.id):
             # Deleted during the fill, after the delete's own purge looked: the entry
             # must not outlive its video (VideoViews.delete_with_cache_entry).
             await self.cache.forget_source(job.cache_key, job.id)

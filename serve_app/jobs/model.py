@@ -60,7 +60,13 @@ def video_settings(params: GenerationParams) -> dict[str, Any]:
 
 class JobRecord(BaseModel):
     # Unknown keys are ignored: records of the earlier layout carry `params` too.
-    model_config = ConfigDict(extra="ignore")
+    # cache_strings="none": pydantic-core keeps a process-wide cache of the short strings
+    # it parses (16k entries), so that repeated values are not allocated again. A record's
+    # values are its job's own (its id, its key's id, its prompt), rarely repeated across a
+    # store's many jobs: looking each up and evicting others cost more than allocating
+    # them, and a read of an old job cost more than one of a recent job whose strings were
+    # still cached (bench/bench_history.py's cold `get`; docs/performance.md).
+    model_config = ConfigDict(extra="ignore", cache_strings="none")
 
     video: VideoObject = Field(description="The public object; its settings fields are what the job runs.")
     deadline_s: float = Field(description="Seconds a run of this job may take (a new deadline per attempt).")
@@ -230,8 +236,9 @@ def check_list_args(limit: int, order: str) -> None:
 class JobStore(Protocol):
     """Durable job records and per-job event logs. Implementations: SQLite, Redis.
 
-    Every method is synchronous and quick (local file or a nearby Redis);
-    callers on an event loop call them directly.
+    Every method is synchronous and thread-safe, and may block: for seconds while another
+    process holds SQLite's write lock, or a Redis does not answer. Code on an event loop
+    never calls them directly: it awaits them on the store's own thread (store_thread.py).
 
     Every write stores the record with `revision` one above the stored one (and sets
     it on the caller's `job` too), and refuses (RecordFinished) to replace a terminal

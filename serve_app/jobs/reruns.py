@@ -11,6 +11,7 @@ import logging
 from serve_app.errors import ServiceError
 from serve_app.handles import CacheClaims
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.store_thread import off_loop
 from serve_app.jobs.writes import update_owned
 from serve_app.params import GenerationParams
 
@@ -19,7 +20,8 @@ log = logging.getLogger("ray.serve")
 
 def count_next_attempt(store: JobStore, job_id: str, owner: str, exc: ServiceError, max_attempts: int) -> JobRecord:
     """The job with one more attempt counted and saved; re-raises `exc` when none is
-    left, or when the job was deleted, cancelled or taken over meanwhile."""
+    left, or when the job was deleted, cancelled or taken over meanwhile. Blocking: code on
+    the event loop runs it on the store's thread (store_thread.py)."""
 
     def next_attempt(job: JobRecord) -> bool:
         if job.attempts >= max_attempts or job.cancel_requested:
@@ -56,7 +58,7 @@ async def lower_tier(
         rewrite_for_tier(current, params, tier)
         return True
 
-    current, written = update_owned(store, job.id, owner, rewrite)
+    current, written = await off_loop(store).call(update_owned, store, job.id, owner, rewrite)
     if current is None or not written:
         raise exc
     return current

@@ -15,6 +15,11 @@ runner writes its job's record without undoing other replicas' writes in
 `writes.py`, what follows from a job ending (files, metrics, the cache,
 webhooks) in `listeners.py`, the event log in `events.py`, rerun bookkeeping
 in `reruns.py`, freeing expired files in `expiry.py`.
+
+Every store call runs on the store's own thread (`store_thread.py`), never on the
+event loop: the loop runs the stage graph's streams, the heartbeats and every
+request of the replica, and a store call may wait seconds (another process holding
+SQLite's write lock, a Redis that does not answer).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serve_app import metrics
@@ -37,6 +42,7 @@ from serve_app.jobs.expiry import DEFAULT_EVENTS_KEEP_S, DEFAULT_RETENTION_S, Ex
 from serve_app.jobs.listeners import FinishedCallback, JobListener, WebhookSender, standard_listeners
 from serve_app.jobs.model import JobRecord, JobStore
 from serve_app.jobs.reruns import count_next_attempt, lower_tier
+from serve_app.jobs.store_thread import off_loop
 from serve_app.jobs.writes import completed, end_job, failed, hand_back, update_owned
 from serve_app.messages import StepProgress
 from serve_app.params import GenerationParams
@@ -81,11 +87,12 @@ class JobRunner:
         on_finished: Callable[[JobRecord], None] | None = None,
         lower_memory: Callable[[GenerationParams], tuple[GenerationParams, str] | None] | None = None,
         clock: Callable[[], float] = time.time,
-        eta: Callable[[JobRecord], float] | None = None,
+        eta: Callable[[JobRecord], Awaitable[float]] | None = None,
         job_retention_s: float = DEFAULT_RETENTION_S,
         events_keep_s: float = DEFAULT_EVENTS_KEEP_S,
     ) -> None:
         self.store = store
+        self.jobs = off_loop(store)  # the store's calls, off the event loop
         self.generator = generator
         self.estimator = estimator
         self.owner = owner
@@ -99,8 +106,9 @@ class JobRunner:
         self.lower_memory = lower_memory
         self.clock = clock
         # Seconds until a queued job is ready: the service's ETA (policy/eta.py), which
-        # knows the load, so a queued event says what admission decided on. Without it
-        # (a runner alone), the same model over an idle queue.
+        # knows the load, so a queued event says what admission decided on (a coroutine:
+        # it reads the queue off the loop). Without it (a runner alone), the same model
+        # over an idle queue.
         self.eta = eta
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reason: dict[str, str] = {}
@@ -159,13 +167,14 @@ class JobRunner:
 
     # --- submitting and waiting -------------------------------------------------------
 
-    def submit(self, job_id: str) -> bool:
+    async def submit(self, job_id: str) -> bool:
         """Claim the job and start running it here; False if another runner holds it."""
         if job_id in self._tasks:
             return True
-        job = self.store.claim(job_id, self.owner, self.clock(), self.lease_s)
+        job = await self.jobs.claim(job_id, self.owner, self.clock(), self.lease_s)
         if job is None:
-            return False
+            # Perhaps claimed here meanwhile (the dispatcher and a create, both on this loop).
+            return job_id in self._tasks
         if job.cancel_requested:
             # Cancelled while nobody ran it (its runner died or handed it back): the flag
             # is otherwise seen at the first step or heartbeat, after the stages have
@@ -200,10 +209,10 @@ class JobRunner:
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.wait({task}, timeout=timeout)
-            return self.store.get(job_id)
+            return await self.jobs.get(job_id)
         give_up = time.monotonic() + timeout
         while True:
-            job = self.store.get(job_id)
+            job = await self.jobs.get(job_id)
             left = give_up - time.monotonic()
             if job.terminal or left <= 0:
                 return job
@@ -224,12 +233,12 @@ class JobRunner:
         job_id = job.id
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(job_id))
         started = time.perf_counter()
-        estimate = self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
-        self._events.append(
+        estimate = await self.eta(job) if self.eta is not None else job_work(job.params, self.estimator).total_s
+        await self._events.append(
             job_id,
             {
                 "type": "queued",
-                "queue_position": self.store.queue_position(job),
+                "queue_position": await self.jobs.queue_position(job),
                 "eta_s": round(estimate, 3),
                 "attempt": job.attempts,
             },
@@ -257,7 +266,7 @@ class JobRunner:
                 return
             reason = self._cancel_reason.pop(job_id, "shutdown")
             if reason == "shutdown":
-                self._release(job_id)
+                await self._release(job_id)
                 raise
             await self._fail(job_id, RequestCancelled("cancelled by request"))
         except ServiceError as exc:
@@ -290,30 +299,26 @@ class JobRunner:
             try:
                 return await self.generator.generate(params, Deadline.after(job.deadline_s), on_progress, job_id=job_id)
             except StageLost as exc:
-                error, current = exc, count_next_attempt(self.store, job_id, self.owner, exc, self.max_attempts)
+                error, current = exc, await self._count_next_attempt(job_id, exc)
             except GpuOutOfMemory as exc:
                 if exc.details.get("stage") != "denoiser" or self.lower_memory is None:
                     raise
-                error, current = exc, count_next_attempt(self.store, job_id, self.owner, exc, self.max_attempts)
+                error, current = exc, await self._count_next_attempt(job_id, exc)
                 lowered = self.lower_memory(current.params) if current.oom_retries == 0 else None
                 if lowered is None:
                     raise
                 current = await lower_tier(self.store, self.cache, current, self.owner, *lowered, exc)
             params = current.params
             metrics.job_retried(error.code)
-            self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
+            await self._events.append(job_id, {"type": "retry", "attempt": current.attempts, "reason": error.message})
+
+    async def _count_next_attempt(self, job_id: str, exc: ServiceError) -> JobRecord:
+        return await self.jobs.call(count_next_attempt, self.store, job_id, self.owner, exc, self.max_attempts)
 
     async def _on_step(self, job_id: str, progress: StepProgress, started: float) -> None:
-        percent = min(int(100 * progress.step / progress.total_steps), 99)  # 100 only once the mp4 is stored
-
-        def advance(job: JobRecord) -> bool:
-            if job.cancel_requested:
-                return False
-            job.video.status, job.video.progress = "in_progress", percent
-            job.heartbeat_at = self.clock()
-            return True
-
-        job, written = update_owned(self.store, job_id, self.owner, advance)
+        # One call on the store's thread: the step tasks start in step order, and so their
+        # calls run in it, each record write with its event (no other step's in between).
+        job, written = await self.jobs.call(self._write_step, job_id, progress, started)
         if job is None:
             return  # deleted meanwhile; its runner stops at the next heartbeat
         if not written:
@@ -324,7 +329,23 @@ class JobRunner:
             return
         if progress.step == 1:
             metrics.queue_wait(max(0.0, self.clock() - job.created_at))
-        self._events.append(job_id, progress_event(progress, percent, time.perf_counter() - started))
+        self._events.notify(job_id)
+
+    def _write_step(self, job_id: str, progress: StepProgress, started: float) -> tuple[JobRecord | None, bool]:
+        """The step's progress in the record, and its event once that is written (blocking)."""
+        percent = min(int(100 * progress.step / progress.total_steps), 99)  # 100 only once the mp4 is stored
+
+        def advance(job: JobRecord) -> bool:
+            if job.cancel_requested:
+                return False
+            job.video.status, job.video.progress = "in_progress", percent
+            job.heartbeat_at = self.clock()
+            return True
+
+        job, written = update_owned(self.store, job_id, self.owner, advance)
+        if written:
+            self._events.write(job_id, progress_event(progress, percent, time.perf_counter() - started))
+        return job, written
 
     async def _complete(self, job_id: str, result) -> None:
         await self._finish(job_id, completed(result, self.clock(), self.artifact_ttl_s), result)
@@ -336,9 +357,9 @@ class JobRunner:
         if not await end_job(self.store, self.owner, self.listeners, self._events, job_id, finish, result):
             self._warn_lost(job_id)  # its new runner writes the outcome and calls the listeners
 
-    def _release(self, job_id: str) -> None:
+    async def _release(self, job_id: str) -> None:
         """Give a job back (shutdown): another replica claims it without waiting for the lease."""
-        update_owned(self.store, job_id, self.owner, hand_back)
+        await self.jobs.call(update_owned, self.store, job_id, self.owner, hand_back)
 
     def _lost(self, job_id: str) -> None:
         """Stop running a job another runner holds now, writing nothing."""
@@ -368,8 +389,7 @@ class JobRunner:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                alive = self.store.heartbeat(job_id, self.owner, self.clock())
-                cancel_requested = alive and self.store.get(job_id).cancel_requested
+                alive, cancel_requested = await self.jobs.call(self._beat, job_id)
             except Exception:
                 log.warning("job %s: heartbeat failed; trying again", job_id, extra={"job_id": job_id}, exc_info=True)
                 continue
@@ -380,13 +400,18 @@ class JobRunner:
                 self.cancel(job_id)
                 return
 
+    def _beat(self, job_id: str) -> tuple[bool, bool]:
+        """(whether this runner still holds the job, whether its client asked to cancel it)."""
+        alive = self.store.heartbeat(job_id, self.owner, self.clock())
+        return alive, alive and self.store.get(job_id).cancel_requested
+
     # --- orphans and expiry -----------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
         while True:
             try:
-                for job_id in self.store.claimable(self.clock(), self.lease_s, limit=16):
-                    if job_id not in self._tasks and self.submit(job_id):
+                for job_id in await self.jobs.claimable(self.clock(), self.lease_s, limit=16):
+                    if job_id not in self._tasks and await self.submit(job_id):
                         log.info("job %s: taken over by %s", job_id, self.owner, extra={"job_id": job_id})
                 await self._sweep_in_thread()
             except Exception:

@@ -9,6 +9,9 @@ run twice. So every write here reads the record, changes it, and writes it with
 `compare_and_save`, which refuses it if anything was written in between; then it
 reads again and decides again on what is there now. And it writes only while
 the record names this runner as its owner and is not terminal.
+
+`update_owned` and `write_terminal` block (each is several store calls): code on the
+event loop runs them on the store's thread, `off_loop(store).call(...)` (store_thread.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from serve_app.errors import NotFound, ServiceError
 from serve_app.jobs.events import EventLog
 from serve_app.jobs.listeners import JobListener
 from serve_app.jobs.model import JobRecord, JobStore
+from serve_app.jobs.store_thread import off_loop
 
 log = logging.getLogger("ray.serve")
 
@@ -89,8 +93,9 @@ async def end_job(
     asked, with the listeners before and after (listeners.py). `result`: the stage graph's,
     or None for a failed job. False if `owner` no longer holds the job: nothing written, and
     no listener called after the record (its new runner writes the outcome and calls them)."""
+    jobs = off_loop(store)
     try:
-        job = store.get(job_id)
+        job = await jobs.get(job_id)
     except NotFound:
         return True  # deleted while it ran: nothing to keep
     if job.owner != owner or job.terminal:
@@ -108,13 +113,13 @@ async def end_job(
             log.exception("job %s: %s failed before its record", job.id, name, extra={"job_id": job.id})
     # Read again, and written only over what was read: a cancel, delete or takeover
     # while the listeners ran (storing the mp4 takes a while) is not undone.
-    outcome, written = write_terminal(store, job_id, owner, finish)
+    outcome, written = await jobs.call(_write_terminal_and_event, store, events, job_id, owner, finish)
     if outcome == "lost":
         return False
     gone = outcome == "gone"
     if written is not None and not gone:
         job = written
-        events.append(job.id, {"type": job.video.status, "video": job.video.model_dump()})
+        events.notify(job.id)
     else:
         events.notify()
     for listener in listeners:
@@ -124,6 +129,18 @@ async def end_job(
             name = type(listener).__name__
             log.exception("job %s: %s failed after its record", job.id, name, extra={"job_id": job.id})
     return True
+
+
+def _write_terminal_and_event(
+    store: JobStore, events: EventLog, job_id: str, owner: str, finish: Callable[[JobRecord], None]
+) -> tuple[TerminalWrite, JobRecord | None]:
+    """`write_terminal`, and the terminal event once it is written, in one call on the store's
+    thread: no read of this replica comes between the two (an event feed that saw a terminal
+    record with no terminal event after it would end its streams without that event)."""
+    outcome, written = write_terminal(store, job_id, owner, finish)
+    if outcome == "written" and written is not None:
+        events.write(written.id, {"type": written.video.status, "video": written.video.model_dump()})
+    return outcome, written
 
 
 def hand_back(job: JobRecord) -> bool:

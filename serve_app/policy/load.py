@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -160,8 +160,12 @@ class LoadMonitor:
         initial_replicas: int,
         encoder_replicas: Callable[[], ReplicaCount | int | None] | None = None,
         initial_encoder_replicas: int = 1,
+        read_off_loop: Callable[[Callable[[], list[JobRecord]]], Awaitable[list[JobRecord]]] | None = None,
     ) -> None:
         self._active_jobs = active_jobs
+        # Runs `active_jobs` (a store query, blocking) off the event loop for `read_active`: the
+        # gateway passes its job store's own thread (jobs/store_thread.py says why that one).
+        self._read_off_loop = read_off_loop or _in_a_thread
         self.estimator = estimator
         self._replicas_fn = replicas
         self._encoder_replicas_fn = encoder_replicas
@@ -245,7 +249,13 @@ class LoadMonitor:
         return len(self._reserved)
 
     def active_jobs(self) -> list[JobRecord]:
+        """The unfinished jobs (blocking: a store query)."""
         return self._active_jobs()
+
+    async def read_active(self) -> list[JobRecord]:
+        """The unfinished jobs, read off the event loop: what code on the loop passes to
+        `snapshot(jobs=...)` and the ETAs below, which then read nothing themselves."""
+        return await self._read_off_loop(self._active_jobs)
 
     def snapshot(self, before: JobRecord | None = None, jobs: list[JobRecord] | None = None) -> LoadSnapshot:
         """The load admission sees; with `before`, only the work ahead of that job (what its ETA waits
@@ -290,9 +300,24 @@ class QueueEta:
             return own.total_s
         return eta_s(own, self.monitor.snapshot(before=job, jobs=active), self.config)
 
-    def of_request(self, params: GenerationParams) -> float:
-        """Seconds until a request not stored yet would be ready: behind every unfinished job."""
-        return eta_s(job_work(params, self.monitor.estimator), self.monitor.snapshot(), self.config)
+    async def of_stored_job(self, job: JobRecord) -> float:
+        """`of_job`, the queue read off the event loop first when the job waits in it."""
+        active = None if job.video.status == "in_progress" else await self.monitor.read_active()
+        return self.of_job(job, active)
+
+    def of_request(self, params: GenerationParams, active: list[JobRecord] | None = None) -> float:
+        """Seconds until a request not stored yet would be ready: behind every unfinished job
+        (`active`, when the caller has read them already)."""
+        return eta_s(job_work(params, self.monitor.estimator), self.monitor.snapshot(jobs=active), self.config)
 
     def active_jobs(self) -> list[JobRecord]:
+        """The unfinished jobs (blocking: a store query)."""
         return self.monitor.active_jobs()
+
+    async def read_active(self) -> list[JobRecord]:
+        """The unfinished jobs, read off the event loop."""
+        return await self.monitor.read_active()
+
+
+async def _in_a_thread(read: Callable[[], list[JobRecord]]) -> list[JobRecord]:
+    return await asyncio.to_thread(read)

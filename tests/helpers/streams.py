@@ -48,4 +48,6 @@ def queued_job(gateway: GatewayApp, n: int = 1, key_id: str | None = None) -> st
 
 def write_event(gateway: GatewayApp, video_id: str, event: dict) -> None:
     """Write one of the job's events as its runner does: to the store, then wake the readers here."""
-    gateway.runner._events.append(video_id, event)
+    events = gateway.runner._events
+    events.write(video_id, event)  # the store's half of `append`, here on the caller's thread
+    events.notify(video_id)

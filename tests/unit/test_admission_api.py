@@ -149,7 +149,12 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
     deadline, per_job = 20, 2.0
     svc = Service(tmp_path, estimator=FixedEstimator((0.0, per_job, 0.0)), max_queue_per_replica=100)
     submitted: list[str] = []
-    svc.runner.submit = submitted.append  # accepted jobs stay queued: the load only grows
+
+    async def submit(job_id: str) -> bool:
+        submitted.append(job_id)  # accepted jobs stay queued: the load only grows
+        return True
+
+    svc.runner.submit = submit
     slow = SlowClaims(svc.cache, requests=30)
     svc.creator.cache = slow
     requests = [
@@ -185,9 +190,14 @@ def test_concurrent_creates_see_each_others_places_in_the_queue(tmp_path):
     svc.store.close()
 
 
+async def _left_queued(job_id: str) -> bool:
+    """A runner's submit that runs nothing: the job stays queued."""
+    return True
+
+
 def test_reservations_end_on_every_path(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=100)
-    svc.runner.submit = lambda job_id: True
+    svc.runner.submit = _left_queued
 
     async def scenario():
         service = svc.creator
@@ -234,7 +244,7 @@ def test_reservations_end_on_every_path(tmp_path):
 def test_a_tier_that_forces_the_cache_decides_once_and_reserves_once(tmp_path):
     svc = Service(tmp_path, max_queue_per_replica=5)
     svc.busy(4)  # 80%: minimal, cache forced: the request runs in its cacheable form
-    svc.runner.submit = lambda job_id: True
+    svc.runner.submit = _left_queued
     reserve, held = svc.load.reserve, []
 
     def spy(key, job):

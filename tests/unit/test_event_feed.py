@@ -219,7 +219,7 @@ def test_the_event_log_tells_its_listeners_which_job_changed(store, job):
         log = EventLog(store)
         seen: list[str | None] = []
         log.listeners.append(seen.append)
-        log.append(job.id, {"type": "progress", "step": 1})
+        await log.append(job.id, {"type": "progress", "step": 1})
         log.notify()
         assert seen == [job.id, None]
 

@@ -39,9 +39,9 @@ def test_an_event_wakes_local_waiters_and_a_deleted_job_s_event_is_dropped(tmp_p
         events = EventLog(store)
         waiter = asyncio.get_running_loop().create_task(events.wait_for_change(timeout=30))
         await asyncio.sleep(0)  # let the waiter start waiting
-        events.append(job.id, {"type": "queued"})
+        await events.append(job.id, {"type": "queued"})
         await asyncio.wait_for(waiter, timeout=5)  # woken, long before its own 30 s
-        events.append("video_" + "0" * 32, {"type": "queued"})  # unknown (deleted): no error
+        await events.append("video_" + "0" * 32, {"type": "queued"})  # unknown (deleted): no error
 
     try:
         asyncio.run(scenario())

@@ -245,7 +245,7 @@ def _runner(store, tmp_path, generator) -> JobRunner:
 def _run_one(runner: JobRunner, store, job) -> None:
     async def scenario():
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
 
     asyncio.run(scenario())

@@ -60,7 +60,7 @@ def _runner_a(store, artifacts, generator) -> JobRunner:
 
 
 async def _run_to_the_end(runner: JobRunner, job_id: str) -> None:
-    assert runner.submit(job_id)
+    assert await runner.submit(job_id)
     await asyncio.wait_for(asyncio.gather(*runner._tasks.values(), return_exceptions=True), HUNG_S)
 
 
@@ -70,12 +70,18 @@ def test_a_cancel_on_replica_b_survives_replica_a_s_step_write(replicas):
     store_a.create(job)
     cancelled: list[str] = []
 
-    def cancel_on_b(read) -> None:  # between A's read of the record and A's step write
-        replica_b.views.cancel(read.id)
-        cancelled.append(read.status)
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
 
-    store_a.after_get = cancel_on_b  # A's first read of the job is its step write's
-    asyncio.run(_run_to_the_end(_runner_a(store_a, artifacts, FakeGenerator()), job.id))
+        def cancel_on_b(read) -> None:  # between A's read of the record and A's step write
+            # On A's store thread, which A's step write holds: B's cancel runs on the loop meanwhile.
+            asyncio.run_coroutine_threadsafe(replica_b.views.cancel(read.id), loop).result(HUNG_S)
+            cancelled.append(read.status)
+
+        store_a.after_get = cancel_on_b  # A's first read of the job is its step write's
+        await _run_to_the_end(_runner_a(store_a, artifacts, FakeGenerator()), job.id)
+
+    asyncio.run(scenario())
 
     assert cancelled == ["queued"]
     stored = replica_b.stores.jobs.get(job.id)
@@ -108,7 +114,7 @@ def test_a_delete_on_replica_b_survives_replica_a_s_terminal_write(replicas):
 
     assert delete_on_b.deleted == [job.id]
     with pytest.raises(NotFound):
-        replica_b.views.get_video(job.id)  # A's terminal write brought it back
+        asyncio.run(replica_b.views.get_video(job.id))  # A's terminal write brought it back
     with pytest.raises(NotFound):
         replica_b.stores.jobs.get(job.id)
     with pytest.raises(NotFound):
@@ -133,7 +139,7 @@ def _take_over_and_complete_on_b(replica_b, job_id: str) -> None:
     its own event loop in another thread, as another process would; returns when done."""
 
     async def run() -> None:
-        assert replica_b.runner.submit(job_id)
+        assert await replica_b.runner.submit(job_id)
         done = await replica_b.runner.wait(job_id, HUNG_S)
         assert done.status == "completed"
 
@@ -164,8 +170,9 @@ def test_a_job_finished_on_replica_b_is_not_made_runnable_again_by_replica_a(rep
 
     async def scenario():
         runner = _runner_a(store_a, artifacts, generator)
-        store_a.after_write = lambda written: wrote.set()
-        assert runner.submit(job.id)
+        loop = asyncio.get_running_loop()
+        store_a.after_write = lambda written: loop.call_soon_threadsafe(wrote.set)  # on A's store thread
+        assert await runner.submit(job.id)
         (task,) = runner._tasks.values()
         await asyncio.wait_for(wrote.wait(), HUNG_S)  # A's step write, read before B's takeover
         store_b = replica_b.stores.jobs

@@ -317,7 +317,7 @@ def test_runner_puts_previews_in_progress_events_only_when_small(tmp_path):
         )
 
         async def scenario():
-            runner.submit(job.id)
+            await runner.submit(job.id)
             await asyncio.gather(*runner._tasks.values())
 
         asyncio.run(scenario())

@@ -193,7 +193,7 @@ def test_a_reconnect_names_the_last_event_sent_not_the_last_one_read(make_gatewa
     streams = ProgressStreams(gateway.views, gateway.streams.feeds, gateway.settings.args.streams, lambda: now[0])
 
     async def scenario():
-        stream = streams.open(video_id, 0, None)
+        stream = await streams.open(video_id, 0, None)
         assert (await stream.next())[0] == 1  # the feed's one read brought events 1 and 2
         now[0] = 10.0  # the lifetime is over with event 2 read but never sent
         assert await stream.next() == Reconnect("max_lifetime", last_event_id=1)

@@ -92,7 +92,7 @@ def test_shutdown_hands_running_jobs_back(parts):
         runner = _runner(store, artifacts, now=1000, generator=generator)
         job = _job(1, "queued", None)
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await generator.started.wait()
         await runner.shutdown()
         return store.get(job.id)
@@ -129,7 +129,7 @@ def test_a_job_interrupted_too_often_fails_instead_of_looping(parts):
         job = _job(1, "queued", None)
         job.attempts = runner.max_attempts  # the next claim is one too many
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
         return store.get(job.id)
 
@@ -154,7 +154,7 @@ def test_inner_cancellation_fails_the_job_rather_than_handing_it_back(parts):
         runner = _runner(store, artifacts, now=1000, generator=_InnerCancel())
         job = _job(2, "queued", None)
         store.create(job)
-        runner.submit(job.id)
+        await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values(), return_exceptions=True)
         return store.get(job.id)
 
@@ -174,7 +174,7 @@ def test_job_log_lines_carry_the_job_id(parts, caplog):
         runner = _runner(store, artifacts, now=1000, generator=_Broken())
         job = _job(3, "queued", None)
         store.create(job)
-        runner.submit(job.id)
+        await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
         return job.id
 
@@ -211,7 +211,7 @@ def test_a_lost_replica_reruns_the_job_up_to_max_attempts(parts, losses, status,
         runner = _runner(store, artifacts, now=1000, generator=generator)
         job = _job(1, "queued", None)
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
         return store.get(job.id)
 
@@ -257,7 +257,7 @@ def test_denoiser_out_of_memory_reruns_once_at_the_lowest_tier_and_says_so(parts
         job = _job(frames, "queued", None)
         job.params = job.params.model_copy(update={"num_frames": frames, "num_inference_steps": 4})
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
         return store.get(job.id)
 
@@ -288,7 +288,7 @@ def test_denoiser_out_of_memory_at_the_lowest_tier_fails_clearly(parts):
         job = _job(3, "queued", None)
         job.params = job.params.model_copy(update={"num_frames": 17, "num_inference_steps": 4})
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
         return store.get(job.id)
 
@@ -335,7 +335,7 @@ def test_heartbeats_outlive_a_store_error_and_still_see_cancels(tmp_path, caplog
         )
         job = _job(4, "queued", None)
         store.create(job)
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await generator.started.wait()
         await store.read_failed.wait()
         # Only a heartbeat that kept going after the error can see this cancel: the
@@ -372,7 +372,7 @@ def test_a_cancelled_orphan_is_not_run_again_when_claimed(parts, delete):
         job.cancel_requested, job.delete_requested = True, delete
         store.create(job)
         assert job.id in store.claimable(1000, 10, limit=16)
-        assert runner.submit(job.id)  # what the dispatcher does with each claimable id
+        assert await runner.submit(job.id)  # what the dispatcher does with each claimable id
         await asyncio.wait_for(asyncio.gather(*runner._tasks.values()), timeout=10)
         return job.id
 
@@ -415,7 +415,7 @@ def test_a_job_submitted_from_a_request_runs_outside_that_request_s_context(part
 
     async def request_handler():
         REQUEST_CONTEXT.set("request-1")
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         return await runner.wait(job.id, 30)
 
     done = asyncio.run(request_handler())

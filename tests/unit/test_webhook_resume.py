@@ -73,7 +73,7 @@ def test_a_webhook_left_pending_by_a_dead_gateway_is_sent_by_the_next_to_start(t
 
             b = webhook_gateway(tmp_path, replica_id="gateway-b")
             # While a's claim holds (a may only be slow), b leaves the webhook alone.
-            assert b.webhooks.resume_due() == 0
+            assert await b.webhooks.resume_due() == 0
             _later(b, a.webhooks.claim_s + 1)  # a never came back
             b.start()  # resumes at start, without waiting for its first interval
             await _next_request(respond)
@@ -104,7 +104,7 @@ def test_two_gateways_resuming_together_send_a_webhook_once(tmp_path):
             first, second = (webhook_gateway(tmp_path, replica_id=f"gateway-{n}") for n in (1, 2))
             for gateway in (first, second):
                 _later(gateway, dead.webhooks.claim_s + 1)
-            started = [first.webhooks.resume_due(), second.webhooks.resume_due()]
+            started = [await first.webhooks.resume_due(), await second.webhooks.resume_due()]
             await _next_request(respond)
             await _settled(first)
             await _settled(second)
@@ -126,7 +126,7 @@ def test_shutdown_cut_short_hands_the_webhook_to_another_gateway_at_once(tmp_pat
             await _next_request(respond)
             await a.webhooks.drain(timeout_s=0.05)  # the receiver outlasts a's shutdown
             b = webhook_gateway(tmp_path, replica_id="gateway-b")
-            started = b.webhooks.resume_due()  # now, not after a's claim would have run out
+            started = await b.webhooks.resume_due()  # now, not after a's claim would have run out
             await _next_request(respond)
             await _settled(b)
             return started, b.stores.jobs.get(video.id).webhook_state
@@ -151,7 +151,7 @@ def test_resuming_settles_what_is_not_owed_and_keeps_a_job_that_runs_again(tmp_p
             store.create(running)
             for job_id in (deleted.id, delivered.id, running.id):
                 outbox.owe(job_id, busy_until=0)
-            started = gateway.webhooks.resume_due()
+            started = await gateway.webhooks.resume_due()
             later = time.time() + gateway.webhooks.claim_s + 1
             return started, sent, len(rec.seen), outbox.due(later, 10)
 
