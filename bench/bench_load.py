@@ -65,8 +65,12 @@ def deep_merge(base: dict, changes: dict) -> dict:
 
 def app_args(config_path: str, data_dir: str, overrides: dict) -> Any:
     from serve_app.config import ServiceArgs
+    from serve_app.serve_config import folded_args
 
-    raw = yaml.safe_load(Path(config_path).read_text())["applications"][0]["args"]
+    # The config's `deployments:` entries (resources, live settings) folded into the args:
+    # serve.run(build_app(args)) below does not read them.
+    app = yaml.safe_load(Path(config_path).read_text())["applications"][0]
+    raw = folded_args(app).model_dump(mode="json")
     return ServiceArgs.model_validate(deep_merge(raw, {"data_dir": data_dir, "cache_enabled": False, **overrides}))
 
 

@@ -126,8 +126,10 @@ def main() -> None:
         return
 
     from serve_app.config import ServiceArgs
+    from serve_app.serve_config import folded_args
 
-    app_args = yaml.safe_load((ROOT / args.config).read_text())["applications"][0]["args"]
+    # With the config's `deployments:` entries (GPU shares: each stage's allocator cap) folded in.
+    app_args = folded_args(yaml.safe_load((ROOT / args.config).read_text())["applications"][0]).model_dump(mode="json")
     data_dir = Path(tempfile.mkdtemp(prefix="wan-startup-")) / "data"
     app_args = {**app_args, "data_dir": str(data_dir)}
     speed = ServiceArgs.model_validate(app_args).model_profile().speed.model_dump()

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from serve_app import metrics
-from serve_app.config import ServiceArgs
+from serve_app.deployment_view import start_args
 from serve_app.gpu_share import cap_gpu_memory
+from serve_app.live import apply_user_config
 from serve_app.model_worker import ModelWorker
 from serve_app.model_worker.warmup import WarmUpStep
 from serve_app.pipeline.loading import Stage, load_pipeline, resolve_device
@@ -38,7 +39,10 @@ class ModelStage:
 
     def __init__(self, args: dict[str, Any]) -> None:
         metrics.enable()
-        self.args = ServiceArgs(**args)
+        # First: a bad user_config or a scaling option set in two places fails here, not
+        # after a minute of loading (serve_app/deployment_view.py).
+        start = start_args(args, self.stage)
+        self.base_args, self.args = start.base, start.args
         self.profile = self.args.model_profile()
         started = time.perf_counter()
         startup = StartupPhases()
@@ -47,9 +51,8 @@ class ModelStage:
             self.compile_cache = use_compile_cache(cache) if cache is not None else {}
         # The cap goes on before the weights load, so they count against it too.
         with startup.phase("gpu_init"):
-            self.memory_fraction = cap_gpu_memory(
-                getattr(self.args.stages, self.stage).memory_fraction, resolve_device(self.profile)
-            )
+            # Its GPU share as Ray runs it (a `deployments:` entry may set it instead of args).
+            self.memory_fraction = cap_gpu_memory(start.view.memory_fraction, resolve_device(self.profile))
         self.pipe = load_pipeline(self.profile, self.args.data_path, self.stage, startup)
         self.device = str(self.pipe._execution_device)
         self.load_s = time.perf_counter() - started
@@ -88,6 +91,15 @@ class ModelStage:
         self._worker.shutdown(wait=wait)
 
     # --- Ray Serve hooks --------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve calls this after the constructor, and on every deploy that changes only this
+        deployment's user_config: its live settings (health thresholds; the denoiser's progress
+        interval) change, the loaded model stays (serve_app/live.py). A bad one raises, and the
+        deploy fails with its message. Calls already running finish as they started."""
+        self.args = apply_user_config(self.base_args, self.stage, user_config)
+        self._worker.health.options = self.args.health
+        log.info("%s settings applied from its user_config: %s", self.stage, ", ".join(sorted(user_config or {})))
 
     async def check_health(self) -> None:
         """Ray Serve's periodic health check: raising gets this replica replaced.

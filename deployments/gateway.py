@@ -16,8 +16,11 @@ from ray import serve
 from serve_app import metrics
 from serve_app.api.gateway_app import GatewayHandles, GatewaySettings, GatewayStores, build_gateway
 from serve_app.api.protocol import StageHealth
+from serve_app.api.retune import retune_gateway
 from serve_app.config import ServiceArgs
+from serve_app.deployment_view import stage_views, start_args
 from serve_app.graph import StageGraph
+from serve_app.live import apply_user_config
 from serve_app.policy.autoscaling import unclaimed_jobs_report
 from serve_app.policy.load import nvml_utilization, serve_replicas
 
@@ -86,8 +89,15 @@ class Gateway:
         self, args: dict[str, Any], prompt_encoder: Any, denoiser: Any, video_encoder: Any, result_cache: Any
     ) -> None:
         metrics.enable()
-        settings = GatewaySettings.load(ServiceArgs(**args))
         app_name = serve.get_replica_context().app_name
+        start = start_args(args, "gateway")
+        # The neighbours' replica counts and GPU shares as Serve runs them (a `deployments:`
+        # entry may set them instead of args): admission's figures and the GPU reading.
+        self._views = stage_views(start.base, app_name, ("denoiser", "video_encoder"))
+        self._base_args = start.base
+        # The tiers file as read at start: a user_config without an inline table keeps it.
+        self._file_tiers = start.base.tier_table()
+        settings = GatewaySettings.load(self._viewed(start.args))
         stores = GatewayStores.open(settings)
         handles = GatewayHandles(
             generator=StageGraph(prompt_encoder, denoiser, video_encoder, images=stores.images),
@@ -99,6 +109,18 @@ class Gateway:
         )
         self.gateway = build_gateway(settings, handles, stores)
         self.gateway.start()
+
+    def _viewed(self, args: ServiceArgs) -> ServiceArgs:
+        stages = args.stages.model_copy(update=self._views)
+        return args.model_copy(update={"stages": stages})
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve calls this after the constructor, and on every deploy that changes only the
+        Gateway's user_config: admission, tiers and access limits change here, replicas and
+        models stay (serve_app/live.py). A bad one raises, and the deploy fails with its message."""
+        args = self._viewed(apply_user_config(self._base_args, "gateway", user_config))
+        retune_gateway(self.gateway, args, self._file_tiers)
+        log.info("gateway settings applied from its user_config: %s", ", ".join(sorted(user_config or {})))
 
     def __serve_build_asgi_app__(self):
         return self.gateway.app

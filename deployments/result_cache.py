@@ -30,8 +30,9 @@ from ray import serve
 
 from serve_app.artifacts import open_artifact_store
 from serve_app.cache.index import CacheEntry, artifact_id_for, open_cache_index
-from serve_app.config import ServiceArgs
+from serve_app.deployment_view import start_args
 from serve_app.errors import NotFound
+from serve_app.live import apply_user_config
 
 log = logging.getLogger("ray.serve")
 
@@ -47,7 +48,8 @@ class ResultCache:
     def __init__(self, args: dict[str, Any]) -> None:
         from ray.serve import metrics
 
-        self.args = ServiceArgs(**args)
+        start = start_args(args, "result_cache")
+        self.base_args, self.args = start.base, start.args
         self.index = open_cache_index(self.args.cache_store, self.args.data_path, self.args.redis)
         self.artifacts = open_artifact_store(self.args.artifact_store, self.args.data_path)
         self.counts: Counter[str] = Counter()
@@ -57,6 +59,13 @@ class ResultCache:
             for name in ("fills", "evictions", "orphans")
         }
         self._next_gc = 0.0
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve calls this after the constructor, and on every deploy that changes only this
+        deployment's user_config: the TTL of new entries, the size bound (applied at the next
+        fill's eviction) and the claims' TTL change, the index stays (serve_app/live.py)."""
+        self.args = apply_user_config(self.base_args, "result_cache", user_config)
+        log.info("result cache settings applied from its user_config: %s", ", ".join(sorted(user_config or {})))
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:

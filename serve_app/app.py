@@ -3,15 +3,23 @@
     serve run serve_config.yaml          # import_path: serve_app.app:build_app
 
 Gateway (ingress) -> PromptEncoder -> Denoiser -> VideoEncoder, each with its
-own Ray Serve options from `ServiceArgs.stages`. The serve config adds the
+own Ray Serve options from `ServiceArgs.stages` (serve_app/deploy_options.py)
+and its live settings as its `user_config` (serve_app/live.py). A serve
+config's `deployments:` entries go over both; the serve config adds the
 application-level autoscaling policy (serve_app/policy/autoscaling.py).
 """
 
 # No `from __future__ import annotations` here: Ray Serve reads the builder's
 # parameter annotation at run time to validate `args` into `ServiceArgs`.
+from typing import Any
+
 from ray.serve import Application
 
-from serve_app.config import ServiceArgs
+from serve_app.config import ServiceArgs, TierTable
+from serve_app.deploy_options import builder_options, gateway_options
+from serve_app.live import live_section
+
+__all__ = ["build_app", "gateway_options", "stage_options"]
 
 
 def build_app(args: ServiceArgs) -> Application:
@@ -26,32 +34,27 @@ def build_app(args: ServiceArgs) -> Application:
     # Fail here, in `serve run`, on a bad profile or presets file, rather than
     # in four replicas' logs.
     args.model_profile()
-    args.tier_table()
-    payload = args.model_dump()
-    options = args.deployment_options
+    tiers = args.tier_table()
+    # What args set, only: each replica rebuilds the same ServiceArgs from it and can
+    # still tell a value args set from a default, which a serve config's `deployments:`
+    # entry may set instead (serve_app/deploy_options.py).
+    payload = args.model_dump(exclude_unset=True)
+
+    def options(stage: str) -> dict[str, Any]:
+        return stage_options(args, stage, tiers)
+
     prompt_encoder = PromptEncoder.options(**options("prompt_encoder")).bind(payload)
     denoiser = Denoiser.options(**options("denoiser")).bind(payload)
     video_encoder = VideoEncoder.options(**options("video_encoder")).bind(payload)
     result_cache = ResultCache.options(**options("result_cache")).bind(payload)
-    return Gateway.options(**gateway_options(args)).bind(payload, prompt_encoder, denoiser, video_encoder, result_cache)
+    return Gateway.options(**options("gateway")).bind(payload, prompt_encoder, denoiser, video_encoder, result_cache)
 
 
-def gateway_options(args: ServiceArgs) -> dict:
-    """The gateway's Ray Serve options.
-
-    When a stage scales on queue depth, the gateways report the jobs waiting
-    for a dispatcher (serve_app/policy/autoscaling.py). Ray asks a replica
-    for such figures, and shows them to the application-level policy, only
-    if its deployment has an autoscaling_config: a gateway with a fixed count
-    gets one whose bounds pin that count.
-    """
-    options = args.deployment_options("gateway")
-    look_back_s = args.stages.queue_depth_look_back_s()
-    if look_back_s is not None and "autoscaling_config" not in options:
-        count = options.pop("num_replicas")
-        options["autoscaling_config"] = {
-            "min_replicas": count,
-            "max_replicas": count,
-            "look_back_period_s": look_back_s,
-        }
-    return options
+def stage_options(args: ServiceArgs, stage: str, tiers: TierTable | None = None) -> dict[str, Any]:
+    """A deployment's `.options()`: its Ray Serve options and, as its user_config, its live
+    settings as args set them. The gateway's carries the tier table written out (`tiers`,
+    read from the tiers file here), so what a gateway runs with shows in `serve status`."""
+    user_config = live_section(args, stage)
+    if stage == "gateway" and tiers is not None:
+        user_config["admission"]["tiers"] = tiers.model_dump(mode="json")["tiers"]
+    return {**builder_options(args, stage), "user_config": user_config}

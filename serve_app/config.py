@@ -239,7 +239,11 @@ class ServiceArgs(StrictModel):
         description="Progress streams (SSE and WebSocket): caps per key and per replica, lifetime, keep-alive "
         "(docs/api.md, Progress streams).",
     )
-    stages: StagesConfig = Field(default_factory=StagesConfig, description="Per-deployment Ray Serve options.")
+    stages: StagesConfig = Field(
+        default_factory=StagesConfig,
+        description="Per-deployment Ray Serve options. A serve config's `deployments:` entry may set them instead, "
+        "one place per option (docs/operations.md, Live retuning).",
+    )
     image_input: ImageInputOptions = Field(
         default_factory=ImageInputOptions,
         description="Image-to-video: size and pixel limits of `input_reference`, and how long uploads are kept.",
@@ -283,7 +287,7 @@ class ServiceArgs(StrictModel):
 
     def tier_table(self) -> TierTable:
         """The degradation table, checked against the presets' limits."""
-        table = load_tiers(self.admission.tiers_file)
+        table = self.admission.tier_table()
         table.check(self.preset_catalog().limits, self.model_profile().speed.optimized_loop, self.model_profile().speed)
         return table
 

@@ -20,6 +20,7 @@ from serve_app.config import (
     ServiceArgs,
     StageOptions,
 )
+from serve_app.live import DEPLOYMENT_NAMES, live_fields
 from serve_app.settings.access import AccessConfig, ApiKeyEntry
 from serve_app.settings.faults import FaultInjection
 from serve_app.settings.health import HealthOptions
@@ -59,6 +60,22 @@ def _default(field) -> str:
     return "required"
 
 
+def _live_table() -> list[str]:
+    """Which `args` fields each deployment also takes from its user_config (serve_app/live.py)."""
+    lines = [
+        "## Live settings: `deployments[].user_config` (serve_app/live.py)",
+        "",
+        "The fields each deployment also takes from its Ray Serve `user_config`, under their `args` names: a "
+        "`serve deploy` that changes only those retunes the running replicas (docs/operations.md, Live retuning).",
+        "",
+        "| deployment | live fields |",
+        "| --- | --- |",
+    ]
+    for stage, deployment in DEPLOYMENT_NAMES.items():
+        lines.append(f"| `{deployment}` | {', '.join(f'`{name}`' for name in live_fields(stage))} |")
+    return [*lines, ""]
+
+
 def render() -> str:
     lines: list[str] = []
     for title, model in SECTIONS:
@@ -67,6 +84,8 @@ def render() -> str:
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_default(field)} | {description} |")
         lines.append("")
+        if model is ServiceArgs:
+            lines += _live_table()
     return "\n".join(lines).rstrip() + "\n"
 
 

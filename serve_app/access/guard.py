@@ -52,8 +52,21 @@ class AccessGuard:
         """`env` None reads os.environ; `clock` drives the in-process backend (tests pass a fake one);
         `redis`: the timeouts of a Redis limiter store (args.redis)."""
         self.config = config
+        self._env = env  # read again when the keys change on a running gateway (`retune`)
         self.keys = ApiKeys(config, env)
         self.limiters = limiters or open_limits(config.store, prefix=config.store_prefix, clock=clock, redis=redis)
+
+    def retune(self, config: AccessConfig) -> None:
+        """New keys and limits on a running gateway (its user_config, serve_app/live.py); the
+        limiter store and its state stay (buckets shrink to a lowered burst at their next hit).
+
+        Raises ValueError, changing nothing, for bad keys or a change that turns auth on or
+        off: which Host values the gateway answers follows auth, and is fixed at start."""
+        keys = ApiKeys(config, self._env)
+        if keys.enabled != self.keys.enabled:
+            now = "on (the first key)" if keys.enabled else "off (no key left)"
+            raise ValueError(f"the new api_keys turn auth {now}; that takes a redeploy with new args, not a retune")
+        self.config, self.keys = config, keys
 
     @property
     def auth_enabled(self) -> bool:

@@ -48,7 +48,7 @@ from serve_app.policy.admission import Admission
 from serve_app.policy.load import LoadMonitor, QueueEta, ReplicaCount
 from serve_app.policy.tiers import lowest_tier
 from serve_app.reference_images import ReferenceImageStore, reference_images_for, sweeper
-from serve_app.settings.tiers import TierTable, load_tiers
+from serve_app.settings.tiers import TierTable
 from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s, video_event
 
 # Unfinished jobs read per admission decision or ETA; admission keeps the queue far
@@ -109,7 +109,7 @@ class GatewaySettings:
         catalog = args.preset_catalog()
         # As ServiceArgs.tier_table() checks it, against the profile and presets read here
         # rather than read again (and against a profile that replaces the args' one).
-        tiers = load_tiers(args.admission.tiers_file)
+        tiers = args.admission.tier_table()
         tiers.check(catalog.limits, profile.speed.optimized_loop, profile.speed)
         return cls(
             args=args,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from serve_app.settings.base import StrictModel
+from serve_app.settings.tiers import Tier, TierTable, check_order, load_tiers
 
 
 class AdmissionConfig(StrictModel):
@@ -16,6 +17,13 @@ class AdmissionConfig(StrictModel):
         "whatever the load (the 'naive' configuration of bench/bench_load.py).",
     )
     tiers_file: str = Field("configs/tiers.yaml", description="The degradation table.")
+    tiers: list[Tier] | None = Field(
+        None,
+        min_length=1,
+        description="The degradation table written inline, rows as in `tiers:` of configs/tiers.yaml; unset "
+        "reads `tiers_file`. Inline is how the Gateway's user_config changes the tiers of a running service "
+        "(docs/operations.md, Live retuning): a file is read once, when the app is built.",
+    )
     max_queue_per_replica: int = Field(
         4, ge=1, description="Unfinished jobs per running denoiser replica at 100% load; more get a 429."
     )
@@ -45,3 +53,14 @@ class AdmissionConfig(StrictModel):
     )
     refresh_s: float = Field(1.0, gt=0, description="How often a gateway re-reads replica count and GPU use.")
     min_retry_after_s: float = Field(1.0, gt=0, description="Smallest Retry-After of a 429.")
+
+    @field_validator("tiers")
+    @classmethod
+    def _ordered(cls, v: list[Tier] | None) -> list[Tier] | None:
+        if v is not None:
+            check_order(v)
+        return v
+
+    def tier_table(self) -> TierTable:
+        """The inline table when there is one, else `tiers_file`'s (not yet checked against presets)."""
+        return TierTable(tiers=self.tiers) if self.tiers is not None else load_tiers(self.tiers_file)

@@ -57,14 +57,7 @@ class TierTable(StrictModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> TierTable:
-        names = [t.name for t in self.tiers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"tier names must be unique: {names}")
-        bounds = [t.max_load for t in self.tiers]
-        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
-            raise ValueError(f"tiers must be ordered by strictly increasing max_load: {bounds}")
-        if bounds[-1] < 1.0:
-            raise ValueError(f"the last tier's max_load={bounds[-1]} must be >= 1.0 so every load has a tier")
+        check_order(self.tiers)
         return self
 
     def check(self, limits: GenerationLimits, optimized_loop: bool = True, speed: SpeedOptions | None = None) -> None:
@@ -97,6 +90,19 @@ class TierTable(StrictModel):
             if load < tier.max_load:
                 return index
         return len(self.tiers) - 1
+
+
+def check_order(tiers: list[Tier]) -> None:
+    """A table's rows: unique names, strictly increasing max_load, the last one covering full load.
+    (Also run on `admission.tiers`, the table written inline, before it becomes a TierTable.)"""
+    names = [t.name for t in tiers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tier names must be unique: {names}")
+    bounds = [t.max_load for t in tiers]
+    if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+        raise ValueError(f"tiers must be ordered by strictly increasing max_load: {bounds}")
+    if bounds and bounds[-1] < 1.0:
+        raise ValueError(f"the last tier's max_load={bounds[-1]} must be >= 1.0 so every load has a tier")
 
 
 def load_tiers(path: str | Path) -> TierTable:

@@ -44,9 +44,10 @@ def autoscale_app_args(data_dir, store_path: Path):
     )
 
 
-def deploy_from_config(name: str, route_prefix: str, args) -> None:
+def deploy_from_config(name: str, route_prefix: str, args, deployments: list[dict] | None = None) -> None:
     """What `serve deploy` does with a config holding this app (and the apps deployed from
-    configs before, which a config without them would delete)."""
+    configs before, which a config without them would delete). `deployments`: the app's
+    `deployments:` entries (Ray Serve options and user_configs per deployment)."""
     import ray
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
@@ -67,6 +68,7 @@ def deploy_from_config(name: str, route_prefix: str, args) -> None:
         "args": args.model_dump(mode="json", exclude_unset=True),
         # serve.run passes the driver's (the test env vars: metric push intervals); a config names its own.
         "runtime_env": dict(ray.get_runtime_context().runtime_env),
+        **({"deployments": deployments} if deployments else {}),
     }
     client.deploy_apps(ServeDeploySchema(applications=[*others, app]))
 
