@@ -14,7 +14,7 @@ TORCH  ?= torch==2.13.0
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test run lint test test-deps test-unit test-integration wheel clean
+.PHONY: install install-test run lint test test-deps test-unit test-integration test-cluster wheel clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,11 @@ test-integration: $(TEST_STAMP) test-deps
 # A wheel of the project alone (its dependencies come from PyPI when it is installed).
 wheel: $(RUN_STAMP)
 	$(PY) -m pip wheel -q --no-deps -w dist .
+
+# configs/serve_cluster.yaml on two Ray nodes of this machine, one lost mid-job (docs/ray-cluster.md);
+# `make test` runs it too.
+test-cluster: $(TEST_STAMP) test-deps
+	$(PY) -m pytest tests/integration/test_serve_cluster.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache build dist *.egg-info

@@ -47,6 +47,7 @@ class StepGate:
     def __init__(self) -> None:
         self._open = True
         self._permits = 0
+        self._from_step = 1  # closed, steps before this one still pass
         self._changed = asyncio.Condition()
         self._held: dict[int, dict[str, Any]] = {}
         self._tokens = itertools.count()
@@ -57,17 +58,18 @@ class StepGate:
         self._held[token] = {"stage": stage, "step": step, "total": total}
         try:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._open or self._permits > 0)
-                if not self._open:
+                await self._changed.wait_for(lambda: self._open or step < self._from_step or self._permits > 0)
+                if not self._open and step >= self._from_step:
                     self._permits -= 1
             self._passed += 1
         finally:
             self._held.pop(token, None)
 
-    async def close(self) -> None:
+    async def close(self, from_step: int = 1) -> None:
         async with self._changed:
             self._open = False
             self._permits = 0
+            self._from_step = from_step
 
     async def open(self) -> None:
         async with self._changed:
@@ -98,9 +100,10 @@ class Gate:
         ).remote()
         ray.get(self.actor.held.remote())  # up before any replica looks it up
 
-    def close(self) -> None:
-        """From now on each denoising step waits after it finishes."""
-        ray.get(self.actor.close.remote())
+    def close(self, from_step: int = 1) -> None:
+        """From now on each denoising step from `from_step` on waits after it finishes (earlier
+        steps pass: every job comes to rest at `from_step`, whichever got there first)."""
+        ray.get(self.actor.close.remote(from_step))
 
     def open(self) -> None:
         """Let every held step go, and every later one through."""
@@ -131,9 +134,9 @@ class Gate:
             time.sleep(POLL_INTERVAL_S)
 
     @contextmanager
-    def closed(self) -> Iterator[Gate]:
+    def closed(self, from_step: int = 1) -> Iterator[Gate]:
         """The gate closed for the `with` block, and open again after it (also when the block fails)."""
-        self.close()
+        self.close(from_step)
         try:
             yield self
         finally:
