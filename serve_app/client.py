@@ -148,7 +148,7 @@ class VideoClient:
         try:
             body = CreateVideoRequest(prompt=prompt, **fields)
         except ValidationError as exc:
-            # Caught here rather than as a 422 so a typo names the keyword argument.
+            # Caught here rather than as a 400 so a typo names the keyword argument.
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first.get("loc", ())) or "prompt"
             raise TypeError(f"create(): {name}: {first.get('msg')} (got {first.get('input')!r})") from None

@@ -144,7 +144,7 @@ def test_a_batch_with_images_through_the_gateway(tmp_path, monkeypatch, capsys):
     assert kite["batch"]["image"] == str(batch_dir / "kite.png") and (out / "kite.mp4").is_file()
     assert json.loads((out / "text.json").read_text())["input_reference_sha256"] is None
     bad = json.loads((out / "bad.json").read_text())
-    assert bad["error"]["param"] == "input_reference" and bad["error"]["http_status"] == 422
+    assert bad["error"]["param"] == "input_reference" and bad["error"]["http_status"] == 400
     sent = sorted(params.input_reference_sha256 or "" for params, _ in generator.calls)
     assert sent == ["", hashlib.sha256(KITE).hexdigest()]
     err = capsys.readouterr().err

@@ -206,6 +206,6 @@ def test_an_image_the_service_refuses_is_a_client_error_naming_input_reference(s
     client, generator, _ = service
     with pytest.raises(ClientError) as info:
         client.create("a red kite", image=b"definitely not an image", **SMALL)
-    assert info.value.status == 422 and info.value.param == "input_reference"
+    assert info.value.status == 400 and info.value.param == "input_reference"
     assert "is not a PNG, JPEG or WebP image" in info.value.message
     assert generator.calls == []

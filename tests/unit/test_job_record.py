@@ -96,7 +96,7 @@ def test_params_are_read_from_the_video_and_written_back_to_it():
 
 def test_a_record_of_the_earlier_layout_still_loads():
     job = JobRecord.model_validate_json(json.dumps(EARLIER_LAYOUT))
-    fast = {"step_cache_threshold": 0.3, "fp8": False}
+    fast = {"step_cache_threshold": 0.3, "fp8": False, "fp8_attention": False}
     assert job.params.model_dump() == {**EARLIER_LAYOUT["params"], "fast": fast, "input_reference_sha256": None}
     assert job.params.fast == FastKnobs(step_cache_threshold=0.3)
     assert (job.video.tier, job.video.requested, job.owner) == ("minimal", {"num_inference_steps": 2}, "gateway-a")

@@ -32,7 +32,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.artifacts import S3ArtifactStore, open_artifact_store
 from serve_app.config import ServiceArgs
 from serve_app.paths import PROJECT_ROOT
-from tests.helpers.gpu_packing import first_fit, gpu_replicas
+from serve_app.serve_config import check_app, gpu_placement
 
 KUBERAY = PROJECT_ROOT / "deploy" / "kuberay"
 MANIFEST = KUBERAY / "rayservice.yaml"
@@ -103,16 +103,19 @@ def packing_problems(rayservice: dict) -> list[str]:
     gpu_cpus = sum(cpus * n for (cpus, gpus, _), n in declared if gpus > 0)
     all_cpus = sum(cpus * n for (cpus, _, _), n in declared)
     for app in _serve_config(rayservice)["applications"]:
-        args = ServiceArgs.model_validate(app["args"])
-        fractions, names = gpu_replicas(args)
-        if any(f > 1 for f in fractions):
+        # The options Ray will run: `deployments:` entries over the app's args, as Ray merges them.
+        check = check_app(app)
+        problems += [f"{app['name']}: {problem}" for problem in check.problems]
+        by_name = check.stages
+        if any(options.num_gpus > 1 for options in by_name.values()):
             problems.append(f"{app['name']}: a replica over one GPU needs a node-level check this test lacks")
-        placement = first_fit(fractions, cards, names)
+        placement = gpu_placement(by_name, cards)
         if placement is None:
-            problems.append(f"{app['name']}: {dict(zip(names, fractions))} does not fit {cards} GPU(s)")
+            shares = {name: (o.num_gpus, o.max_replicas) for name, o in by_name.items() if o.num_gpus > 0}
+            problems.append(f"{app['name']}: {shares} does not fit {cards} GPU(s)")
         elif any(card.count("denoiser") > 1 for card in placement):
             problems.append(f"{app['name']}: two denoisers share a card: {placement}")
-        stages = [getattr(args.stages, s) for s in type(args.stages).model_fields]
+        stages = list(by_name.values())
         need_gpu_cpus = sum(s.num_cpus * s.max_replicas for s in stages if s.num_gpus > 0)
         need_cpus = sum(s.num_cpus * s.max_replicas for s in stages)
         if need_gpu_cpus > gpu_cpus:

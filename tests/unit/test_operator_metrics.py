@@ -102,7 +102,7 @@ def test_every_rerun_after_a_lost_replica_counts_as_a_retry_with_its_reason(tmp_
     store.create(job)
 
     async def scenario():
-        assert runner.submit(job.id)
+        assert await runner.submit(job.id)
         await asyncio.gather(*runner._tasks.values())
 
     try:
