@@ -29,7 +29,9 @@ requests; the fast tier (First-Block-Cache thresholds --fbc, FP8 with --fp8)
 with PSNR against the exact path on the same seed, and the chosen one at
 official for all 50 steps; whole-forward CUDA graphs at preview; FP8 eager at
 720p; the fast path's kernels (cuDNN FP8 self-attention, with --fp8 FP8 linears
-too) at every setting, with PSNR against the exact path.
+too) at every setting, with PSNR against the exact path; image to video
+(plain WanImageToVideoPipeline before the set-up, the project's path after its
+text rows) at preview and official.
 Every section is guarded: a failure is recorded and the rest still runs; the
 JSON is rewritten after each section (bench/results/gpu-<card>.json and, when
 set, $OUT/gpu-<card>.json), and the table is printed last. --smoke runs the
@@ -51,6 +53,7 @@ from bench.gpu_speed import (
     fast_kernels,
     fast_tier,
     fp8,
+    image_to_video,
     matmul,
     plain,
     project,
@@ -90,12 +93,15 @@ def main() -> None:
         report.table(bench)
         return
     run("plain", plain.plain_runs, 60)
+    run("plain_image", image_to_video.plain_image, 60)
     run("setup_project", project_setup.setup_project, 60)
     if bench.result["sections"].get("setup_project", {}).get("ok"):
         # The project's sections run on what setup_project built and warmed.
         run("text_encoder", text_encoder.text_encoder, 40)
         run("vae", vae.vae, 40)
         run("project", project.project_runs, 40)
+        if bench.result["sections"].get("plain_image", {}).get("ok"):
+            run("project_image", image_to_video.project_image, 40)
         run("dit_efficiency", dit.dit_efficiency, 30)
         run("batching", request_batching.batching, 30)
         run("fast_tier", fast_tier.fast_tier, 30)

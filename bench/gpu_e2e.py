@@ -274,6 +274,79 @@ async def background_warm_up(client: httpx.AsyncClient, limit_s: float = 180.0) 
     }
 
 
+def sdk_image_round_trip(base_url: str, extra: dict) -> dict:
+    """Image to video through the official SDK: `input_reference` as a file, as a user sends it."""
+    import io
+
+    import openai
+    from PIL import Image
+
+    from serve_app.video import probe_mp4
+
+    picture = Image.new("RGB", (800, 600), (30, 90, 200))
+    picture.paste((240, 200, 40), (200, 150, 600, 450))  # something for the VAE to keep
+    upload = io.BytesIO()
+    picture.save(upload, format="PNG")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    rest = {k: v for k, v in extra.items() if k not in ("width", "height", "num_frames")}
+    started = time.perf_counter()
+    try:
+        video = client.videos.create_and_poll(
+            prompt="the yellow square drifts to the right, SDK image to video",
+            input_reference=("square.png", upload.getvalue(), "image/png"),
+            seconds="1",
+            size="640x480",
+            extra_body={"preset": "preview", **rest},
+            poll_interval_ms=250,
+        )
+        mp4 = client.videos.download_content(video.id).read()
+        info = probe_mp4(mp4)
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    sha = getattr(video, "input_reference_sha256", None) or (video.model_extra or {}).get("input_reference_sha256")
+    ok = video.status == "completed" and info.frames > 0 and bool(sha)
+    return {
+        "ok": ok,
+        "status": video.status,
+        "frames": info.frames,
+        "size": f"{info.width}x{info.height}",
+        "input_reference_sha256": sha,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+async def fast_against_exact(client: httpx.AsyncClient, extra: dict) -> dict:
+    """The same 832x480x81, 20-step request with `quality: exact` and `quality: fast` (FP8
+    attention in the GPU profiles), synchronously over HTTP: seconds each and what the answer says."""
+    out: dict = {}
+    for quality in ("exact", "fast"):
+        body = {
+            "prompt": "a red fox running through fresh snow",
+            "preset": "standard",
+            "num_inference_steps": 20,
+            "seed": 7,
+            "quality": quality,
+            "cache": False,
+            **extra,
+        }
+        started = time.perf_counter()
+        response = await client.post("/v1/videos", json=body, headers={"Prefer": "wait=120"}, timeout=150)
+        video = response.json()
+        out[quality] = {
+            "status_code": response.status_code,
+            "status": video.get("status"),
+            "http_s": round(time.perf_counter() - started, 3),
+            "fast": video.get("fast"),
+            "denoise_s": (video.get("timings") or {}).get("denoise_s"),
+        }
+    exact, fast = out["exact"], out["fast"]
+    used_fp8 = bool((fast["fast"] or {}).get("fp8_attention"))
+    out["ok"] = exact["status"] == "completed" and fast["status"] == "completed" and used_fp8
+    if out["ok"]:
+        out["fast_vs_exact"] = round(exact["http_s"] / fast["http_s"], 3)
+    return out
+
+
 async def measure_running_app(base_url: str, args, extra: dict, result: dict) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
@@ -289,6 +362,10 @@ async def measure_running_app(base_url: str, args, extra: dict, result: dict) ->
         print(f"cache hit p50 {result['cache']['p50_ms']:.1f} ms", flush=True)
         result["sdk"] = await asyncio.to_thread(sdk_round_trip, base_url, extra)
         print(f"SDK: {result['sdk']}", flush=True)
+        result["sdk_image"] = await asyncio.to_thread(sdk_image_round_trip, base_url, extra)
+        print(f"SDK image to video: {result['sdk_image']}", flush=True)
+        result["fast"] = await fast_against_exact(client, extra)
+        print(f"quality fast vs exact: {result['fast']}", flush=True)
         result["hostile"] = await hostile_requests(client)
         print(f"hostile: {result['hostile']['json_4xx']}/{result['hostile']['sent']} JSON 4xx", flush=True)
         result["bursts"] = []
@@ -331,10 +408,12 @@ def main() -> None:
     args.follow_until = time.perf_counter() + args.budget_s - (0 if args.skip_in_process else IN_PROCESS_RESERVE_S)
 
     source = (ROOT / args.config).resolve()
-    app_args = yaml.safe_load(source.read_text())["applications"][0]["args"]
-    from serve_app.config import ServiceArgs
+    from serve_app.serve_config import folded_args
 
-    declared = ServiceArgs.model_validate(app_args)
+    # The app's args with its `deployments:` entries (resources, live settings) folded in:
+    # what the in-process baseline builds, as `serve run` runs the config.
+    declared = folded_args(yaml.safe_load(source.read_text())["applications"][0])
+    app_args = declared.model_dump()
     args.default_deadline_s = declared.default_deadline_s
     args.job_deadline_s = declared.default_job_deadline_s
     args.runs = {p: (args.runs if p == "preview" else args.runs_large) for p in args.presets}
@@ -438,6 +517,8 @@ def goals(result: dict) -> dict[str, bool]:
         "cold_start": result.get("cold_start_s", float("inf")) <= GOAL_COLD_START_S,
         "warm_start": result.get("warm_start_s", float("inf")) <= GOAL_WARM_START_S,
         "sdk": bool(result.get("sdk_ok")),
+        "sdk_image_to_video": bool(result.get("sdk_image", {}).get("ok")),
+        "quality_fast": bool(result.get("fast", {}).get("ok")),
         "hostile_all_json_4xx": bool(hostile) and hostile["json_4xx"] == hostile["sent"],
         "all_bursts_ran": len(bursts) == len(BURSTS),
         "bursts_no_server_errors": all(b["server_errors"] == 0 for b in bursts.values()),
@@ -471,6 +552,12 @@ def print_table(result: dict) -> None:
         print(f"{name:<34}{value:>14.3f}  {goal}")
     hostile = result.get("hostile", {"json_4xx": 0, "sent": 0})
     print(f"{'SDK create_and_poll + download':<34}{str(result.get('sdk_ok')):>14}")
+    print(f"{'SDK image to video':<34}{str(result.get('sdk_image', {}).get('ok')):>14}")
+    fast = result.get("fast", {})
+    print(
+        f"{'quality fast / exact (s, 832x480x81)':<34}{fast.get('fast', {}).get('http_s', nan):>14.3f}"
+        f"  vs {fast.get('exact', {}).get('http_s', nan):.3f}"
+    )
     print(f"{'hostile: JSON 4xx / sent':<34}{hostile['json_4xx']:>10}/{hostile['sent']:<3}")
     print(f"\n{'burst':<20}{'sent':>5}{'in time':>9}{'refused':>9}{'failed':>8}{'5xx':>5}{'slowest s':>11}")
     for b in result.get("bursts", []):

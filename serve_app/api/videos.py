@@ -46,6 +46,11 @@ def _streams(request: Request | WebSocket) -> ProgressStreams:
     return request.app.state.streams
 
 
+# The headers of every create (POST /v1/videos and its remix).
+PREFER = Header(None, description="RFC 7240: respond-async, or wait=<seconds>")
+IDEMPOTENCY_KEY = Header(None, max_length=200, description="Retries with the same key return the same job.")
+
+
 @router.post(
     "/v1/videos",
     response_model=VideoObject,
@@ -55,10 +60,8 @@ def _streams(request: Request | WebSocket) -> ProgressStreams:
 )
 async def create_video(
     request: Request,
-    prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
-    idempotency_key: str | None = Header(
-        None, max_length=200, description="Retries with the same key return the same job."
-    ),
+    prefer: str | None = PREFER,
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
     principal: Principal | None = CREATOR,
 ) -> JSONResponse:
     started = time.perf_counter()
@@ -79,10 +82,8 @@ async def create_video(
 async def remix_video(
     request: Request,
     video_id: str,
-    prefer: str | None = Header(None, description="RFC 7240: respond-async, or wait=<seconds>"),
-    idempotency_key: str | None = Header(
-        None, max_length=200, description="Retries with the same key return the same job."
-    ),
+    prefer: str | None = PREFER,
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
     principal: Principal | None = CREATOR,
 ) -> JSONResponse:
     started = time.perf_counter()

@@ -23,7 +23,10 @@ from serve_app.ids import check_video_id
 from serve_app.messages import EncodedVideo
 from serve_app.video import encode_mp4
 from serve_app.webhooks import WebhookConfig, WebhookRejected, check_destination
-from tests.helpers.service import api_client, gateway_over
+from tests.helpers import gateway_fixtures
+
+# Fixtures: the in-process gateway over this module's generator, and its HTTP client.
+client, gateway = gateway_fixtures.client, gateway_fixtures.gateway
 
 REQUEST = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8, "num_inference_steps": 2}
 LIMIT = ServiceArgs().access.max_body_bytes if hasattr(ServiceArgs(), "access") else 64 * 1024
@@ -45,19 +48,6 @@ class Generator:
 @pytest.fixture
 def generator():
     return Generator()
-
-
-@pytest.fixture
-def gateway(tmp_path, generator):
-    gateway = gateway_over(tmp_path, generator)
-    yield gateway
-    gateway.stores.jobs.close()
-
-
-@pytest.fixture
-def client(gateway):
-    with api_client(gateway) as c:
-        yield c
 
 
 def error_of(response, status: int, param: str | None = None) -> dict:

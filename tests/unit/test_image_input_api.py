@@ -13,18 +13,16 @@ import json
 import pytest
 
 from serve_app.config import ServiceArgs
-from tests.helpers.fakes import FakeGenerator
+from tests.helpers import gateway_fixtures
 from tests.helpers.images import animated, data_url, encoded, picture, png, png_16bit
 from tests.helpers.service import REQUEST, TEST_TIMINGS, Service, api_client, gateway_over
+
+# Fixtures: the in-process gateway over this module's generator, and its HTTP client.
+client, generator = gateway_fixtures.client, gateway_fixtures.generator
 
 SMALL = {"prompt": "a red boat", "width": 64, "height": 64, "num_frames": 5, "fps": 8, "num_inference_steps": 2}
 # Larger than the 64 KiB body limit on its own: what used to get a misleading 413.
 LARGE_IMAGE = png(256, 256)
-
-
-@pytest.fixture
-def generator():
-    return FakeGenerator()
 
 
 def _gateway(tmp_path, generator, **args):
@@ -36,12 +34,6 @@ def gateway(tmp_path, generator):
     gateway = _gateway(tmp_path, generator)
     yield gateway
     gateway.stores.jobs.close()
-
-
-@pytest.fixture
-def client(gateway):
-    with api_client(gateway) as c:
-        yield c
 
 
 def error_of(response, status: int, param: str, code: str | None = None) -> dict:

@@ -17,10 +17,13 @@ import pytest
 from serve_app.access.config import AccessConfig
 from serve_app.access.guard import AccessGuard
 from serve_app.access.keys import hash_secret
+from tests.helpers import gateway_fixtures
 from tests.helpers.access import ALICE, BOB, bearer
-from tests.helpers.fakes import FakeGenerator
 from tests.helpers.images import png
-from tests.helpers.service import REQUEST, Service, api_client, gateway_over
+from tests.helpers.service import REQUEST, Service, api_client
+
+# Fixtures: the in-process gateway over this module's generator, and its HTTP client.
+client, gateway, generator = gateway_fixtures.client, gateway_fixtures.gateway, gateway_fixtures.generator
 
 SOURCE = {
     "prompt": "a red boat",
@@ -31,24 +34,6 @@ SOURCE = {
     "guidance_scale": 4.5,
     "seed": 1234,
 }
-
-
-@pytest.fixture
-def generator():
-    return FakeGenerator()
-
-
-@pytest.fixture
-def gateway(tmp_path, generator):
-    gateway = gateway_over(tmp_path, generator)
-    yield gateway
-    gateway.stores.jobs.close()
-
-
-@pytest.fixture
-def client(gateway):
-    with api_client(gateway) as c:
-        yield c
 
 
 @pytest.fixture

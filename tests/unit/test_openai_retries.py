@@ -13,29 +13,14 @@ import openai
 import pytest
 
 from serve_app.errors import DeadlineExceeded, StageFailed
-from tests.helpers.fakes import FakeGenerator
-from tests.helpers.service import REQUEST, Service, api_client, gateway_over
+from tests.helpers import gateway_fixtures
+from tests.helpers.service import REQUEST, Service, api_client
+
+# Fixtures: the in-process gateway over this module's generator, and its HTTP client.
+client, gateway, generator = gateway_fixtures.client, gateway_fixtures.gateway, gateway_fixtures.generator
 
 SMALL = {"width": 64, "height": 64, "num_frames": 5, "fps": 8, "num_inference_steps": 2, "seed": 11}
 EXTRA = {"num_frames": 5, "fps": 8, "num_inference_steps": 2, "seed": 11}
-
-
-@pytest.fixture
-def generator():
-    return FakeGenerator()
-
-
-@pytest.fixture
-def gateway(tmp_path, generator):
-    gateway = gateway_over(tmp_path, generator)
-    yield gateway
-    gateway.stores.jobs.close()
-
-
-@pytest.fixture
-def client(gateway):
-    with api_client(gateway) as c:
-        yield c
 
 
 def sdk_over(client) -> openai.OpenAI:

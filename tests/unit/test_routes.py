@@ -9,8 +9,11 @@ import pytest
 from serve_app.config import ServiceArgs
 from serve_app.errors import DeadlineExceeded
 from serve_app.video import probe_mp4
-from tests.helpers.fakes import FakeGenerator
-from tests.helpers.service import api_client, gateway_over
+from tests.helpers import gateway_fixtures
+from tests.helpers.service import api_client
+
+# Fixtures: the in-process gateway over this module's generator, and its HTTP client.
+gateway, generator = gateway_fixtures.gateway, gateway_fixtures.generator
 
 # Small enough that the fake's mp4 is made in milliseconds.
 REQUEST = {
@@ -22,18 +25,6 @@ REQUEST = {
     "num_inference_steps": 4,
     "seed": 11,
 }
-
-
-@pytest.fixture
-def generator():
-    return FakeGenerator()
-
-
-@pytest.fixture
-def gateway(tmp_path, generator):
-    gateway = gateway_over(tmp_path, generator)
-    yield gateway
-    gateway.stores.jobs.close()
 
 
 @pytest.fixture
