@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 import traceback
@@ -292,10 +291,7 @@ def breakdown(torch, module, inputs) -> dict:
 
 
 def write(result: dict, args) -> Path:
-    path = write_result(f"attention-{slug(result['card'])}{('-' + slug(args.tag)) if args.tag else ''}", result)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], path.name).write_text(path.read_text())
-    return path
+    return write_result(f"attention-{slug(result['card'])}{('-' + slug(args.tag)) if args.tag else ''}", result)
 
 
 def table(result: dict) -> None:

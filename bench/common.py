@@ -36,7 +36,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """bench/results/<name>.json, with the command that made it."""
+    """bench/results/<name>.json, with the command that made it (and a copy in $OUT when set)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -46,6 +46,9 @@ def write_result(name: str, payload: dict) -> Path:
     }
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    # On a device machine only $OUT comes back: a result written only here is lost with it.
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], path.name).write_text(path.read_text())
     return path
 
 

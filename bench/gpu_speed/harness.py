@@ -12,7 +12,6 @@ a `Bench` and read what earlier ones left on it (listed on the class).
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 import traceback
@@ -100,10 +99,7 @@ class Bench:
         self.result["rows"] = self.rows
         self.result["elapsed_s"] = round(self.elapsed(), 1)
         name = f"gpu-{slug(self.card)}" + (f"-{slug(self.args.tag)}" if getattr(self.args, "tag", "") else "")
-        path = write_result(name, dict(self.result))
-        out = os.environ.get("OUT")
-        if out:
-            Path(out, path.name).write_text(path.read_text())
+        write_result(name, dict(self.result))
 
     def sync(self) -> None:
         if self.cuda:
