@@ -11,6 +11,7 @@ One process, the 5B DiT with random weights (`wan2.2-ti2v-5b-random`, bf16):
   accuracy  one DiT forward at 832x480x81 and at 720p with every block's self-attention
             computed both ways on the same activations: cosine similarity and relative L2
             of each layer's attention output, and of the DiT's noise prediction.
+  linears   the noise prediction with FP8 linears (torchao), alone and with FP8 attention.
   step      one guided (batch-2) DiT forward at 720p, compiled as the service compiles it:
             exact bf16, FP8 attention, FP8 linears (torchao), both; and plain diffusers'
             eager forward; ratios against exact and plain.
@@ -178,6 +179,33 @@ def accuracy(torch, transformer, result: dict) -> None:
     result["accuracy"] = rows
 
 
+def linears_accuracy(torch, transformer, result: dict) -> None:
+    """FP8 linears (torchao, per-row scales), alone and with FP8 attention: the DiT's noise
+    prediction against exact, eager, on the same inputs as `accuracy`."""
+    from serve_app.pipeline.fp8_attention import sharing_weights, use_fp8_self_attention
+    from serve_app.pipeline.optimize import fp8_supported, make_fp8_copy
+
+    ok, why = fp8_supported()
+    if not ok:
+        result["linears_accuracy"] = {"error": why}
+        return
+    fp8 = make_fp8_copy(transformer)
+    both = sharing_weights(fp8)
+    use_fp8_self_attention(both)
+    rows = {}
+    for name in ("832x480x81", "720p"):
+        torch.manual_seed(0)
+        inputs = dit_inputs(torch, transformer, SHAPES[name])
+        with torch.inference_mode():
+            exact = transformer(**inputs)[0]
+            rows[name] = {
+                "fp8 linears": compare(torch, exact, fp8(**inputs)[0]),
+                "fp8 linears + fp8 attention": compare(torch, exact, both(**inputs)[0]),
+            }
+        log(f"linears accuracy {name}: {rows[name]}")
+        result["linears_accuracy"] = rows
+
+
 def step_times(torch, transformer, result: dict, args, deadline: float) -> None:
     from serve_app.pipeline.fp8_attention import sharing_weights, use_fp8_self_attention
     from serve_app.pipeline.optimize import compile_blocks, fp8_supported, make_fp8_copy, uncompile_blocks
@@ -325,7 +353,7 @@ def main() -> None:
     parser.add_argument("--profile", default="wan2.2-ti2v-5b-random")
     parser.add_argument("--data-dir", default="data/bench")
     parser.add_argument("--budget-s", type=float, default=520)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["kernels", "accuracy", "step"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["kernels", "accuracy", "linears", "step"])
     parser.add_argument("--tag", default="")
     parser.add_argument(
         "--variants",
@@ -359,6 +387,9 @@ def main() -> None:
     result["attention_backend"] = load_model_profile(args.profile).attention_backend
     if "accuracy" not in args.skip:
         accuracy(torch, transformer, result)
+        write(result, args)
+    if "linears" not in args.skip:
+        linears_accuracy(torch, transformer, result)
         write(result, args)
     if "step" not in args.skip:
         step_times(torch, transformer, result, args, deadline=started + args.budget_s - 60)
