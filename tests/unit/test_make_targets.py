@@ -6,6 +6,7 @@ as on a fresh machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -17,9 +18,13 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 
 def planned(target: str, tmp_path) -> list[str]:
+    # Run by `make test`, this make is a sub-make: without the outer one's variables it
+    # neither prints "Entering directory" lines nor inherits its flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", target, f"VENV={tmp_path / 'venv'}"],
+        ["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"],
         cwd=PROJECT_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
