@@ -15,25 +15,11 @@ from deployments.prompt_encoder import PromptEncoder
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.errors import StageLost
 from serve_app.estimates import StageTimeEstimator
-from serve_app.jobs.model import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SQLiteJobStore
-from serve_app.params import GenerationParams
 from tests.helpers.fakes import FakeGenerator
+from tests.helpers.jobs import make_job
 from tests.helpers.metric_recorder import record_metrics
-
-PARAMS = GenerationParams(
-    prompt="p",
-    negative_prompt="",
-    width=64,
-    height=64,
-    num_frames=5,
-    num_inference_steps=2,
-    guidance_scale=5.0,
-    fps=8,
-    seed=1,
-    preset="preview",
-)
 
 
 def _encoder_with_cache(size: int) -> tuple[PromptEncoder, list[str]]:
@@ -98,7 +84,7 @@ def test_every_rerun_after_a_lost_replica_counts_as_a_retry_with_its_reason(tmp_
         artifact_ttl_s=100,
         clock=lambda: 1000.0,
     )
-    job = JobRecord.new(f"video_{1:032x}", "m", PARAMS, 1000.0, 30)
+    job = make_job(1, created_at=1000.0)
     store.create(job)
 
     async def scenario():
