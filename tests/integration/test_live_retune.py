@@ -84,6 +84,12 @@ def retune_app(serve_url, data_dir, tmp_path_factory):
 def test_a_deploy_of_new_user_configs_retunes_the_running_replicas(retune_app):
     args, url = retune_app
     with httpx.Client(base_url=url, timeout=60) as http:
+        # Right after a deploy the gateway may still count the Denoiser's replica as starting
+        # (replica states are polled), and admission then adds a cold start to every estimate
+        # and refuses a 30 s request at once, as it should. Start once it counts it as serving.
+        wait_for(
+            lambda: http.get("/healthz").json()["load"]["work_ahead_s"] < 1.0, 120, "the gateway to see the Denoiser"
+        )
         before = http.post("/v1/videos", json=JOB, headers={"Prefer": "wait=30"})
         assert before.status_code == 200, before.text
         assert (before.json()["tier"], before.json()["num_inference_steps"]) == ("full", 8)
