@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import ValidationError
 
@@ -419,13 +419,19 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED
 
 
-if __name__ == "__main__":
-    code = main()
+def exit_with(code: int) -> NoReturn:
+    """Exit the process with `code`; after an interrupt, without joining abandoned workers.
+
+    They may sit in a blocking read of an event stream that closing the client does not
+    wake; a normal exit would join them for up to a read timeout. Every file on disk is
+    already whole (renamed into place). `wan-video` (serve_app/cli.py) exits through this too.
+    """
     if code == EXIT_INTERRUPTED:
-        # Abandoned workers may sit in a blocking read of an event stream that
-        # closing the client does not wake; a normal exit would join them for
-        # up to a read timeout. Every file on disk is already whole (renamed into place).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    exit_with(main())

@@ -406,14 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """The console script: `main`, then an exit that does not wait for abandoned batch workers."""
-    code = main()
-    if code == EXIT_INTERRUPTED:
-        # An interrupted batch leaves workers in blocking reads of event streams; a normal
-        # exit would join them for up to a read timeout. Every file on disk is already whole.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    batch.exit_with(main())
 
 
 if __name__ == "__main__":
