@@ -132,12 +132,10 @@ class Recorder:
     def __call__(self, q, k, v):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from serve_app.pipeline.fp8_attention import fp8_sdpa
+        from serve_app.pipeline.fp8_attention import bf16_sdpa, fp8_sdpa
 
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            exact = self.torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            ).transpose(1, 2)
+            exact = bf16_sdpa(q, k, v)
         self.layers.append(compare(self.torch, exact, fp8_sdpa(q, k, v)))
         return exact
 

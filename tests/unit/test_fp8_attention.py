@@ -14,6 +14,7 @@ import torch
 from serve_app.pipeline.fp8_attention import (
     E4M3_MAX,
     Fp8SelfAttnProcessor,
+    bf16_sdpa,
     fp8_sdpa,
     quantize_e4m3,
     reference_fp8_sdpa,
@@ -29,14 +30,6 @@ def transformer(tiny_profile, data_dir):
     return load_pipeline(tiny_profile, data_dir, "denoiser").transformer.float()
 
 
-def exact_sdpa(query, key, value):
-    """BSHD attention in fp32, as diffusers' native backend computes it."""
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    )
-    return out.transpose(1, 2)
-
-
 def dit_inputs(transformer, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -50,7 +43,7 @@ def dit_inputs(transformer, seed=0):
 def test_processor_with_exact_attention_is_the_diffusers_forward(transformer):
     """Swap only the attention call back to exact SDPA: the DiT's output is diffusers' own."""
     copy = sharing_weights(transformer)
-    assert use_fp8_self_attention(copy, attention=exact_sdpa) == len(transformer.blocks)
+    assert use_fp8_self_attention(copy, attention=bf16_sdpa) == len(transformer.blocks)
     with torch.no_grad():
         expected = transformer(**dit_inputs(transformer))[0]
         got = copy(**dit_inputs(transformer))[0]
@@ -81,7 +74,7 @@ def test_short_sequences_attend_exactly(transformer):
 
 def test_sharing_weights_shares_tensors_not_processors(transformer):
     copy = sharing_weights(transformer)
-    use_fp8_self_attention(copy, attention=exact_sdpa)
+    use_fp8_self_attention(copy, attention=bf16_sdpa)
     assert copy.blocks[0].attn1.to_q.weight is transformer.blocks[0].attn1.to_q.weight
     assert isinstance(copy.blocks[0].attn1.processor, Fp8SelfAttnProcessor)
     assert not isinstance(transformer.blocks[0].attn1.processor, Fp8SelfAttnProcessor)
@@ -93,7 +86,7 @@ def test_processor_refuses_cross_attention(transformer):
     block = transformer.blocks[0]
     hidden = torch.randn(1, 4, transformer.config.num_attention_heads * transformer.config.attention_head_dim)
     with pytest.raises(ValueError, match="self-attention only"):
-        Fp8SelfAttnProcessor(exact_sdpa)(block.attn2, hidden, encoder_hidden_states=hidden)
+        Fp8SelfAttnProcessor(bf16_sdpa)(block.attn2, hidden, encoder_hidden_states=hidden)
 
 
 def test_quantize_uses_the_whole_e4m3_range():
@@ -110,7 +103,7 @@ def test_fp8_sdpa_tracks_exact_attention(tokens):
     generator = torch.Generator().manual_seed(tokens)
     q, k, v = (torch.randn(2, tokens, 4, 32, generator=generator) for _ in range(3))
     approx = fp8_sdpa(q, k, v, kernel=reference_fp8_sdpa)
-    exact = exact_sdpa(q, k, v)
+    exact = bf16_sdpa(q, k, v)
     cos = torch.nn.functional.cosine_similarity(approx.flatten(), exact.flatten(), dim=0)
     assert approx.shape == exact.shape and approx.dtype == q.dtype
     assert cos > 0.995
