@@ -68,7 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--budget-s", type=float, default=510.0, help="the whole run; what would not fit is skipped")
     parser.add_argument(
-        "--estimate-scale", type=float, default=1.0, help="multiplies the H100 time estimates the budget is read with"
+        "--estimate-scale",
+        type=float,
+        default=None,
+        help="multiplies the H100 time estimates the budget is read with (default 1; 0 with --smoke)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, gloo, 2 processes, 1 step")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -77,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.profile = "tiny"
         args.gpus = args.gpus or [1, 2]
-        args.estimate_scale = 0.0
+    if args.estimate_scale is None:
+        args.estimate_scale = 0.0 if args.smoke else 1.0
     return args
 
 

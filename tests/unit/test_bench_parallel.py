@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,6 +160,22 @@ def test_settings_tokens_are_the_dits_sequence_lengths():
 
 
 # --- the script ---------------------------------------------------------------------------------
+
+
+def test_what_the_budget_cannot_fit_is_skipped_and_said(tmp_path):
+    # The H100 estimates against 40 s (20 of them the driver's tail): no phase can start,
+    # so no process is spawned, and the JSON says why for every job.
+    from bench.bench_parallel import main
+
+    argv = ["--smoke", "--estimate-scale", "1", "--budget-s", "40", "--settings", "480p"]
+    result = main([*argv, "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
+    assert result["rows"] == []
+    assert [p["jobs"] for p in result["phases"]] == [{"project": [0], "plain": [1], "parallel-2gpu": [2, 3]}]
+    assert "skipped" in result["phases"][0] and "wall_s" not in result["phases"][0]
+    assert sorted(line.split(":")[0] for line in result["skipped"]) == ["parallel-2gpu", "plain", "project"]
+    assert all("s of budget left" in line for line in result["skipped"])
+    written = json.loads((tmp_path / "results" / Path(result["path"]).name).read_text())
+    assert written["skipped"] == result["skipped"] and written["budget_s"] == 40
 
 
 def test_help_lists_the_options_and_loads_no_torch():
