@@ -31,7 +31,11 @@ official for all 50 steps; whole-forward CUDA graphs at preview; FP8 eager at
 720p; the fast path's kernels (cuDNN FP8 self-attention, with --fp8 FP8 linears
 too) at every setting, with PSNR against the exact path; image to video
 (plain WanImageToVideoPipeline before the set-up, the project's path after its
-text rows) at preview and official.
+text rows, its picture encode beside its prompt encode as the service's graph
+runs them) at preview and official. --image-to-video runs only those rows and
+the text rows they are compared with (no 832x480x81):
+
+    python bench/bench_gpu.py --image-to-video --preview-runs 5 --tag image-to-video
 Every section is guarded: a failure is recorded and the rest still runs; the
 JSON is rewritten after each section (bench/results/gpu-<card>.json and, when
 set, $OUT/gpu-<card>.json), and the table is printed last. --smoke runs the
@@ -63,7 +67,7 @@ from bench.gpu_speed import (
     text_encoder,
     vae,
 )
-from bench.gpu_speed.harness import Bench
+from bench.gpu_speed.harness import IMAGE_TO_VIDEO_SECTIONS, Bench, section_wanted
 
 
 def main() -> None:
@@ -79,12 +83,21 @@ def main() -> None:
     )
     parser.add_argument("--fp8", action="store_true", help="also try compiled FP8 in the fast tier (slow compile)")
     parser.add_argument("--tag", default="", help="suffix of the result file: gpu-<card>-<tag>.json")
+    parser.add_argument(
+        "--image-to-video",
+        action="store_true",
+        help="only the image-to-video rows and the text rows their ratios are read against, at preview and "
+        f"official (sections: {' '.join(IMAGE_TO_VIDEO_SECTIONS)})",
+    )
+    parser.add_argument(
+        "--preview-runs", type=int, default=3, help="timed preview runs per path; the row is their median"
+    )
     args = parser.parse_args()
     bench = Bench(args)
 
     def run(name: str, section, min_left_s: float = 0.0) -> None:
         """One section under the harness's guard (a failure is recorded, the rest still runs)."""
-        if name not in args.skip:
+        if section_wanted(args, name):
             bench.section(name, lambda: section(bench), min_left_s)
 
     run("matmul", matmul.matmul_rate)

@@ -31,6 +31,15 @@ if TYPE_CHECKING:
 PROMPT = "a red fox running through fresh snow, golden hour, cinematic"
 SEED = 1234
 OFFICIAL_PROBE_STEPS = 3
+# --image-to-video: the image rows and the text rows their ratios are read against, nothing else.
+IMAGE_TO_VIDEO_SECTIONS = ("build", "plain", "plain_image", "setup_project", "project", "project_image")
+
+
+def section_wanted(args, name: str) -> bool:
+    """Whether bench_gpu.py runs section `name` under these arguments (--skip, --image-to-video)."""
+    if name in args.skip:
+        return False
+    return not getattr(args, "image_to_video", False) or name in IMAGE_TO_VIDEO_SECTIONS
 
 
 def log(msg: str) -> None:
@@ -52,6 +61,7 @@ class Bench:
     exact_preview_frames: Any  # project
     exact_official_step: float  # project
     fast_official_knobs: tuple[str, FastKnobs] | None  # fast_tier
+    video_encoder: tuple[Any, Any]  # project_image: its worker thread and CUDA stream (image_to_video.py)
 
     def __init__(self, args) -> None:
         import torch
@@ -115,6 +125,17 @@ class Bench:
         self.sync()
         peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else 0.0
         return out, time.perf_counter() - started, peak
+
+    def preview_runs(self) -> int:
+        """Timed preview runs per path (the row is their median): --preview-runs, 3 unless set."""
+        return getattr(self.args, "preview_runs", 3)
+
+    def measured_presets(self) -> tuple[str, ...]:
+        """The settings the plain and project text rows time. --image-to-video leaves out 832x480x81
+        ("standard"), which has no image row to be compared with (and its warm-up)."""
+        if getattr(self.args, "image_to_video", False):
+            return ("preview", "official")
+        return ("preview", "standard", "official")
 
     def shape(self, name: str) -> tuple[int, int, int]:
         """(height, width, frames) of a setting; --smoke shrinks them for a CPU dry run of this script."""
@@ -196,6 +217,7 @@ class Bench:
             self.profile.max_sequence_length,
             encode=self.encode_with_cache,
         )
+        denoise_started = time.perf_counter()
         guard = StepGuard(Deadline.after(3600), params.num_inference_steps)
         latents = denoise_optimized(
             self.runtime,
@@ -205,9 +227,13 @@ class Bench:
             on_step=(lambda s, t: on_step(s)) if on_step else None,
             knobs=knobs or EXACT,
         )
-        if keep is not None:
-            keep["latents"] = latents
         decode_started = time.perf_counter()
+        if keep is not None:
+            # The split the image rows carry too (denoise_optimized returns latents on the
+            # CPU, so the loop's GPU work is done by then).
+            keep["latents"] = latents
+            keep["prompt_encode_s"] = emb.encode_s
+            keep["denoise_s"] = decode_started - denoise_started
         video = stages.decode_to_mp4(self.pipe, latents, params.fps, mode=getattr(self, "decode_mode", "streaming"))
         if keep is not None:
             keep["decode_s"] = time.perf_counter() - decode_started

@@ -1,7 +1,8 @@
 """Plain `WanPipeline.__call__` at each setting: the baseline every ratio is taken against.
 
-Preview three times (median), 832x480x81 once, official as a 3-step run with a
-synchronised clock per step, extrapolated to 50 steps.
+Preview three times (median; --preview-runs), 832x480x81 once (not with
+--image-to-video), official as a 3-step run with a synchronised clock per step,
+extrapolated to 50 steps.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ def plain_runs(bench: Bench) -> None:
     bench.timed(lambda: bench.plain_call(warm))
     p = bench.params("preview")
     times, peak = [], 0.0
-    for _ in range(3):
+    for _ in range(bench.preview_runs()):
         frames, t, peak = bench.timed(lambda: bench.plain_call(p))
         times.append(t)
     bench.plain_preview_frames = frames_to_uint8(frames)
     bench.add_row(
         "preview 640x480x17, 20 steps", "plain", statistics.median(times), peak, runs=[round(x, 3) for x in times]
     )
-    p = bench.params("standard", steps=20)
-    _, t, peak = bench.timed(lambda: bench.plain_call(p))
-    bench.add_row("832x480x81, 20 steps", "plain", t, peak)
+    if "standard" in bench.measured_presets():
+        p = bench.params("standard", steps=20)
+        _, t, peak = bench.timed(lambda: bench.plain_call(p))
+        bench.add_row("832x480x81, 20 steps", "plain", t, peak)
     p = bench.params("official", steps=OFFICIAL_PROBE_STEPS)
     total, step, peak = bench.stepped(lambda q, on_step: bench.plain_call(q, on_step), p)
     bench.plain_official_step = step

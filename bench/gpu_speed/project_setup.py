@@ -62,7 +62,7 @@ def setup_project(bench: Bench) -> None:
     bench.result["speed_options"] = bench.speed.model_dump()
     bench.runtime = DenoiserRuntime(bench.pipe, bench.speed)
     started = time.perf_counter()
-    shapes = [(p.height, p.width, p.num_frames) for p in (bench.params(n) for n in ("preview", "standard", "official"))]
+    shapes = [(p.height, p.width, p.num_frames) for p in (bench.params(n) for n in bench.measured_presets())]
     # Guided only: the bench never runs unguided (the service warms both).
     bench.runtime.warm_up(shapes, bench.profile.max_sequence_length, steps=2, guidance=(5.0,))
     bench.result["compile_and_warmup_s"] = round(time.perf_counter() - started, 1)
@@ -74,7 +74,7 @@ def setup_project(bench: Bench) -> None:
     # The VAE's first decode per shape (cuDNN benchmark) happens here too.
     from serve_app.pipeline import stages
 
-    for name in ("preview", "standard", "official"):
+    for name in bench.measured_presets():
         p = bench.params(name, steps=1)
         if name == "official":  # 720p decode alone; a DiT step there was warmed above
             z = bench.torch.randn(1, 48, (p.num_frames - 1) // 4 + 1, p.height // 16, p.width // 16)

@@ -14,7 +14,7 @@ latent frame and encodes the mp4 while the GPU decodes the next chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +251,7 @@ class DecodedVideo:
     width: int
     decode_s: float  # until the last frame left the GPU
     encode_s: float  # mp4 work after that (the part not overlapped with decoding)
-    mode: str  # streaming | oneshot | tiled (tiled also after an out-of-memory retry)
+    mode: str  # streaming | oneshot | tiled (tiled also after an out-of-memory retry) | parallel
 
 
 def decode_to_mp4(
@@ -312,7 +312,41 @@ def _decode_oneshot(pipe, latents, fps, codec_options, mode: str) -> DecodedVide
 
 
 def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
-    """GPU decodes chunk i+1 while a thread encodes chunk i (x264 releases the GIL in PyAV)."""
+    import time
+
+    started = time.perf_counter()
+    latent_frames = int(latents.shape[2])
+    num_frames = (latent_frames - 1) * pipe.vae_scale_factor_temporal + 1
+    height = int(latents.shape[3]) * pipe.vae_scale_factor_spatial
+    width = int(latents.shape[4]) * pipe.vae_scale_factor_spatial
+    return stream_to_mp4(
+        iter_decoded_frames(pipe, latents),
+        (num_frames, height, width),
+        fps,
+        codec_options,
+        cuda=pipe._execution_device.type == "cuda",
+        started=started,
+    )
+
+
+def stream_to_mp4(
+    chunks: Iterable,
+    shape: tuple[int, int, int],
+    fps: int,
+    codec_options: dict[str, str] | None,
+    *,
+    cuda: bool,
+    started: float,
+    mode: str = "streaming",
+    drain_on_error: bool = False,
+) -> DecodedVideo:
+    """uint8 chunks (n, H, W, 3) -> mp4: the producer (GPU) makes chunk i+1 while a thread encodes chunk i
+    (x264 releases the GIL in PyAV). `shape` is the whole video's (frames, height, width).
+
+    `drain_on_error` keeps pulling chunks after the encoder failed (the error is
+    raised once they run out): a parallel decode's chunks come from collectives
+    that every rank must finish, so rank 0 may not stop early.
+    """
     import queue
     import threading
     import time
@@ -321,15 +355,9 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
 
     from serve_app.video import Mp4Writer, make_thumbnail
 
-    started = time.perf_counter()
-    latent_frames = int(latents.shape[2])
-    temporal = pipe.vae_scale_factor_temporal
-    num_frames = (latent_frames - 1) * temporal + 1
-    height = int(latents.shape[3]) * pipe.vae_scale_factor_spatial
-    width = int(latents.shape[4]) * pipe.vae_scale_factor_spatial
+    num_frames, height, width = shape
     middle = num_frames // 2
-    cuda = pipe._execution_device.type == "cuda"
-    chunks: queue.Queue = queue.Queue()
+    pending: queue.Queue = queue.Queue()
     writer = Mp4Writer(fps, width, height, codec_options)
     state: dict = {"error": None, "thumbnail_frame": None}
 
@@ -337,7 +365,7 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
         first = 0
         try:
             while True:
-                item = chunks.get()
+                item = pending.get()
                 if item is None:
                     return
                 host, event = item
@@ -350,13 +378,13 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
                 first += len(frames)
         except BaseException as exc:  # noqa: BLE001 - surfaced on the decoding thread after join
             state["error"] = exc
-            while chunks.get() is not None:  # drain so the producer never blocks
+            while pending.get() is not None:  # drain so the producer never blocks
                 pass
 
     worker = threading.Thread(target=encode_worker, name="mp4-encode", daemon=True)
     worker.start()
     try:
-        for chunk in iter_decoded_frames(pipe, latents):
+        for chunk in chunks:
             if cuda:
                 # Pinned host memory + event: the copy runs behind the next
                 # chunk's decode kernels instead of stalling the launch thread.
@@ -364,17 +392,17 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
                 host.copy_(chunk, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                chunks.put((host, event))
+                pending.put((host, event))
             else:
-                chunks.put((chunk, None))
-            if state["error"] is not None:
+                pending.put((chunk, None))
+            if state["error"] is not None and not drain_on_error:
                 break
     except BaseException:
-        chunks.put(None)
+        pending.put(None)
         worker.join()
         writer.abort()
         raise
-    chunks.put(None)
+    pending.put(None)
     if cuda:
         torch.cuda.current_stream().synchronize()
     decoded = time.perf_counter()
@@ -384,8 +412,8 @@ def _decode_streaming(pipe, latents, fps, codec_options) -> DecodedVideo:
         raise state["error"]
     mp4 = writer.close()
     if writer.frames != num_frames:
-        raise RuntimeError(f"streaming decode produced {writer.frames} frames, expected {num_frames}")
+        raise RuntimeError(f"{mode} decode produced {writer.frames} frames, expected {num_frames}")
     thumbnail = make_thumbnail(state["thumbnail_frame"][None])
     return DecodedVideo(
-        mp4, thumbnail, num_frames, height, width, decoded - started, time.perf_counter() - decoded, "streaming"
+        mp4, thumbnail, num_frames, height, width, decoded - started, time.perf_counter() - decoded, mode
     )
