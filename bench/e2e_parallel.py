@@ -22,6 +22,10 @@ import httpx
 GOAL_720P_S = {4: 30.0, 8: 18.0}
 OFFICIAL = {"width": 1280, "height": 704, "num_frames": 121, "num_inference_steps": 50, "guidance_scale": 5.0}
 FPS = 24  # the official preset's: 5 s x 24 fps + 1 = 121 frames
+# The environment `serve run` needs for a multi-GPU replica (configs/serve_gpu_4x.yaml's header):
+# Serve places the largest replica, the ranks' placement group, before the fractional ones,
+# which would otherwise fragment the cards the ranks need.
+SERVE_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
 
 
 def parallel_options(declared) -> Any | None:

@@ -31,7 +31,9 @@ bench/e2e_parallel.py). Every other step runs as before: their requests
 measure the single-GPU replicas beside it; the replica restart kills those
 (the multi-GPU replica's replacement is tests/integration/test_parallel_denoiser.py's).
 A config whose model replicas do not fit this host's GPUs stops the run before
-`serve run` (which would wait for them until --start-limit-s).
+`serve run` (which would wait for them until --start-limit-s). With such a config
+`serve run` gets RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY=1 (unless set otherwise),
+as the config's header asks.
 
 Each burst request ends as one of: ok_in_deadline (a video within its
 deadline), refused_immediately (429/503 with Retry-After within 1 s),
@@ -468,6 +470,9 @@ def main() -> None:
         result["skip_in_process"] = True
     if args.parallel is not None:
         result["parallel_denoiser"] = e2e_parallel.describe(args.parallel)
+        for name, value in e2e_parallel.SERVE_ENV.items():  # inherited by `serve run`, which starts Ray
+            os.environ.setdefault(name, value)
+        result["serve_env"] = {name: os.environ[name] for name in e2e_parallel.SERVE_ENV}
 
     server = ServeRun(config, work / "serve.log")
     try:
