@@ -35,16 +35,18 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """bench/results/<name>.json, with the command that made it (and a copy in $OUT when set)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, payload: dict, results_dir: Path | None = None) -> Path:
+    """bench/results/<name>.json (or `results_dir`/<name>.json), with the command that made it
+    (and a copy in $OUT when set)."""
+    results_dir = RESULTS_DIR if results_dir is None else Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "card": card_name(),
         **payload,
     }
-    path = RESULTS_DIR / f"{name}.json"
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     # On a device machine only $OUT comes back: a result written only here is lost with it.
     if os.environ.get("OUT"):

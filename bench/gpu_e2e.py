@@ -2,6 +2,7 @@
 
     python bench/gpu_e2e.py                                   # configs/serve_gpu.yaml on one card
     python bench/gpu_e2e.py --config configs/serve_gpu_2x.yaml
+    python bench/gpu_e2e.py --config configs/serve_gpu_4x.yaml --skip-in-process   # 4 GPUs, + 720p over HTTP
     python bench/gpu_e2e.py --config serve_config.yaml --quick  # the tiny model on a CPU (checks the script)
 
 Starts `serve run <config>` from a clean Ray and a fresh data_dir (a copy of
@@ -19,6 +20,20 @@ the config with `data_dir` and the port changed, nothing else), then:
 8. after the app is stopped: the same stages in this process (the deployment
    classes built without Ray, same profile, same warm-up), same presets,
    the baseline of the HTTP figures.
+
+With a config that deploys the multi-GPU denoiser (`stages.parallel_denoiser`,
+configs/serve_gpu_4x.yaml), one more measured step after 5: "720p over HTTP",
+one 1280x704x121, 50-step guided request through the official SDK once a
+ParallelDenoiser replica serves, timed from the create to the mp4's bytes
+(`parallel_720p_s`, against issue 17's goal: <= 30 s on 4 GPUs, <= 18 s on 8;
+bench/e2e_parallel.py). Every other step runs as before: their requests
+(preview, 832x480x81) stay under the config's `min_latent_tokens`, so they
+measure the single-GPU replicas beside it; the replica restart kills those
+(the multi-GPU replica's replacement is tests/integration/test_parallel_denoiser.py's).
+A config whose model replicas do not fit this host's GPUs stops the run before
+`serve run` (which would wait for them until --start-limit-s). With such a config
+`serve run` gets RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY=1 (unless set otherwise),
+as the config's header asks.
 
 Each burst request ends as one of: ok_in_deadline (a video within its
 deadline), refused_immediately (429/503 with Retry-After within 1 s),
@@ -49,6 +64,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import e2e_parallel  # noqa: E402
 from bench.common import card_name, free_port, slug, write_result  # noqa: E402
 from bench.e2e_traffic import BURSTS, burst, follow_jobs, hostile_requests  # noqa: E402
 from bench.serve_process import ServeRun, kill_replicas, write_config  # noqa: E402
@@ -60,6 +76,9 @@ GOAL_HTTP_OVERHEAD = (0.05, 0.030)  # within 5% or 30 ms of in-process
 GOAL_BURST_A_MIN_OK = 9  # in time, default deadline: at least what 8211e22 managed
 # What the in-process baseline needs at the end of --budget-s (model build, warm-up, runs).
 IN_PROCESS_RESERVE_S = 120.0
+# How long the 720p step waits for a ParallelDenoiser replica; it has had the cold and warm
+# starts and the preset runs (minutes) to come up, so a longer wait only spends the budget.
+PARALLEL_READY_LIMIT_S = 120.0
 
 
 def gpu_count() -> int:
@@ -362,6 +381,15 @@ async def measure_running_app(base_url: str, args, extra: dict, result: dict) ->
         print(f"cache hit p50 {result['cache']['p50_ms']:.1f} ms", flush=True)
         result["sdk"] = await asyncio.to_thread(sdk_round_trip, base_url, extra)
         print(f"SDK: {result['sdk']}", flush=True)
+        if args.parallel is not None:
+            # The multi-GPU replica's request: after the SDK check, before the bursts use the app.
+            result["parallel_720p"] = await e2e_parallel.parallel_720p(
+                base_url, args.parallel, extra, args.max_deadline_s, min(args.start_limit_s, PARALLEL_READY_LIMIT_S)
+            )
+            step = result["parallel_720p"]
+            result["parallel_720p_s"] = step.get("seconds") if step.get("ok") else None
+            result["parallel_720p_goal_s"], result["parallel_720p_met"] = step.get("goal_s"), step.get("met")
+            print(f"720p over HTTP: {json.dumps(result['parallel_720p'])}", flush=True)
         result["sdk_image"] = await asyncio.to_thread(sdk_image_round_trip, base_url, extra)
         print(f"SDK image to video: {result['sdk_image']}", flush=True)
         result["fast"] = await fast_against_exact(client, extra)
@@ -416,6 +444,8 @@ def main() -> None:
     app_args = declared.model_dump()
     args.default_deadline_s = declared.default_deadline_s
     args.job_deadline_s = declared.default_job_deadline_s
+    args.max_deadline_s = declared.max_deadline_s
+    args.parallel = e2e_parallel.parallel_options(declared)
     args.runs = {p: (args.runs if p == "preview" else args.runs_large) for p in args.presets}
     extra = {"width": 128, "height": 128, "num_frames": 9, "num_inference_steps": 4} if args.quick else {}
     card = card_name()
@@ -438,9 +468,17 @@ def main() -> None:
     }
     if args.skip_in_process:
         result["skip_in_process"] = True
+    if args.parallel is not None:
+        result["parallel_denoiser"] = e2e_parallel.describe(args.parallel)
+        for name, value in e2e_parallel.SERVE_ENV.items():  # inherited by `serve run`, which starts Ray
+            os.environ.setdefault(name, value)
+        result["serve_env"] = {name: os.environ[name] for name in e2e_parallel.SERVE_ENV}
 
     server = ServeRun(config, work / "serve.log")
     try:
+        problem = e2e_parallel.gpu_fit_problem(yaml.safe_load(source.read_text())["applications"][0], gpu_count())
+        if problem is not None:
+            raise RuntimeError(problem)
         run_all(server, base_url, args, extra, probe, app_args, data_dir, result)
     except Exception as exc:  # noqa: BLE001 - a partial result with the error beats none
         result["error"] = "".join(traceback.format_exception(exc))[-4000:]
@@ -527,6 +565,11 @@ def goals(result: dict) -> dict[str, bool]:
         "burst_default_deadline_in_time": bursts.get("default_deadline", {}).get("ok_in_deadline", 0)
         >= GOAL_BURST_A_MIN_OK,
     }
+    if "parallel_denoiser" in result:  # the config deploys the multi-GPU denoiser
+        out["parallel_720p_ok"] = bool(result.get("parallel_720p", {}).get("ok"))
+        verdict = e2e_parallel.goal_verdict(result.get("parallel_720p_s"), result["parallel_denoiser"]["gpus"])
+        if verdict["goal_s"] is not None:  # 4 and 8 GPUs have one
+            out["parallel_720p_in_goal"] = bool(verdict["met"])
     if not result.get("skip_in_process"):
         out["preview_http_overhead"] = bool(result.get("preview_inprocess_s")) and overhead_ok(
             result["preview_http_s"], result["preview_inprocess_s"]
@@ -548,6 +591,15 @@ def print_table(result: dict) -> None:
         local = result.get("in_process", {}).get("presets", {}).get(preset, {}).get("in_process_s")
         ratio = f"{http['http_s'] / local:.3f}x in-process ({local:.3f} s)" if local else ""
         rows.append((f"{preset} over HTTP (s)", http["http_s"], ratio))
+    if "parallel_denoiser" in result:
+        goal = e2e_parallel.GOAL_720P_S.get(result["parallel_denoiser"]["gpus"])
+        rows.append(
+            (
+                f"720p over HTTP, {result['parallel_denoiser']['gpus']} GPUs (s)",
+                result.get("parallel_720p_s") or nan,
+                "no goal for this GPU count" if goal is None else f"<= {goal:g}",
+            )
+        )
     for name, value, goal in rows:
         print(f"{name:<34}{value:>14.3f}  {goal}")
     hostile = result.get("hostile", {"json_4xx": 0, "sent": 0})
