@@ -20,12 +20,14 @@ from serve_app.pipeline.startup import StartupPhases
 
 log = logging.getLogger("ray.serve")
 
-Stage = Literal["prompt_encoder", "denoiser", "video_encoder", "all"]
+Stage = Literal["prompt_encoder", "denoiser", "video_encoder", "parallel_denoiser", "all"]
 
 STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "prompt_encoder": ("tokenizer", "text_encoder"),
     "denoiser": ("transformer", "scheduler"),
     "video_encoder": ("vae",),
+    # A multi-GPU replica's rank: the DiT, and the VAE it decodes its share of the video with.
+    "parallel_denoiser": ("transformer", "scheduler", "vae"),
     "all": ("tokenizer", "text_encoder", "transformer", "scheduler", "vae"),
 }
 ALL_COMPONENTS = STAGE_COMPONENTS["all"]

@@ -1,0 +1,1 @@
+"""One video over several GPUs of a node: the context-parallel denoiser (docs/parallel.md)."""
