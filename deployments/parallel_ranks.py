@@ -105,6 +105,8 @@ def start_ranks(
 
 
 def kill_ranks(ranks: Sequence[Any]) -> None:
+    if not ray.is_initialized():
+        return  # no Ray here, so no rank actors either (ray.kill would start a cluster to find out)
     for rank in ranks:
         try:
             ray.kill(rank, no_restart=True)

@@ -125,3 +125,91 @@ def test_a_rank_that_never_ends_after_another_failed_breaks_the_replica_after_th
         return hung.cancelled()
 
     assert run(call)  # the call gives up on it
+
+
+# --- the replica's health check, over stand-in rank handles ------------------------------
+
+
+class FakeRank:
+    """Answers `ping.remote()` like a rank actor handle: with `answer`, by raising it, or never ("hang")."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.ping = self
+
+    def remote(self):
+        return self._answer()
+
+    async def _answer(self):
+        if self.answer == "hang":
+            await asyncio.Event().wait()
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def bare_replica(ranks, **args):
+    """A ParallelDenoiser as its constructor leaves it, without Ray (its ranks: `ranks`)."""
+    from deployments.parallel_denoiser import ParallelDenoiser
+    from serve_app.config import ServiceArgs
+
+    replica = object.__new__(ParallelDenoiser.func_or_class)
+    replica.args = ServiceArgs(
+        stages={"parallel_denoiser": {"gpus": len(ranks), "gpu_share": 0, "ping_timeout_s": 0.05}}, **args
+    )
+    replica.options = replica.args.stages.parallel_denoiser
+    replica._ranks, replica._verdict, replica._failed_checks = ranks, None, 0
+    replica._replaced = asyncio.Event()
+    return replica
+
+
+def health_checks(replica, times: int) -> list[str]:
+    from serve_app.health import ReplicaUnhealthy
+
+    async def checks():
+        outcomes = []
+        for _ in range(times):
+            try:
+                await replica.check_health()
+                outcomes.append("ok")
+            except ReplicaUnhealthy as exc:
+                outcomes.append(exc.details["reason"])
+        return outcomes, replica._replaced.is_set()
+
+    return asyncio.run(checks())
+
+
+def test_the_replica_fails_every_check_once_a_rank_is_gone_and_knows_when_serve_gives_up():
+    replica = bare_replica([FakeRank(ping(0)), FakeRank(ActorDiedError())])
+    outcomes, replaced = health_checks(replica, 3)
+    assert outcomes == ["lost"] * 3 and replaced  # Ray replaces a replica after 3 failed checks
+    # The verdict is kept: the rank is not asked again, and a healthy answer changes nothing.
+    replica._ranks[1].answer = ping(1)
+    assert health_checks(replica, 1)[0] == ["lost"]
+
+
+def test_a_rank_that_does_not_answer_its_ping_in_time_fails_the_check():
+    replica = bare_replica([FakeRank(ping(0)), FakeRank("hang")])
+    outcomes, replaced = health_checks(replica, 2)
+    assert outcomes == ["silent", "silent"] and not replaced
+
+
+def test_a_stall_fails_the_check_only_with_health_enabled():
+    stalled = [FakeRank(ping(0, running=True, quiet=20)), FakeRank(ping(1, running=True, quiet=20))]
+    assert health_checks(bare_replica(stalled, health={"stall_s": 10}), 1)[0] == ["stall"]
+    off = bare_replica(stalled, health={"stall_s": 10, "enabled": False})
+    assert health_checks(off, 2)[0] == ["ok", "ok"] and off._verdict is None
+    # A lost rank fails it either way: such a replica cannot serve at all.
+    lost = bare_replica([FakeRank(ping(0)), FakeRank(ActorDiedError())], health={"enabled": False})
+    assert health_checks(lost, 1)[0] == ["lost"]
+
+
+def test_warm_up_compiles_the_shapes_that_route_to_the_replica():
+    from deployments.parallel_denoiser import warmup_shapes
+    from serve_app.config import ServiceArgs
+
+    args = ServiceArgs(model="wan2.2-ti2v-5b-random", stages={"parallel_denoiser": {"min_latent_tokens": 16384}})
+    # The profile warms preview, standard and official; only official (27,280 tokens) routes here.
+    assert warmup_shapes(args, args.stages.parallel_denoiser) == [(64, 64, 5), (704, 1280, 121)]
+    tiny = ServiceArgs(stages={"parallel_denoiser": {"min_latent_tokens": 16384}})
+    assert warmup_shapes(tiny, tiny.stages.parallel_denoiser) == [(64, 64, 5)]  # the compiled graph only
