@@ -74,11 +74,9 @@ class ParallelDenoiser:
         self._previous: asyncio.Future | None = None  # the last collective call, until it ended on every rank
         context = serve.get_replica_context()
         # Named after the replica, as Serve names replicas (SERVE_REPLICA::app#Deployment#id).
-        self.rank_names = [
-            f"{RANK_NAME_PREFIX}{context.app_name}#{context.replica_id.unique_id}#" + str(r)
-            for r in range(self.options.gpus)
-        ]
-        self._ranks, self.rendezvous = start_ranks(args, self.options, self.rank_names[0][:-1])
+        names = f"{RANK_NAME_PREFIX}{context.app_name}#{context.replica_id.unique_id}#"
+        self.rank_names = [f"{names}{rank}" for rank in range(self.options.gpus)]
+        self._ranks, self.rendezvous = start_ranks(args, self.options, names)
         try:
             # Each rank joins the group in its constructor: the first call on each waits for all.
             self.rank_info = ray.get([rank.describe.remote() for rank in self._ranks])
@@ -179,10 +177,9 @@ class ParallelDenoiser:
             except Exception:  # noqa: BLE001 - the rank is gone: the call fails on its own
                 pass
             await asyncio.wait({run}, timeout=self.options.progress_poll_s)
-        if isinstance(run.exception(), RanksBroken):
-            exc = run.exception()
-            assert isinstance(exc, RanksBroken)
-            self._fail(RankVerdict(exc.kind, exc.reason))
+        error = run.exception()
+        if isinstance(error, RanksBroken):
+            self._fail(RankVerdict(error.kind, error.reason))
 
     async def _settle_previous(self) -> None:
         """Wait until the last call (a cancelled one still stopping) has ended on every rank."""
