@@ -23,6 +23,7 @@ from serve_app.graph import StageGraph
 from serve_app.live import apply_user_config
 from serve_app.policy.autoscaling import unclaimed_jobs_report
 from serve_app.policy.load import nvml_utilization, serve_replicas
+from serve_app.routing import DenoiserRoutes
 
 log = logging.getLogger("ray.serve")
 
@@ -86,25 +87,48 @@ class HandleProbe:
 @serve.ingress()
 class Gateway:
     def __init__(
-        self, args: dict[str, Any], prompt_encoder: Any, denoiser: Any, video_encoder: Any, result_cache: Any
+        self,
+        args: dict[str, Any],
+        prompt_encoder: Any,
+        denoiser: Any,
+        video_encoder: Any,
+        result_cache: Any,
+        parallel_denoiser: Any = None,
     ) -> None:
+        """`parallel_denoiser`: the multi-GPU denoiser's handle, bound only when args.stages.parallel_denoiser
+        is set (serve_app/app.py); large jobs go to it (serve_app/routing.py)."""
         metrics.enable()
         app_name = serve.get_replica_context().app_name
         start = start_args(args, "gateway")
         # The neighbours' replica counts and GPU shares as Serve runs them (a `deployments:`
         # entry may set them instead of args): admission's figures and the GPU reading.
-        self._views = stage_views(start.base, app_name, ("denoiser", "video_encoder"))
+        neighbours = ("denoiser", "video_encoder") + (("parallel_denoiser",) if parallel_denoiser is not None else ())
+        self._views = stage_views(start.base, app_name, neighbours)
         self._base_args = start.base
         # The tiers file as read at start: a user_config without an inline table keeps it.
         self._file_tiers = start.base.tier_table()
         settings = GatewaySettings.load(self._viewed(start.args))
         stores = GatewayStores.open(settings)
+        self._routes = DenoiserRoutes.of(settings.args.stages) if parallel_denoiser is not None else DenoiserRoutes()
+        stage_handles = {"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}
+        if parallel_denoiser is not None:
+            stage_handles["parallel_denoiser"] = parallel_denoiser
         handles = GatewayHandles(
-            generator=StageGraph(prompt_encoder, denoiser, video_encoder, images=stores.images),
+            generator=StageGraph(
+                prompt_encoder,
+                denoiser,
+                video_encoder,
+                images=stores.images,
+                parallel_denoiser=parallel_denoiser,
+                routes=self._routes,
+            ),
             cache=ResultCacheHandle(result_cache),
-            probe=HandleProbe({"prompt_encoder": prompt_encoder, "denoiser": denoiser, "video_encoder": video_encoder}),
+            probe=HandleProbe(stage_handles),
             denoiser_replicas=lambda: serve_replicas(app_name, "Denoiser"),
             encoder_replicas=lambda: serve_replicas(app_name, "VideoEncoder"),
+            parallel_replicas=(
+                (lambda: serve_replicas(app_name, "ParallelDenoiser")) if parallel_denoiser is not None else None
+            ),
             gpu_utilization=nvml_utilization if settings.args.stages.denoiser.num_gpus > 0 else None,
         )
         self.gateway = build_gateway(settings, handles, stores)
@@ -131,7 +155,9 @@ class Gateway:
         the application-level policy adds to the denoiser's queue (serve_app/policy/autoscaling.py).
         Async, with the store read on its thread: Serve calls a sync one on the replica's event loop."""
         runner = self.gateway.runner
-        return await runner.jobs.call(unclaimed_jobs_report, runner.store, runner.clock(), runner.lease_s)
+        # Split by denoiser deployment where there are two: each scales on its own queue.
+        routed = self._routes.parallel if self._routes.enabled else None
+        return await runner.jobs.call(unclaimed_jobs_report, runner.store, runner.clock(), runner.lease_s, routed)
 
     async def __del__(self):
         if hasattr(self, "gateway"):  # not when the constructor itself failed

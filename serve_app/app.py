@@ -3,7 +3,9 @@
     serve run serve_config.yaml          # import_path: serve_app.app:build_app
 
 Gateway (ingress) -> PromptEncoder -> Denoiser -> VideoEncoder, each with its
-own Ray Serve options from `ServiceArgs.stages` (serve_app/deploy_options.py)
+own Ray Serve options (and, when `args.stages.parallel_denoiser` is set, a
+multi-GPU ParallelDenoiser beside the Denoiser for large shapes, which decodes
+its videos itself: serve_app/routing.py) from `ServiceArgs.stages` (serve_app/deploy_options.py)
 and its live settings as its `user_config` (serve_app/live.py). A serve
 config's `deployments:` entries go over both; the serve config adds the
 application-level autoscaling policy (serve_app/policy/autoscaling.py).
@@ -47,7 +49,13 @@ def build_app(args: ServiceArgs) -> Application:
     denoiser = Denoiser.options(**options("denoiser")).bind(payload)
     video_encoder = VideoEncoder.options(**options("video_encoder")).bind(payload)
     result_cache = ResultCache.options(**options("result_cache")).bind(payload)
-    return Gateway.options(**options("gateway")).bind(payload, prompt_encoder, denoiser, video_encoder, result_cache)
+    bound = [prompt_encoder, denoiser, video_encoder, result_cache]
+    if args.stages.parallel_denoiser is not None:
+        from deployments.parallel_denoiser import ParallelDenoiser
+
+        # Bound only when configured: without it the app is exactly as it was.
+        bound.append(ParallelDenoiser.options(**options("parallel_denoiser")).bind(payload))
+    return Gateway.options(**options("gateway")).bind(payload, *bound)
 
 
 def stage_options(args: ServiceArgs, stage: str, tiers: TierTable | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from serve_app.settings.presets import Preset, PresetCatalog, load_presets
 from serve_app.settings.previews import PreviewOptions
 from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import SpeedOptions
-from serve_app.settings.stages import AutoscalingOptions, StageOptions, StagesConfig
+from serve_app.settings.stages import AutoscalingOptions, ParallelDenoiserOptions, StageOptions, StagesConfig
 from serve_app.settings.streams import StreamOptions
 from serve_app.settings.tiers import TierTable, load_tiers
 
@@ -48,6 +48,7 @@ __all__ = [
     "ImageInputOptions",
     "MODEL_STAGE_GRACE_MARGIN_S",
     "ModelProfile",
+    "ParallelDenoiserOptions",
     "Preset",
     "PresetCatalog",
     "PreviewOptions",
@@ -67,6 +68,8 @@ __all__ = [
 
 # Model stages hold running jobs: their default grace covers the longest deadline.
 MODEL_STAGE_GRACE_MARGIN_S = 30.0
+# The deployments that hold running jobs and implement check_health.
+MODEL_STAGES = ("prompt_encoder", "denoiser", "video_encoder", "parallel_denoiser")
 
 
 class ServiceArgs(StrictModel):
@@ -271,8 +274,10 @@ class ServiceArgs(StrictModel):
 
     def deployment_options(self, stage: str) -> dict[str, Any]:
         """Ray Serve options of one deployment, with defaults that depend on other fields."""
-        options: StageOptions = getattr(self.stages, stage)
-        model_stage = stage in ("prompt_encoder", "denoiser", "video_encoder")
+        options: StageOptions | None = getattr(self.stages, stage)
+        if options is None:
+            raise ValueError(f"stages.{stage} is not set: this app deploys no such deployment")
+        model_stage = stage in MODEL_STAGES
         grace = self.max_deadline_s + MODEL_STAGE_GRACE_MARGIN_S if model_stage else 20.0
         ray_options = options.to_deployment_options(default_grace_s=grace)
         if model_stage:  # they implement check_health (deployments/base.py)

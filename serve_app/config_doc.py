@@ -27,6 +27,7 @@ from serve_app.settings.health import HealthOptions
 from serve_app.settings.image_input import ImageInputOptions
 from serve_app.settings.redis import RedisClientOptions
 from serve_app.settings.speed import BatchingOptions, FastKnobs, SpeedOptions
+from serve_app.settings.stages import ParallelDenoiserOptions
 from serve_app.settings.streams import StreamOptions
 from serve_app.settings.tiers import Tier
 
@@ -34,6 +35,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`args:` of serve_config.yaml (ServiceArgs)", ServiceArgs),
     ("`args.stages.<gateway|prompt_encoder|denoiser|video_encoder>` (StageOptions)", StageOptions),
     ("`...autoscaling` (AutoscalingOptions)", AutoscalingOptions),
+    ("`args.stages.parallel_denoiser`, the multi-GPU denoiser (ParallelDenoiserOptions)", ParallelDenoiserOptions),
     ("`args.admission` (AdmissionConfig)", AdmissionConfig),
     ("Tiers, configs/tiers.yaml `tiers:` (Tier)", Tier),
     ("`args.access` (AccessConfig)", AccessConfig),

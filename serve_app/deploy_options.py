@@ -56,6 +56,13 @@ _ARGS_PATHS = {
     "health_check_period_s": "health.check_period_s",
     "health_check_timeout_s": "health.check_timeout_s",
 }
+# Options the app derives from several args fields (the parallel denoiser's placement group, from
+# its gpus, gpu_share, rank_cpus, num_cpus and resources): never adopted from `deployments:`,
+# since the replica starts its ranks from args. Set there to something else, they are a conflict.
+DERIVED = {
+    "placement_group_bundles": "gpus, gpu_share, rank_cpus, num_cpus and resources",
+    "placement_group_strategy": "nothing (it is always STRICT_PACK: every rank on the replica's node)",
+}
 # How a `deployments:` entry spells each flattened option.
 _RAY_SPELLING = {
     **{f"autoscaling.{k}": f"autoscaling_config.{k}" for k in AUTOSCALING_KEYS},
@@ -99,9 +106,13 @@ def flatten(options: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("num_replicas", "max_ongoing_requests", "graceful_shutdown_timeout_s"):
         if options.get(key) is not None:
             flat[key] = options[key]
-    for key in ("health_check_period_s", "health_check_timeout_s"):
+    for key in ("health_check_period_s", "health_check_timeout_s", "placement_group_strategy"):
         if options.get(key) is not None:
             flat[key] = options[key]
+    if options.get("placement_group_bundles") is not None:
+        flat["placement_group_bundles"] = [
+            {name: float(amount) for name, amount in bundle.items()} for bundle in options["placement_group_bundles"]
+        ]
     auto = options.get("autoscaling_config")
     if auto is not None:
         auto = auto if isinstance(auto, Mapping) else auto.model_dump()
@@ -226,6 +237,13 @@ def agreement(
             f"autoscaling_config (set bounds in autoscaling_config, or the count in args.stages.{stage})"
         )
     changes = _changes(built, now)
+    for key, source in DERIVED.items():
+        if key in now and not _same(built.get(key), now[key]):
+            changes.pop(key, None)
+            result.conflicts.append(
+                f"{key}={now[key]!r} under `deployments:`, but the app derives it from args.stages.{stage}: "
+                f"set {source} there"
+            )
     was, policy = changes.pop("autoscaling.policy", (None, None))
     if "queue_depth" in (was, policy):
         result.conflicts.append(

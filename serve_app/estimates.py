@@ -6,6 +6,13 @@ decode cost with output pixels. Each measured job updates exponentially
 weighted averages of those unit costs per shape, so estimates follow the
 hardware actually serving; until a shape has been seen, the nearest measured
 shape's unit cost (or the model profile's prior) stands in.
+
+With a multi-GPU denoiser (serve_app/routing.py), a large job denoises on
+that deployment, `routes.speedup` times faster than on one GPU until measured.
+Step costs are kept in single-GPU units: a job measured on the parallel
+replica is stored multiplied by the speed-up and estimated divided by it, so
+its own shape's estimate is exactly what was measured there, and a shape not
+seen yet borrows its neighbour's unit cost on the right deployment's scale.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 
 from serve_app.params import GenerationParams
+from serve_app.routing import DenoiserRoutes
 
 # Weight of the newest measurement: recent enough to follow load and clocks,
 # smooth enough that one outlier does not swing sync/async decisions.
@@ -48,7 +56,8 @@ class StageTimeEstimator:
     prior_step_s_per_ktoken: float
     prior_decode_s_per_mpixel: float
     prior_prompt_encode_s: float = 0.05
-    _step: dict[tuple, _Unit] = field(default_factory=dict)  # s per 1k tokens per pass
+    routes: DenoiserRoutes = field(default_factory=DenoiserRoutes)  # which deployment denoises a job
+    _step: dict[tuple, _Unit] = field(default_factory=dict)  # s per 1k tokens per pass, single-GPU units
     _decode: dict[tuple, _Unit] = field(default_factory=dict)  # s per megapixel-frame
     _encode: _Unit | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,7 +88,7 @@ class StageTimeEstimator:
             encode = self._encode.value if self._encode else self.prior_prompt_encode_s
         return (
             encode,
-            params.num_inference_steps * step * self._ktoken_passes(params),
+            params.num_inference_steps * step * self._ktoken_passes(params) / self.routes.speedup_of(params),
             decode * self._mpixels(params),
         )
 
@@ -92,6 +101,7 @@ class StageTimeEstimator:
         with self._lock:
             shape = _shape(params)
             per_step = denoise_s / params.num_inference_steps / max(self._ktoken_passes(params), 1e-9)
+            per_step *= self.routes.speedup_of(params)
             self._step.setdefault(shape, _Unit(per_step)).update(per_step)
             per_mpixel = decode_s / max(self._mpixels(params), 1e-9)
             self._decode.setdefault(shape, _Unit(per_mpixel)).update(per_mpixel)

@@ -3,6 +3,11 @@
 The gateway holds one `StageGraph`. The prompt encoder's response is handed
 to the denoiser unawaited, so the embeddings go replica to replica through
 the object store without passing through the gateway.
+
+With a multi-GPU denoiser (`args.stages.parallel_denoiser`), a job whose latent
+tokens reach its threshold is denoised there instead (serve_app/routing.py).
+Its ranks decode the video themselves: its stream ends with the EncodedVideo,
+and the video encoder is skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from serve_app.deadline import Deadline
 from serve_app.errors import DeadlineExceeded, ServiceError, StageFailed, StageLost
 from serve_app.messages import DenoisedLatents, EncodedVideo, GraphResult, ProgressCallback, StepProgress
 from serve_app.params import GenerationParams
+from serve_app.routing import DenoiserRoutes
 
 # GraphResult and ProgressCallback live in messages.py (Ray-free, for serve_app/handles.py);
 # imported from here too.
@@ -48,12 +54,27 @@ class _Progress:
 class StageGraph:
     """The gateway's `VideoGenerator` (serve_app/handles.py) over the three stages' Ray Serve handles."""
 
-    def __init__(self, prompt_encoder: Any, denoiser: Any, video_encoder: Any, images: Any = None) -> None:
+    def __init__(
+        self,
+        prompt_encoder: Any,
+        denoiser: Any,
+        video_encoder: Any,
+        images: Any = None,
+        parallel_denoiser: Any = None,
+        routes: DenoiserRoutes | None = None,
+    ) -> None:
         self.prompt_encoder = prompt_encoder
         self.denoiser = denoiser
         self.video_encoder = video_encoder
         # Image to video: the uploaded first frames by hash (serve_app/reference_images.py).
         self.images = images
+        # The multi-GPU denoiser's handle and the rule that sends large jobs to it; None: none.
+        self.parallel_denoiser = parallel_denoiser
+        self.routes = routes if parallel_denoiser is not None and routes is not None else DenoiserRoutes()
+
+    def denoiser_for(self, params: GenerationParams) -> Any:
+        """The handle of the denoiser deployment that runs `params` (serve_app/routing.py)."""
+        return self.parallel_denoiser if self.routes.parallel(params) else self.denoiser
 
     async def generate(
         self,
@@ -109,20 +130,26 @@ class StageGraph:
             embeddings.cancel()
             raise
         conditioning = {} if image_latents is None else {"image_latents": image_latents}
-        stream = self.denoiser.options(stream=True).denoise.remote(
-            params, embeddings, deadline, params.fast, job_id, **conditioning
+        stream = (
+            self.denoiser_for(params)
+            .options(stream=True)
+            .denoise.remote(params, embeddings, deadline, params.fast, job_id, **conditioning)
         )
         latents: DenoisedLatents | None = None
+        video: EncodedVideo | None = None
         try:
             async for message in stream:
                 if isinstance(message, StepProgress):
                     progress.last = message
                     if on_progress is not None:
                         on_progress(message)
+                elif isinstance(message, EncodedVideo):
+                    video = message  # the multi-GPU denoiser's ranks decoded it already
                 else:
                     latents = message
             assert latents is not None, "denoiser stream ended without latents"
-            video: EncodedVideo = await self.video_encoder.encode.remote(latents.latents, params.fps, deadline)
+            if video is None:
+                video = await self.video_encoder.encode.remote(latents.latents, params.fps, deadline)
         except asyncio.CancelledError:
             # Client gone or deadline hit in wait_for: stop the stages now
             # rather than when Ray notices the parent request is gone.

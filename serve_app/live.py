@@ -42,6 +42,8 @@ DEPLOYMENT_NAMES: dict[str, str] = {
     "prompt_encoder": "PromptEncoder",
     "denoiser": "Denoiser",
     "video_encoder": "VideoEncoder",
+    # Deployed only when args.stages.parallel_denoiser is set (StagesConfig.deployed()).
+    "parallel_denoiser": "ParallelDenoiser",
 }
 STAGE_OF_DEPLOYMENT = {name: stage for stage, name in DEPLOYMENT_NAMES.items()}
 
@@ -77,6 +79,7 @@ LIVE_FIELDS: dict[str, dict[str, frozenset[str] | None]] = {
     "prompt_encoder": {"health": HEALTH_LIVE},
     "denoiser": {"progress_interval_s": None, "health": HEALTH_LIVE},
     "video_encoder": {"health": HEALTH_LIVE},
+    "parallel_denoiser": {"progress_interval_s": None, "health": HEALTH_LIVE},
 }
 
 

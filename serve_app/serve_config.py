@@ -9,7 +9,10 @@ live fields, with values `ServiceArgs` accepts (serve_app/live.py), and the
 gateway's tiers fit the presets and model; its scaling and resource options
 do not contradict `args` (serve_app/deploy_options.py). With `--gpus N`, the
 model stages' replicas, at their most and with their effective GPU shares,
-must fit N cards the way Ray places them. Exit status 0 when all holds, 1
+must fit N cards the way Ray places them: the multi-GPU denoiser's rank
+bundles first (each replica's on distinct cards, as Serve's pack scheduling
+orders the largest replicas first), then the single-GPU replicas, largest
+first, each on the card it fits most tightly (Ray's best fit for fractions). Exit status 0 when all holds, 1
 otherwise, with every problem listed.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import ServiceArgs, StageOptions
+from serve_app.config import ParallelDenoiserOptions, ServiceArgs, StageOptions
 from serve_app.deploy_options import agreement, apply_overrides, builder_options
 from serve_app.live import DEPLOYMENT_NAMES, LIVE_FIELDS, STAGE_OF_DEPLOYMENT, LiveConfigError, apply_user_config
 
@@ -78,7 +81,14 @@ def check_app(app: Mapping[str, Any]) -> AppCheck:
     entries = {str(entry.get("name")): entry for entry in app.get("deployments") or []}
     for name in sorted(set(entries) - set(STAGE_OF_DEPLOYMENT)):
         result.problems.append(f"deployments: {name!r} is no deployment of this app ({sorted(STAGE_OF_DEPLOYMENT)})")
+    deployed = args.stages.deployed()
     for stage, deployment in DEPLOYMENT_NAMES.items():
+        if stage not in deployed:
+            if deployment in entries:
+                result.problems.append(
+                    f"deployments: {deployment!r} is not deployed: set args.stages.{stage} to deploy it"
+                )
+            continue
         entry = entries.get(deployment, {"name": deployment})
         problem = _ray_schema_problem(entry)
         if problem is not None:
@@ -113,7 +123,11 @@ def folded_args(app: Mapping[str, Any]) -> ServiceArgs:
         raise ValueError(f"application {check.name!r}: " + "; ".join(check.problems))
     merged = check.args.model_dump()
     merged["stages"].update({stage: view.model_dump() for stage, view in check.stages.items()})
-    healths = {check.live[stage].health.model_dump_json() for stage in MODEL_STAGES}
+    healths = {
+        check.live[stage].health.model_dump_json()
+        for stage in (*MODEL_STAGES, "parallel_denoiser")
+        if stage in check.live
+    }
     if len(healths) > 1:
         raise ValueError(f"application {check.name!r}: the model stages' user_configs set `health` differently")
     for stage, live in check.live.items():
@@ -122,23 +136,49 @@ def folded_args(app: Mapping[str, Any]) -> ServiceArgs:
     return ServiceArgs.model_validate(merged)
 
 
+def _best_fit(free: list[float], fraction: float, exclude: Collection[int] = ()) -> int | None:
+    """The card Ray gives a fractional share: the one it fills most tightly (its best fit;
+    a whole card: the first free one); None if none fits."""
+    fits = [card for card in range(len(free)) if card not in exclude and free[card] + 1e-9 >= fraction]
+    if not fits:
+        return None
+    if fraction >= 1:
+        return fits[0]
+    return min(fits, key=lambda card: (free[card] - fraction, card))
+
+
 def gpu_placement(stages: Mapping[str, StageOptions], cards: int) -> list[list[str]] | None:
-    """Ray-like first-fit placement of every model-stage replica, each at its deployment's
-    most replicas and its GPU share, largest first; None if some replica finds no card."""
+    """Ray-like placement of every model-stage replica, each at its deployment's most replicas
+    and its GPU share, largest first; None if some replica finds no card.
+
+    The multi-GPU denoiser's replicas go first, each rank on a card of its own (a fraction
+    above one half, which its settings require, cannot share a card with another rank):
+    that is the order Serve's pack scheduling (RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY=1)
+    takes, largest replica first, and the only one in which fractional neighbours cannot
+    fragment the cards the ranks need (docs/gpu.md, Multi-GPU replicas)."""
+    free = [1.0] * cards
+    placed: list[list[str]] = [[] for _ in range(cards)]
+    parallel = stages.get("parallel_denoiser")
+    if isinstance(parallel, ParallelDenoiserOptions) and parallel.gpu_share > 0:
+        for _ in range(parallel.max_replicas):
+            used: set[int] = set()
+            for _rank in range(parallel.gpus):
+                card = _best_fit(free, parallel.gpu_share, used)
+                if card is None:
+                    return None
+                used.add(card)
+                free[card] -= parallel.gpu_share
+                placed[card].append("parallel_denoiser")
     replicas = sorted(
         ((stages[stage].num_gpus, stage) for stage in MODEL_STAGES for _ in range(stages[stage].max_replicas)),
         reverse=True,
     )
-    free = [1.0] * cards
-    placed: list[list[str]] = [[] for _ in range(cards)]
     for fraction, stage in replicas:
-        for card in range(cards):
-            if free[card] + 1e-9 >= fraction:
-                free[card] -= fraction
-                placed[card].append(stage)
-                break
-        else:
+        card = _best_fit(free, fraction)
+        if card is None:
             return None
+        free[card] -= fraction
+        placed[card].append(stage)
     return placed
 
 
@@ -147,13 +187,25 @@ def _report(check: AppCheck, gpus: int | None) -> list[str]:
     if gpus is not None and check.args is not None and not check.problems:
         placement = gpu_placement(check.stages, gpus)
         if placement is None:
-            shares = {s: (check.stages[s].num_gpus, check.stages[s].max_replicas) for s in MODEL_STAGES}
+            shares: dict[str, tuple[float, int]] = {
+                s: (check.stages[s].num_gpus, check.stages[s].max_replicas) for s in MODEL_STAGES
+            }
+            parallel = check.stages.get("parallel_denoiser")
+            if isinstance(parallel, ParallelDenoiserOptions):
+                shares[f"parallel_denoiser ({parallel.gpus} ranks each)"] = (parallel.gpu_share, parallel.max_replicas)
             check.problems.append(f"the model stages (GPU share, most replicas) {shares} do not fit {gpus} card(s)")
         else:
             lines.append(f"  fits {gpus} card(s): {placement}")
     for stage, view in check.stages.items():
         auto = view.autoscaling
         count = f"{auto.min_replicas}-{auto.max_replicas} replicas" if auto else f"{view.num_replicas} replica(s)"
+        if isinstance(view, ParallelDenoiserOptions):
+            lines.append(
+                f"  {DEPLOYMENT_NAMES[stage]}: {count}, {view.gpus} ranks x (GPU {view.gpu_share:g}, CPU "
+                f"{view.rank_cpus:g}) + coordinator CPU {view.num_cpus:g}, STRICT_PACK; jobs of >= "
+                f"{view.min_latent_tokens} latent tokens"
+            )
+            continue
         lines.append(f"  {DEPLOYMENT_NAMES[stage]}: {count}, num_gpus {view.num_gpus:g}, num_cpus {view.num_cpus:g}")
     lines += [f"  from `deployments:`: {adopted}" for adopted in check.adopted]
     lines += [f"  PROBLEM: {problem}" for problem in check.problems]

@@ -48,6 +48,7 @@ from serve_app.policy.admission import Admission
 from serve_app.policy.load import LoadMonitor, QueueEta, ReplicaCount
 from serve_app.policy.tiers import lowest_tier
 from serve_app.reference_images import ReferenceImageStore, reference_images_for, sweeper
+from serve_app.routing import DenoiserRoutes
 from serve_app.settings.tiers import TierTable
 from serve_app.webhooks import WebhookConfig, check_destination, deliver, longest_delivery_s, video_event
 
@@ -134,6 +135,7 @@ class GatewayHandles:
     # None: the configured counts, never refreshed.
     denoiser_replicas: ReplicaSource | None = None
     encoder_replicas: ReplicaSource | None = None
+    parallel_replicas: ReplicaSource | None = None  # the multi-GPU denoiser's, where the app deploys one
     gpu_utilization: Callable[[], float | None] | None = None
 
 
@@ -232,7 +234,12 @@ def build_gateway(
     false` in the args still decides, at the exact tier). `estimator`: the learned stage
     times to start from (default: the profile's priors)."""
     args, profile = settings.args, settings.profile
-    estimator = estimator or StageTimeEstimator(profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel)
+    # Which denoiser deployment each job runs on, for its ETA and its queue (serve_app/routing.py).
+    routes = DenoiserRoutes.of(args.stages)
+    estimator = estimator or StageTimeEstimator(
+        profile.prior_step_s_per_ktoken, profile.prior_decode_s_per_mpixel, routes=routes
+    )
+    parallel_stage = args.stages.parallel_denoiser
     if stores.images is None:
         stores.images = reference_images_for(stores.artifacts)
     guard = stores.access
@@ -245,6 +252,8 @@ def build_gateway(
         initial_replicas=initial_replicas(args.stages.denoiser),
         encoder_replicas=handles.encoder_replicas,
         initial_encoder_replicas=initial_replicas(args.stages.video_encoder),
+        parallel_replicas=handles.parallel_replicas,
+        initial_parallel_replicas=initial_replicas(parallel_stage) if parallel_stage is not None else 0,
         # On the job store's own thread, which orders it with this replica's creates (api/create.py).
         read_off_loop=off_loop(stores.jobs).call,
     )
@@ -289,7 +298,15 @@ def build_gateway(
     if stores.images is not None:
         runner.expiry.also.append(sweeper(stores.images, args.image_input.keep_s))
     policy = (
-        Admission(args.admission, settings.tiers, estimator, args.stages.denoiser.max_replicas) if admission else None
+        Admission(
+            args.admission,
+            settings.tiers,
+            estimator,
+            args.stages.denoiser.max_replicas,
+            parallel_max_replicas=parallel_stage.max_replicas if parallel_stage is not None else 0,
+        )
+        if admission
+        else None
     )
     views = VideoViews(
         stores.jobs, stores.artifacts, runner, eta, cache=handles.cache, content_url_ttl_s=args.artifact_url_ttl_s

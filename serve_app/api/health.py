@@ -72,7 +72,7 @@ class ServiceReport:
     def _load_report(self, admission: Admission, jobs: list[JobRecord]) -> dict[str, Any]:
         snap = self.load.snapshot(jobs=jobs)
         load = admission.load(snap)
-        return {
+        report = {
             "load": round(load, 3),
             "tier": admission.tiers.tiers[admission.tiers.for_load(load)].name,
             "denoiser_replicas": snap.replicas,
@@ -84,6 +84,16 @@ class ServiceReport:
             "gpu_utilization": snap.gpu_utilization,
             "admission": "on" if admission.config.enabled else "off",
         }
+        if admission.estimator.routes.enabled:
+            # The multi-GPU denoiser's own queue (serve_app/routing.py): its jobs are in
+            # unfinished_jobs too, their work only here.
+            report["parallel_denoiser"] = {
+                "replicas": snap.parallel_replicas,
+                "unfinished_jobs": snap.parallel_jobs,
+                "work_ahead_s": round(eta_model.queue_wait_s(snap, admission.config, parallel=True), 3),
+                "min_latent_tokens": admission.estimator.routes.min_latent_tokens,
+            }
+        return report
 
     def describe(self) -> dict[str, Any]:
         return {

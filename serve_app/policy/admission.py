@@ -8,7 +8,9 @@ stage times for its shape (`StageTimeEstimator`, learned from measured jobs).
 Then, in order:
 
 1. The queue is full (every replica has `max_queue_per_replica` unfinished
-   jobs): 429 `over_capacity` with Retry-After, whatever the request.
+   jobs): 429 `over_capacity` with Retry-After, whatever the request. With a
+   multi-GPU denoiser, each denoiser deployment has its own queue: a request
+   is refused when the one it routes to is full (serve_app/routing.py).
 2. Load picks the starting tier (configs/tiers.yaml); `quality: exact`
    always starts, and stays, at the request's own settings.
 3. The request's mode decides what "fits":
@@ -90,16 +92,33 @@ def as_asked(
 
 class Admission:
     def __init__(
-        self, config: AdmissionConfig, tiers: TierTable, estimator: StageTimeEstimator, denoiser_max_replicas: int
+        self,
+        config: AdmissionConfig,
+        tiers: TierTable,
+        estimator: StageTimeEstimator,
+        denoiser_max_replicas: int,
+        parallel_max_replicas: int = 0,
     ) -> None:
         self.config = config
         self.tiers = tiers
         self.estimator = estimator
         self.denoiser_max_replicas = denoiser_max_replicas
+        self.parallel_max_replicas = parallel_max_replicas  # the multi-GPU denoiser's (0: none)
+
+    def _lane(self, snap: LoadSnapshot, parallel: bool) -> tuple[int, int, int]:
+        """(unfinished jobs, replicas running or starting, most replicas) of one denoiser deployment."""
+        if parallel:
+            return snap.parallel_jobs, snap.parallel_replicas, self.parallel_max_replicas
+        return snap.active_jobs - snap.parallel_jobs, snap.replicas, self.denoiser_max_replicas
+
+    def lane_capacity(self, snap: LoadSnapshot, parallel: bool = False) -> int:
+        """Unfinished jobs one denoiser deployment holds at 100% load."""
+        return max(self._lane(snap, parallel)[1], 1) * self.config.max_queue_per_replica
 
     def capacity(self, snap: LoadSnapshot) -> int:
-        """Unfinished jobs the service holds at 100% load."""
-        return max(snap.replicas, 1) * self.config.max_queue_per_replica
+        """Unfinished jobs the service holds at 100% load (both denoiser deployments, where there are two)."""
+        both = self.estimator.routes.enabled
+        return self.lane_capacity(snap) + (self.lane_capacity(snap, parallel=True) if both else 0)
 
     def load(self, snap: LoadSnapshot) -> float:
         queue = min(1.0, snap.active_jobs / self.capacity(snap))
@@ -160,20 +179,23 @@ class Admission:
         """
         deadlines = deadline_s if isinstance(deadline_s, Deadlines) else Deadlines(deadline_s, deadline_s)
         load = self.load(snap)
-        if snap.replicas == 0 and self.denoiser_max_replicas == 0:
+        parallel = self.estimator.routes.parallel(params)
+        jobs, replicas, most = self._lane(snap, parallel)
+        if replicas == 0 and most == 0:
             raise ServiceUnavailable("no denoiser replica can run", retry_after_s=self.config.cold_start_s)
         if not self.config.enabled:
             eta_s = self.eta_s(params, snap)
             sync = mode != "async" and (mode == "wait" or eta_s <= sync_budget_s)
             return Decision(params, sync, eta_s, deadlines.of_run(sync), load, EXACT_TIER)
 
-        if snap.active_jobs >= self.capacity(snap):
+        capacity = self.lane_capacity(snap, parallel)
+        if jobs >= capacity:
             # Time for the queue to drain one slot: the wait ahead, per job.
-            per_job = eta.queue_wait_s(snap, self.config) / max(snap.active_jobs, 1)
-            excess = snap.active_jobs - self.capacity(snap) + 1
+            per_job = eta.queue_wait_s(snap, self.config, parallel) / max(jobs, 1)
+            excess = jobs - capacity + 1
+            which = "multi-GPU denoiser" if parallel else "denoiser"
             raise OverCapacity(
-                f"the queue is full ({snap.active_jobs} unfinished jobs for {max(snap.replicas, 1)} denoiser "
-                f"replica(s)); retry later",
+                f"the queue is full ({jobs} unfinished jobs for {max(replicas, 1)} {which} replica(s)); retry later",
                 retry_after_s=self._retry_after(per_job * excess),
                 load=round(load, 3),
             )

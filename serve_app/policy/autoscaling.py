@@ -34,6 +34,13 @@ collects custom metrics, and shows a deployment to that policy, only when
 the deployment has an autoscaling_config: a gateway with a fixed count gets
 one whose bounds pin that count (serve_app/app.py).
 
+With a multi-GPU denoiser (serve_app/routing.py), each denoiser deployment
+scales on its own queue: Ray's request counts are per deployment already,
+and the gateways report the undispatched jobs per deployment
+(`unclaimed_jobs` for the single-GPU denoiser, `unclaimed_parallel_jobs` for
+the jobs that route to the multi-GPU one). The policy's `lane` kwarg
+('single' or 'parallel', set by the stage's options) says which figure is its.
+
 Desired replicas = ceil(signal / jobs_per_replica). Ray then applies
 min/max replicas (min 0 allows scale to zero; a job waiting then starts one
 at once), upscale/downscale delays and smoothing. A replica being removed
@@ -53,7 +60,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
@@ -63,8 +70,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ray.serve")
 
-# Name of the custom metric the gateways report (deployments/gateway.py).
+# Names of the custom metrics the gateways report (deployments/gateway.py): undispatched jobs
+# routed to the single-GPU denoiser, and to the multi-GPU one.
 UNCLAIMED_JOBS = "unclaimed_jobs"
+UNCLAIMED_PARALLEL_JOBS = "unclaimed_parallel_jobs"
+METRIC_OF_LANE = {"single": UNCLAIMED_JOBS, "parallel": UNCLAIMED_PARALLEL_JOBS}
 # Import paths as the serve configs name them.
 QUEUE_DEPTH_POLICY = "serve_app.policy.autoscaling:QueueDepthPolicy"
 APPLICATION_POLICY = "serve_app.policy.autoscaling:application_policy"
@@ -81,15 +91,13 @@ def desired_replicas(waiting: float, jobs_per_replica: float) -> int:
     return math.ceil(waiting / jobs_per_replica - 1e-9) if waiting > 0 else 0
 
 
-def reported_unclaimed(contexts: Iterable[AutoscalingContext]) -> float:
-    """The `unclaimed_jobs` figure, from whichever replicas report it (the gateways).
+def reported_unclaimed(contexts: Iterable[AutoscalingContext], metric: str = UNCLAIMED_JOBS) -> float:
+    """The `metric` figure (`unclaimed_jobs` by default), from whichever replicas report it (the gateways).
 
     Every gateway replica counts the same shared store: the largest report
     counts, once, not their sum.
     """
-    figures = [
-        value for ctx in contexts for value in ((ctx.aggregated_metrics or {}).get(UNCLAIMED_JOBS) or {}).values()
-    ]
+    figures = [value for ctx in contexts for value in ((ctx.aggregated_metrics or {}).get(metric) or {}).values()]
     return max(figures, default=0.0)
 
 
@@ -109,10 +117,13 @@ class QueueDepthPolicy:
     requests; `application_policy` calls `decide` with the gateways' figure.
     """
 
-    def __init__(self, jobs_per_replica: float = 1.0) -> None:
+    def __init__(self, jobs_per_replica: float = 1.0, lane: str = "single") -> None:
         if jobs_per_replica <= 0:
             raise ValueError(f"jobs_per_replica={jobs_per_replica} must be > 0")
+        if lane not in METRIC_OF_LANE:
+            raise ValueError(f"lane={lane!r} must be one of {sorted(METRIC_OF_LANE)}")
         self.jobs_per_replica = jobs_per_replica
+        self.lane = lane  # whose undispatched jobs count: the single-GPU denoiser's or the multi-GPU one's
         self._warned = False
 
     def decide(self, total_num_requests: float, unclaimed: float) -> tuple[int, dict[str, Any]]:
@@ -144,23 +155,32 @@ def application_policy(
     deployment's bounds, delays and scaling factors afterwards, as it does for
     deployment-level policies.
     """
-    unclaimed = reported_unclaimed(contexts.values())
     decisions: dict[Any, float] = {}
     states: dict[Any, dict[str, Any]] = {}
     for deployment_id, ctx in contexts.items():
         if scales_on_queue_depth(ctx):
             assert ctx.config is not None  # scales_on_queue_depth read its policy
             policy = QueueDepthPolicy(**ctx.config.policy.policy_kwargs)
+            unclaimed = reported_unclaimed(contexts.values(), METRIC_OF_LANE[policy.lane])
             decisions[deployment_id], states[deployment_id] = policy.decide(ctx.total_num_requests, unclaimed)
         else:
             decisions[deployment_id], states[deployment_id] = replica_queue_length_autoscaling_policy(ctx)
     return decisions, states
 
 
-def unclaimed_jobs_report(store: Any, now: float, lease_s: float) -> dict[str, float]:
-    """What a gateway replica reports to Ray: accepted jobs no gateway holds, in `store`."""
+def unclaimed_jobs_report(
+    store: Any, now: float, lease_s: float, routed_parallel: Callable[[Any], bool] | None = None
+) -> dict[str, float]:
+    """What a gateway replica reports to Ray: accepted jobs no gateway holds, in `store`; with
+    `routed_parallel` (a job's params -> whether it goes to the multi-GPU denoiser), split by
+    the denoiser deployment they will wait for."""
     try:
-        return {UNCLAIMED_JOBS: float(len(store.claimable(now, lease_s, UNCLAIMED_LIMIT)))}
+        unclaimed = store.claimable(now, lease_s, UNCLAIMED_LIMIT)
+        if routed_parallel is None:
+            return {UNCLAIMED_JOBS: float(len(unclaimed))}
+        ids = set(unclaimed)
+        parallel = sum(1 for job in store.active(UNCLAIMED_LIMIT) if job.id in ids and routed_parallel(job.params))
+        return {UNCLAIMED_JOBS: float(len(ids) - parallel), UNCLAIMED_PARALLEL_JOBS: float(parallel)}
     except Exception:
         log.warning("could not count unclaimed jobs for autoscaling", exc_info=True)
         return {}

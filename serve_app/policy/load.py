@@ -8,8 +8,8 @@ tests build snapshots by hand). `LoadMonitor` makes snapshots in a gateway:
   requests admitted but not yet in the store (see `reserve`);
 - the denoiser's replica count (running or starting) comes from Ray Serve's
   status, polled in the background (a controller round trip is too slow per
-  request); the video encoder's likewise when a poll for it is given, else
-  its initial count;
+  request); the video encoder's and the multi-GPU denoiser's likewise when a
+  poll for them is given, else their initial counts;
 - GPU utilisation comes from NVML on the gateway's node, averaged over its
   cards, when the denoiser runs on GPUs. With denoisers on other nodes that is
   a proxy; the queue-depth part of the load is exact everywhere.
@@ -54,6 +54,12 @@ class LoadSnapshot:
     decode_ahead_s: float = 0.0  # decode + mp4 seconds they still need (also jobs done denoising)
     encoder_replicas: int = 1  # video-encoder replicas
     starting: int = 0  # of `replicas`, those still starting: no help before cold_start_s
+    # The multi-GPU denoiser (serve_app/routing.py), when the app deploys one. Its jobs are
+    # counted in `active_jobs` too, but their work only here (not in the two lanes above).
+    parallel_replicas: int = 0  # running or starting
+    parallel_starting: int = 0
+    parallel_jobs: int = 0  # of active_jobs, those routed to it
+    parallel_ahead_s: float = 0.0  # everything those jobs still need (their ranks decode too)
 
 
 def work_ahead(jobs: Iterable[JobRecord], estimator: StageTimeEstimator) -> tuple[int, StageWork]:
@@ -160,6 +166,8 @@ class LoadMonitor:
         initial_replicas: int,
         encoder_replicas: Callable[[], ReplicaCount | int | None] | None = None,
         initial_encoder_replicas: int = 1,
+        parallel_replicas: Callable[[], ReplicaCount | int | None] | None = None,
+        initial_parallel_replicas: int = 0,
         read_off_loop: Callable[[Callable[[], list[JobRecord]]], Awaitable[list[JobRecord]]] | None = None,
     ) -> None:
         self._active_jobs = active_jobs
@@ -176,6 +184,9 @@ class LoadMonitor:
         # Without a poll, one: fewer encoders than there are only makes
         # admission stricter, never late.
         self.encoder_replicas = initial_encoder_replicas
+        self._parallel_replicas_fn = parallel_replicas
+        self.parallel_replicas = initial_parallel_replicas
+        self.parallel_starting = 0
         self.gpu_utilization: float | None = None
         self.refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -201,6 +212,14 @@ class LoadMonitor:
                     self.encoder_replicas = max(count.serving, 1) if count.total else 0
             except Exception:
                 log.warning("could not read the video encoder's replica count", exc_info=True)
+        if self._parallel_replicas_fn is not None:
+            try:
+                parallel = self._parallel_replicas_fn()
+                if parallel is not None:
+                    count = parallel if isinstance(parallel, ReplicaCount) else ReplicaCount(parallel)
+                    self.parallel_replicas, self.parallel_starting = count.total, count.starting
+            except Exception:
+                log.warning("could not read the parallel denoiser's replica count", exc_info=True)
         if self._gpu_fn is not None:
             self.gpu_utilization = self._gpu_fn()
         self.refreshed_at = time.monotonic()
@@ -261,7 +280,10 @@ class LoadMonitor:
         """The load admission sees; with `before`, only the work ahead of that job (what its ETA waits
         for). `jobs`: the unfinished jobs, when the caller has read them already."""
         jobs = self._active_jobs() if jobs is None else jobs
-        count, work = work_ahead(jobs if before is None else ahead_of(before, jobs), self.estimator)
+        counted = jobs if before is None else ahead_of(before, jobs)
+        count, work = work_ahead(counted, self.estimator)
+        routes = self.estimator.routes
+        parallel = sum(1 for job in counted if not job.terminal and routes.parallel(job.params))
         # A reservation whose job (or the single-flight job it joins) is stored already is counted there.
         stored = {job.id for job in jobs} | {job.cache_key for job in jobs if job.cache_key}
         for key, held in self._reserved.items():
@@ -270,6 +292,7 @@ class LoadMonitor:
             if before is not None and (held.created_at, held.job_id) >= (before.created_at, before.id):
                 continue
             count += 1
+            parallel += held.work.parallel
             work += held.work
         return LoadSnapshot(
             self.replicas,
@@ -279,6 +302,10 @@ class LoadMonitor:
             work.decode_s,
             self.encoder_replicas,
             min(self.starting, self.replicas),
+            self.parallel_replicas,
+            min(self.parallel_starting, self.parallel_replicas),
+            parallel,
+            work.parallel_s,
         )
 
 

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-# The model stages: the ones that run a model, fail like GPUs do, and are health-checked.
-StageName = Literal["prompt_encoder", "denoiser", "video_encoder"]
+# The model stages: the ones that run a model, fail like GPUs do, and are health-checked
+# (parallel_denoiser: the multi-GPU denoiser's ranks, when args.stages.parallel_denoiser is set).
+StageName = Literal["prompt_encoder", "denoiser", "video_encoder", "parallel_denoiser"]
 
 
 class StrictModel(BaseModel):

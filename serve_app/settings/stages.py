@@ -3,6 +3,15 @@
 The defaults that depend on other fields of `ServiceArgs` (a model stage's
 grace covers the longest deadline) are filled in by
 `ServiceArgs.deployment_options` in serve_app/config.py.
+
+`parallel_denoiser` (`ParallelDenoiserOptions`) is the one optional stage: the
+multi-GPU denoiser. One replica of `ParallelDenoiser` (deployments/parallel_denoiser.py)
+spans `gpus` cards of one node: Ray Serve reserves a placement group for it
+(bundle 0: the replica itself, CPU only; bundles 1..N: one rank each), STRICT_PACK
+so every rank is on the replica's node. Requests whose latent tokens reach
+`min_latent_tokens` go to it (serve_app/routing.py); smaller ones stay on the
+single-GPU `Denoiser`. Unset (None, the default): no such deployment, and the
+app is as it always was.
 """
 
 from __future__ import annotations
@@ -123,6 +132,139 @@ class StageOptions(StrictModel):
         return opts
 
 
+# What a rank's prior speed-up is per GPU before any job of a shape was measured:
+# the issue's goal of 3.2x on 4 H100s for 720p (bench/bench_parallel.py measures it).
+DEFAULT_EFFICIENCY = 0.8
+
+
+class ParallelDenoiserOptions(StageOptions):
+    """Ray Serve options of the multi-GPU denoiser, and what its replica does with its ranks.
+
+    The inherited `num_cpus` is the coordinator's (placement-group bundle 0); `num_gpus`
+    must stay 0: the ranks hold the GPUs, each in its own bundle."""
+
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs of the coordinating replica (its placement-group bundle 0, which Ray refuses empty).",
+    )
+    max_ongoing_requests: int = Field(
+        1,
+        ge=1,
+        le=1,
+        description="Requests one replica runs at once: 1, since its ranks run one denoising loop in lock-step "
+        "(a second loop's collectives would interleave with the first's); the rest queue at the router, which "
+        "is the queue depth its autoscaling watches.",
+    )
+    num_gpus: float = Field(
+        0.0, ge=0, description="Stays 0: the coordinating replica holds no GPU; its ranks do (gpus, gpu_share)."
+    )
+    gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="Stays unset: each rank's allocator is capped to gpu_share."
+    )
+    gpus: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Ranks (GPUs) per replica, each a placement-group bundle of `gpu_share` GPU and `rank_cpus` "
+        "CPUs, all on one node (STRICT_PACK). 2, 4 or 8 on an H100 node.",
+    )
+    gpu_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="GPU share of each rank's bundle. Above 0.5 no two ranks of a replica can share a card (Ray "
+        "places a fractional bundle on one card), and the rest of each card is left to fractional single-GPU "
+        "replicas (previews); each rank's allocator is capped to it. 0: CPU ranks with the gloo backend (tests, "
+        "the tiny model).",
+    )
+    rank_cpus: float = Field(1.0, gt=0, description="CPUs of each rank's bundle (Ray sets its OMP_NUM_THREADS to it).")
+    min_latent_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Requests whose latent tokens (latent frames x H/32 x W/32, GenerationParams.latent_tokens) are "
+        "at least this go to this deployment; smaller ones to the single-GPU Denoiser. 720p x 121 frames is "
+        "27,280 tokens, 480p x 81 frames 8,190, the preview preset 1,500.",
+    )
+    collective_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait of a rank in one collective (NCCL or gloo timeout): a dead or hung peer fails "
+        "the job within this instead of hanging the replica. Above the longest single step plus the first "
+        "compile of a new shape.",
+    )
+    ping_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long the health check waits for each rank's ping; a rank that does not answer "
+        "(dead, or its process stuck) fails the check, and Ray Serve replaces the replica.",
+    )
+    cfg_parallel: bool = Field(
+        True,
+        description="Classifier-free guidance in parallel: the conditional pass on one half of the ranks, the "
+        "unconditional on the other (Ulysses sequence parallel inside each half). False: both passes on every "
+        "rank, Ulysses over all of them.",
+    )
+    speedup: float | None = Field(
+        None,
+        gt=0,
+        description="How many times faster a replica denoises than one single-GPU Denoiser replica, for ETAs and "
+        f"admission until jobs of a shape were measured here (then the measured times rule). Default "
+        f"{DEFAULT_EFFICIENCY} x gpus; bench/bench_parallel.py measures it (speedup_vs_1gpu).",
+    )
+    progress_poll_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often the replica asks rank 0 for the step it reached, while a job runs (progress "
+        "messages: at most one per poll, and not more often than progress_interval_s).",
+    )
+
+    @model_validator(mode="after")
+    def _ranks_hold_the_gpus(self) -> ParallelDenoiserOptions:
+        if self.num_gpus != 0:
+            raise ValueError(
+                f"num_gpus={self.num_gpus}: the parallel denoiser's replica coordinates on a CPU; its ranks hold "
+                "the GPUs: set gpus (ranks) and gpu_share (per rank) instead"
+            )
+        if 0 < self.gpu_share <= 0.5 and self.gpus > 1:
+            raise ValueError(
+                f"gpu_share={self.gpu_share}: two ranks of one replica could then share a card (NCCL refuses two "
+                "ranks on one device); give each rank more than half a card"
+            )
+        if self.gpu_memory_fraction is not None:
+            raise ValueError(
+                f"gpu_memory_fraction={self.gpu_memory_fraction}: each rank's allocator is capped to gpu_share"
+            )
+        return self
+
+    @property
+    def effective_speedup(self) -> float:
+        return self.speedup if self.speedup is not None else DEFAULT_EFFICIENCY * self.gpus
+
+    @property
+    def rank_bundle(self) -> dict[str, float]:
+        """One rank's placement-group bundle (no GPU key for CPU ranks: a zero resource is no resource)."""
+        bundle = {"CPU": self.rank_cpus}
+        if self.gpu_share > 0:
+            bundle["GPU"] = self.gpu_share
+        return bundle
+
+    @property
+    def placement_group_bundles(self) -> list[dict[str, float]]:
+        """Bundle 0: the replica (its CPUs and custom resources, which Ray requires it to hold); then one per rank."""
+        return [{"CPU": self.num_cpus, **self.resources}] + [self.rank_bundle for _ in range(self.gpus)]
+
+    def to_deployment_options(self, default_grace_s: float = 20.0) -> dict[str, Any]:
+        opts = super().to_deployment_options(default_grace_s)
+        opts["placement_group_bundles"] = self.placement_group_bundles
+        opts["placement_group_strategy"] = "STRICT_PACK"
+        policy = opts.get("autoscaling_config", {}).get("policy")
+        if policy is not None:
+            # Queue depth of the jobs routed here only (serve_app/policy/autoscaling.py).
+            policy["policy_kwargs"]["lane"] = "parallel"
+        return opts
+
+
 def _stage(**kw: Any) -> StageOptions:
     return StageOptions(**kw)
 
@@ -138,6 +280,15 @@ class StagesConfig(StrictModel):
     # which is the queue depth autoscaling watches.
     denoiser: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=1))
     video_encoder: StageOptions = Field(default_factory=lambda: _stage(max_ongoing_requests=2))
+    parallel_denoiser: ParallelDenoiserOptions | None = Field(
+        None,
+        description="The multi-GPU denoiser for large shapes (docs/gpu.md, Multi-GPU replicas); None: none, every "
+        "request goes to the single-GPU denoiser.",
+    )
+
+    def deployed(self) -> list[str]:
+        """The stages this app deploys, in args order: every one but an unset parallel_denoiser."""
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
 
     def queue_depth_look_back_s(self) -> float | None:
         """The window of the stages that scale on queue depth (the longest), or None if none does.
@@ -147,7 +298,7 @@ class StagesConfig(StrictModel):
         """
         windows = [
             stage.autoscaling.look_back_period_s
-            for stage in (getattr(self, name) for name in type(self).model_fields)
+            for stage in (getattr(self, name) for name in self.deployed())
             if stage.autoscaling is not None and stage.autoscaling.policy == "queue_depth"
         ]
         return max(windows, default=None)

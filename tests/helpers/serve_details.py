@@ -29,7 +29,8 @@ def serve_details(args: ServiceArgs, entries: Iterable[Mapping[str, Any]] = ()) 
 
     tiers = args.tier_table()
     infos = {}
-    for stage, name in DEPLOYMENT_NAMES.items():
+    for stage in args.stages.deployed():
+        name = DEPLOYMENT_NAMES[stage]
         built = Stage.options(name=name, **stage_options(args, stage, tiers))
         infos[name] = DeploymentInfo(
             deployment_config=built._deployment_config,

@@ -42,7 +42,7 @@ def test_every_shipped_config_starts_and_both_ways_see_the_same_stages(path):
     [config] = yaml.safe_load(path.read_text())["applications"]
     static = check_app(config)
     assert not static.problems, static.problems
-    for stage in DEPLOYMENT_NAMES:
+    for stage in payload_args(config["args"]).stages.deployed():
         found = at_start(config["args"], config.get("deployments", []), stage)
         assert not found.conflicts, (stage, found.conflicts)
         assert found.view == static.stages[stage], stage
@@ -51,7 +51,7 @@ def test_every_shipped_config_starts_and_both_ways_see_the_same_stages(path):
 def test_without_deployments_entries_nothing_changes():
     args = payload_args({"stages": {"denoiser": {"num_gpus": 0.5, "autoscaling": QUEUE_DEPTH}}})
     details = serve_details(args)
-    for stage in DEPLOYMENT_NAMES:
+    for stage in args.stages.deployed():
         found = agreement(args, stage, details[DEPLOYMENT_NAMES[stage]])
         assert (found.conflicts, found.adopted) == ([], []), stage
         assert found.view == getattr(args.stages, stage)

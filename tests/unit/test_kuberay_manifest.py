@@ -172,7 +172,7 @@ def test_serve_config_v2_validates_against_ray_serve_and_the_app_s_settings():
         args = ServiceArgs.model_validate(app.args)
         assert args.model_dump(exclude_unset=True) == app.args  # every key lands in a field
         args.model_profile(), args.preset_catalog(), args.tier_table()
-        for stage in type(args.stages).model_fields:
+        for stage in args.stages.deployed():
             args.deployment_options(stage)
         if args.stages.queue_depth_look_back_s() is not None:
             assert app.autoscaling_policy is not None, "queue_depth needs the application-level policy"

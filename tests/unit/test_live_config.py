@@ -29,6 +29,7 @@ def test_each_deployment_gets_only_the_section_it_reads():
         "prompt_encoder": {"health"},
         "denoiser": {"progress_interval_s", "health"},
         "video_encoder": {"health"},
+        "parallel_denoiser": {"progress_interval_s", "health"},
     }
     gateway = live_section(ARGS, "gateway")
     # What the app fixes when it is built stays out: the tier file, the limiter store, hosts.
