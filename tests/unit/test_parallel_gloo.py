@@ -15,6 +15,7 @@ Each rank's answer is held to the single-process loop (`denoise_optimized`):
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -59,13 +60,22 @@ def _params(**overrides) -> GenerationParams:
 
 
 def _rank_main(rank, world, port, cfg_parallel, args, requests, results):
-    """One rank: the RankWorker the replica's actor would hold, running every request in turn."""
+    """One rank: the RankWorker the replica's actor would hold, running every request in turn.
+    A request's `cancel_on_rank` ("die", r) makes rank r's process exit after step 2 instead."""
     from serve_app.pipeline.parallel.rank import RankWorker
 
     worker = RankWorker(args, rank, world, "127.0.0.1", port, timeout_s=120, cfg_parallel=cfg_parallel)
     try:
         out = {"layout": worker.group.layout.describe()}
         for name, params, embeddings, job_id, cancel_on_rank in requests:
+            if cancel_on_rank == ("die", rank):
+
+                def on_step(step, total, record=worker._on_step):
+                    record(step, total)
+                    if step == 2:
+                        os._exit(3)  # the rank actor killed, the card lost
+
+                worker._on_step = on_step  # type: ignore[method-assign]
             if cancel_on_rank == rank:
                 # This rank alone sees a cancel after step 2: all ranks must stop together.
                 def on_step(step, total, record=worker._on_step, worker=worker):
@@ -80,12 +90,14 @@ def _rank_main(rank, world, port, cfg_parallel, args, requests, results):
                 out[name] = None if answer is None else answer.latents
             except RequestCancelled as exc:
                 out[name] = ("cancelled", worker.progress()["step"], str(exc))
+            except RuntimeError as exc:  # a collective with a dead peer
+                out[name] = ("failed", worker.progress()["step"], str(exc)[:200])
         results.put((rank, out))
     finally:
         worker.close()
 
 
-def _run_ranks(world, cfg_parallel, args, requests):
+def _run_ranks(world, cfg_parallel, args, requests, dead=()):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _port()
@@ -95,10 +107,10 @@ def _run_ranks(world, cfg_parallel, args, requests):
     ]
     for p in procs:
         p.start()
-    out = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
+    out = dict(results.get(timeout=300) for r in range(world) if r not in dead)
+    for rank, p in enumerate(procs):
         p.join(timeout=60)
-        assert p.exitcode == 0
+        assert p.exitcode == (3 if rank in dead else 0)
     return out
 
 
@@ -185,3 +197,18 @@ def test_ranks_resume_from_the_checkpoint_a_lost_replica_left(setup, data_dir):
     out = _run_ranks(2, True, args, [("resumed", params, embeddings, "job_resume", None)])
     assert _rel_l2(out[0]["resumed"], _reference(runtime, params, embeddings)) < REL_L2
     assert not (folder / "job_resume.pt").exists()  # finished: nobody resumes it again
+
+
+def test_a_rank_that_dies_leaves_rank_0s_checkpoint_for_the_rerun(setup, data_dir):
+    """Rank 0 outlives a dead peer (its next collective fails at once on gloo): the file it
+    saved must stay for the replacement replica, unlike a run stopped on purpose."""
+    profile, encoder, _, _ = setup
+    params = _params(num_inference_steps=5, seed=13)
+    embeddings = _embeddings(encoder, params, profile)
+    folder = data_dir / "checkpoints-dead-rank"
+    # Saved after every step (the cadence is seconds of loop time; the tiny model's steps are ms).
+    args = {"model": "tiny", "data_dir": str(data_dir), "checkpoint_dir": str(folder), "checkpoint_every_s": 1e-6}
+    out = _run_ranks(2, True, args, [("lost", params, embeddings, "job_lost", ("die", 1))], dead=(1,))
+    assert out[0]["lost"][0] == "failed"
+    saved = torch.load(folder / "job_lost.pt", weights_only=True)
+    assert saved["step"] == 2  # the last step both ranks finished

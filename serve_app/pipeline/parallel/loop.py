@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.deadline import StepGuard
-from serve_app.errors import RequestCancelled
+from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.params import GenerationParams
 from serve_app.pipeline.batching import StepCallback, _forward, start_job, step_jobs
 from serve_app.pipeline.parallel.group import ParallelGroup
@@ -109,10 +109,19 @@ def denoise_parallel(
                 step_parallel(runtime, transformer, job, group)
                 if checkpoints is not None and group.rank == 0:
                     checkpoints.maybe_save(job)
-        finally:
-            if checkpoints is not None and group.rank == 0:
-                checkpoints.discard()
+        except (DeadlineExceeded, RequestCancelled):
+            _discard(checkpoints, group)  # stopped on purpose: nobody resumes this run
+            raise
+        # Any other failure keeps the file: unlike a single-GPU replica, a rank outlives a
+        # peer that died (its next collective fails), and the rerun on the replacement
+        # replica resumes from what rank 0 saved.
+        _discard(checkpoints, group)
     return job.output().cpu()
+
+
+def _discard(checkpoints, group: ParallelGroup) -> None:
+    if checkpoints is not None and group.rank == 0:
+        checkpoints.discard()
 
 
 def _restore_together(job, checkpoints, group: ParallelGroup) -> None:
