@@ -98,7 +98,17 @@ def start_ranks(
             scheduling_strategy=in_bundle(rank + 1),
             runtime_env={"env_vars": env} if env else None,
             **({"name": f"{name_prefix}{rank}"} if name_prefix else {}),
-        ).remote(payload, rank, options.gpus, addr, port, options.collective_timeout_s, options.cfg_parallel)
+        ).remote(
+            payload,
+            rank,
+            options.gpus,
+            addr,
+            port,
+            options.collective_timeout_s,
+            options.cfg_parallel,
+            # A whole card (or a CPU bundle) needs no cap; a share does (RankWorker).
+            options.gpu_share if 0 < options.gpu_share < 1 else None,
+        )
         for rank in range(options.gpus)
     ]
     return ranks, f"{addr}:{port}"

@@ -90,9 +90,14 @@ class RankWorker:
         master_port: int,
         timeout_s: float = 300.0,
         cfg_parallel: bool = True,
+        memory_fraction: float | None = None,
     ) -> None:
+        """`memory_fraction`: the rank's share of its card (its bundle's GPU), capped before the
+        weights load as single-GPU replicas cap theirs, so a rank never crowds out the
+        fractional replicas beside it; None leaves the allocator uncapped."""
         from serve_app.config import ServiceArgs
-        from serve_app.pipeline.loading import load_pipeline
+        from serve_app.gpu_share import cap_gpu_memory
+        from serve_app.pipeline.loading import load_pipeline, resolve_device
         from serve_app.pipeline.optimize import use_compile_cache
 
         started = time.perf_counter()
@@ -101,6 +106,7 @@ class RankWorker:
         self.rank = rank
         cache = self.args.compile_cache_path
         self.compile_cache = use_compile_cache(cache) if cache is not None else {}
+        self.memory_fraction = cap_gpu_memory(memory_fraction, resolve_device(self.profile))
         self.pipe = load_pipeline(self.profile, self.args.data_path, "parallel_denoiser")
         heads = self.pipe.transformer.config.num_attention_heads
         self.group = ParallelGroup.join(rank, world, master_addr, master_port, timeout_s, heads, cfg_parallel)
@@ -116,8 +122,8 @@ class RankWorker:
     # --- collective calls ------------------------------------------------------------------
 
     def warm_up(self, shapes: list[tuple[int, int, int]] | None = None) -> dict[str, float]:
-        """Compile and first-run each (height, width, frames) bucket, guided, 2 steps; then one
-        parallel VAE decode of the first. Default: the profile's speed.warmup_presets."""
+        """Compile and first-run each (height, width, frames) bucket, guided, 2 steps, and its
+        parallel VAE decode. Default: the profile's speed.warmup_presets."""
         import torch
 
         if shapes is None:
@@ -136,8 +142,9 @@ class RankWorker:
                 PromptEmbeddings(zeros, zeros),
                 StepGuard(Deadline.after(3600), params.num_inference_steps),
             )
-            if (height, width, frames) == shapes[0]:
-                self.decode(latents, 8)
+            # And its decode: the convolutions' first calls at this size (cuDNN picks
+            # algorithms per shape) are paid here, not by the first request.
+            self.decode(latents, 8)
             self.warmup_s[f"{width}x{height}x{frames}"] = time.perf_counter() - started
         return dict(self.warmup_s)
 
@@ -267,6 +274,7 @@ class RankWorker:
             "model": self.profile.identity,
             **self.group.describe(),
             "load_s": round(self.load_s, 3),
+            "gpu_memory_fraction": self.memory_fraction,
             "warmup_s": {k: round(v, 2) for k, v in self.warmup_s.items()},
             "compile": self.profile.speed.compile,
             "compile_cache": self.compile_cache,
