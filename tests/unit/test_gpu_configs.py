@@ -13,7 +13,13 @@ from serve_app.paths import CONFIG_DIR
 from serve_app.serve_config import AppCheck, check_config, gpu_placement
 
 # config file -> cards it packs
-GPU_CONFIGS = {"serve_gpu.yaml": 1, "serve_gpu_2x.yaml": 2, "serve_gpu_4x.yaml": 4, "serve_gpu_8x.yaml": 8}
+GPU_CONFIGS = {
+    "serve_gpu.yaml": 1,
+    "serve_gpu_2x.yaml": 2,
+    "serve_gpu_2x_parallel.yaml": 2,
+    "serve_gpu_4x.yaml": 4,
+    "serve_gpu_8x.yaml": 8,
+}
 MODEL_STAGES = ("prompt_encoder", "denoiser", "video_encoder")
 
 

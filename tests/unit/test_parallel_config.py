@@ -197,7 +197,9 @@ def test_the_packing_puts_each_replicas_ranks_on_cards_of_their_own_first():
     assert gpu_placement(stages, 4) is None
 
 
-@pytest.mark.parametrize("name, cards", [("serve_gpu_4x.yaml", 4), ("serve_gpu_8x.yaml", 8)])
+@pytest.mark.parametrize(
+    "name, cards", [("serve_gpu_2x_parallel.yaml", 2), ("serve_gpu_4x.yaml", 4), ("serve_gpu_8x.yaml", 8)]
+)
 def test_the_multi_gpu_configs_route_720p_to_their_ranks_and_give_each_rank_a_card(name, cards):
     [config] = yaml.safe_load((PROJECT_ROOT / "configs" / name).read_text())["applications"]
     check = check_app(config)
