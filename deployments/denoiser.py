@@ -22,7 +22,7 @@ from serve_app import metrics
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import DeadlineExceeded, RequestCancelled
 from serve_app.messages import DenoisedLatents, ImageLatents, StepProgress
-from serve_app.params import GenerationParams
+from serve_app.params import GenerationParams, warmup_params
 from serve_app.pipeline.batching import denoise_optimized
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint, sweep
 from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
@@ -66,18 +66,7 @@ class Denoiser(ModelStage):
         # zeros are what an empty prompt's padding looks like anyway.
         dim = self.pipe.transformer.config.text_dim
         zeros = torch.zeros(1, self.profile.max_sequence_length, dim)
-        params = GenerationParams(
-            prompt="warm up",
-            negative_prompt="",
-            width=64,
-            height=64,
-            num_frames=5,
-            num_inference_steps=2,
-            guidance_scale=5.0,
-            fps=8,
-            seed=0,
-            preset="warmup",
-        )
+        params = warmup_params(64, 64, 5)
         guard = StepGuard(Deadline.after(600), params.num_inference_steps)
         embeddings = PromptEmbeddings(zeros, zeros)
         if self.runtime is None:

@@ -24,7 +24,7 @@ from serve_app.images import fitted_image
 from serve_app.messages import EncodedVideo, ImageLatents
 from serve_app.pipeline.image_condition import encode_image
 from serve_app.pipeline.optimize import prepare_vae
-from serve_app.pipeline.stages import DecodedVideo, decode_to_mp4
+from serve_app.pipeline.stages import decode_to_mp4
 
 
 @serve.deployment
@@ -68,10 +68,10 @@ class VideoEncoder(ModelStage):
         return steps
 
     def _encode(self, latents, fps: int) -> EncodedVideo:
-        return _message(decode_to_mp4(self.pipe, latents, fps, mode=self.speed.decode, tile_on_oom=False), fps)
+        return EncodedVideo.of(decode_to_mp4(self.pipe, latents, fps, mode=self.speed.decode, tile_on_oom=False), fps)
 
     def _encode_tiled(self, latents, fps: int) -> EncodedVideo:
-        return _message(decode_to_mp4(self.pipe, latents, fps, mode="tiled", tile_on_oom=False), fps)
+        return EncodedVideo.of(decode_to_mp4(self.pipe, latents, fps, mode="tiled", tile_on_oom=False), fps)
 
     async def encode(self, latents, fps: int, deadline: Deadline) -> EncodedVideo:
         # The VAE decode has no step boundary to stop at; it is checked before
@@ -100,16 +100,3 @@ class VideoEncoder(ModelStage):
             "vae_fused_norms": self.speed.vae_fused_norms,
         }
         return out
-
-
-def _message(video: DecodedVideo, fps: int) -> EncodedVideo:
-    return EncodedVideo(
-        mp4=video.mp4,
-        num_frames=video.num_frames,
-        width=video.width,
-        height=video.height,
-        fps=fps,
-        decode_s=video.decode_s,
-        encode_s=video.encode_s,
-        thumbnail=video.thumbnail,
-    )

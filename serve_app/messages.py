@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,20 @@ class EncodedVideo:
     decode_s: float
     encode_s: float
     thumbnail: bytes = b""  # JPEG of the middle frame
+
+    @classmethod
+    def of(cls, video: Any, fps: int) -> EncodedVideo:
+        """The message for a `stages.DecodedVideo` (not imported: this module stays torch-free)."""
+        return cls(
+            mp4=video.mp4,
+            num_frames=video.num_frames,
+            width=video.width,
+            height=video.height,
+            fps=fps,
+            decode_s=video.decode_s,
+            encode_s=video.encode_s,
+            thumbnail=video.thumbnail,
+        )
 
 
 @dataclass

@@ -69,6 +69,24 @@ class GenerationParams(StrictModel):
         return self.latent_frames * (self.height // 32) * (self.width // 32)
 
 
+def warmup_params(
+    height: int, width: int, frames: int, steps: int = 2, guidance_scale: float = 5.0
+) -> GenerationParams:
+    """A replica's warm-up job at one shape (zero embeddings stand in for the text), seed 0."""
+    return GenerationParams(
+        prompt="warm up",
+        negative_prompt="",
+        width=width,
+        height=height,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        fps=8,
+        seed=0,
+        preset="warmup",
+    )
+
+
 # Fields a request may override on top of its preset.
 OVERRIDABLE = ("width", "height", "num_frames", "num_inference_steps", "guidance_scale", "fps", "negative_prompt")
 

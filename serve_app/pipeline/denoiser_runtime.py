@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from serve_app.deadline import Deadline, StepGuard
-from serve_app.params import GenerationParams
+from serve_app.params import warmup_params
 from serve_app.pipeline.batching import denoise_optimized
 from serve_app.pipeline.optimize import (
     GraphedForward,
@@ -148,21 +148,10 @@ class DenoiserRuntime:
         knob_sets = knob_sets if knob_sets is not None else [EXACT, *self.fast_knob_sets()]
 
         def run(height, width, frames, knobs, scale):
-            params = GenerationParams(
-                prompt="warm up",
-                negative_prompt="",
-                width=width,
-                height=height,
-                num_frames=frames,
-                num_inference_steps=steps,
-                guidance_scale=scale,
-                fps=8,
-                seed=0,
-                preset="warmup",
-            )
+            params = warmup_params(height, width, frames, steps, scale)
             guard = StepGuard(Deadline.after(3600), steps)
-            scale = self.pipe.vae_scale_factor_spatial
-            first_frame = torch.zeros(1, self.transformer.config.in_channels, 1, height // scale, width // scale)
+            spatial = self.pipe.vae_scale_factor_spatial
+            first_frame = torch.zeros(1, self.transformer.config.in_channels, 1, height // spatial, width // spatial)
             denoise_optimized(
                 self,
                 params,

@@ -19,7 +19,7 @@ from typing import Any
 
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.messages import DenoisedLatents, EncodedVideo
-from serve_app.params import GenerationParams
+from serve_app.params import GenerationParams, warmup_params
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint
 from serve_app.pipeline.parallel.group import ParallelGroup
 from serve_app.pipeline.parallel.loop import denoise_parallel, latent_tokens, split_evenly
@@ -134,7 +134,7 @@ class RankWorker:
         zeros = torch.zeros(1, self.profile.max_sequence_length, dim)
         for height, width, frames in shapes:
             started = time.perf_counter()
-            params = _warmup_params(height, width, frames)
+            params = warmup_params(height, width, frames)
             latents = denoise_parallel(
                 self.runtime,
                 self.group,
@@ -172,16 +172,7 @@ class RankWorker:
         video = decode_to_mp4_parallel(self.pipe, latents, fps, self.group)
         if video is None:
             return None
-        return EncodedVideo(
-            mp4=video.mp4,
-            num_frames=video.num_frames,
-            width=video.width,
-            height=video.height,
-            fps=fps,
-            decode_s=video.decode_s,
-            encode_s=video.encode_s,
-            thumbnail=video.thumbnail,
-        )
+        return EncodedVideo.of(video, fps)
 
     def denoise_and_decode(
         self,
@@ -282,21 +273,6 @@ class RankWorker:
 
     def close(self) -> None:
         self.group.close()
-
-
-def _warmup_params(height: int, width: int, frames: int) -> GenerationParams:
-    return GenerationParams(
-        prompt="warm up",
-        negative_prompt="",
-        width=width,
-        height=height,
-        num_frames=frames,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        fps=8,
-        seed=0,
-        preset="warmup",
-    )
 
 
 __all__ = ["ParallelRuntime", "RankWorker", "free_port", "latent_tokens"]
