@@ -26,6 +26,7 @@ from serve_app.pipeline.loading import load_pipeline
 from serve_app.pipeline.step_batcher import StepBatcher
 from serve_app.settings.speed import EXACT, SpeedOptions
 from tests.helpers.images import png
+from tests.helpers.params import tiny_job
 
 FRAME_ATOL = 1e-6
 EXACT_ATOL = 1e-4
@@ -58,21 +59,9 @@ def image_pipeline(pipes):
 
 
 def _params(**overrides) -> GenerationParams:
-    base = dict(
-        prompt="a red fox running through snow, cinematic",
-        negative_prompt="blurry",
-        width=96,
-        height=64,
-        num_frames=9,
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        fps=8,
-        seed=1234,
-        preset="test",
-        input_reference_sha256="0" * 64,
+    return tiny_job(
+        **{"prompt": "a red fox running through snow, cinematic", "input_reference_sha256": "0" * 64, **overrides}
     )
-    base.update(overrides)
-    return GenerationParams(**base)
 
 
 def _upload(seed: int = 5) -> bytes:

@@ -30,6 +30,7 @@ from serve_app.pipeline.loading import load_pipeline
 from serve_app.pipeline.step_batcher import StepBatcher
 from serve_app.settings.speed import FastKnobs, SpeedOptions
 from serve_app.video import REPRODUCIBLE_CODEC_OPTIONS, decode_mp4, frames_to_uint8
+from tests.helpers.params import tiny_job
 
 EXACT_ATOL = 1e-4
 COMPILE_ATOL = 1e-3
@@ -42,20 +43,7 @@ def pipes(tiny_profile, data_dir):
 
 
 def _params(**overrides) -> GenerationParams:
-    base = dict(
-        prompt="a red fox running through snow",
-        negative_prompt="blurry",
-        width=96,
-        height=64,
-        num_frames=9,
-        num_inference_steps=5,
-        guidance_scale=5.0,
-        fps=8,
-        seed=1234,
-        preset="test",
-    )
-    base.update(overrides)
-    return GenerationParams(**base)
+    return tiny_job(**{"num_inference_steps": 5, **overrides})
 
 
 def _embeddings(pipes, params, profile):

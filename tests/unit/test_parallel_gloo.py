@@ -24,7 +24,6 @@ import torch.multiprocessing as mp
 
 from serve_app.deadline import Deadline, StepGuard
 from serve_app.errors import RequestCancelled
-from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
 from serve_app.pipeline.batching import denoise_optimized, start_job, step_jobs
 from serve_app.pipeline.checkpoint import LoopCheckpoints, fingerprint
@@ -32,6 +31,7 @@ from serve_app.pipeline.denoiser_runtime import DenoiserRuntime
 from serve_app.pipeline.loading import load_pipeline
 from serve_app.pipeline.parallel.layout import ParallelLayout
 from serve_app.settings.speed import EXACT
+from tests.helpers.params import tiny_job
 
 REL_L2 = 1e-5
 
@@ -40,23 +40,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _params(**overrides) -> GenerationParams:
-    base = dict(
-        prompt="a red fox running through snow",
-        negative_prompt="blurry",
-        width=96,
-        height=64,
-        num_frames=9,
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        fps=8,
-        seed=1234,
-        preset="test",
-    )
-    base.update(overrides)
-    return GenerationParams(**base)
 
 
 def _rank_main(rank, world, port, cfg_parallel, args, requests, results):
@@ -149,8 +132,8 @@ def test_layout_numbers_ranks_half_by_half():
 
 def test_cfg_halves_match_one_process_and_stop_together(setup, tmp_path):
     profile, encoder, runtime, args = setup
-    guided = _params()
-    unguided = _params(guidance_scale=1.0, seed=7)
+    guided = tiny_job()
+    unguided = tiny_job(guidance_scale=1.0, seed=7)
     emb_guided = _embeddings(encoder, guided, profile)
     emb_unguided = _embeddings(encoder, unguided, profile)
     requests = [
@@ -171,8 +154,8 @@ def test_cfg_halves_match_one_process_and_stop_together(setup, tmp_path):
 
 def test_sequence_split_matches_one_process_for_even_and_uneven_token_counts(setup):
     profile, encoder, runtime, args = setup
-    even = _params()  # 3 latent frames x 2 x 3 patches = 18 tokens: 9 per rank
-    uneven = _params(width=96, height=96, seed=5)  # 3 x 3 x 3 = 27 tokens: 14 + 13
+    even = tiny_job()  # 3 latent frames x 2 x 3 patches = 18 tokens: 9 per rank
+    uneven = tiny_job(width=96, height=96, seed=5)  # 3 x 3 x 3 = 27 tokens: 14 + 13
     emb_even = _embeddings(encoder, even, profile)
     emb_uneven = _embeddings(encoder, uneven, profile)
     out = _run_ranks(2, False, args, [("even", even, emb_even, None, None), ("uneven", uneven, emb_uneven, None, None)])
@@ -183,7 +166,7 @@ def test_sequence_split_matches_one_process_for_even_and_uneven_token_counts(set
 
 def test_ranks_resume_from_the_checkpoint_a_lost_replica_left(setup, data_dir):
     profile, encoder, runtime, _ = setup
-    params = _params(num_inference_steps=5, seed=11)
+    params = tiny_job(num_inference_steps=5, seed=11)
     embeddings = _embeddings(encoder, params, profile)
     # What a replica that died after step 3 left behind: the single-GPU loop's state at step 3.
     request = fingerprint(profile.identity, params.model_dump_json(), EXACT.model_dump_json())
@@ -203,7 +186,7 @@ def test_a_rank_that_dies_leaves_rank_0s_checkpoint_for_the_rerun(setup, data_di
     """Rank 0 outlives a dead peer (its next collective fails at once on gloo): the file it
     saved must stay for the replacement replica, unlike a run stopped on purpose."""
     profile, encoder, _, _ = setup
-    params = _params(num_inference_steps=5, seed=13)
+    params = tiny_job(num_inference_steps=5, seed=13)
     embeddings = _embeddings(encoder, params, profile)
     folder = data_dir / "checkpoints-dead-rank"
     # Saved after every step (the cadence is seconds of loop time; the tiny model's steps are ms).

@@ -15,6 +15,7 @@ from serve_app.deadline import Deadline, StepGuard
 from serve_app.params import GenerationParams
 from serve_app.pipeline import stages
 from serve_app.pipeline.loading import load_pipeline
+from tests.helpers.params import tiny_job
 
 FRAME_ATOL = 1e-6
 
@@ -28,20 +29,7 @@ def pipes(tiny_profile, data_dir):
 
 
 def _params(**overrides) -> GenerationParams:
-    base = dict(
-        prompt="a red fox running through snow, cinematic",
-        negative_prompt="blurry",
-        width=96,
-        height=64,
-        num_frames=9,
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        fps=8,
-        seed=1234,
-        preset="test",
-    )
-    base.update(overrides)
-    return GenerationParams(**base)
+    return tiny_job(**{"prompt": "a red fox running through snow, cinematic", **overrides})
 
 
 def _staged_frames(pipes, params, profile):
